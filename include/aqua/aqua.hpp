@@ -1,0 +1,7 @@
+// Umbrella header: every public aqua header, nothing else.
+#pragma once
+
+#include "aqua/attention.hpp"
+#include "aqua/config.hpp"
+#include "aqua/tensor_view.hpp"
+#include "aqua/version.hpp"

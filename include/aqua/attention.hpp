@@ -1,0 +1,209 @@
+// Attention entry points. This header holds the exact dense attention that every other kernel is
+// tested against: decode (one query token per head) and prefill (M query tokens, causal or not).
+//
+// Shapes (all views may be strided; extents are checked, strides are free):
+//   decode   q [Hq, d]      k, v [Hkv, N, d]   out [Hq, d]      mask [N]     (optional, additive)
+//   prefill  q [Hq, M, d]   k, v [Hkv, N, d]   out [Hq, M, d]   mask [M, N]  (optional, additive)
+// Hq must be a multiple of Hkv; query head h reads KV head h / (Hq / Hkv) (GQA; MHA is Hq == Hkv,
+// MQA is Hkv == 1). In causal prefill the M queries are the last M of the N positions: query i
+// sees keys 0 .. N - M + i.
+//
+// Numerics: logits are scale * q.k (+ mask); softmax subtracts the row maximum, so logits of any
+// finite magnitude are safe; the normaliser is summed in double for float inputs. A row whose
+// logits are all -inf (fully masked) outputs zeros. Queries must be finite (checked: aqua::error).
+// Keys and values are not scanned (that would double the memory traffic of decode): a NaN there
+// propagates to the outputs of the heads that read it. `out` must not overlap the inputs.
+#pragma once
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <vector>
+
+#include "aqua/config.hpp"
+#include "aqua/detail/parallel.hpp"
+#include "aqua/detail/softmax.hpp"
+#include "aqua/detail/validate.hpp"
+#include "aqua/tensor_view.hpp"
+
+namespace aqua {
+
+/// Options shared by the attention entry points.
+struct attention_options {
+  /// Multiplies q.k; unset means 1 / sqrt(d).
+  std::optional<double> scale;
+  /// Prefill only: query i sees keys 0 .. N - M + i. Ignored by decode.
+  bool causal = true;
+  /// Worker threads for this call (the calling thread included). No global pool is used.
+  int threads = 1;
+};
+
+namespace detail {
+
+/// Shape facts shared by the attention kernels after validation.
+struct attention_shape {
+  index_t hq = 0, hkv = 0, group = 0, n = 0, m = 0, d = 0;
+  double scale = 0;
+};
+
+template <class T>
+double resolve_scale(const attention_options& opt, index_t d, const char* fn) {
+  if (!opt.scale) return 1.0 / std::sqrt(static_cast<double>(d));
+  AQUA_CHECK(std::isfinite(*opt.scale), fn, ": scale must be finite, got ", *opt.scale);
+  return *opt.scale;
+}
+
+template <class T>
+void validate_kv(const tensor3_view<const T>& k, const tensor3_view<const T>& v, index_t hq, index_t d,
+                 const char* fn, attention_shape& s) {
+  require_data(k, fn, "k");
+  require_data(v, fn, "v");
+  s.hkv = k.extent(0);
+  s.n = k.extent(1);
+  AQUA_CHECK(s.hkv >= 1, fn, ": k has shape ", shape_string(k), "; it needs at least one KV head");
+  AQUA_CHECK(hq % s.hkv == 0, fn, ": the number of query heads (", hq,
+             ") must be a multiple of the number of KV heads (", s.hkv, ")");
+  AQUA_CHECK(s.n >= 1, fn, ": the KV cache is empty (k has shape ", shape_string(k),
+             "); attention needs at least one key");
+  require_extent(k, 2, d, fn, "k", "head dim (must match q)");
+  AQUA_CHECK(v.extent(0) == s.hkv && v.extent(1) == s.n && v.extent(2) == d, fn, ": v has shape ",
+             shape_string(v), " but k has shape ", shape_string(k), " and q has head dim ", d,
+             "; v must be [Hkv, N, d] like k");
+  s.group = hq / s.hkv;
+}
+
+/// Output rows = softmax(scale * Q K^T + mask) V for one block of queries against the first
+/// `visible` keys of one KV head. `first_query_position` is the sequence position of the block's
+/// first row (causal prefill); pass a negative value for no causal mask.
+template <class T>
+void dense_block(const strided_map<const T>& q_rows, const strided_map<const T>& keys,
+                 const strided_map<const T>& values, strided_map<T>& out_rows, index_t visible,
+                 double scale, const T* mask, index_t mask_row_stride, index_t mask_col_stride,
+                 index_t first_query_position, row_matrix<T>& logits) {
+  const index_t rows = q_rows.rows();
+  logits.resize(rows, visible);
+  logits.noalias() = q_rows * keys.topRows(visible).transpose();
+  logits *= static_cast<T>(scale);
+  const T neg_inf = -std::numeric_limits<T>::infinity();
+  for (index_t i = 0; i < rows; ++i) {
+    T* row = logits.row(i).data();
+    if (mask != nullptr) {
+      const T* mrow = mask + i * mask_row_stride;
+      for (index_t j = 0; j < visible; ++j) row[j] += mrow[j * mask_col_stride];
+    }
+    if (first_query_position >= 0) {
+      for (index_t j = first_query_position + i + 1; j < visible; ++j) row[j] = neg_inf;
+    }
+    softmax_inplace(row, visible);
+  }
+  out_rows.noalias() = logits * values.topRows(visible);
+}
+
+template <class T>
+strided_map<const T> head_rows(const tensor3_view<const T>& t, index_t head, index_t first_row,
+                               index_t rows) {
+  return as_eigen(matrix_view<const T>(t.data() + head * t.stride(0) + first_row * t.stride(1),
+                                       {rows, t.extent(2)}, {t.stride(1), t.stride(2)}));
+}
+
+}  // namespace detail
+
+/// Exact dense decode: one query token per query head against the N cached keys and values.
+template <class T>
+void dense_decode(matrix_view<const detail::identity_t<T>> q, tensor3_view<const detail::identity_t<T>> k,
+                  tensor3_view<const detail::identity_t<T>> v, matrix_view<T> out,
+                  const attention_options& options = {},
+                  vector_view<const detail::identity_t<T>> mask = {}) {
+  static_assert(std::is_floating_point<T>::value, "aqua::dense_decode: T must be float or double");
+  constexpr const char* fn = "aqua::dense_decode";
+  detail::require_data(q, fn, "q");
+  detail::require_data(out, fn, "out");
+  detail::require_threads(options.threads, fn);
+  detail::attention_shape s;
+  s.hq = q.extent(0);
+  s.d = q.extent(1);
+  AQUA_CHECK(s.hq >= 1 && s.d >= 1, fn, ": q has shape ", detail::shape_string(q),
+             "; it must be [Hq, d] with Hq >= 1 and d >= 1");
+  detail::validate_kv<T>(k, v, s.hq, s.d, fn, s);
+  AQUA_CHECK(out.extent(0) == s.hq && out.extent(1) == s.d, fn, ": out has shape ",
+             detail::shape_string(out), " but q has shape ", detail::shape_string(q));
+  AQUA_CHECK(mask.size() == 0 || (mask.extent(0) == s.n), fn, ": mask has length ", mask.extent(0),
+             " but the cache holds N = ", s.n, " keys");
+  detail::require_data(mask, fn, "mask");
+  detail::require_finite(q, fn, "q");
+  detail::require_mask_values(mask, fn, "mask");
+  s.scale = detail::resolve_scale<T>(options, s.d, fn);
+
+  // One work item per KV group reads that head's keys once for all of its query heads. The
+  // items do not depend on the thread count, so every thread count gives bitwise equal results.
+  detail::parallel_for(s.hkv, options.threads, [&](index_t begin, index_t end, int) {
+    row_matrix<T> logits;
+    for (index_t kv = begin; kv < end; ++kv) {
+      const index_t first_head = kv * s.group, heads = s.group;
+      auto q_rows = as_eigen(matrix_view<const T>(q.data() + first_head * q.stride(0), {heads, s.d},
+                                                  {q.stride(0), q.stride(1)}));
+      auto out_rows = as_eigen(matrix_view<T>(out.data() + first_head * out.stride(0), {heads, s.d},
+                                              {out.stride(0), out.stride(1)}));
+      detail::dense_block<T>(q_rows, detail::head_rows(k, kv, 0, s.n), detail::head_rows(v, kv, 0, s.n),
+                             out_rows, s.n, s.scale, mask.size() ? mask.data() : nullptr, 0,
+                             mask.size() ? mask.stride(0) : 0, -1, logits);
+    }
+  });
+}
+
+/// Exact dense prefill: M query tokens per query head against N >= M keys and values.
+template <class T>
+void dense_prefill(tensor3_view<const detail::identity_t<T>> q, tensor3_view<const detail::identity_t<T>> k,
+                   tensor3_view<const detail::identity_t<T>> v, tensor3_view<T> out,
+                   const attention_options& options = {},
+                   matrix_view<const detail::identity_t<T>> mask = {}) {
+  static_assert(std::is_floating_point<T>::value, "aqua::dense_prefill: T must be float or double");
+  constexpr const char* fn = "aqua::dense_prefill";
+  detail::require_data(q, fn, "q");
+  detail::require_data(out, fn, "out");
+  detail::require_threads(options.threads, fn);
+  detail::attention_shape s;
+  s.hq = q.extent(0);
+  s.m = q.extent(1);
+  s.d = q.extent(2);
+  AQUA_CHECK(s.hq >= 1 && s.m >= 1 && s.d >= 1, fn, ": q has shape ", detail::shape_string(q),
+             "; it must be [Hq, M, d] with every extent >= 1");
+  detail::validate_kv<T>(k, v, s.hq, s.d, fn, s);
+  AQUA_CHECK(s.m <= s.n, fn, ": M = ", s.m, " queries but only N = ", s.n,
+             " keys; prefill needs N >= M (the queries are the last M positions)");
+  AQUA_CHECK(out.extent(0) == s.hq && out.extent(1) == s.m && out.extent(2) == s.d, fn,
+             ": out has shape ", detail::shape_string(out), " but q has shape ", detail::shape_string(q));
+  AQUA_CHECK(mask.size() == 0 || (mask.extent(0) == s.m && mask.extent(1) == s.n), fn,
+             ": mask has shape ", detail::shape_string(mask), " but must be [M, N] = [", s.m, ", ", s.n, "]");
+  detail::require_data(mask, fn, "mask");
+  detail::require_finite(q, fn, "q");
+  detail::require_mask_values(mask, fn, "mask");
+  s.scale = detail::resolve_scale<T>(options, s.d, fn);
+
+  // Query rows go in blocks so the logits scratch stays block x N, not M x N.
+  constexpr index_t block_rows = 64;
+  const index_t blocks_per_head = (s.m + block_rows - 1) / block_rows;
+  detail::parallel_for(s.hq * blocks_per_head, options.threads, [&](index_t begin, index_t end, int) {
+    row_matrix<T> logits;
+    for (index_t item = begin; item < end; ++item) {
+      const index_t head = item / blocks_per_head, kv = head / s.group;
+      const index_t i0 = (item % blocks_per_head) * block_rows;
+      const index_t rows = std::min(block_rows, s.m - i0);
+      const index_t first_position = s.n - s.m + i0;
+      const index_t visible = options.causal ? first_position + rows : s.n;
+      auto q_rows = detail::head_rows(q, head, i0, rows);
+      auto out_rows = as_eigen(matrix_view<T>(out.data() + head * out.stride(0) + i0 * out.stride(1),
+                                              {rows, s.d}, {out.stride(1), out.stride(2)}));
+      const T* mask_rows = mask.size() ? mask.data() + i0 * mask.stride(0) : nullptr;
+      detail::dense_block<T>(q_rows, detail::head_rows(k, kv, 0, s.n), detail::head_rows(v, kv, 0, s.n),
+                             out_rows, visible, s.scale, mask_rows, mask.size() ? mask.stride(0) : 0,
+                             mask.size() ? mask.stride(1) : 0, options.causal ? first_position : -1,
+                             logits);
+    }
+  });
+}
+
+}  // namespace aqua

@@ -1,0 +1,175 @@
+// Non-owning strided views: how engines hand their own buffers to aqua without copies.
+//
+// A view is a pointer plus `Rank` extents and `Rank` strides counted in elements (not bytes), the
+// same convention as NumPy divided by itemsize, or an mdspan with layout_stride. Views never own
+// or allocate; like std::span they are cheap to copy and do not validate the pointer: API entry
+// points validate the views they receive and say which argument was wrong.
+#pragma once
+
+#include <Eigen/Core>
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#include "aqua/config.hpp"
+
+namespace aqua {
+
+/// Signed index type for extents, strides and loop counters (64-bit: caches exceed 2^31 elements).
+using index_t = std::int64_t;
+
+template <class T, int Rank>
+class tensor_view {
+  static_assert(Rank >= 1, "aqua::tensor_view needs at least one dimension");
+
+public:
+  using element_type = T;
+  using value_type = std::remove_cv_t<T>;
+  using extents_type = std::array<index_t, Rank>;
+  static constexpr int rank = Rank;
+
+  /// An empty view: null data, all extents zero.
+  tensor_view() noexcept : data_(nullptr), extents_{}, strides_{} {}
+
+  /// Contiguous row-major view (the last index varies fastest).
+  tensor_view(T* data, const extents_type& extents) : data_(data), extents_(extents) {
+    check_extents();
+    index_t stride = 1;
+    for (int i = Rank - 1; i >= 0; --i) {
+      strides_[static_cast<std::size_t>(i)] = stride;
+      stride *= extents_[static_cast<std::size_t>(i)];
+    }
+  }
+
+  /// Arbitrary strided view; strides are in elements and may be any value, including zero
+  /// (broadcast) or negative.
+  tensor_view(T* data, const extents_type& extents, const extents_type& strides)
+      : data_(data), extents_(extents), strides_(strides) {
+    check_extents();
+  }
+
+  /// A view of mutable data converts to a view of const data, never the other way round.
+  template <class U, class = std::enable_if_t<std::is_same<const U, T>::value &&
+                                              !std::is_same<U, T>::value>>
+  tensor_view(const tensor_view<U, Rank>& other) noexcept  // NOLINT(google-explicit-constructor)
+      : data_(other.data()), extents_(other.extents()), strides_(other.strides()) {}
+
+  T* data() const noexcept { return data_; }
+  const extents_type& extents() const noexcept { return extents_; }
+  const extents_type& strides() const noexcept { return strides_; }
+  index_t extent(int dim) const noexcept { return extents_[static_cast<std::size_t>(dim)]; }
+  index_t stride(int dim) const noexcept { return strides_[static_cast<std::size_t>(dim)]; }
+
+  /// Number of elements (product of the extents).
+  index_t size() const noexcept {
+    index_t n = 1;
+    for (index_t e : extents_) n *= e;
+    return n;
+  }
+  bool empty() const noexcept { return size() == 0; }
+
+  /// True when the elements are laid out densely in row-major order.
+  bool is_contiguous() const noexcept {
+    index_t expected = 1;
+    for (int i = Rank - 1; i >= 0; --i) {
+      if (extents_[static_cast<std::size_t>(i)] != 1 && strides_[static_cast<std::size_t>(i)] != expected)
+        return false;
+      expected *= extents_[static_cast<std::size_t>(i)];
+    }
+    return true;
+  }
+
+  template <class... Indices>
+  T& operator()(Indices... indices) const noexcept {
+    static_assert(sizeof...(Indices) == Rank, "aqua::tensor_view: wrong number of indices");
+    const index_t idx[] = {static_cast<index_t>(indices)...};
+    index_t offset = 0;
+    for (int i = 0; i < Rank; ++i) offset += idx[i] * strides_[static_cast<std::size_t>(i)];
+    return data_[offset];
+  }
+
+  /// The view with the first index fixed at `i`: a (Rank-1)-dimensional view into the same data.
+  template <int R = Rank, class = std::enable_if_t<(R > 1)>>
+  tensor_view<T, Rank - 1> operator[](index_t i) const noexcept {
+    std::array<index_t, Rank - 1> e{}, s{};
+    for (int d = 1; d < Rank; ++d) {
+      e[static_cast<std::size_t>(d - 1)] = extents_[static_cast<std::size_t>(d)];
+      s[static_cast<std::size_t>(d - 1)] = strides_[static_cast<std::size_t>(d)];
+    }
+    return tensor_view<T, Rank - 1>(data_ + i * strides_[0], e, s);
+  }
+
+private:
+  void check_extents() const {
+    for (int i = 0; i < Rank; ++i)
+      AQUA_CHECK(extents_[static_cast<std::size_t>(i)] >= 0, "aqua::tensor_view: extent ", i,
+                 " is negative (", extents_[static_cast<std::size_t>(i)], ")");
+  }
+
+  T* data_;
+  extents_type extents_;
+  extents_type strides_;
+};
+
+template <class T>
+using vector_view = tensor_view<T, 1>;
+template <class T>
+using matrix_view = tensor_view<T, 2>;
+template <class T>
+using tensor3_view = tensor_view<T, 3>;
+
+/// Contiguous row-major view over `data` with the given extents.
+template <class T, class... Extents>
+tensor_view<T, static_cast<int>(sizeof...(Extents))> make_view(T* data, Extents... extents) {
+  return tensor_view<T, static_cast<int>(sizeof...(Extents))>(data, {static_cast<index_t>(extents)...});
+}
+
+/// A rows x cols view of any Eigen object with direct access (Matrix, Map, Block of those),
+/// row- or column-major, with its inner and outer strides. The view aliases the Eigen storage.
+template <class Derived>
+auto view_of(Eigen::PlainObjectBase<Derived>& m) {
+  using scalar = typename Derived::Scalar;
+  const index_t inner = m.innerStride(), outer = m.outerStride();
+  return matrix_view<scalar>(m.data(), {m.rows(), m.cols()},
+                             Derived::IsRowMajor ? std::array<index_t, 2>{outer, inner}
+                                                 : std::array<index_t, 2>{inner, outer});
+}
+template <class Derived>
+auto view_of(const Eigen::PlainObjectBase<Derived>& m) {
+  using scalar = const typename Derived::Scalar;
+  const index_t inner = m.innerStride(), outer = m.outerStride();
+  return matrix_view<scalar>(m.data(), {m.rows(), m.cols()},
+                             Derived::IsRowMajor ? std::array<index_t, 2>{outer, inner}
+                                                 : std::array<index_t, 2>{inner, outer});
+}
+/// Same for Eigen::Map and Blocks with direct access (const-ness follows the Eigen object).
+template <class Derived, int Level>
+auto view_of(const Eigen::MapBase<Derived, Level>& m) {
+  using scalar = std::conditional_t<Level == Eigen::WriteAccessors, typename Derived::Scalar,
+                                    const typename Derived::Scalar>;
+  const index_t inner = m.innerStride(), outer = m.outerStride();
+  auto* data = const_cast<scalar*>(m.data());
+  return matrix_view<scalar>(data, {m.rows(), m.cols()},
+                             Derived::IsRowMajor ? std::array<index_t, 2>{outer, inner}
+                                                 : std::array<index_t, 2>{inner, outer});
+}
+
+/// A row-major dynamic matrix type and the Eigen::Map type that aliases a strided matrix view.
+template <class T>
+using row_matrix = Eigen::Matrix<std::remove_cv_t<T>, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T>
+using strided_map =
+    Eigen::Map<std::conditional_t<std::is_const<T>::value, const row_matrix<T>, row_matrix<T>>,
+               Eigen::Unaligned, Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>>;
+
+/// Eigen::Map over a matrix view (row stride = outer stride, column stride = inner stride), so
+/// Eigen expressions run directly on an engine's buffer.
+template <class T>
+strided_map<T> as_eigen(const matrix_view<T>& v) {
+  return strided_map<T>(v.data(), v.extent(0), v.extent(1),
+                        Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>(v.stride(0), v.stride(1)));
+}
+
+}  // namespace aqua
