@@ -1,0 +1,159 @@
+// llama2.c on aqua: the two things the example does with a model, greedy generation and
+// teacher-forced perplexity, plus the small text and path helpers they need. Include this one
+// header to get the checkpoint and tokenizer loaders and the transformer as well.
+#pragma once
+
+#include <aqua/config.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <sys/stat.h>
+#include <vector>
+
+#include "checkpoint.hpp"
+#include "tokenizer.hpp"
+#include "transformer.hpp"
+
+namespace llama2c {
+
+// ---------------------------------------------------------------------------------------------
+// Generation and perplexity
+
+struct generation {
+  std::vector<int> tokens;  // BOS, the prompt tokens, then the generated ones
+  std::string text;         // decoded tokens[1..]: the prompt followed by the continuation
+};
+
+/// run.c's greedy loop: positions 0 .. steps-1 are run and each yields the next token, so the
+/// text holds `steps` tokens (prompt included). The prompt is forced; later tokens are the argmax
+/// (first maximum) of the logits; BOS ends the sequence.
+inline generation generate_greedy(transformer& model, const tokenizer& tok, const std::string& prompt,
+                                  int steps) {
+  AQUA_CHECK(steps >= 1, "llama2c::generate_greedy: steps must be at least 1, got ", steps);
+  generation g;
+  g.tokens = tok.encode(prompt, true, false);
+  steps = std::min<int>(steps, model.cfg().seq_len);
+  AQUA_CHECK(static_cast<int>(g.tokens.size()) <= steps, "llama2c::generate_greedy: the prompt has ",
+             g.tokens.size(), " tokens with BOS, more than steps = ", steps);
+  model.reset();
+  // The whole prompt goes through one prefill call; each later token is one decode call.
+  auto logits = model.forward(g.tokens.data(), static_cast<index_t>(g.tokens.size()));
+  index_t last = logits.extent(0) - 1;
+  for (;;) {
+    const float* row = logits.data() + last * logits.stride(0);
+    const int next = static_cast<int>(std::max_element(row, row + logits.extent(1)) - row);
+    if (next == tokenizer::bos_id) break;
+    g.tokens.push_back(next);
+    if (static_cast<int>(g.tokens.size()) == steps + 1) break;
+    logits = model.forward(&g.tokens.back(), 1);
+    last = 0;
+  }
+  g.text = tok.decode_all(g.tokens);
+  return g;
+}
+
+struct perplexity_result {
+  double perplexity = 0;
+  double mean_nll = 0;  // nats per predicted token
+  int tokens = 0;       // T, BOS included
+  int predicted = 0;    // T - 1
+};
+
+/// Teacher-forced perplexity of `tokens` (tokens[0] is BOS): exp of the mean negative
+/// log-likelihood of tokens[1..T-1] given their prefixes. One causal prefill over all T tokens.
+inline perplexity_result perplexity(transformer& model, const std::vector<int>& tokens) {
+  AQUA_CHECK(tokens.size() >= 2, "llama2c::perplexity: needs at least 2 tokens, got ", tokens.size());
+  AQUA_CHECK(static_cast<index_t>(tokens.size()) <= model.cfg().seq_len, "llama2c::perplexity: ",
+             tokens.size(), " tokens exceed the model's context of ", model.cfg().seq_len);
+  model.reset();
+  const auto logits = model.forward(tokens.data(), static_cast<index_t>(tokens.size()));
+  double nll = 0;
+  for (std::size_t t = 0; t + 1 < tokens.size(); ++t) {
+    const float* row = logits.data() + static_cast<index_t>(t) * logits.stride(0);
+    const index_t vocab = logits.extent(1);
+    const double top = *std::max_element(row, row + vocab);
+    double sum = 0;
+    for (index_t j = 0; j < vocab; ++j) sum += std::exp(static_cast<double>(row[j]) - top);
+    nll += top + std::log(sum) - static_cast<double>(row[tokens[t + 1]]);
+  }
+  perplexity_result r;
+  r.tokens = static_cast<int>(tokens.size());
+  r.predicted = r.tokens - 1;
+  r.mean_nll = nll / r.predicted;
+  r.perplexity = std::exp(r.mean_nll);
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Text
+
+/// The file's lines (without their '\n'; a final line without one counts too).
+inline std::vector<std::string> read_lines(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  AQUA_CHECK(in.good(), "llama2c: cannot open text file '", path, "'");
+  std::vector<std::string> lines;
+  std::string line;
+  while (std::getline(in, line)) lines.push_back(line);
+  return lines;
+}
+
+/// The whole file with every '\n' turned into a space (the perplexity convention).
+inline std::string read_text_flat(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  AQUA_CHECK(in.good(), "llama2c: cannot open text file '", path, "'");
+  std::ostringstream os;
+  os << in.rdbuf();
+  std::string text = os.str();
+  std::replace(text.begin(), text.end(), '\n', ' ');
+  return text;
+}
+
+/// Lines first .. last (1-based, inclusive) joined by single spaces.
+inline std::string join_lines(const std::vector<std::string>& lines, int first, int last, const std::string& path) {
+  AQUA_CHECK(first >= 1 && first <= last && last <= static_cast<int>(lines.size()), "llama2c: line range ",
+             first, "-", last, " is not within the ", lines.size(), " lines of '", path, "'");
+  std::string text;
+  for (int i = first; i <= last; ++i) {
+    if (i > first) text += ' ';
+    text += lines[static_cast<std::size_t>(i - 1)];
+  }
+  return text;
+}
+
+/// Teacher-forcing input: BOS + the text's tokens, cut to the first `max_tokens` (BOS included).
+inline std::vector<int> perplexity_tokens(const tokenizer& tok, const std::string& text, int max_tokens) {
+  std::vector<int> ids = tok.encode(text, true, false);
+  if (max_tokens > 0 && static_cast<int>(ids.size()) > max_tokens) ids.resize(static_cast<std::size_t>(max_tokens));
+  return ids;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Where the data lives
+
+inline bool is_directory(const std::string& path) {
+  struct stat st {};
+  return !path.empty() && ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/// The data directory: `flag` when given, then $AQUA_DATA_DIR, then ../shared/data relative to
+/// the current directory, then relative to `repo_root` (when known). Empty when none exists; a
+/// flag or variable naming a missing directory is an error rather than a silent fallback.
+inline std::string resolve_data_dir(const std::string& flag, const std::string& repo_root) {
+  if (!flag.empty()) {
+    AQUA_CHECK(is_directory(flag), "llama2c: --data-dir '", flag, "' is not a directory");
+    return flag;
+  }
+  if (const char* env = std::getenv("AQUA_DATA_DIR"); env != nullptr && *env != '\0') {
+    AQUA_CHECK(is_directory(env), "llama2c: AQUA_DATA_DIR='", env, "' is not a directory");
+    return env;
+  }
+  if (is_directory("../shared/data")) return "../shared/data";
+  if (!repo_root.empty() && is_directory(repo_root + "/../shared/data")) return repo_root + "/../shared/data";
+  return {};
+}
+
+}  // namespace llama2c

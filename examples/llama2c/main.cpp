@@ -1,0 +1,213 @@
+// aqua_llama: a small inference engine for llama2.c checkpoints whose attention runs in aqua.
+//
+//   aqua_llama [--model FILE] [--tokenizer FILE] [--data-dir DIR] [--threads T] [--json]
+//              [--prompt TEXT] [--steps N]                                   greedy generation
+//              --ppl TEXT_FILE [--lines A-B] [--max-tokens N] [--dump-qk DIR]  perplexity
+//
+// Without --model/--tokenizer it loads stories260K from the data directory: --data-dir, else
+// $AQUA_DATA_DIR, else ../shared/data from the current directory or from the repository root.
+// A relative --ppl path that does not exist is looked up in the data directory too, so
+// `--ppl text/en_pud.txt` works from anywhere.
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <sys/stat.h>
+
+#include "llama2c.hpp"
+#include "npy.hpp"
+
+#ifndef AQUA_LLAMA2C_REPO_ROOT
+#define AQUA_LLAMA2C_REPO_ROOT ""
+#endif
+
+namespace {
+
+struct options {
+  std::string model, tokenizer, data_dir, prompt, ppl, lines, dump_qk;
+  int steps = 256, max_tokens = 512, threads = 1;
+  bool json = false, generate = true;
+};
+
+[[noreturn]] void usage(int code) {
+  std::fprintf(code == 0 ? stdout : stderr,
+               "usage: aqua_llama [--model FILE] [--tokenizer FILE] [--data-dir DIR] [--threads T] [--json]\n"
+               "                  [--prompt TEXT] [--steps N]\n"
+               "                  | --ppl TEXT_FILE [--lines A-B] [--max-tokens N] [--dump-qk DIR]\n");
+  std::exit(code);
+}
+
+int to_int(const char* flag, const char* text) {
+  char* end = nullptr;
+  const long v = std::strtol(text, &end, 10);
+  AQUA_CHECK(end != text && *end == '\0' && v >= 0 && v <= 1 << 30, "aqua_llama: ", flag,
+             " needs a non-negative integer, got '", text, "'");
+  return static_cast<int>(v);
+}
+
+options parse(int argc, char** argv) {
+  options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "-h" || a == "--help") usage(0);
+    if (a == "--json") {
+      o.json = true;
+      continue;
+    }
+    if (a == "--projection" || a == "--k" || a == "--select" || a == "--r")
+      AQUA_THROW("aqua_llama: ", a, " belongs to the AQUA backend, which is not built in yet; only dense "
+                 "attention is available");
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "aqua_llama: %s needs a value\n", a.c_str());
+      usage(2);
+    }
+    const char* v = argv[++i];
+    if (a == "--model") o.model = v;
+    else if (a == "--tokenizer") o.tokenizer = v;
+    else if (a == "--data-dir") o.data_dir = v;
+    else if (a == "--prompt") o.prompt = v;
+    else if (a == "--steps") o.steps = to_int("--steps", v);
+    else if (a == "--ppl") o.ppl = v, o.generate = false;
+    else if (a == "--lines") o.lines = v;
+    else if (a == "--max-tokens") o.max_tokens = to_int("--max-tokens", v);
+    else if (a == "--dump-qk") o.dump_qk = v;
+    else if (a == "--threads") o.threads = to_int("--threads", v);
+    else {
+      std::fprintf(stderr, "aqua_llama: unknown argument %s\n", a.c_str());
+      usage(2);
+    }
+  }
+  AQUA_CHECK(o.dump_qk.empty() || !o.generate, "aqua_llama: --dump-qk needs --ppl");
+  AQUA_CHECK(o.lines.empty() || !o.generate, "aqua_llama: --lines needs --ppl");
+  return o;
+}
+
+bool exists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+/// `path` if it exists or no data directory is known, else the same relative path in the data directory.
+std::string in_data_dir(const std::string& path, const std::string& data_dir) {
+  if (exists(path) || data_dir.empty() || (!path.empty() && path[0] == '/')) return path;
+  return data_dir + "/" + path;
+}
+
+/// JSON string literal; bytes that are not valid UTF-8 (byte-fallback tokens can split a code
+/// point) become U+FFFD so the line stays valid JSON.
+std::string json_string(const std::string& s) {
+  std::string out = "\"";
+  for (std::size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+      ++i;
+    } else if (c < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+      ++i;
+    } else if (c < 0x80) {
+      out += static_cast<char>(c);
+      ++i;
+    } else {
+      const std::size_t len = c >= 0xF0 && c < 0xF5 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 && c < 0xE0 ? 2 : 0;
+      bool ok = len > 0 && c < 0xF5 && i + len <= s.size();
+      for (std::size_t j = 1; ok && j < len; ++j) ok = (static_cast<unsigned char>(s[i + j]) & 0xC0) == 0x80;
+      if (ok) {
+        out.append(s, i, len);
+        i += len;
+      } else {
+        out += "\xEF\xBF\xBD";
+        ++i;
+      }
+    }
+  }
+  return out + "\"";
+}
+
+int run(const options& o) {
+  const std::string data_dir = llama2c::resolve_data_dir(o.data_dir, AQUA_LLAMA2C_REPO_ROOT);
+  auto default_path = [&](const std::string& given, const char* file) {
+    if (!given.empty()) return given;
+    AQUA_CHECK(!data_dir.empty(), "aqua_llama: no --model/--tokenizer given and no data directory found "
+               "(use --data-dir or AQUA_DATA_DIR)");
+    return data_dir + "/stories260K/" + file;
+  };
+  const llama2c::checkpoint model = llama2c::checkpoint::load(default_path(o.model, "stories260K.bin"));
+  const llama2c::tokenizer tok = llama2c::tokenizer::load(default_path(o.tokenizer, "tok512.bin"),
+                                                          model.cfg().vocab_size);
+  llama2c::dense_attention attention(o.threads);
+  llama2c::transformer engine(model, attention);
+  const auto& c = model.cfg();
+  std::fprintf(stderr, "model %s: dim %d, hidden %d, layers %d, heads %d/%d (head dim %d), vocab %d, context %d\n",
+               model.path().c_str(), c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim(),
+               c.vocab_size, c.seq_len);
+
+  const auto start = std::chrono::steady_clock::now();
+  auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+
+  if (o.generate) {
+    const llama2c::generation g = llama2c::generate_greedy(engine, tok, o.prompt, o.steps);
+    const double s = seconds();
+    std::printf("%s\n", g.text.c_str());
+    std::fprintf(stderr, "%zu tokens in %.3f s (%.0f tok/s), attention %s\n", g.tokens.size(), s,
+                 static_cast<double>(g.tokens.size()) / s, attention.name());
+    if (o.json)
+      std::printf("{\"mode\": \"generate\", \"attention\": \"%s\", \"tokens\": %zu, \"text\": %s}\n",
+                  attention.name(), g.tokens.size(), json_string(g.text).c_str());
+    return 0;
+  }
+
+  const std::string text_path = in_data_dir(o.ppl, data_dir);
+  std::string text;
+  if (o.lines.empty()) {
+    text = llama2c::read_text_flat(text_path);
+  } else {
+    int first = 0, last = 0;
+    char tail = 0;
+    AQUA_CHECK(std::sscanf(o.lines.c_str(), "%d-%d%c", &first, &last, &tail) == 2, "aqua_llama: --lines wants A-B, got '",
+               o.lines, "'");
+    text = llama2c::join_lines(llama2c::read_lines(text_path), first, last, text_path);
+  }
+  const int max_tokens = o.max_tokens > 0 ? std::min(o.max_tokens, c.seq_len) : c.seq_len;
+  const std::vector<int> tokens = llama2c::perplexity_tokens(tok, text, max_tokens);
+
+  llama2c::qk_dump dump(c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim());
+  if (!o.dump_qk.empty())
+    engine.set_qk_observer([&](int layer, aqua::index_t, aqua::tensor3_view<const float> q,
+                               aqua::tensor3_view<const float> k) { dump.add(layer, q, k); });
+  const llama2c::perplexity_result r = llama2c::perplexity(engine, tokens);
+  const double s = seconds();
+  std::printf("perplexity %.4f over %d tokens (%d predicted), mean NLL %.5f nats, attention %s, %s%s%s\n",
+              r.perplexity, r.tokens, r.predicted, r.mean_nll, attention.name(), text_path.c_str(),
+              o.lines.empty() ? "" : " lines ", o.lines.c_str());
+  std::fprintf(stderr, "%.3f s (%.0f tok/s)\n", s, r.tokens / s);
+  if (!o.dump_qk.empty()) {
+    std::filesystem::create_directories(o.dump_qk);
+    const aqua::index_t rows = dump.write(o.dump_qk);
+    std::fprintf(stderr, "wrote q_layer*.npy [%d, %lld, %d] and k_layer*.npy [%d, %lld, %d] for %d layers to %s\n",
+                 c.n_heads, static_cast<long long>(rows), c.head_dim(), c.n_kv_heads, static_cast<long long>(rows),
+                 c.head_dim(), c.n_layers, o.dump_qk.c_str());
+  }
+  if (o.json)
+    std::printf("{\"mode\": \"perplexity\", \"attention\": \"%s\", \"perplexity\": %.6f, \"mean_nll\": %.8f, "
+                "\"tokens\": %d, \"predicted\": %d, \"text_file\": %s, \"lines\": %s}\n",
+                attention.name(), r.perplexity, r.mean_nll, r.tokens, r.predicted, json_string(text_path).c_str(),
+                json_string(o.lines).c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(parse(argc, argv));
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 1;
+  }
+}
