@@ -1,0 +1,699 @@
+// Tests of the llama2.c example engine (examples/llama2c): the checkpoint and tokenizer loaders on
+// synthetic files written here (valid, truncated, corrupt), the tokenizer against a
+// transliteration of llama2.c's run.c, the forward pass against a naive double-precision model
+// written here from the format description, and, when the real stories260K data is found, the
+// reference behaviour of that checkpoint.
+#include <catch2/catch.hpp>
+
+#include "../examples/llama2c/llama2c.hpp"
+#include "../examples/llama2c/npy.hpp"
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <random>
+#include <string>
+#include <unistd.h>
+#include <vector>
+
+#include "test_support.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using Catch::Matchers::Contains;
+
+/// A fresh directory under the system temp dir, removed with its contents at scope exit.
+struct temp_dir {
+  fs::path path;
+  temp_dir() {
+    static int counter = 0;
+    path = fs::temp_directory_path() /
+           ("aqua_llama2c_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    fs::create_directories(path);
+  }
+  ~temp_dir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  std::string file(const std::string& name) const { return (path / name).string(); }
+};
+
+void write_bytes(const std::string& path, const std::vector<char>& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+std::vector<char> read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::vector<char>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+template <class T>
+void append_raw(std::vector<char>& out, const T& value) {
+  const char* p = reinterpret_cast<const char*>(&value);
+  out.insert(out.end(), p, p + sizeof(T));
+}
+
+// ---------------------------------------------------------------------------------------------
+// A tiny synthetic model: each tensor kept separately, so the oracle never relies on the loader's
+// offsets.
+
+struct tiny_model {
+  int dim = 16, hidden = 24, layers = 2, heads = 4, kv_heads = 2, vocab = 40, seq_len = 16;
+  bool shared = true;
+  std::vector<float> emb, rms_att, wq, wk, wv, wo, rms_ffn, w1, w2, w3, rms_final, rope, cls;
+
+  int head_dim() const { return dim / heads; }
+  int kv_dim() const { return kv_heads * head_dim(); }
+
+  explicit tiny_model(bool shared_classifier = true, std::uint32_t seed = 7) : shared(shared_classifier) {
+    auto make = [&](std::size_t n, double stddev, double mean = 0.0) {
+      std::vector<float> t(n);
+      aqua_test::fill_normal(t, seed++, stddev);
+      for (auto& x : t) x += static_cast<float>(mean);
+      return t;
+    };
+    const auto L = static_cast<std::size_t>(layers), D = static_cast<std::size_t>(dim),
+               H = static_cast<std::size_t>(hidden), KV = static_cast<std::size_t>(kv_dim());
+    emb = make(static_cast<std::size_t>(vocab) * D, 1.0);
+    rms_att = make(L * D, 0.1, 1.0);
+    wq = make(L * D * D, 0.4);
+    wk = make(L * KV * D, 0.4);
+    wv = make(L * KV * D, 0.4);
+    wo = make(L * D * D, 0.3);
+    rms_ffn = make(L * D, 0.1, 1.0);
+    w1 = make(L * H * D, 0.3);
+    w2 = make(L * D * H, 0.3);
+    w3 = make(L * H * D, 0.3);
+    rms_final = make(D, 0.1, 1.0);
+    rope = make(static_cast<std::size_t>(seq_len * head_dim()), 1.0);  // legacy tables: ignored
+    if (!shared) cls = make(static_cast<std::size_t>(vocab) * D, 0.5);
+  }
+
+  std::vector<std::int32_t> header() const {
+    return {dim, hidden, layers, heads, kv_heads, shared ? vocab : -vocab, seq_len};
+  }
+
+  std::vector<char> bytes() const { return bytes_with_header(header()); }
+
+  std::vector<char> bytes_with_header(const std::vector<std::int32_t>& h) const {
+    std::vector<char> out;
+    for (auto v : h) append_raw(out, v);
+    for (const auto* t : {&emb, &rms_att, &wq, &wk, &wv, &wo, &rms_ffn, &w1, &w2, &w3, &rms_final, &rope, &cls})
+      for (float x : *t) append_raw(out, x);
+    return out;
+  }
+
+  /// Naive double-precision forward pass over `tokens`; returns the logits of every position.
+  std::vector<std::vector<double>> reference_logits(const std::vector<int>& tokens) const {
+    const int hd = head_dim(), KV = kv_dim(), group = heads / kv_heads;
+    auto matvec = [](const std::vector<float>& w, std::size_t offset, int rows, int cols, const std::vector<double>& x) {
+      std::vector<double> y(static_cast<std::size_t>(rows), 0.0);
+      for (int r = 0; r < rows; ++r)
+        for (int c = 0; c < cols; ++c)
+          y[static_cast<std::size_t>(r)] += static_cast<double>(w[offset + static_cast<std::size_t>(r * cols + c)]) *
+                                            x[static_cast<std::size_t>(c)];
+      return y;
+    };
+    auto rmsnorm = [&](const std::vector<double>& x, const std::vector<float>& w, std::size_t offset) {
+      double ss = 0;
+      for (double v : x) ss += v * v;
+      const double inv = 1.0 / std::sqrt(ss / dim + 1e-5);
+      std::vector<double> y(x.size());
+      for (std::size_t i = 0; i < x.size(); ++i) y[i] = static_cast<double>(w[offset + i]) * x[i] * inv;
+      return y;
+    };
+    auto rope_rotate = [&](std::vector<double>& v, int pos) {
+      for (std::size_t j = 0; j < v.size(); j += 2) {
+        const double angle = pos * std::pow(10000.0, -static_cast<double>(j % static_cast<std::size_t>(hd)) / hd);
+        const double a = v[j], b = v[j + 1];
+        v[j] = a * std::cos(angle) - b * std::sin(angle);
+        v[j + 1] = a * std::sin(angle) + b * std::cos(angle);
+      }
+    };
+    std::vector<std::vector<std::vector<double>>> kc(static_cast<std::size_t>(layers)), vc(static_cast<std::size_t>(layers));
+    std::vector<std::vector<double>> all_logits;
+    for (std::size_t pos = 0; pos < tokens.size(); ++pos) {
+      std::vector<double> x(static_cast<std::size_t>(dim));
+      for (int i = 0; i < dim; ++i) x[static_cast<std::size_t>(i)] = emb[static_cast<std::size_t>(tokens[pos] * dim + i)];
+      for (int l = 0; l < layers; ++l) {
+        const auto ul = static_cast<std::size_t>(l);
+        const auto xb = rmsnorm(x, rms_att, ul * static_cast<std::size_t>(dim));
+        auto q = matvec(wq, ul * static_cast<std::size_t>(dim * dim), dim, dim, xb);
+        auto k = matvec(wk, ul * static_cast<std::size_t>(KV * dim), KV, dim, xb);
+        const auto v = matvec(wv, ul * static_cast<std::size_t>(KV * dim), KV, dim, xb);
+        rope_rotate(q, static_cast<int>(pos));
+        rope_rotate(k, static_cast<int>(pos));
+        kc[ul].push_back(k);
+        vc[ul].push_back(v);
+        std::vector<double> att(static_cast<std::size_t>(dim), 0.0);
+        for (int h = 0; h < heads; ++h) {
+          const int kvh = h / group;
+          std::vector<double> s(pos + 1);
+          double mx = -1e300;
+          for (std::size_t t = 0; t <= pos; ++t) {
+            double dot = 0;
+            for (int c = 0; c < hd; ++c)
+              dot += q[static_cast<std::size_t>(h * hd + c)] * kc[ul][t][static_cast<std::size_t>(kvh * hd + c)];
+            s[t] = dot / std::sqrt(static_cast<double>(hd));
+            mx = std::max(mx, s[t]);
+          }
+          double sum = 0;
+          for (auto& e : s) sum += (e = std::exp(e - mx));
+          for (std::size_t t = 0; t <= pos; ++t)
+            for (int c = 0; c < hd; ++c)
+              att[static_cast<std::size_t>(h * hd + c)] += s[t] / sum * vc[ul][t][static_cast<std::size_t>(kvh * hd + c)];
+        }
+        const auto o = matvec(wo, ul * static_cast<std::size_t>(dim * dim), dim, dim, att);
+        for (int i = 0; i < dim; ++i) x[static_cast<std::size_t>(i)] += o[static_cast<std::size_t>(i)];
+        const auto xf = rmsnorm(x, rms_ffn, ul * static_cast<std::size_t>(dim));
+        auto a = matvec(w1, ul * static_cast<std::size_t>(hidden * dim), hidden, dim, xf);
+        const auto b = matvec(w3, ul * static_cast<std::size_t>(hidden * dim), hidden, dim, xf);
+        for (std::size_t i = 0; i < a.size(); ++i) a[i] = a[i] / (1.0 + std::exp(-a[i])) * b[i];
+        const auto f = matvec(w2, ul * static_cast<std::size_t>(dim * hidden), dim, hidden, a);
+        for (int i = 0; i < dim; ++i) x[static_cast<std::size_t>(i)] += f[static_cast<std::size_t>(i)];
+      }
+      x = rmsnorm(x, rms_final, 0);
+      all_logits.push_back(matvec(shared ? emb : cls, 0, vocab, dim, x));
+    }
+    return all_logits;
+  }
+};
+
+std::string write_model(const temp_dir& dir, const tiny_model& m, const std::string& name = "model.bin") {
+  const std::string path = dir.file(name);
+  write_bytes(path, m.bytes());
+  return path;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A synthetic tokenizer: <unk>, BOS, EOS, the 256 byte tokens, then merge pieces.
+
+struct tiny_vocab {
+  std::vector<std::string> pieces;
+  std::vector<float> scores;
+  int max_len = 0;
+
+  tiny_vocab() {
+    add("<unk>", 0);
+    add("\n<s>\n", 0);
+    add("\n</s>\n", 0);
+    for (int b = 0; b < 256; ++b) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "<0x%02X>", b);
+      add(buf, 0);
+    }
+    // Ties (-1 twice, -3 twice) and a piece at -1e10 that must never merge.
+    const std::pair<const char*, float> merges[] = {
+        {" ", -20},   {"a", -20},  {"b", -20},   {"c", -20},    {"d", -20},  {"e", -20},
+        {"\xC3\xA9", -20},  // é, a 2-byte code point known to the vocabulary
+        {"ab", -1},   {"ba", -1},  {" a", -2},   {"abc", -3},   {" ab", -3}, {"cd", -4},
+        {"dd", -5},   {"e e", -6}, {" abc", -7}, {"abcd", -8},  {"ee", -1e10f},
+        {"\xC3\xA9" "a", -9}};
+    for (const auto& m : merges) add(m.first, m.second);
+  }
+  void add(const std::string& p, float s) {
+    pieces.push_back(p);
+    scores.push_back(s);
+    max_len = std::max(max_len, static_cast<int>(p.size()));
+  }
+  int size() const { return static_cast<int>(pieces.size()); }
+
+  std::vector<char> bytes() const {
+    std::vector<char> out;
+    append_raw(out, static_cast<std::int32_t>(max_len));
+    for (std::size_t i = 0; i < pieces.size(); ++i) {
+      append_raw(out, scores[i]);
+      append_raw(out, static_cast<std::int32_t>(pieces[i].size()));
+      out.insert(out.end(), pieces[i].begin(), pieces[i].end());
+    }
+    return out;
+  }
+};
+
+/// llama2.c run.c's encode(), transliterated: linear lookup, full rescan after every merge.
+std::vector<int> run_c_encode(const tiny_vocab& v, const std::string& text, bool bos, bool eos) {
+  auto lookup = [&](const std::string& s) {
+    for (int i = 0; i < v.size(); ++i)
+      if (v.pieces[static_cast<std::size_t>(i)] == s) return i;
+    return -1;
+  };
+  std::vector<int> tokens;
+  if (bos) tokens.push_back(1);
+  if (!text.empty()) tokens.push_back(lookup(" "));
+  std::string buf;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if ((c & 0xC0) != 0x80) buf.clear();
+    buf += c;
+    const char next = i + 1 < text.size() ? text[i + 1] : '\0';
+    if ((next & 0xC0) == 0x80 && buf.size() < 4) continue;
+    const int id = lookup(buf);
+    if (id != -1) {
+      tokens.push_back(id);
+    } else {
+      for (char b : buf) tokens.push_back(static_cast<unsigned char>(b) + 3);
+    }
+    buf.clear();
+  }
+  for (;;) {
+    float best_score = -1e10f;
+    int best_id = -1, best_idx = -1;
+    for (std::size_t i = 0; i + 1 < tokens.size(); ++i) {
+      const int id = lookup(v.pieces[static_cast<std::size_t>(tokens[i])] + v.pieces[static_cast<std::size_t>(tokens[i + 1])]);
+      if (id != -1 && v.scores[static_cast<std::size_t>(id)] > best_score) {
+        best_score = v.scores[static_cast<std::size_t>(id)];
+        best_id = id;
+        best_idx = static_cast<int>(i);
+      }
+    }
+    if (best_idx == -1) break;
+    tokens[static_cast<std::size_t>(best_idx)] = best_id;
+    tokens.erase(tokens.begin() + best_idx + 1);
+  }
+  if (eos) tokens.push_back(2);
+  return tokens;
+}
+
+std::string random_text(std::mt19937& rng, bool with_odd_bytes) {
+  static const std::vector<std::string> atoms = {"a", "b", "c", "d", "e", " ", "\xC3\xA9", "z", "Q", "\xE2\x80\x94"};
+  static const std::vector<std::string> odd = {"\xFF", "\x80", "\xC3", "\xF0\x9F\x98\x80\x80", "\n"};
+  std::uniform_int_distribution<int> len(0, 24), pick(0, 99);
+  std::string s;
+  const int n = len(rng);
+  for (int i = 0; i < n; ++i) {
+    const int r = pick(rng);
+    if (with_odd_bytes && r < 8) s += odd[static_cast<std::size_t>(r) % odd.size()];
+    else s += atoms[static_cast<std::size_t>(r) % atoms.size()];
+  }
+  return s;
+}
+
+}  // namespace
+
+// =============================================================================================
+// Checkpoint loader
+
+TEST_CASE("llama2c checkpoint: a synthetic model loads with every tensor where the format puts it", "[llama2c]") {
+  temp_dir dir;
+  const tiny_model m;
+  const std::string path = write_model(dir, m);
+  const auto ck = llama2c::checkpoint::load(path);
+  const auto& c = ck.cfg();
+  CHECK(c.dim == 16);
+  CHECK(c.hidden_dim == 24);
+  CHECK(c.n_layers == 2);
+  CHECK(c.n_heads == 4);
+  CHECK(c.n_kv_heads == 2);
+  CHECK(c.vocab_size == 40);
+  CHECK(c.seq_len == 16);
+  CHECK(c.shared_classifier);
+  CHECK(c.head_dim() == 4);
+  CHECK(c.kv_dim() == 8);
+  CHECK(llama2c::checkpoint::expected_file_size(c) == m.bytes().size());
+  // First and last element of each tensor of the second layer, and the shared classifier.
+  CHECK(ck.token_embedding()[5] == m.emb[5]);
+  CHECK(ck.wq(1)[0] == m.wq[256]);
+  CHECK(ck.wk(1)[127] == m.wk.back());
+  CHECK(ck.wv(1)[0] == m.wv[128]);
+  CHECK(ck.wo(1)[255] == m.wo.back());
+  CHECK(ck.rms_att(1)[0] == m.rms_att[16]);
+  CHECK(ck.rms_ffn(1)[15] == m.rms_ffn.back());
+  CHECK(ck.w1(1)[0] == m.w1[384]);
+  CHECK(ck.w2(1)[383] == m.w2.back());
+  CHECK(ck.w3(1)[383] == m.w3.back());
+  CHECK(ck.rms_final()[15] == m.rms_final.back());
+  CHECK(ck.classifier() == ck.token_embedding());
+}
+
+TEST_CASE("llama2c checkpoint: a negative vocab_size reads a separate classifier after the RoPE tables", "[llama2c]") {
+  temp_dir dir;
+  const tiny_model m(false);
+  const auto ck = llama2c::checkpoint::load(write_model(dir, m));
+  CHECK_FALSE(ck.cfg().shared_classifier);
+  CHECK(ck.cfg().vocab_size == 40);
+  CHECK(ck.classifier() != ck.token_embedding());
+  CHECK(ck.classifier()[0] == m.cls.front());
+  CHECK(ck.classifier()[40 * 16 - 1] == m.cls.back());
+}
+
+TEST_CASE("llama2c checkpoint: truncated, padded and headerless files are rejected with the path and sizes", "[llama2c]") {
+  temp_dir dir;
+  const tiny_model m;
+  std::vector<char> bytes = m.bytes();
+  const std::string path = dir.file("bad.bin");
+
+  bytes.resize(bytes.size() - 4);
+  write_bytes(path, bytes);
+  REQUIRE_THROWS_AS(llama2c::checkpoint::load(path), aqua::error);
+  REQUIRE_THROWS_WITH(llama2c::checkpoint::load(path), Contains(path) && Contains("truncated") &&
+                                                           Contains(std::to_string(bytes.size())));
+
+  bytes = m.bytes();
+  bytes.push_back(0);
+  write_bytes(path, bytes);
+  REQUIRE_THROWS_WITH(llama2c::checkpoint::load(path), Contains(path) && Contains("needs exactly"));
+
+  write_bytes(path, std::vector<char>(20, 0));
+  REQUIRE_THROWS_WITH(llama2c::checkpoint::load(path), Contains("less than the 28-byte header"));
+
+  write_bytes(path, {});
+  REQUIRE_THROWS_WITH(llama2c::checkpoint::load(path), Contains("less than the 28-byte header"));
+
+  REQUIRE_THROWS_WITH(llama2c::checkpoint::load(dir.file("missing.bin")), Contains("cannot open"));
+}
+
+TEST_CASE("llama2c checkpoint: absurd or inconsistent header values are rejected before any allocation", "[llama2c]") {
+  temp_dir dir;
+  const tiny_model m;
+  const std::string path = dir.file("bad.bin");
+  auto load_with = [&](std::vector<std::int32_t> h) {
+    write_bytes(path, m.bytes_with_header(h));
+    return llama2c::checkpoint::load(path);
+  };
+  const auto good = m.header();
+  auto with = [&](int field, std::int32_t value) {
+    auto h = good;
+    h[static_cast<std::size_t>(field)] = value;
+    return h;
+  };
+  REQUIRE_THROWS_WITH(load_with(with(0, -16)), Contains(path) && Contains("dim = -16"));
+  REQUIRE_THROWS_WITH(load_with(with(0, 1 << 30)), Contains("dim = 1073741824") && Contains("outside"));
+  REQUIRE_THROWS_WITH(load_with(with(1, 0)), Contains("hidden_dim = 0"));
+  REQUIRE_THROWS_WITH(load_with(with(2, 0)), Contains("n_layers = 0"));
+  REQUIRE_THROWS_WITH(load_with(with(2, 1 << 20)), Contains("n_layers"));
+  REQUIRE_THROWS_WITH(load_with(with(3, 3)), Contains("n_heads = 3 does not divide dim = 16"));
+  REQUIRE_THROWS_WITH(load_with(with(3, 32)), Contains("n_heads = 32"));
+  REQUIRE_THROWS_WITH(load_with(with(4, 3)), Contains("n_kv_heads = 3 does not divide n_heads = 4"));
+  REQUIRE_THROWS_WITH(load_with(with(4, 0)), Contains("n_kv_heads = 0"));
+  REQUIRE_THROWS_WITH(load_with(with(5, 0)), Contains("vocab_size"));
+  REQUIRE_THROWS_WITH(load_with(with(5, std::numeric_limits<std::int32_t>::min())), Contains("vocab_size"));
+  REQUIRE_THROWS_WITH(load_with(with(6, -1)), Contains("seq_len = -1"));
+  // 16 heads of width 1 cannot be rotated in pairs.
+  REQUIRE_THROWS_WITH(load_with({16, 24, 2, 16, 16, 40, 16}), Contains("odd"));
+  // A plausible header that does not describe the file: the size check catches it.
+  REQUIRE_THROWS_WITH(load_with(with(1, 4096)), Contains("truncated"));
+  REQUIRE_THROWS_WITH(load_with(with(5, 20)), Contains("needs exactly"));
+}
+
+TEST_CASE("llama2c checkpoint: a non-finite weight is reported as a corrupt file with its offset", "[llama2c]") {
+  temp_dir dir;
+  tiny_model m;
+  m.w2[3] = std::numeric_limits<float>::quiet_NaN();
+  const std::string path = write_model(dir, m);
+  REQUIRE_THROWS_WITH(llama2c::checkpoint::load(path), Contains(path) && Contains("not finite") && Contains("corrupt"));
+}
+
+// =============================================================================================
+// Tokenizer
+
+TEST_CASE("llama2c tokenizer: loads pieces and scores, and rejects a vocabulary size mismatch", "[llama2c]") {
+  temp_dir dir;
+  const tiny_vocab v;
+  const std::string path = dir.file("tok.bin");
+  write_bytes(path, v.bytes());
+  const auto tok = llama2c::tokenizer::load(path, v.size());
+  CHECK(tok.vocab_size() == v.size());
+  CHECK(tok.max_token_length() == v.max_len);
+  CHECK(tok.piece(3) == "<0x00>");
+  CHECK(tok.piece(v.size() - 1) == "\xC3\xA9" "a");
+  CHECK(tok.score(v.size() - 1) == -9.0f);
+  CHECK(tok.find("abc") >= 259);
+  CHECK(tok.find("xyz") == -1);
+
+  REQUIRE_THROWS_WITH(llama2c::tokenizer::load(path, v.size() + 1),
+                      Contains(path) && Contains("truncated") && Contains("vocab_size"));
+  REQUIRE_THROWS_WITH(llama2c::tokenizer::load(path, v.size() - 1),
+                      Contains(path) && Contains("does not match the model's vocab_size"));
+  REQUIRE_THROWS_WITH(llama2c::tokenizer::load(dir.file("missing.bin"), v.size()), Contains("cannot open"));
+}
+
+TEST_CASE("llama2c tokenizer: truncated and corrupt files are rejected", "[llama2c]") {
+  temp_dir dir;
+  const tiny_vocab v;
+  const std::string path = dir.file("tok.bin");
+  const std::vector<char> good = v.bytes();
+  auto load_bytes = [&](const std::vector<char>& b) {
+    write_bytes(path, b);
+    return llama2c::tokenizer::load(path, v.size());
+  };
+  REQUIRE_THROWS_WITH(load_bytes(std::vector<char>(good.begin(), good.end() - 1)), Contains("truncated inside"));
+  REQUIRE_THROWS_WITH(load_bytes({}), Contains("max_token_length"));
+  auto patched = [&](std::size_t offset, std::int32_t value) {
+    auto b = good;
+    std::memcpy(b.data() + offset, &value, 4);
+    return b;
+  };
+  REQUIRE_THROWS_WITH(load_bytes(patched(0, -1)), Contains("max_token_length = -1"));
+  // Token 0: score at byte 4, length at byte 8.
+  REQUIRE_THROWS_WITH(load_bytes(patched(8, -5)), Contains("token 0 has length -5"));
+  REQUIRE_THROWS_WITH(load_bytes(patched(8, 1000)), Contains("token 0 has length 1000"));
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::int32_t nan_bits;
+  std::memcpy(&nan_bits, &nan, 4);
+  REQUIRE_THROWS_WITH(load_bytes(patched(4, nan_bits)), Contains("non-finite score"));
+  REQUIRE_THROWS_WITH(llama2c::tokenizer::load(path, 2), Contains("at least"));
+}
+
+TEST_CASE("llama2c tokenizer: encode makes run.c's choices (dummy prefix, byte fallback +3, merge order)", "[llama2c]") {
+  temp_dir dir;
+  const tiny_vocab v;
+  const std::string path = dir.file("tok.bin");
+  write_bytes(path, v.bytes());
+  const auto tok = llama2c::tokenizer::load(path, v.size());
+
+  // Hand-checked cases first.
+  CHECK(tok.encode("", true, false) == std::vector<int>{1});
+  CHECK(tok.encode("", false, true) == std::vector<int>{2});
+  CHECK(tok.encode("abc", true, true) == std::vector<int>{1, tok.find(" abc"), 2});
+  CHECK(tok.encode("z", false, false) == std::vector<int>{tok.find(" "), 'z' + 3});
+  // "ee" scores -1e10 and never merges.
+  CHECK(tok.encode("ee", false, false) == std::vector<int>{tok.find(" "), tok.find("e"), tok.find("e")});
+  // A 3-byte code point the vocabulary lacks becomes three byte tokens.
+  CHECK(tok.encode("\xE2\x80\x94", false, false) == std::vector<int>{tok.find(" "), 0xE2 + 3, 0x80 + 3, 0x94 + 3});
+
+  std::mt19937 rng(11);
+  for (int trial = 0; trial < 400; ++trial) {
+    const std::string text = random_text(rng, trial % 2 == 1);
+    const bool bos = trial % 3 != 0, eos = trial % 5 == 0;
+    INFO("text '" << text << "'");
+    REQUIRE(tok.encode(text, bos, eos) == run_c_encode(v, text, bos, eos));
+  }
+}
+
+TEST_CASE("llama2c tokenizer: decode after BOS inverts encode byte for byte", "[llama2c]") {
+  temp_dir dir;
+  const tiny_vocab v;
+  const std::string path = dir.file("tok.bin");
+  write_bytes(path, v.bytes());
+  const auto tok = llama2c::tokenizer::load(path, v.size());
+  CHECK(tok.decode(1, tok.find(" a")) == "a");
+  CHECK(tok.decode(5, tok.find(" a")) == " a");
+  CHECK(tok.decode(5, 0xE2 + 3) == "\xE2");
+  std::mt19937 rng(5);
+  for (int trial = 0; trial < 300; ++trial) {
+    const std::string text = random_text(rng, true);
+    REQUIRE(tok.decode_all(tok.encode(text, true, false)) == text);
+  }
+}
+
+// =============================================================================================
+// Forward pass
+
+namespace {
+
+double max_rel_error(aqua::matrix_view<const float> logits, aqua::index_t row, const std::vector<double>& ref) {
+  return aqua_test::normalized_error(
+      static_cast<aqua::index_t>(ref.size()), [&](aqua::index_t j) { return logits(row, j); },
+      [&](aqua::index_t j) { return ref[static_cast<std::size_t>(j)]; });
+}
+
+}  // namespace
+
+TEST_CASE("llama2c transformer: logits equal a naive double-precision model, whole-block and token by token", "[llama2c]") {
+  temp_dir dir;
+  for (const bool shared : {true, false}) {
+    const tiny_model m(shared, shared ? 21 : 33);
+    const auto ck = llama2c::checkpoint::load(write_model(dir, m));
+    const std::vector<int> tokens = {1, 7, 39, 0, 12, 12, 25, 3, 30};
+    const auto ref = m.reference_logits(tokens);
+    llama2c::dense_attention attention;
+    llama2c::transformer engine(ck, attention);
+
+    // One prefill call over the whole sequence.
+    const auto block = engine.forward(tokens.data(), static_cast<aqua::index_t>(tokens.size()));
+    for (std::size_t t = 0; t < tokens.size(); ++t) {
+      INFO("shared " << shared << ", position " << t);
+      CHECK(max_rel_error(block, static_cast<aqua::index_t>(t), ref[t]) < 2e-5);
+    }
+    // A prefill of 3 followed by one decode call per token.
+    engine.reset();
+    engine.forward(tokens.data(), 3);
+    for (std::size_t t = 3; t < tokens.size(); ++t) {
+      const auto one = engine.forward(&tokens[t], 1);
+      INFO("shared " << shared << ", decode position " << t);
+      CHECK(max_rel_error(one, 0, ref[t]) < 2e-5);
+    }
+    CHECK(engine.position() == static_cast<aqua::index_t>(tokens.size()));
+  }
+}
+
+TEST_CASE("llama2c transformer: out-of-vocabulary tokens and context overflow are rejected", "[llama2c]") {
+  temp_dir dir;
+  const tiny_model m;
+  const auto ck = llama2c::checkpoint::load(write_model(dir, m));
+  llama2c::dense_attention attention;
+  llama2c::transformer engine(ck, attention);
+  const int bad = 40;
+  REQUIRE_THROWS_WITH(engine.forward(&bad, 1), Contains("token 40 is outside the vocabulary"));
+  const std::vector<int> tokens(17, 1);
+  REQUIRE_THROWS_WITH(engine.forward(tokens.data(), 17), Contains("17 tokens"));
+  engine.forward(tokens.data(), 16);
+  REQUIRE_THROWS_WITH(engine.forward(tokens.data(), 1), Contains("exceed the model's context of 16"));
+}
+
+TEST_CASE("llama2c transformer: greedy generation and perplexity agree with the naive model", "[llama2c]") {
+  temp_dir dir;
+  const tiny_model m;
+  const tiny_vocab v;
+  // The tiny model has 40 tokens; this test needs a tokenizer of the same size: the first 40
+  // pieces of the synthetic vocabulary (specials and byte tokens) plus a " " piece.
+  tiny_vocab small;
+  small.pieces.assign(v.pieces.begin(), v.pieces.begin() + 39);
+  small.scores.assign(v.scores.begin(), v.scores.begin() + 39);
+  small.add(" ", -1);
+  const std::string tok_path = dir.file("tok40.bin");
+  write_bytes(tok_path, small.bytes());
+  const auto tok = llama2c::tokenizer::load(tok_path, 40);
+  const auto ck = llama2c::checkpoint::load(write_model(dir, m));
+  llama2c::dense_attention attention;
+  llama2c::transformer engine(ck, attention);
+
+  // run.c's loop: 8 positions give at most 8 tokens after BOS; an argmax of BOS ends early.
+  const auto g = llama2c::generate_greedy(engine, tok, "", 8);
+  REQUIRE(g.tokens.size() <= 9);
+  const auto ref = m.reference_logits(g.tokens);
+  auto argmax = [&](std::size_t t) {
+    return static_cast<int>(std::max_element(ref[t].begin(), ref[t].end()) - ref[t].begin());
+  };
+  for (std::size_t t = 0; t + 1 < g.tokens.size(); ++t) CHECK(argmax(t) == g.tokens[t + 1]);
+  if (g.tokens.size() < 9) CHECK(argmax(g.tokens.size() - 1) == llama2c::tokenizer::bos_id);
+
+  const std::vector<int> tokens = {1, 5, 9, 13, 39, 2, 7};
+  const auto r = llama2c::perplexity(engine, tokens);
+  const auto lref = m.reference_logits(tokens);
+  double nll = 0;
+  for (std::size_t t = 0; t + 1 < tokens.size(); ++t) {
+    double mx = -1e300, sum = 0;
+    for (double x : lref[t]) mx = std::max(mx, x);
+    for (double x : lref[t]) sum += std::exp(x - mx);
+    nll -= lref[t][static_cast<std::size_t>(tokens[t + 1])] - mx - std::log(sum);
+  }
+  CHECK(r.tokens == 7);
+  CHECK(r.predicted == 6);
+  CHECK(r.perplexity == Approx(std::exp(nll / 6)).epsilon(1e-5));
+}
+
+// =============================================================================================
+// Q/K dump
+
+TEST_CASE("llama2c npy: the writer emits a v1.0 header padded to 64 bytes and C-order float32 data", "[llama2c]") {
+  temp_dir dir;
+  const std::vector<float> data = {1, 2, 3, 4, 5, 6};
+  const std::string path = dir.file("a.npy");
+  llama2c::write_npy(path, data.data(), {2, 3});
+  const auto b = read_bytes(path);
+  REQUIRE(b.size() >= 10);
+  CHECK(std::string(b.data() + 1, 5) == "NUMPY");
+  CHECK(static_cast<unsigned char>(b[0]) == 0x93);
+  CHECK(b[6] == 1);
+  CHECK(b[7] == 0);
+  const std::size_t header_len = static_cast<unsigned char>(b[8]) + 256u * static_cast<unsigned char>(b[9]);
+  CHECK((10 + header_len) % 64 == 0);
+  const std::string header(b.data() + 10, header_len);
+  CHECK_THAT(header, Contains("'descr': '<f4'") && Contains("'fortran_order': False") && Contains("'shape': (2, 3)"));
+  CHECK(header.back() == '\n');
+  REQUIRE(b.size() == 10 + header_len + 6 * sizeof(float));
+  float back[6];
+  std::memcpy(back, b.data() + 10 + header_len, sizeof back);
+  for (int i = 0; i < 6; ++i) CHECK(back[i] == data[static_cast<std::size_t>(i)]);
+
+  llama2c::write_npy(path, data.data(), {6});
+  const auto b1 = read_bytes(path);
+  CHECK_THAT(std::string(b1.data() + 10, 60), Contains("'shape': (6,)"));
+}
+
+TEST_CASE("llama2c dump: q and k files are head-major [H, rows, d] over every forward call", "[llama2c]") {
+  temp_dir dir;
+  const tiny_model m;
+  const auto ck = llama2c::checkpoint::load(write_model(dir, m));
+  llama2c::dense_attention attention;
+  llama2c::transformer engine(ck, attention);
+  llama2c::qk_dump dump(2, 4, 2, 4);
+  // Keep an independent copy of what the observer saw, indexed [layer][position][head][c].
+  std::vector<std::vector<float>> seen_q(2);
+  engine.set_qk_observer([&](int layer, aqua::index_t, aqua::tensor3_view<const float> q,
+                             aqua::tensor3_view<const float> k) {
+    dump.add(layer, q, k);
+    for (aqua::index_t r = 0; r < q.extent(1); ++r)
+      for (aqua::index_t h = 0; h < 4; ++h)
+        for (aqua::index_t c = 0; c < 4; ++c) seen_q[static_cast<std::size_t>(layer)].push_back(q(h, r, c));
+  });
+  const std::vector<int> tokens = {1, 2, 3, 4, 5};
+  engine.forward(tokens.data(), 3);
+  engine.forward(tokens.data() + 3, 2);
+  CHECK(dump.write(dir.path.string()) == 5);
+  const auto b = read_bytes(dir.file("q_layer1.npy"));
+  const std::size_t header_len = static_cast<unsigned char>(b[8]) + 256u * static_cast<unsigned char>(b[9]);
+  CHECK_THAT(std::string(b.data() + 10, header_len), Contains("(4, 5, 4)"));
+  REQUIRE(b.size() == 10 + header_len + 4 * 5 * 4 * sizeof(float));
+  for (int h = 0; h < 4; ++h)
+    for (int r = 0; r < 5; ++r)
+      for (int c = 0; c < 4; ++c) {
+        float x;
+        std::memcpy(&x, b.data() + 10 + header_len + sizeof(float) * static_cast<std::size_t>((h * 5 + r) * 4 + c), 4);
+        CHECK(x == seen_q[1][static_cast<std::size_t>((r * 4 + h) * 4 + c)]);
+      }
+  const auto k = read_bytes(dir.file("k_layer0.npy"));
+  CHECK_THAT(std::string(k.data() + 10, 60), Contains("(2, 5, 4)"));
+}
+
+// =============================================================================================
+// The real checkpoint (skipped without the data)
+
+TEST_CASE("llama2c stories260K: greedy text and perplexity match the llama2.c reference", "[llama2c][data]") {
+  const std::string repo_root = fs::path(__FILE__).parent_path().parent_path().string();
+  std::string data;
+  try {
+    data = llama2c::resolve_data_dir("", repo_root);
+  } catch (const aqua::error& e) {
+    WARN(e.what() << ": skipped");
+    return;
+  }
+  if (data.empty() || !fs::exists(data + "/stories260K/stories260K.bin")) {
+    WARN("stories260K not found (set AQUA_DATA_DIR or place it in ../shared/data): skipped");
+    return;
+  }
+  const auto ck = llama2c::checkpoint::load(data + "/stories260K/stories260K.bin");
+  const auto tok = llama2c::tokenizer::load(data + "/stories260K/tok512.bin", ck.cfg().vocab_size);
+  llama2c::dense_attention attention;
+  llama2c::transformer engine(ck, attention);
+
+  const auto g = llama2c::generate_greedy(engine, tok, "", 40);
+  CHECK_THAT(g.text, Catch::Matchers::StartsWith("Once upon a time, there was a little girl named Lily."));
+
+  const std::string en = data + "/text/en_pud.txt";
+  // llama2.c's runner: about 55 over the first 512 tokens of the file, newlines as spaces.
+  const auto whole = llama2c::perplexity(engine, llama2c::perplexity_tokens(tok, llama2c::read_text_flat(en), 512));
+  CHECK(whole.tokens == 512);
+  CHECK(whole.perplexity == Approx(55.0).epsilon(0.03));
+  // Issue 7's reference set-up: sentences 501-1000 joined by single spaces, dense 76.53 (2%).
+  const auto held_out = llama2c::perplexity(
+      engine, llama2c::perplexity_tokens(tok, llama2c::join_lines(llama2c::read_lines(en), 501, 1000, en), 512));
+  CHECK(held_out.perplexity == Approx(76.53).epsilon(0.02));
+}
