@@ -8,6 +8,7 @@
 #include "../examples/llama2c/llama2c.hpp"
 #include "../examples/llama2c/npy.hpp"
 
+#include <unistd.h>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -17,7 +18,6 @@
 #include <limits>
 #include <random>
 #include <string>
-#include <unistd.h>
 #include <vector>
 
 #include "test_support.hpp"
@@ -104,7 +104,8 @@ struct tiny_model {
   std::vector<char> bytes_with_header(const std::vector<std::int32_t>& h) const {
     std::vector<char> out;
     for (auto v : h) append_raw(out, v);
-    for (const auto* t : {&emb, &rms_att, &wq, &wk, &wv, &wo, &rms_ffn, &w1, &w2, &w3, &rms_final, &rope, &cls})
+    for (const auto* t :
+         {&emb, &rms_att, &wq, &wk, &wv, &wo, &rms_ffn, &w1, &w2, &w3, &rms_final, &rope, &cls})
       for (float x : *t) append_raw(out, x);
     return out;
   }
@@ -112,12 +113,14 @@ struct tiny_model {
   /// Naive double-precision forward pass over `tokens`; returns the logits of every position.
   std::vector<std::vector<double>> reference_logits(const std::vector<int>& tokens) const {
     const int hd = head_dim(), KV = kv_dim(), group = heads / kv_heads;
-    auto matvec = [](const std::vector<float>& w, std::size_t offset, int rows, int cols, const std::vector<double>& x) {
+    auto matvec = [](const std::vector<float>& w, std::size_t offset, int rows, int cols,
+                     const std::vector<double>& x) {
       std::vector<double> y(static_cast<std::size_t>(rows), 0.0);
       for (int r = 0; r < rows; ++r)
         for (int c = 0; c < cols; ++c)
-          y[static_cast<std::size_t>(r)] += static_cast<double>(w[offset + static_cast<std::size_t>(r * cols + c)]) *
-                                            x[static_cast<std::size_t>(c)];
+          y[static_cast<std::size_t>(r)] +=
+              static_cast<double>(w[offset + static_cast<std::size_t>(r * cols + c)]) *
+              x[static_cast<std::size_t>(c)];
       return y;
     };
     auto rmsnorm = [&](const std::vector<double>& x, const std::vector<float>& w, std::size_t offset) {
@@ -130,17 +133,20 @@ struct tiny_model {
     };
     auto rope_rotate = [&](std::vector<double>& v, int pos) {
       for (std::size_t j = 0; j < v.size(); j += 2) {
-        const double angle = pos * std::pow(10000.0, -static_cast<double>(j % static_cast<std::size_t>(hd)) / hd);
+        const double angle =
+            pos * std::pow(10000.0, -static_cast<double>(j % static_cast<std::size_t>(hd)) / hd);
         const double a = v[j], b = v[j + 1];
         v[j] = a * std::cos(angle) - b * std::sin(angle);
         v[j + 1] = a * std::sin(angle) + b * std::cos(angle);
       }
     };
-    std::vector<std::vector<std::vector<double>>> kc(static_cast<std::size_t>(layers)), vc(static_cast<std::size_t>(layers));
+    std::vector<std::vector<std::vector<double>>> kc(static_cast<std::size_t>(layers)),
+        vc(static_cast<std::size_t>(layers));
     std::vector<std::vector<double>> all_logits;
     for (std::size_t pos = 0; pos < tokens.size(); ++pos) {
       std::vector<double> x(static_cast<std::size_t>(dim));
-      for (int i = 0; i < dim; ++i) x[static_cast<std::size_t>(i)] = emb[static_cast<std::size_t>(tokens[pos] * dim + i)];
+      for (int i = 0; i < dim; ++i)
+        x[static_cast<std::size_t>(i)] = emb[static_cast<std::size_t>(tokens[pos] * dim + i)];
       for (int l = 0; l < layers; ++l) {
         const auto ul = static_cast<std::size_t>(l);
         const auto xb = rmsnorm(x, rms_att, ul * static_cast<std::size_t>(dim));
@@ -159,7 +165,8 @@ struct tiny_model {
           for (std::size_t t = 0; t <= pos; ++t) {
             double dot = 0;
             for (int c = 0; c < hd; ++c)
-              dot += q[static_cast<std::size_t>(h * hd + c)] * kc[ul][t][static_cast<std::size_t>(kvh * hd + c)];
+              dot +=
+                  q[static_cast<std::size_t>(h * hd + c)] * kc[ul][t][static_cast<std::size_t>(kvh * hd + c)];
             s[t] = dot / std::sqrt(static_cast<double>(hd));
             mx = std::max(mx, s[t]);
           }
@@ -167,7 +174,8 @@ struct tiny_model {
           for (auto& e : s) sum += (e = std::exp(e - mx));
           for (std::size_t t = 0; t <= pos; ++t)
             for (int c = 0; c < hd; ++c)
-              att[static_cast<std::size_t>(h * hd + c)] += s[t] / sum * vc[ul][t][static_cast<std::size_t>(kvh * hd + c)];
+              att[static_cast<std::size_t>(h * hd + c)] +=
+                  s[t] / sum * vc[ul][t][static_cast<std::size_t>(kvh * hd + c)];
         }
         const auto o = matvec(wo, ul * static_cast<std::size_t>(dim * dim), dim, dim, att);
         for (int i = 0; i < dim; ++i) x[static_cast<std::size_t>(i)] += o[static_cast<std::size_t>(i)];
@@ -210,11 +218,27 @@ struct tiny_vocab {
     }
     // Ties (-1 twice, -3 twice) and a piece at -1e10 that must never merge.
     const std::pair<const char*, float> merges[] = {
-        {" ", -20},   {"a", -20},  {"b", -20},   {"c", -20},    {"d", -20},  {"e", -20},
+        {" ", -20},
+        {"a", -20},
+        {"b", -20},
+        {"c", -20},
+        {"d", -20},
+        {"e", -20},
         {"\xC3\xA9", -20},  // é, a 2-byte code point known to the vocabulary
-        {"ab", -1},   {"ba", -1},  {" a", -2},   {"abc", -3},   {" ab", -3}, {"cd", -4},
-        {"dd", -5},   {"e e", -6}, {" abc", -7}, {"abcd", -8},  {"ee", -1e10f},
-        {"\xC3\xA9" "a", -9}};
+        {"ab", -1},
+        {"ba", -1},
+        {" a", -2},
+        {"abc", -3},
+        {" ab", -3},
+        {"cd", -4},
+        {"dd", -5},
+        {"e e", -6},
+        {" abc", -7},
+        {"abcd", -8},
+        {"ee", -1e10f},
+        {"\xC3\xA9"
+         "a",
+         -9}};
     for (const auto& m : merges) add(m.first, m.second);
   }
   void add(const std::string& p, float s) {
@@ -265,7 +289,8 @@ std::vector<int> run_c_encode(const tiny_vocab& v, const std::string& text, bool
     float best_score = -1e10f;
     int best_id = -1, best_idx = -1;
     for (std::size_t i = 0; i + 1 < tokens.size(); ++i) {
-      const int id = lookup(v.pieces[static_cast<std::size_t>(tokens[i])] + v.pieces[static_cast<std::size_t>(tokens[i + 1])]);
+      const int id = lookup(v.pieces[static_cast<std::size_t>(tokens[i])] +
+                            v.pieces[static_cast<std::size_t>(tokens[i + 1])]);
       if (id != -1 && v.scores[static_cast<std::size_t>(id)] > best_score) {
         best_score = v.scores[static_cast<std::size_t>(id)];
         best_id = id;
@@ -281,15 +306,18 @@ std::vector<int> run_c_encode(const tiny_vocab& v, const std::string& text, bool
 }
 
 std::string random_text(std::mt19937& rng, bool with_odd_bytes) {
-  static const std::vector<std::string> atoms = {"a", "b", "c", "d", "e", " ", "\xC3\xA9", "z", "Q", "\xE2\x80\x94"};
+  static const std::vector<std::string> atoms = {"a", "b",        "c", "d", "e",
+                                                 " ", "\xC3\xA9", "z", "Q", "\xE2\x80\x94"};
   static const std::vector<std::string> odd = {"\xFF", "\x80", "\xC3", "\xF0\x9F\x98\x80\x80", "\n"};
   std::uniform_int_distribution<int> len(0, 24), pick(0, 99);
   std::string s;
   const int n = len(rng);
   for (int i = 0; i < n; ++i) {
     const int r = pick(rng);
-    if (with_odd_bytes && r < 8) s += odd[static_cast<std::size_t>(r) % odd.size()];
-    else s += atoms[static_cast<std::size_t>(r) % atoms.size()];
+    if (with_odd_bytes && r < 8)
+      s += odd[static_cast<std::size_t>(r) % odd.size()];
+    else
+      s += atoms[static_cast<std::size_t>(r) % atoms.size()];
   }
   return s;
 }
@@ -299,7 +327,8 @@ std::string random_text(std::mt19937& rng, bool with_odd_bytes) {
 // =============================================================================================
 // Checkpoint loader
 
-TEST_CASE("llama2c checkpoint: a synthetic model loads with every tensor where the format puts it", "[llama2c]") {
+TEST_CASE("llama2c checkpoint: a synthetic model loads with every tensor where the format puts it",
+          "[llama2c]") {
   temp_dir dir;
   const tiny_model m;
   const std::string path = write_model(dir, m);
@@ -331,7 +360,8 @@ TEST_CASE("llama2c checkpoint: a synthetic model loads with every tensor where t
   CHECK(ck.classifier() == ck.token_embedding());
 }
 
-TEST_CASE("llama2c checkpoint: a negative vocab_size reads a separate classifier after the RoPE tables", "[llama2c]") {
+TEST_CASE("llama2c checkpoint: a negative vocab_size reads a separate classifier after the RoPE tables",
+          "[llama2c]") {
   temp_dir dir;
   const tiny_model m(false);
   const auto ck = llama2c::checkpoint::load(write_model(dir, m));
@@ -342,7 +372,8 @@ TEST_CASE("llama2c checkpoint: a negative vocab_size reads a separate classifier
   CHECK(ck.classifier()[40 * 16 - 1] == m.cls.back());
 }
 
-TEST_CASE("llama2c checkpoint: truncated, padded and headerless files are rejected with the path and sizes", "[llama2c]") {
+TEST_CASE("llama2c checkpoint: truncated, padded and headerless files are rejected with the path and sizes",
+          "[llama2c]") {
   temp_dir dir;
   const tiny_model m;
   std::vector<char> bytes = m.bytes();
@@ -351,8 +382,8 @@ TEST_CASE("llama2c checkpoint: truncated, padded and headerless files are reject
   bytes.resize(bytes.size() - 4);
   write_bytes(path, bytes);
   REQUIRE_THROWS_AS(llama2c::checkpoint::load(path), aqua::error);
-  REQUIRE_THROWS_WITH(llama2c::checkpoint::load(path), Contains(path) && Contains("truncated") &&
-                                                           Contains(std::to_string(bytes.size())));
+  REQUIRE_THROWS_WITH(llama2c::checkpoint::load(path),
+                      Contains(path) && Contains("truncated") && Contains(std::to_string(bytes.size())));
 
   bytes = m.bytes();
   bytes.push_back(0);
@@ -368,7 +399,8 @@ TEST_CASE("llama2c checkpoint: truncated, padded and headerless files are reject
   REQUIRE_THROWS_WITH(llama2c::checkpoint::load(dir.file("missing.bin")), Contains("cannot open"));
 }
 
-TEST_CASE("llama2c checkpoint: absurd or inconsistent header values are rejected before any allocation", "[llama2c]") {
+TEST_CASE("llama2c checkpoint: absurd or inconsistent header values are rejected before any allocation",
+          "[llama2c]") {
   temp_dir dir;
   const tiny_model m;
   const std::string path = dir.file("bad.bin");
@@ -401,12 +433,14 @@ TEST_CASE("llama2c checkpoint: absurd or inconsistent header values are rejected
   REQUIRE_THROWS_WITH(load_with(with(5, 20)), Contains("needs exactly"));
 }
 
-TEST_CASE("llama2c checkpoint: a non-finite weight is reported as a corrupt file with its offset", "[llama2c]") {
+TEST_CASE("llama2c checkpoint: a non-finite weight is reported as a corrupt file with its offset",
+          "[llama2c]") {
   temp_dir dir;
   tiny_model m;
   m.w2[3] = std::numeric_limits<float>::quiet_NaN();
   const std::string path = write_model(dir, m);
-  REQUIRE_THROWS_WITH(llama2c::checkpoint::load(path), Contains(path) && Contains("not finite") && Contains("corrupt"));
+  REQUIRE_THROWS_WITH(llama2c::checkpoint::load(path),
+                      Contains(path) && Contains("not finite") && Contains("corrupt"));
 }
 
 // =============================================================================================
@@ -421,7 +455,9 @@ TEST_CASE("llama2c tokenizer: loads pieces and scores, and rejects a vocabulary 
   CHECK(tok.vocab_size() == v.size());
   CHECK(tok.max_token_length() == v.max_len);
   CHECK(tok.piece(3) == "<0x00>");
-  CHECK(tok.piece(v.size() - 1) == "\xC3\xA9" "a");
+  CHECK(tok.piece(v.size() - 1) ==
+        "\xC3\xA9"
+        "a");
   CHECK(tok.score(v.size() - 1) == -9.0f);
   CHECK(tok.find("abc") >= 259);
   CHECK(tok.find("xyz") == -1);
@@ -442,7 +478,8 @@ TEST_CASE("llama2c tokenizer: truncated and corrupt files are rejected", "[llama
     write_bytes(path, b);
     return llama2c::tokenizer::load(path, v.size());
   };
-  REQUIRE_THROWS_WITH(load_bytes(std::vector<char>(good.begin(), good.end() - 1)), Contains("truncated inside"));
+  REQUIRE_THROWS_WITH(load_bytes(std::vector<char>(good.begin(), good.end() - 1)),
+                      Contains("truncated inside"));
   REQUIRE_THROWS_WITH(load_bytes({}), Contains("max_token_length"));
   auto patched = [&](std::size_t offset, std::int32_t value) {
     auto b = good;
@@ -460,7 +497,8 @@ TEST_CASE("llama2c tokenizer: truncated and corrupt files are rejected", "[llama
   REQUIRE_THROWS_WITH(llama2c::tokenizer::load(path, 2), Contains("at least"));
 }
 
-TEST_CASE("llama2c tokenizer: encode makes run.c's choices (dummy prefix, byte fallback +3, merge order)", "[llama2c]") {
+TEST_CASE("llama2c tokenizer: encode makes run.c's choices (dummy prefix, byte fallback +3, merge order)",
+          "[llama2c]") {
   temp_dir dir;
   const tiny_vocab v;
   const std::string path = dir.file("tok.bin");
@@ -475,7 +513,8 @@ TEST_CASE("llama2c tokenizer: encode makes run.c's choices (dummy prefix, byte f
   // "ee" scores -1e10 and never merges.
   CHECK(tok.encode("ee", false, false) == std::vector<int>{tok.find(" "), tok.find("e"), tok.find("e")});
   // A 3-byte code point the vocabulary lacks becomes three byte tokens.
-  CHECK(tok.encode("\xE2\x80\x94", false, false) == std::vector<int>{tok.find(" "), 0xE2 + 3, 0x80 + 3, 0x94 + 3});
+  CHECK(tok.encode("\xE2\x80\x94", false, false) ==
+        std::vector<int>{tok.find(" "), 0xE2 + 3, 0x80 + 3, 0x94 + 3});
 
   std::mt19937 rng(11);
   for (int trial = 0; trial < 400; ++trial) {
@@ -507,7 +546,8 @@ TEST_CASE("llama2c tokenizer: decode after BOS inverts encode byte for byte", "[
 
 namespace {
 
-double max_rel_error(aqua::matrix_view<const float> logits, aqua::index_t row, const std::vector<double>& ref) {
+double max_rel_error(aqua::matrix_view<const float> logits, aqua::index_t row,
+                     const std::vector<double>& ref) {
   return aqua_test::normalized_error(
       static_cast<aqua::index_t>(ref.size()), [&](aqua::index_t j) { return logits(row, j); },
       [&](aqua::index_t j) { return ref[static_cast<std::size_t>(j)]; });
@@ -515,7 +555,8 @@ double max_rel_error(aqua::matrix_view<const float> logits, aqua::index_t row, c
 
 }  // namespace
 
-TEST_CASE("llama2c transformer: logits equal a naive double-precision model, whole-block and token by token", "[llama2c]") {
+TEST_CASE("llama2c transformer: logits equal a naive double-precision model, whole-block and token by token",
+          "[llama2c]") {
   temp_dir dir;
   for (const bool shared : {true, false}) {
     const tiny_model m(shared, shared ? 21 : 33);
@@ -602,7 +643,8 @@ TEST_CASE("llama2c transformer: greedy generation and perplexity agree with the 
 // =============================================================================================
 // Q/K dump
 
-TEST_CASE("llama2c npy: the writer emits a v1.0 header padded to 64 bytes and C-order float32 data", "[llama2c]") {
+TEST_CASE("llama2c npy: the writer emits a v1.0 header padded to 64 bytes and C-order float32 data",
+          "[llama2c]") {
   temp_dir dir;
   const std::vector<float> data = {1, 2, 3, 4, 5, 6};
   const std::string path = dir.file("a.npy");
@@ -616,7 +658,8 @@ TEST_CASE("llama2c npy: the writer emits a v1.0 header padded to 64 bytes and C-
   const std::size_t header_len = static_cast<unsigned char>(b[8]) + 256u * static_cast<unsigned char>(b[9]);
   CHECK((10 + header_len) % 64 == 0);
   const std::string header(b.data() + 10, header_len);
-  CHECK_THAT(header, Contains("'descr': '<f4'") && Contains("'fortran_order': False") && Contains("'shape': (2, 3)"));
+  CHECK_THAT(header,
+             Contains("'descr': '<f4'") && Contains("'fortran_order': False") && Contains("'shape': (2, 3)"));
   CHECK(header.back() == '\n');
   REQUIRE(b.size() == 10 + header_len + 6 * sizeof(float));
   float back[6];
@@ -637,13 +680,14 @@ TEST_CASE("llama2c dump: q and k files are head-major [H, rows, d] over every fo
   llama2c::qk_dump dump(2, 4, 2, 4);
   // Keep an independent copy of what the observer saw, indexed [layer][position][head][c].
   std::vector<std::vector<float>> seen_q(2);
-  engine.set_qk_observer([&](int layer, aqua::index_t, aqua::tensor3_view<const float> q,
-                             aqua::tensor3_view<const float> k) {
-    dump.add(layer, q, k);
-    for (aqua::index_t r = 0; r < q.extent(1); ++r)
-      for (aqua::index_t h = 0; h < 4; ++h)
-        for (aqua::index_t c = 0; c < 4; ++c) seen_q[static_cast<std::size_t>(layer)].push_back(q(h, r, c));
-  });
+  engine.set_qk_observer(
+      [&](int layer, aqua::index_t, aqua::tensor3_view<const float> q, aqua::tensor3_view<const float> k) {
+        dump.add(layer, q, k);
+        for (aqua::index_t r = 0; r < q.extent(1); ++r)
+          for (aqua::index_t h = 0; h < 4; ++h)
+            for (aqua::index_t c = 0; c < 4; ++c)
+              seen_q[static_cast<std::size_t>(layer)].push_back(q(h, r, c));
+      });
   const std::vector<int> tokens = {1, 2, 3, 4, 5};
   engine.forward(tokens.data(), 3);
   engine.forward(tokens.data() + 3, 2);
@@ -656,7 +700,9 @@ TEST_CASE("llama2c dump: q and k files are head-major [H, rows, d] over every fo
     for (int r = 0; r < 5; ++r)
       for (int c = 0; c < 4; ++c) {
         float x;
-        std::memcpy(&x, b.data() + 10 + header_len + sizeof(float) * static_cast<std::size_t>((h * 5 + r) * 4 + c), 4);
+        std::memcpy(
+            &x, b.data() + 10 + header_len + sizeof(float) * static_cast<std::size_t>((h * 5 + r) * 4 + c),
+            4);
         CHECK(x == seen_q[1][static_cast<std::size_t>((r * 4 + h) * 4 + c)]);
       }
   const auto k = read_bytes(dir.file("k_layer0.npy"));
@@ -689,11 +735,13 @@ TEST_CASE("llama2c stories260K: greedy text and perplexity match the llama2.c re
 
   const std::string en = data + "/text/en_pud.txt";
   // llama2.c's runner: about 55 over the first 512 tokens of the file, newlines as spaces.
-  const auto whole = llama2c::perplexity(engine, llama2c::perplexity_tokens(tok, llama2c::read_text_flat(en), 512));
+  const auto whole =
+      llama2c::perplexity(engine, llama2c::perplexity_tokens(tok, llama2c::read_text_flat(en), 512));
   CHECK(whole.tokens == 512);
   CHECK(whole.perplexity == Approx(55.0).epsilon(0.03));
   // Issue 7's reference set-up: sentences 501-1000 joined by single spaces, dense 76.53 (2%).
   const auto held_out = llama2c::perplexity(
-      engine, llama2c::perplexity_tokens(tok, llama2c::join_lines(llama2c::read_lines(en), 501, 1000, en), 512));
+      engine,
+      llama2c::perplexity_tokens(tok, llama2c::join_lines(llama2c::read_lines(en), 501, 1000, en), 512));
   CHECK(held_out.perplexity == Approx(76.53).epsilon(0.02));
 }

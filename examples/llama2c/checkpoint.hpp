@@ -44,7 +44,8 @@ struct config {
 namespace detail {
 
 /// a * b + c on non-negative 64-bit counts; throws instead of wrapping.
-inline std::uint64_t checked_mul_add(std::uint64_t a, std::uint64_t b, std::uint64_t c, const std::string& path) {
+inline std::uint64_t checked_mul_add(std::uint64_t a, std::uint64_t b, std::uint64_t c,
+                                     const std::string& path) {
   constexpr std::uint64_t max = std::numeric_limits<std::uint64_t>::max();
   if (a != 0 && b > (max - c) / a)
     AQUA_THROW("llama2c checkpoint '", path, "': the header's sizes overflow 64-bit byte counts");
@@ -68,7 +69,7 @@ inline std::vector<char> read_file_bytes(const std::string& path, const char* wh
 
 /// A loaded checkpoint: the config and one float buffer the weight accessors point into.
 class checkpoint {
-public:
+ public:
   /// Header limits: far above any llama2.c model, low enough that a corrupt header is reported
   /// as such rather than as an allocation failure.
   static constexpr int max_dim = 1 << 16;
@@ -113,7 +114,8 @@ public:
     std::memcpy(ck.weights_.data(), bytes.data() + header_bytes, ck.weights_.size() * 4);
     for (std::size_t i = 0; i < ck.weights_.size(); ++i)
       AQUA_CHECK(std::isfinite(ck.weights_[i]), "llama2c checkpoint '", path, "': weight ", i,
-                 " (byte offset ", header_bytes + 4 * i, ") is not finite (", ck.weights_[i], "): corrupt file");
+                 " (byte offset ", header_bytes + 4 * i, ") is not finite (", ck.weights_[i],
+                 "): corrupt file");
     ck.map_offsets();
     return ck;
   }
@@ -142,7 +144,7 @@ public:
   const float* rms_final() const { return at(off_.rms_final); }
   const float* classifier() const { return at(off_.classifier); }
 
-private:
+ private:
   struct offsets {
     std::size_t embedding = 0, rms_att = 0, wq = 0, wk = 0, wv = 0, wo = 0, rms_ffn = 0, w1 = 0, w2 = 0,
                 w3 = 0, rms_final = 0, classifier = 0;
@@ -170,10 +172,10 @@ private:
     check_range(c.seq_len, 1, max_seq_len, "seq_len", path);
     AQUA_CHECK(c.dim % c.n_heads == 0, "llama2c checkpoint '", path, "': n_heads = ", c.n_heads,
                " does not divide dim = ", c.dim);
-    AQUA_CHECK(c.n_heads % c.n_kv_heads == 0, "llama2c checkpoint '", path, "': n_kv_heads = ",
-               c.n_kv_heads, " does not divide n_heads = ", c.n_heads, " (GQA needs whole groups)");
-    AQUA_CHECK(c.head_dim() % 2 == 0, "llama2c checkpoint '", path, "': head_dim = dim / n_heads = ",
-               c.head_dim(), " is odd; RoPE rotates pairs of dimensions");
+    AQUA_CHECK(c.n_heads % c.n_kv_heads == 0, "llama2c checkpoint '", path, "': n_kv_heads = ", c.n_kv_heads,
+               " does not divide n_heads = ", c.n_heads, " (GQA needs whole groups)");
+    AQUA_CHECK(c.head_dim() % 2 == 0, "llama2c checkpoint '", path,
+               "': head_dim = dim / n_heads = ", c.head_dim(), " is odd; RoPE rotates pairs of dimensions");
   }
 
   /// (count, elements) per tensor in file order; the RoPE tables are counted, then skipped.
@@ -181,10 +183,18 @@ private:
     const std::uint64_t dim = c.dim, hidden = c.hidden_dim, layers = c.n_layers, vocab = c.vocab_size,
                         kv_dim = static_cast<std::uint64_t>(c.kv_dim()), seq = c.seq_len,
                         half_head = static_cast<std::uint64_t>(c.head_dim() / 2);
-    std::vector<std::pair<std::uint64_t, std::uint64_t>> t = {
-        {vocab, dim},           {layers, dim},           {layers, dim * dim},    {layers, kv_dim * dim},
-        {layers, kv_dim * dim}, {layers, dim * dim},     {layers, dim},          {layers, hidden * dim},
-        {layers, hidden * dim}, {layers, hidden * dim},  {1, dim},               {2 * seq, half_head}};
+    std::vector<std::pair<std::uint64_t, std::uint64_t>> t = {{vocab, dim},
+                                                              {layers, dim},
+                                                              {layers, dim * dim},
+                                                              {layers, kv_dim * dim},
+                                                              {layers, kv_dim * dim},
+                                                              {layers, dim * dim},
+                                                              {layers, dim},
+                                                              {layers, hidden * dim},
+                                                              {layers, hidden * dim},
+                                                              {layers, hidden * dim},
+                                                              {1, dim},
+                                                              {2 * seq, half_head}};
     if (!c.shared_classifier) t.emplace_back(vocab, dim);
     return t;
   }

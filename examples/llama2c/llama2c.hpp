@@ -5,13 +5,13 @@
 
 #include <aqua/config.hpp>
 
+#include <sys/stat.h>
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <string>
-#include <sys/stat.h>
 #include <vector>
 
 #include "checkpoint.hpp"
@@ -67,8 +67,9 @@ struct perplexity_result {
 /// log-likelihood of tokens[1..T-1] given their prefixes. One causal prefill over all T tokens.
 inline perplexity_result perplexity(transformer& model, const std::vector<int>& tokens) {
   AQUA_CHECK(tokens.size() >= 2, "llama2c::perplexity: needs at least 2 tokens, got ", tokens.size());
-  AQUA_CHECK(static_cast<index_t>(tokens.size()) <= model.cfg().seq_len, "llama2c::perplexity: ",
-             tokens.size(), " tokens exceed the model's context of ", model.cfg().seq_len);
+  AQUA_CHECK(static_cast<index_t>(tokens.size()) <= model.cfg().seq_len,
+             "llama2c::perplexity: ", tokens.size(), " tokens exceed the model's context of ",
+             model.cfg().seq_len);
   model.reset();
   const auto logits = model.forward(tokens.data(), static_cast<index_t>(tokens.size()));
   double nll = 0;
@@ -113,7 +114,8 @@ inline std::string read_text_flat(const std::string& path) {
 }
 
 /// Lines first .. last (1-based, inclusive) joined by single spaces.
-inline std::string join_lines(const std::vector<std::string>& lines, int first, int last, const std::string& path) {
+inline std::string join_lines(const std::vector<std::string>& lines, int first, int last,
+                              const std::string& path) {
   AQUA_CHECK(first >= 1 && first <= last && last <= static_cast<int>(lines.size()), "llama2c: line range ",
              first, "-", last, " is not within the ", lines.size(), " lines of '", path, "'");
   std::string text;
@@ -127,7 +129,8 @@ inline std::string join_lines(const std::vector<std::string>& lines, int first, 
 /// Teacher-forcing input: BOS + the text's tokens, cut to the first `max_tokens` (BOS included).
 inline std::vector<int> perplexity_tokens(const tokenizer& tok, const std::string& text, int max_tokens) {
   std::vector<int> ids = tok.encode(text, true, false);
-  if (max_tokens > 0 && static_cast<int>(ids.size()) > max_tokens) ids.resize(static_cast<std::size_t>(max_tokens));
+  if (max_tokens > 0 && static_cast<int>(ids.size()) > max_tokens)
+    ids.resize(static_cast<std::size_t>(max_tokens));
   return ids;
 }
 

@@ -8,13 +8,13 @@
 // $AQUA_DATA_DIR, else ../shared/data from the current directory or from the repository root.
 // A relative --ppl path that does not exist is looked up in the data directory too, so
 // `--ppl text/en_pud.txt` works from anywhere.
+#include <sys/stat.h>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <string>
-#include <sys/stat.h>
 
 #include "llama2c.hpp"
 #include "npy.hpp"
@@ -57,23 +57,34 @@ options parse(int argc, char** argv) {
       continue;
     }
     if (a == "--projection" || a == "--k" || a == "--select" || a == "--r")
-      AQUA_THROW("aqua_llama: ", a, " belongs to the AQUA backend, which is not built in yet; only dense "
+      AQUA_THROW("aqua_llama: ", a,
+                 " belongs to the AQUA backend, which is not built in yet; only dense "
                  "attention is available");
     if (i + 1 >= argc) {
       std::fprintf(stderr, "aqua_llama: %s needs a value\n", a.c_str());
       usage(2);
     }
     const char* v = argv[++i];
-    if (a == "--model") o.model = v;
-    else if (a == "--tokenizer") o.tokenizer = v;
-    else if (a == "--data-dir") o.data_dir = v;
-    else if (a == "--prompt") o.prompt = v;
-    else if (a == "--steps") o.steps = to_int("--steps", v);
-    else if (a == "--ppl") o.ppl = v, o.generate = false;
-    else if (a == "--lines") o.lines = v;
-    else if (a == "--max-tokens") o.max_tokens = to_int("--max-tokens", v);
-    else if (a == "--dump-qk") o.dump_qk = v;
-    else if (a == "--threads") o.threads = to_int("--threads", v);
+    if (a == "--model")
+      o.model = v;
+    else if (a == "--tokenizer")
+      o.tokenizer = v;
+    else if (a == "--data-dir")
+      o.data_dir = v;
+    else if (a == "--prompt")
+      o.prompt = v;
+    else if (a == "--steps")
+      o.steps = to_int("--steps", v);
+    else if (a == "--ppl")
+      o.ppl = v, o.generate = false;
+    else if (a == "--lines")
+      o.lines = v;
+    else if (a == "--max-tokens")
+      o.max_tokens = to_int("--max-tokens", v);
+    else if (a == "--dump-qk")
+      o.dump_qk = v;
+    else if (a == "--threads")
+      o.threads = to_int("--threads", v);
     else {
       std::fprintf(stderr, "aqua_llama: unknown argument %s\n", a.c_str());
       usage(2);
@@ -133,25 +144,31 @@ int run(const options& o) {
   const std::string data_dir = llama2c::resolve_data_dir(o.data_dir, AQUA_LLAMA2C_REPO_ROOT);
   auto default_path = [&](const std::string& given, const char* file) {
     if (!given.empty()) return given;
-    AQUA_CHECK(!data_dir.empty(), "aqua_llama: no --model/--tokenizer given and no data directory found "
+    AQUA_CHECK(!data_dir.empty(),
+               "aqua_llama: no --model/--tokenizer given and no data directory found "
                "(use --data-dir or AQUA_DATA_DIR)");
     return data_dir + "/stories260K/" + file;
   };
   const llama2c::checkpoint model = llama2c::checkpoint::load(default_path(o.model, "stories260K.bin"));
-  const llama2c::tokenizer tok = llama2c::tokenizer::load(default_path(o.tokenizer, "tok512.bin"),
-                                                          model.cfg().vocab_size);
+  const llama2c::tokenizer tok =
+      llama2c::tokenizer::load(default_path(o.tokenizer, "tok512.bin"), model.cfg().vocab_size);
   llama2c::dense_attention attention(o.threads);
   llama2c::transformer engine(model, attention);
   const auto& c = model.cfg();
-  std::fprintf(stderr, "model %s: dim %d, hidden %d, layers %d, heads %d/%d (head dim %d), vocab %d, context %d\n",
+  std::fprintf(stderr,
+               "model %s: dim %d, hidden %d, layers %d, heads %d/%d (head dim %d), vocab %d, context %d\n",
                model.path().c_str(), c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim(),
                c.vocab_size, c.seq_len);
 
   const auto start = std::chrono::steady_clock::now();
-  auto seconds = [&] { return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(); };
+  auto seconds = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
 
   if (o.generate) {
-    const llama2c::generation g = llama2c::generate_greedy(engine, tok, o.prompt, o.steps);
+    // As in run.c, 0 steps (or more than the context) means the whole context.
+    const int steps = o.steps == 0 ? c.seq_len : o.steps;
+    const llama2c::generation g = llama2c::generate_greedy(engine, tok, o.prompt, steps);
     const double s = seconds();
     std::printf("%s\n", g.text.c_str());
     std::fprintf(stderr, "%zu tokens in %.3f s (%.0f tok/s), attention %s\n", g.tokens.size(), s,
@@ -169,8 +186,8 @@ int run(const options& o) {
   } else {
     int first = 0, last = 0;
     char tail = 0;
-    AQUA_CHECK(std::sscanf(o.lines.c_str(), "%d-%d%c", &first, &last, &tail) == 2, "aqua_llama: --lines wants A-B, got '",
-               o.lines, "'");
+    AQUA_CHECK(std::sscanf(o.lines.c_str(), "%d-%d%c", &first, &last, &tail) == 2,
+               "aqua_llama: --lines wants A-B, got '", o.lines, "'");
     text = llama2c::join_lines(llama2c::read_lines(text_path), first, last, text_path);
   }
   const int max_tokens = o.max_tokens > 0 ? std::min(o.max_tokens, c.seq_len) : c.seq_len;
@@ -189,15 +206,17 @@ int run(const options& o) {
   if (!o.dump_qk.empty()) {
     std::filesystem::create_directories(o.dump_qk);
     const aqua::index_t rows = dump.write(o.dump_qk);
-    std::fprintf(stderr, "wrote q_layer*.npy [%d, %lld, %d] and k_layer*.npy [%d, %lld, %d] for %d layers to %s\n",
-                 c.n_heads, static_cast<long long>(rows), c.head_dim(), c.n_kv_heads, static_cast<long long>(rows),
-                 c.head_dim(), c.n_layers, o.dump_qk.c_str());
+    std::fprintf(stderr,
+                 "wrote q_layer*.npy [%d, %lld, %d] and k_layer*.npy [%d, %lld, %d] for %d layers to %s\n",
+                 c.n_heads, static_cast<long long>(rows), c.head_dim(), c.n_kv_heads,
+                 static_cast<long long>(rows), c.head_dim(), c.n_layers, o.dump_qk.c_str());
   }
   if (o.json)
-    std::printf("{\"mode\": \"perplexity\", \"attention\": \"%s\", \"perplexity\": %.6f, \"mean_nll\": %.8f, "
-                "\"tokens\": %d, \"predicted\": %d, \"text_file\": %s, \"lines\": %s}\n",
-                attention.name(), r.perplexity, r.mean_nll, r.tokens, r.predicted, json_string(text_path).c_str(),
-                json_string(o.lines).c_str());
+    std::printf(
+        "{\"mode\": \"perplexity\", \"attention\": \"%s\", \"perplexity\": %.6f, \"mean_nll\": %.8f, "
+        "\"tokens\": %d, \"predicted\": %d, \"text_file\": %s, \"lines\": %s}\n",
+        attention.name(), r.perplexity, r.mean_nll, r.tokens, r.predicted, json_string(text_path).c_str(),
+        json_string(o.lines).c_str());
   return 0;
 }
 

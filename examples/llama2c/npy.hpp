@@ -50,9 +50,13 @@ inline void write_npy(const std::string& path, const float* data, const std::vec
 /// Collects the post-RoPE queries and keys of every layer and writes them as
 /// q_layer{l}.npy [Hq, rows, d] and k_layer{l}.npy [Hkv, rows, d] (the aqua_calibrate layout).
 class qk_dump {
-public:
+ public:
   qk_dump(int layers, int hq, int hkv, int d)
-      : hq_(hq), hkv_(hkv), d_(d), q_(static_cast<std::size_t>(layers)), k_(static_cast<std::size_t>(layers)) {}
+      : hq_(hq),
+        hkv_(hkv),
+        d_(d),
+        q_(static_cast<std::size_t>(layers)),
+        k_(static_cast<std::size_t>(layers)) {}
 
   /// Appends the rows of one forward call (views [H, M, d]).
   void add(int layer, aqua::tensor3_view<const float> q, aqua::tensor3_view<const float> k) {
@@ -71,7 +75,7 @@ public:
     return rows;
   }
 
-private:
+ private:
   // Storage is token-major [rows, H, d], the order rows arrive in.
   static void append(std::vector<float>& store, aqua::tensor3_view<const float> t) {
     for (aqua::index_t r = 0; r < t.extent(1); ++r)
@@ -85,7 +89,8 @@ private:
     for (aqua::index_t r = 0; r < rows; ++r)
       for (aqua::index_t h = 0; h < heads; ++h)
         for (aqua::index_t c = 0; c < d_; ++c)
-          out[static_cast<std::size_t>((h * rows + r) * d_ + c)] = store[static_cast<std::size_t>((r * heads + h) * d_ + c)];
+          out[static_cast<std::size_t>((h * rows + r) * d_ + c)] =
+              store[static_cast<std::size_t>((r * heads + h) * d_ + c)];
     write_npy(path, out.data(), {heads, rows, d_});
   }
 

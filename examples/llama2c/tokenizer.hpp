@@ -30,7 +30,7 @@
 namespace llama2c {
 
 class tokenizer {
-public:
+ public:
   static constexpr int unk_id = 0, bos_id = 1, eos_id = 2, first_byte_id = 3;
   /// Scores at or below this never merge (run.c's initial best score).
   static constexpr float no_merge_score = -1e10f;
@@ -45,7 +45,8 @@ public:
     std::size_t pos = 0;
     auto read_i32 = [&](const char* what, int token) {
       AQUA_CHECK(bytes.size() - pos >= 4, "llama2c tokenizer '", path, "': truncated at byte ", pos,
-                 " while reading ", what, token >= 0 ? aqua::detail::concat(" of token ", token) : std::string(),
+                 " while reading ", what,
+                 token >= 0 ? aqua::detail::concat(" of token ", token) : std::string(),
                  " (the model's vocab_size is ", vocab_size, "; a smaller tokenizer does not fit it)");
       std::int32_t v;
       std::memcpy(&v, bytes.data() + pos, 4);
@@ -62,12 +63,14 @@ public:
       const std::int32_t raw_score = read_i32("the score", i);
       float score;
       std::memcpy(&score, &raw_score, 4);
-      AQUA_CHECK(std::isfinite(score), "llama2c tokenizer '", path, "': token ", i, " has a non-finite score");
+      AQUA_CHECK(std::isfinite(score), "llama2c tokenizer '", path, "': token ", i,
+                 " has a non-finite score");
       const std::int32_t len = read_i32("the length", i);
       AQUA_CHECK(len >= 0 && len <= t.max_token_length_, "llama2c tokenizer '", path, "': token ", i,
                  " has length ", len, " outside [0, max_token_length = ", t.max_token_length_, "]");
       AQUA_CHECK(bytes.size() - pos >= static_cast<std::size_t>(len), "llama2c tokenizer '", path,
-                 "': truncated inside the bytes of token ", i, " (the model's vocab_size is ", vocab_size, ")");
+                 "': truncated inside the bytes of token ", i, " (the model's vocab_size is ", vocab_size,
+                 ")");
       t.pieces_[static_cast<std::size_t>(i)].assign(bytes.data() + pos, static_cast<std::size_t>(len));
       t.scores_[static_cast<std::size_t>(i)] = score;
       pos += static_cast<std::size_t>(len);
@@ -123,7 +126,7 @@ public:
     return out;
   }
 
-private:
+ private:
   static bool parse_byte_piece(std::string_view p, int& byte) {
     if (p.size() != 6 || p.substr(0, 3) != "<0x" || p[5] != '>') return false;
     auto hex = [](char c) {

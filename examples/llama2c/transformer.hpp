@@ -27,7 +27,7 @@ using aqua::index_t;
 /// keys and values of the new positions to `append` (after they are written to its own cache),
 /// then asks `attend` for the outputs of the new queries.
 class attention_backend {
-public:
+ public:
   virtual ~attention_backend() = default;
 
   /// New post-RoPE keys and values [Hkv, M, d] at positions first_position .. first_position+M-1.
@@ -49,7 +49,7 @@ public:
 
 /// Exact attention: aqua::dense_decode for one new token, aqua::dense_prefill for a block.
 class dense_attention final : public attention_backend {
-public:
+ public:
   explicit dense_attention(int threads = 1) { options_.threads = threads; }
 
   void attend(int, aqua::tensor3_view<const float> q, aqua::tensor3_view<const float> k,
@@ -57,7 +57,8 @@ public:
     if (q.extent(1) == 1) {
       // Decode: drop the M = 1 axis; the views keep the engine's strides.
       aqua::matrix_view<const float> q1(q.data(), {q.extent(0), q.extent(2)}, {q.stride(0), q.stride(2)});
-      aqua::matrix_view<float> out1(out.data(), {out.extent(0), out.extent(2)}, {out.stride(0), out.stride(2)});
+      aqua::matrix_view<float> out1(out.data(), {out.extent(0), out.extent(2)},
+                                    {out.stride(0), out.stride(2)});
       aqua::dense_decode<float>(q1, k, v, out1, options_);
     } else {
       aqua::dense_prefill<float>(q, k, v, out, options_);
@@ -66,7 +67,7 @@ public:
 
   const char* name() const override { return "dense"; }
 
-private:
+ private:
   aqua::attention_options options_;  // scale 1/sqrt(d), causal
 };
 
@@ -75,7 +76,7 @@ using qk_observer = std::function<void(int layer, index_t first_position, aqua::
                                        aqua::tensor3_view<const float> k)>;
 
 class transformer {
-public:
+ public:
   /// `max_block` bounds the tokens of one forward call (default: the whole context).
   transformer(const checkpoint& model, attention_backend& attention, int max_block = 0)
       : w_(model), attention_(attention), c_(model.cfg()) {
@@ -108,8 +109,8 @@ public:
   aqua::matrix_view<const float> forward(const int* tokens, index_t count) {
     AQUA_CHECK(count >= 1 && count <= max_block_, "llama2c::transformer::forward: ", count,
                " tokens in one call; the engine was built for 1 .. ", max_block_);
-    AQUA_CHECK(position_ + count <= c_.seq_len, "llama2c::transformer::forward: positions ", position_, " .. ",
-               position_ + count - 1, " exceed the model's context of ", c_.seq_len, " tokens");
+    AQUA_CHECK(position_ + count <= c_.seq_len, "llama2c::transformer::forward: positions ", position_,
+               " .. ", position_ + count - 1, " exceed the model's context of ", c_.seq_len, " tokens");
     for (index_t i = 0; i < count; ++i)
       AQUA_CHECK(tokens[i] >= 0 && tokens[i] < c_.vocab_size, "llama2c::transformer::forward: token ",
                  tokens[i], " is outside the vocabulary [0, ", c_.vocab_size, ")");
@@ -154,12 +155,14 @@ public:
     return aqua::matrix_view<const float>(logits_.data(), {m, static_cast<index_t>(c_.vocab_size)});
   }
 
-private:
+ private:
   using matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using map_rows = Eigen::Map<matrix>;
   using const_map = Eigen::Map<const matrix>;
 
-  static const_map weights(const float* data, index_t rows, index_t cols) { return const_map(data, rows, cols); }
+  static const_map weights(const float* data, index_t rows, index_t cols) {
+    return const_map(data, rows, cols);
+  }
 
   float* layer_cache(std::vector<float>& cache, int layer) {
     return cache.data() + static_cast<std::size_t>(layer) * c_.seq_len * c_.kv_dim();
@@ -189,7 +192,8 @@ private:
     rope_sin_.resize(rope_cos_.size());
     for (int pos = 0; pos < c_.seq_len; ++pos)
       for (int i = 0; i < half; ++i) {
-        const float freq = 1.0f / std::pow(10000.0f, static_cast<float>(2 * i) / static_cast<float>(c_.head_dim()));
+        const float freq =
+            1.0f / std::pow(10000.0f, static_cast<float>(2 * i) / static_cast<float>(c_.head_dim()));
         const float angle = static_cast<float>(pos) * freq;
         rope_cos_[static_cast<std::size_t>(pos) * half + i] = std::cos(angle);
         rope_sin_[static_cast<std::size_t>(pos) * half + i] = std::sin(angle);
