@@ -745,3 +745,51 @@ TEST_CASE("llama2c stories260K: greedy text and perplexity match the llama2.c re
       llama2c::perplexity_tokens(tok, llama2c::join_lines(llama2c::read_lines(en), 501, 1000, en), 512));
   CHECK(held_out.perplexity == Approx(76.53).epsilon(0.02));
 }
+
+TEST_CASE(
+    "llama2c perplexity windows: BOS-led consecutive chunks whose pooled NLL is the token-weighted mean",
+    "[llama2c]") {
+  temp_dir dir;
+  const tiny_vocab v;
+  const std::string path = dir.file("tok.bin");
+  write_bytes(path, v.bytes());
+  const auto tok = llama2c::tokenizer::load(path, v.size());
+  const std::string text = "ab zz cd e e abcd Q ba dd";
+  const std::vector<int> ids = tok.encode(text, true, false);
+  REQUIRE(ids.size() > 12);
+
+  const auto one = llama2c::perplexity_windows(tok, text, 5, 1);
+  REQUIRE(one.size() == 1);
+  CHECK(one[0] == llama2c::perplexity_tokens(tok, text, 5));
+
+  const auto all = llama2c::perplexity_windows(tok, text, 5, 0);
+  CHECK(all.size() == (ids.size() - 1 + 3) / 4);
+  std::vector<int> joined;
+  for (const auto& w : all) {
+    REQUIRE(w.size() >= 2);
+    REQUIRE(w.size() <= 5);
+    CHECK(w[0] == llama2c::tokenizer::bos_id);
+    joined.insert(joined.end(), w.begin() + 1, w.end());
+  }
+  CHECK(joined == std::vector<int>(ids.begin() + 1, ids.end()));
+  CHECK(llama2c::perplexity_windows(tok, text, 5, 2).size() == 2);
+  REQUIRE_THROWS_WITH(llama2c::perplexity_windows(tok, text, 1, 0), Contains("at least 2"));
+
+  // Pooled perplexity on the tiny model (token ids must fit its 40-token vocabulary).
+  const tiny_model m;
+  const auto ck = llama2c::checkpoint::load(write_model(dir, m));
+  llama2c::dense_attention attention;
+  llama2c::transformer engine(ck, attention);
+  const std::vector<std::vector<int>> windows = {{1, 5, 9, 13}, {1, 7, 7}, {1, 30, 2, 11, 4}};
+  double nll = 0;
+  int predicted = 0;
+  for (const auto& w : windows) {
+    const auto r = llama2c::perplexity(engine, w);
+    nll += std::log(r.perplexity) * r.predicted;
+    predicted += r.predicted;
+  }
+  const auto pooled = llama2c::perplexity(engine, windows);
+  CHECK(pooled.predicted == 3 + 2 + 4);
+  CHECK(pooled.tokens == 12);
+  CHECK(pooled.perplexity == Approx(std::exp(nll / predicted)).epsilon(1e-12));
+}

@@ -89,6 +89,23 @@ inline perplexity_result perplexity(transformer& model, const std::vector<int>& 
   return r;
 }
 
+/// Perplexity over several independent windows (each starts with BOS): exp of the mean NLL over
+/// every predicted token of every window. One window gives the same figure as perplexity().
+inline perplexity_result perplexity(transformer& model, const std::vector<std::vector<int>>& windows) {
+  AQUA_CHECK(!windows.empty(), "llama2c::perplexity: no windows");
+  perplexity_result total;
+  double nll = 0;
+  for (const auto& w : windows) {
+    const perplexity_result r = perplexity(model, w);
+    nll += r.mean_nll * r.predicted;
+    total.tokens += r.tokens;
+    total.predicted += r.predicted;
+  }
+  total.mean_nll = nll / total.predicted;
+  total.perplexity = std::exp(total.mean_nll);
+  return total;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Text
 
@@ -132,6 +149,27 @@ inline std::vector<int> perplexity_tokens(const tokenizer& tok, const std::strin
   if (max_tokens > 0 && static_cast<int>(ids.size()) > max_tokens)
     ids.resize(static_cast<std::size_t>(max_tokens));
   return ids;
+}
+
+/// The text's tokens cut into consecutive windows of `max_tokens` (>= 2), each BOS + the next
+/// max_tokens - 1 tokens of the text; window 0 is perplexity_tokens(). At most `max_windows`
+/// windows (0: all); a shorter last window is kept when it predicts at least one token. More
+/// windows give calibration more rows than one context holds.
+inline std::vector<std::vector<int>> perplexity_windows(const tokenizer& tok, const std::string& text,
+                                                        int max_tokens, int max_windows) {
+  AQUA_CHECK(max_tokens >= 2, "llama2c::perplexity_windows: max_tokens must be at least 2, got ", max_tokens);
+  const std::vector<int> ids = tok.encode(text, true, false);
+  const std::size_t body = static_cast<std::size_t>(max_tokens) - 1;
+  std::vector<std::vector<int>> windows;
+  for (std::size_t start = 1; start < ids.size(); start += body) {
+    if (max_windows > 0 && static_cast<int>(windows.size()) == max_windows) break;
+    std::vector<int> w = {tokenizer::bos_id};
+    w.insert(w.end(), ids.begin() + static_cast<std::ptrdiff_t>(start),
+             ids.begin() + static_cast<std::ptrdiff_t>(std::min(ids.size(), start + body)));
+    windows.push_back(std::move(w));
+  }
+  AQUA_CHECK(!windows.empty(), "llama2c::perplexity_windows: the text is empty");
+  return windows;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 //
 //   aqua_llama [--model FILE] [--tokenizer FILE] [--data-dir DIR] [--threads T] [--json]
 //              [--prompt TEXT] [--steps N]                                   greedy generation
-//              --ppl TEXT_FILE [--lines A-B] [--max-tokens N] [--dump-qk DIR]  perplexity
+//              --ppl TEXT_FILE [--lines A-B] [--max-tokens N] [--windows W] [--dump-qk DIR]
+//                                                                            perplexity
 //
 // Without --model/--tokenizer it loads stories260K from the data directory: --data-dir, else
 // $AQUA_DATA_DIR, else ../shared/data from the current directory or from the repository root.
@@ -27,15 +28,17 @@ namespace {
 
 struct options {
   std::string model, tokenizer, data_dir, prompt, ppl, lines, dump_qk;
-  int steps = 256, max_tokens = 512, threads = 1;
+  int steps = 256, max_tokens = 512, windows = 1, threads = 1;
   bool json = false, generate = true;
 };
 
 [[noreturn]] void usage(int code) {
-  std::fprintf(code == 0 ? stdout : stderr,
-               "usage: aqua_llama [--model FILE] [--tokenizer FILE] [--data-dir DIR] [--threads T] [--json]\n"
-               "                  [--prompt TEXT] [--steps N]\n"
-               "                  | --ppl TEXT_FILE [--lines A-B] [--max-tokens N] [--dump-qk DIR]\n");
+  std::fprintf(
+      code == 0 ? stdout : stderr,
+      "usage: aqua_llama [--model FILE] [--tokenizer FILE] [--data-dir DIR] [--threads T] [--json]\n"
+      "                  [--prompt TEXT] [--steps N]\n"
+      "                  | --ppl TEXT_FILE [--lines A-B] [--max-tokens N] [--windows W] [--dump-qk DIR]\n"
+      "  --windows W: W consecutive windows of max-tokens (each BOS + the next tokens), 0 = all\n");
   std::exit(code);
 }
 
@@ -81,6 +84,8 @@ options parse(int argc, char** argv) {
       o.lines = v;
     else if (a == "--max-tokens")
       o.max_tokens = to_int("--max-tokens", v);
+    else if (a == "--windows")
+      o.windows = to_int("--windows", v);
     else if (a == "--dump-qk")
       o.dump_qk = v;
     else if (a == "--threads")
@@ -92,6 +97,7 @@ options parse(int argc, char** argv) {
   }
   AQUA_CHECK(o.dump_qk.empty() || !o.generate, "aqua_llama: --dump-qk needs --ppl");
   AQUA_CHECK(o.lines.empty() || !o.generate, "aqua_llama: --lines needs --ppl");
+  AQUA_CHECK(o.windows == 1 || !o.generate, "aqua_llama: --windows needs --ppl");
   return o;
 }
 
@@ -191,17 +197,19 @@ int run(const options& o) {
     text = llama2c::join_lines(llama2c::read_lines(text_path), first, last, text_path);
   }
   const int max_tokens = o.max_tokens > 0 ? std::min(o.max_tokens, c.seq_len) : c.seq_len;
-  const std::vector<int> tokens = llama2c::perplexity_tokens(tok, text, max_tokens);
+  const auto windows = llama2c::perplexity_windows(tok, text, max_tokens, o.windows);
 
   llama2c::qk_dump dump(c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim());
   if (!o.dump_qk.empty())
     engine.set_qk_observer([&](int layer, aqua::index_t, aqua::tensor3_view<const float> q,
                                aqua::tensor3_view<const float> k) { dump.add(layer, q, k); });
-  const llama2c::perplexity_result r = llama2c::perplexity(engine, tokens);
+  const llama2c::perplexity_result r = llama2c::perplexity(engine, windows);
   const double s = seconds();
-  std::printf("perplexity %.4f over %d tokens (%d predicted), mean NLL %.5f nats, attention %s, %s%s%s\n",
-              r.perplexity, r.tokens, r.predicted, r.mean_nll, attention.name(), text_path.c_str(),
-              o.lines.empty() ? "" : " lines ", o.lines.c_str());
+  std::printf(
+      "perplexity %.4f over %d tokens in %zu window(s) (%d predicted), mean NLL %.5f nats, attention %s, "
+      "%s%s%s\n",
+      r.perplexity, r.tokens, windows.size(), r.predicted, r.mean_nll, attention.name(), text_path.c_str(),
+      o.lines.empty() ? "" : " lines ", o.lines.c_str());
   std::fprintf(stderr, "%.3f s (%.0f tok/s)\n", s, r.tokens / s);
   if (!o.dump_qk.empty()) {
     std::filesystem::create_directories(o.dump_qk);
@@ -214,9 +222,9 @@ int run(const options& o) {
   if (o.json)
     std::printf(
         "{\"mode\": \"perplexity\", \"attention\": \"%s\", \"perplexity\": %.6f, \"mean_nll\": %.8f, "
-        "\"tokens\": %d, \"predicted\": %d, \"text_file\": %s, \"lines\": %s}\n",
-        attention.name(), r.perplexity, r.mean_nll, r.tokens, r.predicted, json_string(text_path).c_str(),
-        json_string(o.lines).c_str());
+        "\"tokens\": %d, \"predicted\": %d, \"windows\": %zu, \"text_file\": %s, \"lines\": %s}\n",
+        attention.name(), r.perplexity, r.mean_nll, r.tokens, r.predicted, windows.size(),
+        json_string(text_path).c_str(), json_string(o.lines).c_str());
   return 0;
 }
 
