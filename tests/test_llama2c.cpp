@@ -397,6 +397,7 @@ TEST_CASE("llama2c checkpoint: truncated, padded and headerless files are reject
   REQUIRE_THROWS_WITH(llama2c::checkpoint::load(path), Contains("less than the 28-byte header"));
 
   REQUIRE_THROWS_WITH(llama2c::checkpoint::load(dir.file("missing.bin")), Contains("cannot open"));
+  REQUIRE_THROWS_WITH(llama2c::checkpoint::load(dir.path.string()), Contains("not a regular file"));
 }
 
 TEST_CASE("llama2c checkpoint: absurd or inconsistent header values are rejected before any allocation",

@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <string>
@@ -54,6 +55,9 @@ inline std::uint64_t checked_mul_add(std::uint64_t a, std::uint64_t b, std::uint
 
 /// Whole file as bytes; a missing or unreadable file is an error naming the path.
 inline std::vector<char> read_file_bytes(const std::string& path, const char* what) {
+  std::error_code ec;
+  AQUA_CHECK(!std::filesystem::exists(path, ec) || std::filesystem::is_regular_file(path, ec), "llama2c ",
+             what, " '", path, "': not a regular file");
   std::ifstream in(path, std::ios::binary | std::ios::ate);
   AQUA_CHECK(in.good(), "llama2c ", what, " '", path, "': cannot open the file");
   const std::streamoff size = in.tellg();

@@ -10,11 +10,13 @@
 // A relative --ppl path that does not exist is looked up in the data directory too, so
 // `--ppl text/en_pud.txt` works from anywhere.
 #include <sys/stat.h>
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <iterator>
 #include <string>
 
 #include "llama2c.hpp"
@@ -63,6 +65,13 @@ options parse(int argc, char** argv) {
       AQUA_THROW("aqua_llama: ", a,
                  " belongs to the AQUA backend, which is not built in yet; only dense "
                  "attention is available");
+    static const char* const with_value[] = {"--model",   "--tokenizer", "--data-dir", "--prompt",
+                                             "--steps",   "--ppl",       "--lines",    "--max-tokens",
+                                             "--windows", "--dump-qk",   "--threads"};
+    if (std::find(std::begin(with_value), std::end(with_value), a) == std::end(with_value)) {
+      std::fprintf(stderr, "aqua_llama: unknown argument %s\n", a.c_str());
+      usage(2);
+    }
     if (i + 1 >= argc) {
       std::fprintf(stderr, "aqua_llama: %s needs a value\n", a.c_str());
       usage(2);
@@ -90,10 +99,6 @@ options parse(int argc, char** argv) {
       o.dump_qk = v;
     else if (a == "--threads")
       o.threads = to_int("--threads", v);
-    else {
-      std::fprintf(stderr, "aqua_llama: unknown argument %s\n", a.c_str());
-      usage(2);
-    }
   }
   AQUA_CHECK(o.dump_qk.empty() || !o.generate, "aqua_llama: --dump-qk needs --ppl");
   AQUA_CHECK(o.lines.empty() || !o.generate, "aqua_llama: --lines needs --ppl");
@@ -106,10 +111,11 @@ bool exists(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0;
 }
 
-/// `path` if it exists or no data directory is known, else the same relative path in the data directory.
+/// `path` unless it is missing, relative, and present in the data directory.
 std::string in_data_dir(const std::string& path, const std::string& data_dir) {
-  if (exists(path) || data_dir.empty() || (!path.empty() && path[0] == '/')) return path;
-  return data_dir + "/" + path;
+  if (exists(path) || data_dir.empty() || path.empty() || path[0] == '/') return path;
+  const std::string candidate = data_dir + "/" + path;
+  return exists(candidate) ? candidate : path;
 }
 
 /// JSON string literal; bytes that are not valid UTF-8 (byte-fallback tokens can split a code
