@@ -5,10 +5,10 @@
 
 #include <aqua/config.hpp>
 
-#include <sys/stat.h>
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -176,8 +176,8 @@ inline std::vector<std::vector<int>> perplexity_windows(const tokenizer& tok, co
 // Where the data lives
 
 inline bool is_directory(const std::string& path) {
-  struct stat st {};
-  return !path.empty() && ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+  std::error_code ec;
+  return !path.empty() && std::filesystem::is_directory(path, ec);
 }
 
 /// The data directory: `flag` when given, then $AQUA_DATA_DIR, then ../shared/data relative to

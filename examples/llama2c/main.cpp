@@ -9,7 +9,6 @@
 // $AQUA_DATA_DIR, else ../shared/data from the current directory or from the repository root.
 // A relative --ppl path that does not exist is looked up in the data directory too, so
 // `--ppl text/en_pud.txt` works from anywhere.
-#include <sys/stat.h>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -107,8 +106,8 @@ options parse(int argc, char** argv) {
 }
 
 bool exists(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0;
+  std::error_code ec;
+  return std::filesystem::exists(path, ec);
 }
 
 /// `path` unless it is missing, relative, and present in the data directory.
