@@ -3,5 +3,6 @@
 
 #include "aqua/attention.hpp"
 #include "aqua/config.hpp"
+#include "aqua/cost_model.hpp"
 #include "aqua/tensor_view.hpp"
 #include "aqua/version.hpp"

@@ -1,0 +1,534 @@
+// aqua_cost: the analytic cost model (include/aqua/cost_model.hpp) from the command line.
+//
+//   aqua_cost                                   break-even table, d in {64,128,256}, k/d in {1/8..7/8}
+//   aqua_cost --d 128 --k 96 --n 4096 --hq 32 --hkv 8      one configuration: FLOP and byte ratios
+//   aqua_cost --json                            one JSON object per line (table rows or the configuration)
+//   aqua_cost --plot speedup.svg                SVG plot of modelled decode speedup against N
+//
+// Run with --help for every option.
+#include <aqua/cost_model.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct options {
+  aqua::cost_config config;
+  bool d_given = false, k_given = false;
+  std::optional<double> n;
+  bool json = false;
+  std::string plot;
+};
+
+[[noreturn]] void usage_error(const std::string& message) {
+  std::fprintf(stderr, "aqua_cost: %s (try --help)\n", message.c_str());
+  std::exit(2);
+}
+
+void print_help() {
+  std::printf(
+      "aqua_cost: modelled FLOPs, bytes and break-even context length of AQUA against dense attention\n"
+      "\n"
+      "Without --k or --n: the break-even table for d in {64,128,256} (or --d) and k/d in {1/8..7/8}.\n"
+      "With --k or --n: one configuration (default N = 4096), its costs, ratios and break-even.\n"
+      "\n"
+      "  --d D              head dimension (default 128)\n"
+      "  --k K              kept projected dims per query (default d)\n"
+      "  --r R              stored projected key dims, truncation (default d)\n"
+      "  --n N              context length for the ratios (default 4096)\n"
+      "  --hq H --hkv H     query and KV heads (default 1 and 1; hq a multiple of hkv)\n"
+      "  --tile T           projected dims per key tile; reads are whole tiles (default 32)\n"
+      "  --elem-bytes E     bytes per cached key/value element (default 4; 2 for fp16)\n"
+      "  --proj-bytes E     bytes per element of the projection P (default 4; 0: P stays in cache)\n"
+      "  --amortised        key projection not charged: done once per key at cache insertion (default)\n"
+      "  --per-query        key projection charged d^2 per query head (the paper's 2 d^2/(d-k))\n"
+      "  --per-new-key      key projection charged d^2 per KV head per step (what decode pays)\n"
+      "  --group-shared     one selection per GQA group (default: per head, reading the union)\n"
+      "  --union-spread S   per-head union = k + S (min(r, g k) - k), S in [0,1] (default 1, the bound)\n"
+      "  --selection-flops S  selection FLOPs per dim per query head (default 0; 'topk' = %g)\n"
+      "  --budget B         H2O token budget: at most B tokens kept and read (default 0: none)\n"
+      "  --no-values        leave the value aggregation (same for both) out of the FLOPs\n"
+      "  --json             one JSON object per line instead of text\n"
+      "  --plot FILE.svg    also write an SVG plot of modelled decode speedup against N\n",
+      aqua::selection_flops_topk);
+}
+
+double parse_number(const char* flag, const char* text) {
+  char* end = nullptr;
+  const double value = std::strtod(text, &end);
+  if (end == text || *end != '\0' || !std::isfinite(value))
+    usage_error(std::string(flag) + " needs a number, got '" + text + "'");
+  return value;
+}
+
+std::int64_t parse_integer(const char* flag, const char* text) {
+  char* end = nullptr;
+  const long long value = std::strtoll(text, &end, 10);
+  if (end == text || *end != '\0') usage_error(std::string(flag) + " needs an integer, got '" + text + "'");
+  return static_cast<std::int64_t>(value);
+}
+
+options parse(int argc, char** argv) {
+  options o;
+  auto& c = o.config;
+  bool r_given = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    const auto value = [&]() -> const char* {
+      if (i + 1 >= argc) usage_error(flag + " needs a value");
+      return argv[++i];
+    };
+    if (flag == "--help" || flag == "-h") {
+      print_help();
+      std::exit(0);
+    } else if (flag == "--d") {
+      c.d = parse_integer("--d", value());
+      o.d_given = true;
+    } else if (flag == "--k") {
+      c.k = parse_integer("--k", value());
+      o.k_given = true;
+    } else if (flag == "--r") {
+      c.r = parse_integer("--r", value());
+      r_given = true;
+    } else if (flag == "--n") {
+      o.n = parse_number("--n", value());
+    } else if (flag == "--hq") {
+      c.hq = parse_integer("--hq", value());
+    } else if (flag == "--hkv") {
+      c.hkv = parse_integer("--hkv", value());
+    } else if (flag == "--tile") {
+      c.tile = parse_integer("--tile", value());
+    } else if (flag == "--elem-bytes") {
+      c.elem_bytes = parse_number("--elem-bytes", value());
+    } else if (flag == "--proj-bytes") {
+      c.projection_elem_bytes = parse_number("--proj-bytes", value());
+    } else if (flag == "--amortised") {
+      c.key_projection = aqua::key_projection_cost::amortised;
+    } else if (flag == "--per-query") {
+      c.key_projection = aqua::key_projection_cost::per_query;
+    } else if (flag == "--per-new-key") {
+      c.key_projection = aqua::key_projection_cost::per_new_key;
+    } else if (flag == "--group-shared") {
+      c.sharing = aqua::selection_sharing::group_shared;
+    } else if (flag == "--union-spread") {
+      c.union_spread = parse_number("--union-spread", value());
+    } else if (flag == "--selection-flops") {
+      const char* text = value();
+      c.selection_flops_per_dim =
+          std::strcmp(text, "topk") == 0 ? aqua::selection_flops_topk : parse_number("--selection-flops", text);
+    } else if (flag == "--budget") {
+      c.token_budget = parse_integer("--budget", value());
+    } else if (flag == "--no-values") {
+      c.include_values = false;
+    } else if (flag == "--json") {
+      o.json = true;
+    } else if (flag == "--plot") {
+      o.plot = value();
+    } else {
+      usage_error("unknown option '" + flag + "'");
+    }
+  }
+  if (!o.k_given) c.k = c.d;
+  if (!r_given) c.r = 0;
+  return o;
+}
+
+const char* key_projection_name(aqua::key_projection_cost kp) {
+  switch (kp) {
+    case aqua::key_projection_cost::per_query: return "per_query";
+    case aqua::key_projection_cost::per_new_key: return "per_new_key";
+    case aqua::key_projection_cost::amortised: break;
+  }
+  return "amortised";
+}
+
+const char* sharing_name(aqua::selection_sharing s) {
+  return s == aqua::selection_sharing::group_shared ? "group_shared" : "per_head";
+}
+
+std::string text_value(const std::optional<double>& n) {
+  if (!n) return "never";
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%.1f", *n);
+  return buffer;
+}
+
+std::string json_value(const std::optional<double>& n) {
+  if (!n) return "null";
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%.10g", *n);
+  return buffer;
+}
+
+std::string json_number(double x) { return json_value(x); }
+
+std::string bytes_text(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int unit = 0;
+  while (bytes >= 1024 && unit < 4) {
+    bytes /= 1024;
+    ++unit;
+  }
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, unit == 0 ? "%.0f %s" : "%.2f %s", bytes, units[unit]);
+  return buffer;
+}
+
+std::string describe(const aqua::cost_config& c) {
+  char buffer[512];
+  std::snprintf(buffer, sizeof buffer,
+                "Hq=%lld Hkv=%lld (g=%lld), T=%lld, e=%g B, e_P=%g B, key projection %s, selection %g FLOPs/dim, "
+                "%s selection%s, values %s%s",
+                static_cast<long long>(c.hq), static_cast<long long>(c.hkv), static_cast<long long>(c.hq / c.hkv),
+                static_cast<long long>(c.tile), c.elem_bytes, c.projection_elem_bytes,
+                key_projection_name(c.key_projection), c.selection_flops_per_dim, sharing_name(c.sharing),
+                c.sharing == aqua::selection_sharing::per_head && c.hq != c.hkv
+                    ? (" (union spread " + std::to_string(c.union_spread).substr(0, 4) + ")").c_str()
+                    : "",
+                c.include_values ? "counted" : "not counted",
+                c.token_budget > 0 ? (", H2O budget " + std::to_string(c.token_budget)).c_str() : "");
+  return buffer;
+}
+
+aqua::cost_config with_key_projection(aqua::cost_config c, aqua::key_projection_cost kp) {
+  c.key_projection = kp;
+  return c;
+}
+
+struct break_evens {
+  std::optional<double> flops, amortised, per_query, per_new_key, prefill, bytes;
+};
+
+break_evens solve(const aqua::cost_config& c) {
+  break_evens b;
+  b.flops = aqua::break_even_decode_flops(c);
+  b.amortised = aqua::break_even_decode_flops(with_key_projection(c, aqua::key_projection_cost::amortised));
+  b.per_query = aqua::break_even_decode_flops(with_key_projection(c, aqua::key_projection_cost::per_query));
+  b.per_new_key = aqua::break_even_decode_flops(with_key_projection(c, aqua::key_projection_cost::per_new_key));
+  b.prefill = aqua::break_even_prefill_flops(c);
+  b.bytes = aqua::break_even_decode_bytes(c);
+  return b;
+}
+
+std::string json_config_fields(const aqua::cost_config& c) {
+  std::string s = "\"d\":" + std::to_string(c.d) + ",\"k\":" + std::to_string(c.k) +
+                  ",\"r\":" + std::to_string(c.r == 0 ? c.d : c.r) + ",\"hq\":" + std::to_string(c.hq) +
+                  ",\"hkv\":" + std::to_string(c.hkv) + ",\"tile\":" + std::to_string(c.tile) +
+                  ",\"elem_bytes\":" + json_number(c.elem_bytes) +
+                  ",\"projection_elem_bytes\":" + json_number(c.projection_elem_bytes) +
+                  ",\"key_projection\":\"" + key_projection_name(c.key_projection) + "\"" +
+                  ",\"sharing\":\"" + sharing_name(c.sharing) + "\"" +
+                  ",\"union_spread\":" + json_number(c.union_spread) +
+                  ",\"selection_flops_per_dim\":" + json_number(c.selection_flops_per_dim) +
+                  ",\"token_budget\":" + std::to_string(c.token_budget) +
+                  ",\"include_values\":" + (c.include_values ? "true" : "false");
+  return s;
+}
+
+std::string json_break_even_fields(const aqua::cost_config& c, const break_evens& b) {
+  return ",\"key_dims_read\":" + json_number(aqua::key_dims_read(c)) + ",\"break_even_flops\":" + json_value(b.flops) +
+         ",\"break_even_flops_amortised\":" + json_value(b.amortised) +
+         ",\"break_even_flops_per_query\":" + json_value(b.per_query) +
+         ",\"break_even_flops_per_new_key\":" + json_value(b.per_new_key) +
+         ",\"break_even_prefill_flops\":" + json_value(b.prefill) + ",\"break_even_bytes\":" + json_value(b.bytes);
+}
+
+void print_table(const options& o) {
+  const std::vector<std::int64_t> dims = o.d_given ? std::vector<std::int64_t>{o.config.d}
+                                                   : std::vector<std::int64_t>{64, 128, 256};
+  if (!o.json) {
+    std::printf("Modelled break-even context length N* in tokens: AQUA is cheaper for N > N*.\n");
+    std::printf("Assumptions: %s.\n", describe(o.config).c_str());
+    std::printf("Decode columns are per step; prefill is a whole causal prompt (M = N), key projection as above.\n\n");
+    std::printf("|   d |   k | k/d | decode FLOPs, amortised | decode FLOPs, per query | decode FLOPs, per new key "
+                "| prefill FLOPs | key dims read | decode bytes |\n");
+    std::printf("|----:|----:|:---:|------------------------:|------------------------:|--------------------------:"
+                "|--------------:|--------------:|-------------:|\n");
+  }
+  for (std::int64_t d : dims)
+    for (std::int64_t eighth = 1; eighth <= 7; ++eighth) {
+      aqua::cost_config c = o.config;
+      c.d = d;
+      c.k = std::max<std::int64_t>(1, d * eighth / 8);
+      c.r = 0;
+      const break_evens b = solve(c);
+      if (o.json) {
+        std::printf("{%s%s}\n", json_config_fields(c).c_str(), json_break_even_fields(c, b).c_str());
+      } else {
+        std::printf("| %3lld | %3lld | %lld/8 | %23s | %23s | %25s | %13s | %13.0f | %12s |\n",
+                    static_cast<long long>(d), static_cast<long long>(c.k), static_cast<long long>(eighth),
+                    text_value(b.amortised).c_str(), text_value(b.per_query).c_str(),
+                    text_value(b.per_new_key).c_str(), text_value(b.prefill).c_str(), aqua::key_dims_read(c),
+                    text_value(b.bytes).c_str());
+      }
+    }
+}
+
+void print_configuration(const options& o) {
+  const aqua::cost_config& c = o.config;
+  const double n = o.n.value_or(4096);
+  const auto dense = aqua::dense_decode_cost(c, n), fast = aqua::aqua_decode_cost(c, n);
+  const auto pre_dense = aqua::dense_prefill_cost(c, n, n), pre_fast = aqua::aqua_prefill_cost(c, n, n);
+  const auto cache = aqua::kv_cache_bytes(c, n);
+  const break_evens b = solve(c);
+  const double flop_ratio = dense.flops() / fast.flops(), byte_ratio = dense.bytes() / fast.bytes();
+  const double prefill_ratio = pre_dense.flops() / pre_fast.flops();
+  if (o.json) {
+    std::printf("{%s,\"n\":%s%s,\"dense_flops\":%s,\"aqua_flops\":%s,\"flop_ratio\":%s,\"dense_bytes\":%s,"
+                "\"aqua_bytes\":%s,\"byte_ratio\":%s,\"prefill_flop_ratio\":%s,\"kv_tokens_kept\":%s,"
+                "\"kv_dense_bytes\":%s,\"kv_aqua_bytes\":%s,\"kv_projection_bytes\":%s,"
+                "\"kv_dense_bytes_per_token\":%s,\"kv_aqua_bytes_per_token\":%s}\n",
+                json_config_fields(c).c_str(), json_number(n).c_str(), json_break_even_fields(c, b).c_str(),
+                json_number(dense.flops()).c_str(), json_number(fast.flops()).c_str(), json_number(flop_ratio).c_str(),
+                json_number(dense.bytes()).c_str(), json_number(fast.bytes()).c_str(), json_number(byte_ratio).c_str(),
+                json_number(prefill_ratio).c_str(), json_number(cache.tokens_kept).c_str(),
+                json_number(cache.dense_bytes).c_str(), json_number(cache.aqua_bytes).c_str(),
+                json_number(cache.projection_bytes).c_str(), json_number(aqua::dense_kv_bytes_per_token(c)).c_str(),
+                json_number(aqua::aqua_kv_bytes_per_token(c)).c_str());
+    return;
+  }
+  const double stored = double(c.r == 0 ? c.d : c.r);
+  std::printf("d = %lld, k = %lld (k/d = %.3f), r = %.0f, N = %.0f\n", static_cast<long long>(c.d),
+              static_cast<long long>(c.k), double(c.k) / double(c.d), stored, n);
+  std::printf("Assumptions: %s.\n\n", describe(c).c_str());
+  std::printf("One decode step, one layer, all heads:\n");
+  std::printf("  %-34s %14s %14s %10s\n", "", "dense", "AQUA", "dense/AQUA");
+  std::printf("  %-34s %14.4g %14.4g %10.3f\n", "FLOPs", dense.flops(), fast.flops(), flop_ratio);
+  std::printf("  %-34s %14.4g %14.4g %10.3f\n", "  scores", dense.score_flops, fast.score_flops,
+              dense.score_flops / fast.score_flops);
+  std::printf("  %-34s %14.4g %14.4g\n", "  projections + selection", 0.0, fast.projection_flops + fast.selection_flops);
+  std::printf("  %-34s %14s %14s %10.3f\n", "bytes read", bytes_text(dense.bytes()).c_str(),
+              bytes_text(fast.bytes()).c_str(), byte_ratio);
+  std::printf("  %-34s %14s %14s\n", "  keys / projected key tiles", bytes_text(dense.key_bytes).c_str(),
+              bytes_text(fast.key_bytes).c_str());
+  std::printf("  %-34s %14s %14s\n", "  values", bytes_text(dense.value_bytes).c_str(),
+              bytes_text(fast.value_bytes).c_str());
+  std::printf("  %-34s %14s %14s\n", "  projection P", "-", bytes_text(fast.projection_bytes).c_str());
+  std::printf("  key dims read per KV head: %.0f of %.0f stored\n\n", aqua::key_dims_read(c), stored);
+  std::printf("Whole causal prefill of N tokens: FLOPs dense/AQUA = %.3f\n\n", prefill_ratio);
+  std::printf("Break-even N* (AQUA cheaper for N > N*):\n");
+  std::printf("  decode FLOPs, key projection %-12s %s\n", key_projection_name(c.key_projection), text_value(b.flops).c_str());
+  std::printf("  decode FLOPs, amortised / per query / per new key: %s / %s / %s\n", text_value(b.amortised).c_str(),
+              text_value(b.per_query).c_str(), text_value(b.per_new_key).c_str());
+  std::printf("  prefill FLOPs (M = N):                  %s\n", text_value(b.prefill).c_str());
+  std::printf("  decode bytes:                           %s\n\n", text_value(b.bytes).c_str());
+  std::printf("KV cache, one layer: dense %s/token, AQUA %s/token (r = %.0f); for N = %.0f (%.0f kept): dense %s, "
+              "AQUA %s, plus %s of projections\n",
+              bytes_text(aqua::dense_kv_bytes_per_token(c)).c_str(), bytes_text(aqua::aqua_kv_bytes_per_token(c)).c_str(),
+              stored, n, cache.tokens_kept, bytes_text(cache.dense_bytes).c_str(), bytes_text(cache.aqua_bytes).c_str(),
+              bytes_text(cache.projection_bytes).c_str());
+}
+
+// ----------------------------------------------------------------------------------------------
+// SVG plot: modelled decode speedup (dense / AQUA) against N on a log axis, FLOPs and bytes side by side.
+
+struct panel {
+  double x, y, width, height;  // plotting area in SVG units
+  double log_n_min, log_n_max, y_max;
+  double px(double n) const { return x + (std::log2(n) - log_n_min) / (log_n_max - log_n_min) * width; }
+  double py(double speedup) const { return y + height - speedup / y_max * height; }
+};
+
+std::string n_label(double n) {
+  char buffer[32];
+  if (n >= 1024 * 1024)
+    std::snprintf(buffer, sizeof buffer, "%gM", n / (1024 * 1024));
+  else if (n >= 1024)
+    std::snprintf(buffer, sizeof buffer, "%gk", n / 1024);
+  else
+    std::snprintf(buffer, sizeof buffer, "%g", n);
+  return buffer;
+}
+
+double nice_step(double range) {
+  const double raw = range / 6, magnitude = std::pow(10.0, std::floor(std::log10(raw)));
+  for (double m : {1.0, 2.0, 2.5, 5.0, 10.0})
+    if (m * magnitude >= raw) return m * magnitude;
+  return 10 * magnitude;
+}
+
+const char* dash(std::size_t curve) { return curve % 2 == 1 ? " stroke-dasharray=\"7,4\"" : ""; }
+
+void draw_panel(std::FILE* f, const panel& p, const std::string& title, const std::string& subtitle,
+                const std::vector<aqua::cost_config>& configs, const std::vector<const char*>& colors, bool bytes,
+                double y_step) {
+  // Grid and ticks.
+  std::fprintf(f, "<g font-size=\"12\" fill=\"#333\">\n");
+  for (double tick = 0; tick <= p.y_max + 1e-9; tick += y_step) {
+    const double ty = p.py(tick);
+    std::fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#e3e3e3\"/>\n", p.x, ty,
+                 p.x + p.width, ty);
+    std::fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%g×</text>\n", p.x - 6, ty + 4, tick);
+  }
+  for (double e = std::ceil(p.log_n_min); e <= p.log_n_max + 1e-9; e += 1) {
+    const double n = std::pow(2.0, e), tx = p.px(n);
+    const bool major = static_cast<long long>(e) % 2 == 0;
+    std::fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\"/>\n", tx, p.y, tx,
+                 p.y + p.height, major ? "#e3e3e3" : "#f2f2f2");
+    std::fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#333\"/>\n", tx, p.y + p.height, tx,
+                 p.y + p.height + (major ? 5 : 3));
+    if (major)
+      std::fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%s</text>\n", tx, p.y + p.height + 18,
+                   n_label(n).c_str());
+  }
+  std::fprintf(f, "</g>\n");
+  // Frame, titles and axis labels.
+  std::fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#333\"/>\n", p.x, p.y,
+               p.width, p.height);
+  std::fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"15\" font-weight=\"bold\">%s</text>\n",
+               p.x + p.width / 2, p.y - 26, title.c_str());
+  std::fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"12\" fill=\"#555\">%s</text>\n",
+               p.x + p.width / 2, p.y - 10, subtitle.c_str());
+  std::fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"13\">context length N (tokens, log scale)</text>\n",
+               p.x + p.width / 2, p.y + p.height + 40);
+  std::fprintf(f,
+               "<text transform=\"translate(%.1f,%.1f) rotate(-90)\" text-anchor=\"middle\" font-size=\"13\">"
+               "modelled speedup, dense / AQUA</text>\n",
+               p.x - 44, p.y + p.height / 2);
+  // The break-even line.
+  std::fprintf(f,
+               "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#000\" stroke-width=\"1.2\" "
+               "stroke-dasharray=\"6,4\"/>\n",
+               p.x, p.py(1), p.x + p.width, p.py(1));
+  // Top left of the line: at small N every curve is well below 1x, so the label stays clear.
+  std::fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"11\" fill=\"#000\">1× (break-even)</text>\n", p.x + 6,
+               p.py(1) - 6);
+  // Curves, and a dot where each crosses 1x.
+  const int samples = 240;
+  for (std::size_t i = 0; i < configs.size(); ++i) {
+    // Alternate solid and dashed strokes: curves that coincide (same tiles read) stay visible.
+    std::fprintf(f,
+                 "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2.4\" stroke-linejoin=\"round\"%s points=\"",
+                 colors[i % colors.size()], dash(i));
+    for (int s = 0; s <= samples; ++s) {
+      const double n = std::pow(2.0, p.log_n_min + (p.log_n_max - p.log_n_min) * s / samples);
+      const double ratio = bytes ? aqua::decode_byte_ratio(configs[i], n) : aqua::decode_flop_ratio(configs[i], n);
+      std::fprintf(f, "%.1f,%.1f ", p.px(n), p.py(std::min(ratio, p.y_max)));
+    }
+    std::fprintf(f, "\"/>\n");
+    const auto crossing =
+        bytes ? aqua::break_even_decode_bytes(configs[i]) : aqua::break_even_decode_flops(configs[i]);
+    if (crossing && std::log2(std::max(*crossing, 1.0)) >= p.log_n_min && std::log2(*crossing) <= p.log_n_max)
+      std::fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"4\" fill=\"%s\" stroke=\"#fff\" stroke-width=\"1\"/>\n",
+                   p.px(*crossing), p.py(1), colors[i % colors.size()]);
+  }
+}
+
+std::string legend_label(const aqua::cost_config& c, bool bytes) {
+  char buffer[160];
+  const auto crossing = bytes ? aqua::break_even_decode_bytes(c) : aqua::break_even_decode_flops(c);
+  std::string be = crossing ? "N* = " + text_value(crossing) : "never breaks even";
+  if (crossing && *crossing >= 10) {
+    char tmp[32];
+    std::snprintf(tmp, sizeof tmp, "N* = %.0f", *crossing);
+    be = tmp;
+  }
+  std::snprintf(buffer, sizeof buffer, "k = %lld (%s)", static_cast<long long>(c.k), be.c_str());
+  return buffer;
+}
+
+void draw_legend(std::FILE* f, const panel& p, const std::vector<aqua::cost_config>& configs,
+                 const std::vector<const char*>& colors, bool bytes) {
+  // Bottom right: every curve is below 1x at small N and above it (or flat at 1x) at large N.
+  const double row = 18, box_w = 220, box_h = row * double(configs.size()) + 12;
+  const double lx = p.x + p.width - box_w - 10, ly = p.y + p.height - box_h - 10;
+  std::fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"#fff\" fill-opacity=\"0.9\" stroke=\"#bbb\"/>\n",
+               lx, ly, box_w, box_h);
+  for (std::size_t i = 0; i < configs.size(); ++i) {
+    const double y = ly + 15 + row * double(i);
+    std::fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"3\"%s/>\n",
+                 lx + 8, y, lx + 32, y, colors[i % colors.size()], dash(i));
+    std::fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"12\">%s</text>\n", lx + 38, y + 4,
+                 legend_label(configs[i], bytes).c_str());
+  }
+}
+
+void write_plot(const options& o) {
+  const aqua::cost_config& base = o.config;
+  std::vector<std::int64_t> ks;
+  for (std::int64_t eighth : {1, 2, 4, 6, 7}) ks.push_back(std::max<std::int64_t>(1, base.d * eighth / 8));
+  if (o.k_given && base.k < base.d && std::find(ks.begin(), ks.end(), base.k) == ks.end()) ks.push_back(base.k);
+  std::sort(ks.begin(), ks.end());
+  ks.erase(std::unique(ks.begin(), ks.end()), ks.end());
+  const std::int64_t stored = base.r == 0 ? base.d : base.r;
+  std::vector<aqua::cost_config> configs;
+  for (std::int64_t k : ks)
+    if (k <= stored) {
+      aqua::cost_config c = base;
+      c.k = k;
+      configs.push_back(c);
+    }
+  const std::vector<const char*> colors = {"#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000"};
+
+  const double log_n_min = 4, log_n_max = o.n ? std::max(17.0, std::ceil(std::log2(*o.n))) : 17;
+  const double n_max = std::pow(2.0, log_n_max);
+  double highest = 1;
+  for (const auto& c : configs)
+    highest = std::max({highest, aqua::decode_flop_ratio(c, n_max), aqua::decode_byte_ratio(c, n_max)});
+  const double y_step = nice_step(highest * 1.1);
+  const double y_max = std::ceil(highest * 1.08 / y_step) * y_step;
+
+  std::FILE* f = std::fopen(o.plot.c_str(), "w");
+  if (!f) usage_error("cannot write '" + o.plot + "'");
+  const double width = 1100, height = 560;
+  std::fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+  std::fprintf(f,
+               "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" viewBox=\"0 0 %.0f %.0f\" "
+               "font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n",
+               width, height, width, height);
+  std::fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"#fff\"/>\n");
+  char title[256];
+  std::snprintf(title, sizeof title, "aqua cost model: modelled decode speedup of AQUA over dense attention, d = %lld%s",
+                static_cast<long long>(base.d), stored < base.d ? (", r = " + std::to_string(stored)).c_str() : "");
+  std::fprintf(f, "<text x=\"%.1f\" y=\"28\" text-anchor=\"middle\" font-size=\"18\" font-weight=\"bold\">%s</text>\n",
+               width / 2, title);
+  std::fprintf(f, "<text x=\"%.1f\" y=\"48\" text-anchor=\"middle\" font-size=\"12\" fill=\"#555\">%s</text>\n", width / 2,
+               describe(base).c_str());
+
+  const panel left{80, 110, 440, 360, log_n_min, log_n_max, y_max};
+  const panel right{630, 110, 440, 360, log_n_min, log_n_max, y_max};
+  char flop_subtitle[160], byte_subtitle[160];
+  std::snprintf(flop_subtitle, sizeof flop_subtitle, "key projection %s%s", key_projection_name(base.key_projection),
+                base.include_values ? ", values counted (limit 2d/(d+k))" : ", scores only");
+  std::snprintf(byte_subtitle, sizeof byte_subtitle, "whole %lld-dim tiles, e = %g B, P read each step (e_P = %g B)",
+                static_cast<long long>(base.tile), base.elem_bytes, base.projection_elem_bytes);
+  draw_panel(f, left, "FLOPs per decode step", flop_subtitle, configs, colors, false, y_step);
+  draw_panel(f, right, "Bytes read per decode step", byte_subtitle, configs, colors, true, y_step);
+  draw_legend(f, left, configs, colors, false);
+  draw_legend(f, right, configs, colors, true);
+  std::fprintf(f,
+               "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"11\" fill=\"#666\">Dots mark the "
+               "break-even length N*; generated by aqua_cost from include/aqua/cost_model.hpp (a model, not a "
+               "measurement).</text>\n",
+               width / 2, height - 14);
+  std::fprintf(f, "</svg>\n");
+  std::fclose(f);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const options o = parse(argc, argv);
+  try {
+    if (o.k_given || o.n)
+      print_configuration(o);
+    else
+      print_table(o);
+    if (!o.plot.empty()) {
+      write_plot(o);
+      if (!o.json) std::printf("\nwrote %s\n", o.plot.c_str());
+    }
+  } catch (const aqua::error& e) {
+    std::fprintf(stderr, "aqua_cost: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
