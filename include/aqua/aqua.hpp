@@ -2,6 +2,9 @@
 #pragma once
 
 #include "aqua/attention.hpp"
+#include "aqua/calibrate.hpp"
 #include "aqua/config.hpp"
+#include "aqua/io.hpp"
+#include "aqua/projection.hpp"
 #include "aqua/tensor_view.hpp"
 #include "aqua/version.hpp"
