@@ -227,7 +227,8 @@ void report(const std::string& dataset, const std::string& dir, const aqua::rete
   const auto all = ev.overall();
   std::cout << "Retention on the " << dataset << " dumps " << dir << " (" << set.layers() << " layers, "
             << set.query_heads() << " query heads, " << set.kv_heads() << " KV heads, d = " << d << "; "
-            << all.queries << " queries, " << all.keys << " keys)\n\n";
+            << all.queries << " queries; max " << o.max_queries << " queries per head and layer, " << o.max_keys
+            << " keys per KV head and layer, 0 = all)\n\n";
   print_table("Fraction of query energy in the top-k |q~| dimensions (AQUA selection)", ev, set.layers(),
               &aqua::retention_curve::topk_at);
   print_table("Fraction of query energy in the first k dimensions (static truncation)", ev, set.layers(),

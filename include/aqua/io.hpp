@@ -206,7 +206,7 @@ inline projection_set load_projection_set(const std::string& path) {
         AQUA_CHECK(j == 0 || sv[j] <= sv[j - 1], where, ": tensor \"", sname, "\" increases at entry ", j, " (",
                    sv[j - 1], " then ", sv[j], "); singular values must not increase");
       }
-      set.set_head(l, h, head_projection(std::move(basis), std::move(sv)));
+      set.set_head(l, h, detail::make_head_projection_unchecked(std::move(basis), std::move(sv)));
     }
   set.set_source(source);
   set.set_centered(centered == "true");

@@ -95,6 +95,11 @@ private:
 
 }  // namespace detail
 
+class head_projection;
+namespace detail {
+head_projection make_head_projection_unchecked(row_matrix<float> basis, Eigen::VectorXd singular_values);
+}  // namespace detail
+
 /// A d x d orthogonal basis (column j = projected dimension j, in decreasing singular-value order)
 /// with its singular values.
 class head_projection {
@@ -130,7 +135,7 @@ public:
   /// The identity projection (projected dimension j is input dimension j), singular values 1.
   static head_projection identity(index_t d) {
     AQUA_CHECK(d >= 1, "aqua::head_projection::identity: d must be at least 1, got ", d);
-    return head_projection(row_matrix<float>::Identity(d, d), Eigen::VectorXd::Ones(d));
+    return detail::make_head_projection_unchecked(row_matrix<float>::Identity(d, d), Eigen::VectorXd::Ones(d));
   }
 
   /// A random orthogonal basis (the Q factor of a seeded Gaussian matrix, with the signs that make
@@ -203,6 +208,13 @@ public:
   }
 
 private:
+  friend head_projection detail::make_head_projection_unchecked(row_matrix<float>, Eigen::VectorXd);
+  struct unchecked_tag {};
+  // For bases that are orthogonal by construction or were validated already (eigensolver output,
+  // loaded files): the d^3 orthogonality check is a sizeable part of finalizing a head.
+  head_projection(row_matrix<float> basis, Eigen::VectorXd singular_values, unchecked_tag)
+      : basis_(std::move(basis)), singular_values_(std::move(singular_values)) {}
+
   void check_not_empty(const char* fn) const {
     AQUA_CHECK(!empty(), fn, ": the projection is empty (default-constructed)");
   }
@@ -216,6 +228,13 @@ private:
   row_matrix<float> basis_;
   Eigen::VectorXd singular_values_;
 };
+
+namespace detail {
+inline head_projection make_head_projection_unchecked(row_matrix<float> basis, Eigen::VectorXd singular_values) {
+  AQUA_ASSERT(basis.rows() == basis.cols() && singular_values.size() == basis.rows());
+  return head_projection(std::move(basis), std::move(singular_values), head_projection::unchecked_tag{});
+}
+}  // namespace detail
 
 /// One head projection per (layer, KV head) of a model, with what was calibrated.
 class projection_set {
