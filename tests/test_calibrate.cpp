@@ -519,3 +519,23 @@ TEST_CASE("the retention evaluator checks shapes against the projection set", "[
                                  aqua::make_view<const float>(buf.data(), 2, 2, 4)),
                     Contains("layer 5 is outside [0, 2)"));
 }
+
+TEST_CASE("strided float views and double views accumulate like contiguous float rows", "[calibrate]") {
+  const index_t d = 9, rows = 70;
+  const rowf x = random_rows(rows, d, 31);
+  // Interleave every element with a sentinel so the column stride is 2.
+  std::vector<float> strided(static_cast<std::size_t>(rows * d * 2), std::numeric_limits<float>::quiet_NaN());
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t c = 0; c < d; ++c) strided[static_cast<std::size_t>(r * 2 * d + 2 * c)] = x(r, c);
+  const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> xd = x.cast<double>();
+  for (bool simd : {false, true}) {
+    aqua::calibrator_options opt;
+    opt.allow_simd = simd;
+    aqua::calibrator a(1, 1, 1, d, opt), b(1, 1, 1, d, opt), c(1, 1, 1, d, opt);
+    a.add_queries(0, 0, view(x));
+    b.add_queries(0, 0, aqua::matrix_view<const float>(strided.data(), {rows, d}, {2 * d, 2}));
+    c.add_queries(0, 0, aqua::view_of(xd));
+    CHECK(max_abs_diff(a.gram(0, 0), b.gram(0, 0)) < 1e-12);
+    CHECK(max_abs_diff(a.gram(0, 0), c.gram(0, 0)) < 1e-12);
+  }
+}

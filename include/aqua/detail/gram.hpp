@@ -12,6 +12,7 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <cmath>
 
 #include "aqua/tensor_view.hpp"
 
@@ -80,6 +81,41 @@ __attribute__((target("avx2,fma"))) inline void gram_update_avx2(const double* a
         _mm256_storeu_pd(ct + 3 * ld + 4, c31);
       }
     }
+  }
+}
+
+/// True when none of x[0..n) is Inf or NaN (exponent bits all ones).
+__attribute__((target("avx2,fma"))) inline bool all_finite_avx2(const float* x, index_t n) {
+  const __m256i exponent = _mm256_set1_epi32(0x7F800000);
+  __m256i bad = _mm256_setzero_si256();
+  index_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i v = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)), exponent);
+    bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(v, exponent));
+  }
+  bool ok = _mm256_testz_si256(bad, bad) != 0;
+  for (; i < n; ++i) ok = ok && std::isfinite(x[i]);
+  return ok;
+}
+
+/// Rows of float (unit column stride) widened to double into ld-strided rows, columns d..ld-1
+/// zeroed, and added to the column sums.
+__attribute__((target("avx2,fma"))) inline void widen_rows_avx2(const float* x, index_t rows, index_t d, index_t rs,
+                                                                index_t ld, double* dst, double* sum) {
+  for (index_t r = 0; r < rows; ++r) {
+    const float* src = x + r * rs;
+    double* out = dst + r * ld;
+    index_t c = 0;
+    for (; c + 4 <= d; c += 4) {
+      const __m256d v = _mm256_cvtps_pd(_mm_loadu_ps(src + c));
+      _mm256_storeu_pd(out + c, v);
+      _mm256_storeu_pd(sum + c, _mm256_add_pd(_mm256_loadu_pd(sum + c), v));
+    }
+    for (; c < d; ++c) {
+      out[c] = static_cast<double>(src[c]);
+      sum[c] += out[c];
+    }
+    for (; c < ld; ++c) out[c] = 0.0;
   }
 }
 
