@@ -140,11 +140,10 @@ inline projection_set load_projection_set(const std::string& path) {
   AQUA_CHECK(layers >= 1 && kv_heads >= 1 && d >= 1 && group >= 1, where,
              ": layers, kv_heads, d and group_size must be positive (got ", layers, ", ", kv_heads, ", ", d, ", ",
              group, ")");
-  calibration_source source = calibration_source::queries;
   const std::string& src = get("aqua.source");
   AQUA_CHECK(src == "queries" || src == "keys" || src == "queries_and_keys", where, ": metadata aqua.source is \"",
              src, "\", expected queries, keys or queries_and_keys");
-  source = parse_calibration_source(src);
+  const calibration_source source = parse_calibration_source(src);
   const std::string& centered = get("aqua.centered");
   AQUA_CHECK(centered == "true" || centered == "false", where, ": metadata aqua.centered is \"", centered,
              "\", expected true or false");
