@@ -2,7 +2,10 @@
 #pragma once
 
 #include "aqua/attention.hpp"
+#include "aqua/calibrate.hpp"
 #include "aqua/config.hpp"
 #include "aqua/cost_model.hpp"
+#include "aqua/io.hpp"
+#include "aqua/projection.hpp"
 #include "aqua/tensor_view.hpp"
 #include "aqua/version.hpp"

@@ -1,0 +1,419 @@
+// Files: projection sets as safetensors, activation dumps as NumPy .npy.
+//
+// Projection file (safetensors). Tensors, for every layer l and KV head h:
+//   layers.{l}.kv_heads.{h}.basis            F32 [d, d]  row-major; column j = projected dim j
+//   layers.{l}.kv_heads.{h}.singular_values  F64 [d]     non-increasing
+// __metadata__ (all values strings):
+//   aqua.format = "projection_set", aqua.format_version = "1", aqua.layers, aqua.kv_heads, aqua.d,
+//   aqua.group_size, aqua.source (queries | keys | queries_and_keys), aqua.centered (true | false),
+//   aqua.vectors_seen; plus the set's own metadata under keys that do not start with "aqua.".
+// load_projection_set validates the container (see detail/safetensors.hpp), the metadata, that
+// exactly the expected tensors are there with the expected dtypes and shapes, that every basis
+// is orthogonal within head_projection::orthogonality_tolerance and that every singular-value
+// vector is finite, non-negative and non-increasing. Each failure throws aqua::error naming the
+// file and the problem.
+//
+// .npy: read_npy reads format versions 1.0, 2.0 and 3.0 with dtype float32 or float64 in either
+// byte order and C or Fortran order (Fortran data is reordered to C order, big-endian data is
+// converted to the host order). Truncated files, trailing bytes, other dtypes and malformed
+// headers throw. save_npy writes little-endian C-order version 1.0 files (2.0 if the header needs
+// it), which numpy.load reads.
+#pragma once
+
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <set>
+#include <type_traits>
+#include <cstdint>
+#include <initializer_list>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "aqua/config.hpp"
+#include "aqua/detail/binary_io.hpp"
+#include "aqua/detail/npy.hpp"
+#include "aqua/detail/safetensors.hpp"
+#include "aqua/detail/validate.hpp"
+#include "aqua/projection.hpp"
+#include "aqua/tensor_view.hpp"
+
+namespace aqua {
+
+/// The projection-file format version this library writes and reads.
+constexpr int projection_format_version = 1;
+
+/// Name of the basis / singular-value tensor of (layer, kv_head) in a projection file.
+inline std::string projection_basis_name(index_t layer, index_t kv_head) {
+  return detail::concat("layers.", layer, ".kv_heads.", kv_head, ".basis");
+}
+inline std::string projection_singular_values_name(index_t layer, index_t kv_head) {
+  return detail::concat("layers.", layer, ".kv_heads.", kv_head, ".singular_values");
+}
+
+/// Writes `set` to `path` (replaced atomically). User metadata keys must not start with "aqua.".
+inline void save_projection_set(const std::string& path, const projection_set& set) {
+  constexpr const char* fn = "aqua::save_projection_set";
+  AQUA_CHECK(!set.empty(), fn, ": the projection set is empty (default-constructed)");
+  std::map<std::string, std::string> meta;
+  for (const auto& kv : set.metadata()) {
+    AQUA_CHECK(kv.first.compare(0, 5, "aqua.") != 0, fn, ": metadata key \"", kv.first,
+               "\" uses the reserved prefix \"aqua.\"");
+    meta[kv.first] = kv.second;
+  }
+  meta["aqua.format"] = "projection_set";
+  meta["aqua.format_version"] = std::to_string(projection_format_version);
+  meta["aqua.layers"] = std::to_string(set.layers());
+  meta["aqua.kv_heads"] = std::to_string(set.kv_heads());
+  meta["aqua.d"] = std::to_string(set.d());
+  meta["aqua.group_size"] = std::to_string(set.group_size());
+  meta["aqua.source"] = to_string(set.source());
+  meta["aqua.centered"] = set.centered() ? "true" : "false";
+  meta["aqua.vectors_seen"] = std::to_string(set.vectors_seen());
+  const auto d = static_cast<std::uint64_t>(set.d());
+  std::vector<detail::safetensors_output> tensors;
+  for (index_t l = 0; l < set.layers(); ++l)
+    for (index_t h = 0; h < set.kv_heads(); ++h) {
+      const head_projection& p = set.head(l, h);
+      tensors.push_back({projection_basis_name(l, h), "F32", {d, d}, p.basis().data()});
+      tensors.push_back({projection_singular_values_name(l, h), "F64", {d}, p.singular_values().data()});
+    }
+  detail::write_safetensors(path, meta, tensors, fn);
+}
+
+namespace detail {
+
+inline std::string concat_shape(const std::vector<std::uint64_t>& shape) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+inline std::uint64_t parse_metadata_uint(const std::map<std::string, std::string>& meta, const std::string& key,
+                                         const std::string& where, std::uint64_t max_value) {
+  const auto it = meta.find(key);
+  AQUA_CHECK(it != meta.end(), where, ": metadata key \"", key, "\" is missing");
+  const std::string& s = it->second;
+  AQUA_CHECK(!s.empty() && s.size() <= 19 && s.find_first_not_of("0123456789") == std::string::npos, where,
+             ": metadata \"", key, "\" is \"", s, "\", not a non-negative integer");
+  const std::uint64_t v = std::stoull(s);
+  AQUA_CHECK(v <= max_value, where, ": metadata \"", key, "\" is ", v, ", more than the maximum ", max_value);
+  return v;
+}
+
+}  // namespace detail
+
+/// Reads and validates a projection file written by save_projection_set.
+inline projection_set load_projection_set(const std::string& path) {
+  constexpr const char* fn = "aqua::load_projection_set";
+  const std::string where = detail::concat(fn, ": ", path);
+  const detail::safetensors_file file = detail::read_safetensors(path, fn);
+  const auto& meta = file.metadata;
+  const auto get = [&](const std::string& key) -> const std::string& {
+    const auto it = meta.find(key);
+    AQUA_CHECK(it != meta.end(), where, ": metadata key \"", key,
+               "\" is missing (is this a projection file written by aqua?)");
+    return it->second;
+  };
+  AQUA_CHECK(get("aqua.format") == "projection_set", where, ": metadata aqua.format is \"", get("aqua.format"),
+             "\", expected \"projection_set\"");
+  AQUA_CHECK(get("aqua.format_version") == std::to_string(projection_format_version), where,
+             ": unsupported format version \"", get("aqua.format_version"), "\" (this library reads version ",
+             projection_format_version, ")");
+  static const char* const known[] = {"aqua.format", "aqua.format_version", "aqua.layers", "aqua.kv_heads",
+                                      "aqua.d", "aqua.group_size", "aqua.source", "aqua.centered",
+                                      "aqua.vectors_seen"};
+  for (const auto& kv : meta) {
+    if (kv.first.compare(0, 5, "aqua.") != 0) continue;
+    bool ok = false;
+    for (const char* k : known) ok = ok || kv.first == k;
+    AQUA_CHECK(ok, where, ": unknown reserved metadata key \"", kv.first, "\"");
+  }
+  const auto layers = static_cast<index_t>(detail::parse_metadata_uint(meta, "aqua.layers", where, 1u << 20));
+  const auto kv_heads = static_cast<index_t>(detail::parse_metadata_uint(meta, "aqua.kv_heads", where, 1u << 20));
+  const auto d = static_cast<index_t>(detail::parse_metadata_uint(meta, "aqua.d", where, 1u << 16));
+  const auto group = static_cast<index_t>(detail::parse_metadata_uint(meta, "aqua.group_size", where, 1u << 20));
+  const std::uint64_t seen = detail::parse_metadata_uint(meta, "aqua.vectors_seen", where, ~std::uint64_t{0});
+  AQUA_CHECK(layers >= 1 && kv_heads >= 1 && d >= 1 && group >= 1, where,
+             ": layers, kv_heads, d and group_size must be positive (got ", layers, ", ", kv_heads, ", ", d, ", ",
+             group, ")");
+  const std::string& src = get("aqua.source");
+  AQUA_CHECK(src == "queries" || src == "keys" || src == "queries_and_keys", where, ": metadata aqua.source is \"",
+             src, "\", expected queries, keys or queries_and_keys");
+  const calibration_source source = parse_calibration_source(src);
+  const std::string& centered = get("aqua.centered");
+  AQUA_CHECK(centered == "true" || centered == "false", where, ": metadata aqua.centered is \"", centered,
+             "\", expected true or false");
+
+  // The tensor count is bounded by the file, so check it before trusting layers x kv_heads.
+  const std::uint64_t expected = 2 * static_cast<std::uint64_t>(layers) * static_cast<std::uint64_t>(kv_heads);
+  if (file.tensors.size() != expected) {
+    // Name the first missing tensor; the loop ends early because the file holds few tensors.
+    for (index_t l = 0; l < layers; ++l)
+      for (index_t h = 0; h < kv_heads; ++h) {
+        AQUA_CHECK(file.tensors.count(projection_basis_name(l, h)), where, ": tensor \"",
+                   projection_basis_name(l, h), "\" is missing");
+        AQUA_CHECK(file.tensors.count(projection_singular_values_name(l, h)), where, ": tensor \"",
+                   projection_singular_values_name(l, h), "\" is missing");
+      }
+    // Every expected tensor is there (so there are few of them): name an unexpected one.
+    std::set<std::string> names;
+    for (index_t l = 0; l < layers; ++l)
+      for (index_t h = 0; h < kv_heads; ++h) {
+        names.insert(projection_basis_name(l, h));
+        names.insert(projection_singular_values_name(l, h));
+      }
+    for (const auto& t : file.tensors)
+      AQUA_CHECK(names.count(t.first), where, ": unexpected tensor \"", t.first, "\" (", layers, " layers x ",
+                 kv_heads, " KV heads expected)");
+  }
+
+  projection_set set(layers, kv_heads, d, group);
+  const auto du = static_cast<std::uint64_t>(d);
+  for (index_t l = 0; l < layers; ++l)
+    for (index_t h = 0; h < kv_heads; ++h) {
+      const std::string bname = projection_basis_name(l, h), sname = projection_singular_values_name(l, h);
+      const auto b = file.tensors.find(bname);
+      const auto s = file.tensors.find(sname);
+      AQUA_CHECK(b != file.tensors.end(), where, ": tensor \"", bname, "\" is missing");
+      AQUA_CHECK(s != file.tensors.end(), where, ": tensor \"", sname, "\" is missing");
+      AQUA_CHECK(b->second.dtype == "F32", where, ": tensor \"", bname, "\" has dtype ", b->second.dtype,
+                 ", expected F32");
+      AQUA_CHECK(b->second.shape == std::vector<std::uint64_t>({du, du}), where, ": tensor \"", bname,
+                 "\" has shape ", detail::concat_shape(b->second.shape), ", expected [", d, ", ", d, "]");
+      AQUA_CHECK(s->second.dtype == "F64", where, ": tensor \"", sname, "\" has dtype ", s->second.dtype,
+                 ", expected F64");
+      AQUA_CHECK(s->second.shape == std::vector<std::uint64_t>({du}), where, ": tensor \"", sname, "\" has shape ",
+                 detail::concat_shape(s->second.shape), ", expected [", d, "]");
+      row_matrix<float> basis(d, d);
+      std::memcpy(basis.data(), file.data.data() + b->second.begin, static_cast<std::size_t>(du * du * 4));
+      detail::to_host_order(basis.data(), du * du, 4, true);
+      Eigen::VectorXd sv(d);
+      std::memcpy(sv.data(), file.data.data() + s->second.begin, static_cast<std::size_t>(du * 8));
+      detail::to_host_order(sv.data(), du, 8, true);
+      AQUA_CHECK(basis.allFinite(), where, ": tensor \"", bname, "\" holds a non-finite value");
+      const double err = detail::orthogonality_error(basis);
+      AQUA_CHECK(err <= head_projection::orthogonality_tolerance, where, ": tensor \"", bname,
+                 "\" is not orthogonal: max |P^T P - I| = ", err, " exceeds ",
+                 head_projection::orthogonality_tolerance);
+      for (index_t j = 0; j < d; ++j) {
+        AQUA_CHECK(std::isfinite(sv[j]) && sv[j] >= 0, where, ": tensor \"", sname, "\" entry ", j, " is ", sv[j],
+                   "; singular values must be finite and non-negative");
+        AQUA_CHECK(j == 0 || sv[j] <= sv[j - 1], where, ": tensor \"", sname, "\" increases at entry ", j, " (",
+                   sv[j - 1], " then ", sv[j], "); singular values must not increase");
+      }
+      set.set_head(l, h, detail::make_head_projection_unchecked(std::move(basis), std::move(sv)));
+    }
+  set.set_source(source);
+  set.set_centered(centered == "true");
+  set.set_vectors_seen(seen);
+  for (const auto& kv : meta)
+    if (kv.first.compare(0, 5, "aqua.") != 0) set.metadata()[kv.first] = kv.second;
+  return set;
+}
+
+// ---------------------------------------------------------------------------------------------
+// NumPy .npy
+
+enum class npy_dtype { float32, float64 };
+
+/// An array read from a .npy file: C-order data in host byte order, float32 or float64.
+class npy_array {
+public:
+  npy_array() = default;
+  npy_array(std::vector<index_t> shape, std::vector<float> data) : shape_(std::move(shape)), f32_(std::move(data)) {
+    check_size("aqua::npy_array", f32_.size());
+  }
+  npy_array(std::vector<index_t> shape, std::vector<double> data)
+      : dtype_(npy_dtype::float64), shape_(std::move(shape)), f64_(std::move(data)) {
+    check_size("aqua::npy_array", f64_.size());
+  }
+
+  npy_dtype dtype() const noexcept { return dtype_; }
+  const std::vector<index_t>& shape() const noexcept { return shape_; }
+  int rank() const noexcept { return static_cast<int>(shape_.size()); }
+  index_t extent(int dim) const { return shape_.at(static_cast<std::size_t>(dim)); }
+  index_t size() const noexcept {
+    return static_cast<index_t>(dtype_ == npy_dtype::float32 ? f32_.size() : f64_.size());
+  }
+  /// "[2, 3, 4]".
+  std::string shape_string() const {
+    std::string s = "[";
+    for (std::size_t i = 0; i < shape_.size(); ++i) s += (i ? ", " : "") + std::to_string(shape_[i]);
+    return s + "]";
+  }
+
+  /// The elements; throws unless the dtype matches.
+  const std::vector<float>& float_data() const {
+    AQUA_CHECK(dtype_ == npy_dtype::float32, "aqua::npy_array::float_data: the array holds float64 (use to_float)");
+    return f32_;
+  }
+  const std::vector<double>& double_data() const {
+    AQUA_CHECK(dtype_ == npy_dtype::float64, "aqua::npy_array::double_data: the array holds float32");
+    return f64_;
+  }
+  /// The elements as float, converted from float64 when needed.
+  std::vector<float> to_float() const {
+    if (dtype_ == npy_dtype::float32) return f32_;
+    return std::vector<float>(f64_.begin(), f64_.end());
+  }
+  /// Converts the array to float32 in place (no-op when it already is).
+  npy_array& convert_to_float() {
+    if (dtype_ == npy_dtype::float64) {
+      f32_.assign(f64_.begin(), f64_.end());
+      std::vector<double>().swap(f64_);
+      dtype_ = npy_dtype::float32;
+    }
+    return *this;
+  }
+
+  /// Contiguous view of the data with `Rank` dimensions; throws unless rank and dtype match.
+  template <int Rank>
+  tensor_view<const float, Rank> float_view() const {
+    return view_impl<Rank>(float_data().data(), "float_view");
+  }
+  template <int Rank>
+  tensor_view<const double, Rank> double_view() const {
+    return view_impl<Rank>(double_data().data(), "double_view");
+  }
+
+private:
+  void check_size(const char* fn, std::size_t n) const {
+    index_t expect = 1;
+    for (index_t e : shape_) {
+      AQUA_CHECK(e >= 0, fn, ": negative extent ", e);
+      expect *= e;
+    }
+    AQUA_CHECK(static_cast<std::size_t>(expect) == n, fn, ": shape ", shape_string(), " holds ", expect,
+               " elements but the data has ", n);
+  }
+  template <int Rank, class T>
+  tensor_view<const T, Rank> view_impl(const T* data, const char* what) const {
+    AQUA_CHECK(rank() == Rank, "aqua::npy_array::", what, ": the array has shape ", shape_string(), " (rank ", rank(),
+               ") but a rank-", Rank, " view was asked for");
+    std::array<index_t, Rank> e{};
+    for (int i = 0; i < Rank; ++i) e[static_cast<std::size_t>(i)] = shape_[static_cast<std::size_t>(i)];
+    return tensor_view<const T, Rank>(data, e);
+  }
+
+  npy_dtype dtype_ = npy_dtype::float32;
+  std::vector<index_t> shape_;
+  std::vector<float> f32_;
+  std::vector<double> f64_;
+};
+
+namespace detail {
+
+/// Reorders Fortran-order elements (first index fastest) to C order (last index fastest).
+template <class T>
+std::vector<T> fortran_to_c(const std::vector<T>& f, const std::vector<index_t>& shape) {
+  std::vector<T> c(f.size());
+  if (f.empty()) return c;
+  const std::size_t rank = shape.size();
+  std::vector<index_t> idx(rank, 0), fstride(rank, 1);
+  for (std::size_t i = 1; i < rank; ++i) fstride[i] = fstride[i - 1] * shape[i - 1];
+  for (std::size_t out = 0; out < c.size(); ++out) {
+    index_t src = 0;
+    for (std::size_t i = 0; i < rank; ++i) src += idx[i] * fstride[i];
+    c[out] = f[static_cast<std::size_t>(src)];
+    for (std::size_t i = rank; i-- > 0;) {
+      if (++idx[i] < shape[i]) break;
+      idx[i] = 0;
+    }
+  }
+  return c;
+}
+
+template <class T>
+std::vector<T> read_npy_elements(input_file& in, const npy_header& h, const std::vector<index_t>& shape) {
+  std::vector<T> data(static_cast<std::size_t>(h.elements));
+  in.read(h.data_offset, data.data(), h.elements * sizeof(T), "the array data");
+  to_host_order(data.data(), h.elements, sizeof(T), h.little_endian);
+  if (h.fortran_order && shape.size() > 1) data = fortran_to_c(data, shape);
+  return data;
+}
+
+}  // namespace detail
+
+/// Reads a .npy file (see the top of this header for what is accepted).
+inline npy_array read_npy(const std::string& path) {
+  constexpr const char* fn = "aqua::read_npy";
+  detail::input_file in(path, fn);
+  const detail::npy_header h = detail::read_npy_header(in, fn);
+  std::vector<index_t> shape;
+  for (std::uint64_t e : h.shape) {
+    AQUA_CHECK(e <= static_cast<std::uint64_t>(std::numeric_limits<index_t>::max()), fn, ": ", path,
+               ": extent ", e, " is too large");
+    shape.push_back(static_cast<index_t>(e));
+  }
+  if (h.item_size == 4) return npy_array(shape, detail::read_npy_elements<float>(in, h, shape));
+  return npy_array(shape, detail::read_npy_elements<double>(in, h, shape));
+}
+
+/// Reads a .npy file and converts it to float32.
+inline npy_array read_npy_float(const std::string& path) {
+  npy_array a = read_npy(path);
+  a.convert_to_float();
+  return a;
+}
+
+namespace detail {
+
+template <class T>
+void save_npy_impl(const std::string& path, const T* data, const std::vector<index_t>& shape, const char* fn) {
+  std::vector<std::uint64_t> ushape;
+  std::uint64_t count = 1, bytes;
+  for (index_t e : shape) {
+    AQUA_CHECK(e >= 0, fn, ": ", path, ": negative extent ", e);
+    ushape.push_back(static_cast<std::uint64_t>(e));
+    AQUA_CHECK(checked_mul(count, ushape.back(), count), fn, ": ", path, ": the element count overflows");
+  }
+  AQUA_CHECK(checked_mul(count, sizeof(T), bytes), fn, ": ", path, ": the data size overflows");
+  AQUA_CHECK(data != nullptr || count == 0, fn, ": ", path, ": data is null but the shape has ", count,
+             " elements");
+  std::string out = make_npy_header(ushape, sizeof(T));
+  append_le_array(out, data, count, sizeof(T));
+  write_file_atomically(path, out, fn);
+}
+
+}  // namespace detail
+
+/// Writes `data` (C order, shape `shape`) as a little-endian float32 .npy file.
+inline void save_npy(const std::string& path, const float* data, const std::vector<index_t>& shape) {
+  detail::save_npy_impl(path, data, shape, "aqua::save_npy");
+}
+/// Writes `data` as a little-endian float64 .npy file.
+inline void save_npy(const std::string& path, const double* data, const std::vector<index_t>& shape) {
+  detail::save_npy_impl(path, data, shape, "aqua::save_npy");
+}
+/// Writes a (possibly strided) view as a C-order .npy file.
+template <class T, int Rank>
+void save_npy(const std::string& path, const tensor_view<T, Rank>& view) {
+  using value = std::remove_cv_t<T>;
+  static_assert(std::is_same<value, float>::value || std::is_same<value, double>::value,
+                "aqua::save_npy: views of float or double only");
+  detail::require_data(view, "aqua::save_npy", "view");
+  std::vector<index_t> shape(view.extents().begin(), view.extents().end());
+  if (view.is_contiguous()) {
+    save_npy(path, static_cast<const value*>(view.data()), shape);
+    return;
+  }
+  std::vector<value> packed;
+  packed.reserve(static_cast<std::size_t>(view.size()));
+  std::array<index_t, Rank> idx{};
+  for (index_t n = 0; n < view.size(); ++n) {
+    index_t offset = 0;
+    for (int i = 0; i < Rank; ++i) offset += idx[static_cast<std::size_t>(i)] * view.stride(i);
+    packed.push_back(view.data()[offset]);
+    for (int i = Rank - 1; i >= 0; --i) {
+      if (++idx[static_cast<std::size_t>(i)] < view.extent(i)) break;
+      idx[static_cast<std::size_t>(i)] = 0;
+    }
+  }
+  save_npy(path, static_cast<const value*>(packed.data()), shape);
+}
+
+}  // namespace aqua
