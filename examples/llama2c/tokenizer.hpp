@@ -57,6 +57,12 @@ class tokenizer {
     t.max_token_length_ = read_i32("max_token_length", -1);
     AQUA_CHECK(t.max_token_length_ >= 1 && t.max_token_length_ <= max_piece_bytes, "llama2c tokenizer '",
                path, "': max_token_length = ", t.max_token_length_, " is outside [1, ", max_piece_bytes, "]");
+    // Every token takes at least 8 bytes (score and length): a vocab_size the file cannot hold is
+    // reported before the vectors are sized from it.
+    const std::uint64_t min_bytes = 4 + 8 * static_cast<std::uint64_t>(vocab_size);
+    AQUA_CHECK(bytes.size() >= min_bytes, "llama2c tokenizer '", path, "': truncated: the model's vocab_size is ",
+               vocab_size, ", which needs at least ", min_bytes, " bytes, but the file has ", bytes.size(),
+               " (a smaller tokenizer does not fit the model)");
     t.pieces_.resize(static_cast<std::size_t>(vocab_size));
     t.scores_.resize(static_cast<std::size_t>(vocab_size));
     for (int i = 0; i < vocab_size; ++i) {

@@ -282,12 +282,14 @@ public:
 
 private:
   void check_size(const char* fn, std::size_t n) const {
-    index_t expect = 1;
+    // Checked: a wrapped product could match a small buffer and hand out views past its end.
+    std::uint64_t expect = 1;
     for (index_t e : shape_) {
       AQUA_CHECK(e >= 0, fn, ": negative extent ", e);
-      expect *= e;
+      AQUA_CHECK(detail::checked_mul(expect, static_cast<std::uint64_t>(e), expect), fn, ": shape ",
+                 shape_string(), " holds more elements than 64 bits count");
     }
-    AQUA_CHECK(static_cast<std::size_t>(expect) == n, fn, ": shape ", shape_string(), " holds ", expect,
+    AQUA_CHECK(expect == static_cast<std::uint64_t>(n), fn, ": shape ", shape_string(), " holds ", expect,
                " elements but the data has ", n);
   }
   template <int Rank, class T>
