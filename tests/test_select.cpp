@@ -123,3 +123,32 @@ TEST_CASE("selection rejects bad specs and buffers with a message naming them", 
   x[3] = std::numeric_limits<float>::quiet_NaN();
   CHECK_THROWS_WITH(aqua::select_top<float>(xv, aqua::selection_spec::top_k(2), ov), Contains("values holds a non-finite"));
 }
+
+#include <aqua/detail/aqua_engine.hpp>
+
+TEST_CASE("the kernels' threshold selection picks the same set as the brute-force ranking", "[select]") {
+  const index_t n = GENERATE(1, 9, 128, 200);
+  const bool ties = GENERATE(false, true);
+  std::vector<float> x = ties ? tied_values(n, 21) : std::vector<float>(static_cast<std::size_t>(n));
+  if (!ties) {
+    std::mt19937 rng(23);
+    std::normal_distribution<float> nd;
+    for (auto& v : x) v = nd(rng);
+  }
+  std::vector<float> w(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) w[i] = std::abs(x[i]);
+  const auto ref = brute_ranking(x);
+  std::vector<std::uint32_t> bits(x.size());
+  std::vector<std::int32_t> out(x.size());
+  for (int simd_off : {0, 1}) {
+    aqua::detail::simd_disabled() = simd_off;
+    for (index_t k = 1; k <= n; k += std::max<index_t>(1, n / 7)) {
+      std::vector<std::int32_t> expected(ref.begin(), ref.begin() + k);
+      std::sort(expected.begin(), expected.end());
+      aqua::detail::select_top_ascending(w.data(), n, k, bits.data(), out.data());
+      CAPTURE(n, ties, k, simd_off);
+      CHECK(std::vector<std::int32_t>(out.begin(), out.begin() + k) == expected);
+    }
+  }
+  aqua::detail::simd_disabled() = 0;
+}

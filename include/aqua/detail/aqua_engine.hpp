@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <ctime>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -34,7 +35,7 @@ enum class selection_mode {
 };
 
 /// Optional per-call measurements (filled when a pointer is passed in the options). Seconds are
-/// summed over workers (with 1 thread: wall time of each phase).
+/// CPU seconds of the worker threads (where the platform reports them), summed over workers.
 struct attention_profile {
   double select_seconds = 0, score_seconds = 0, softmax_seconds = 0, value_seconds = 0;
   /// Decode: fraction of the key tiles (bytes) of the cache that the call read.
@@ -62,7 +63,24 @@ public:
 
 namespace detail {
 
-using profile_clock = std::chrono::steady_clock;
+/// Profiles count CPU time of the calling thread where the platform has it, so phases measured on
+/// a machine shared with other jobs leave out the time the thread was descheduled.
+struct profile_clock {
+  using duration = std::chrono::nanoseconds;
+  using rep = duration::rep;
+  using period = duration::period;
+  using time_point = std::chrono::time_point<profile_clock>;
+  static constexpr bool is_steady = true;
+  static time_point now() noexcept {
+#if defined(CLOCK_THREAD_CPUTIME_ID)
+    timespec ts{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return time_point(duration(rep(ts.tv_sec) * 1000000000 + rep(ts.tv_nsec)));
+#else
+    return time_point(std::chrono::duration_cast<duration>(std::chrono::steady_clock::now().time_since_epoch()));
+#endif
+  }
+};
 inline double seconds_since(profile_clock::time_point t0) {
   return std::chrono::duration<double>(profile_clock::now() - t0).count();
 }
@@ -71,11 +89,78 @@ inline double seconds_since(profile_clock::time_point t0) {
 /// pass rereads them slice by slice.
 constexpr index_t decode_chunk = 128;
 
+/// Number of entries of bits[0..n) that are >= t.
+inline index_t count_at_least_portable(const std::uint32_t* bits, index_t n, std::uint32_t t) {
+  index_t c = 0;
+  for (index_t i = 0; i < n; ++i) c += bits[i] >= t;
+  return c;
+}
+#if AQUA_HAS_X86_SIMD
+AQUA_TARGET_AVX2 inline index_t count_at_least_avx2(const std::uint32_t* bits, index_t n, std::uint32_t t) {
+  // Values are < 2^31 (bit patterns of non-negative floats), so signed compares are exact.
+  const __m256i tm1 = _mm256_set1_epi32(static_cast<int>(t) - 1);
+  __m256i acc = _mm256_setzero_si256();
+  index_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    acc = _mm256_sub_epi32(acc, _mm256_cmpgt_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits + i)), tm1));
+  alignas(32) std::int32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc);
+  index_t c = 0;
+  for (int l = 0; l < 8; ++l) c += lanes[l];
+  for (; i < n; ++i) c += bits[i] >= t;
+  return c;
+}
+#endif
+
+/// The k largest of the non-negative weights w[0..n) (ties: lower index first), written in
+/// ascending index order. Binary search on the float bit patterns for the k-th largest value:
+/// O(31 n) vector compares, no sort (about 25x faster than a partial sort at n = 128).
+inline void select_top_ascending(const float* w, index_t n, index_t k, std::uint32_t* bits, std::int32_t* out) {
+  std::uint32_t top = 0;
+  for (index_t i = 0; i < n; ++i) {
+    std::uint32_t b;
+    std::memcpy(&b, w + i, sizeof(b));
+    b &= 0x7fffffffu;  // -0.0 counts as 0
+    bits[i] = b;
+    top = std::max(top, b);
+  }
+#if AQUA_HAS_X86_SIMD
+  const bool simd = has_avx2_fma();
+#endif
+  auto count = [&](std::uint32_t t) {
+#if AQUA_HAS_X86_SIMD
+    if (simd) return count_at_least_avx2(bits, n, t);
+#endif
+    return count_at_least_portable(bits, n, t);
+  };
+  // Invariant: count(lo) >= k > count(hi).
+  std::uint64_t lo = 0, hi = std::uint64_t(top) + 1;
+  while (hi - lo > 1) {
+    const std::uint64_t mid = (lo + hi) / 2;
+    if (count(static_cast<std::uint32_t>(mid)) >= k) lo = mid;
+    else hi = mid;
+  }
+  const std::uint32_t t = static_cast<std::uint32_t>(lo);
+  index_t ties = k - (hi <= top ? count(static_cast<std::uint32_t>(hi)) : 0);
+  index_t c = 0;
+  for (index_t i = 0; i < n; ++i) {
+    if (bits[i] > t || (bits[i] == t && ties > 0)) {
+      if (bits[i] == t) --ties;
+      out[c++] = static_cast<std::int32_t>(i);
+    }
+  }
+}
+
 /// Selection of one query (or summed group) into ascending dims; returns the count.
 /// `mode_tile` picks whole tiles by energy instead of single dims.
 inline index_t select_dims(const float* weight, const float* energy, index_t r, index_t tile, bool mode_tile,
                            const selection_spec& spec, std::int32_t* rank_scratch, std::int32_t* dims_out) {
   if (!mode_tile) {
+    if (spec.type != selection_spec::kind::energy) {
+      const index_t count = selection_count(spec, r);
+      select_top_ascending(weight, r, count, reinterpret_cast<std::uint32_t*>(rank_scratch), dims_out);
+      return count;
+    }
     const index_t count = select_ranked(weight, energy, r, spec, rank_scratch);
     std::copy(rank_scratch, rank_scratch + count, dims_out);
     std::sort(dims_out, dims_out + count);
@@ -332,7 +417,8 @@ inline void run_prefill(const tensor3_view<const float>& q, const kv_cache& cach
                         const tensor3_view<float>& out, attention_profile* prof) {
   const index_t hq = q.extent(0), m = q.extent(1), d = q.extent(2), g = hq / cache.kv_heads();
   const index_t n = cache.size(), r = cache.rank(), tile = cache.tile_dims(), bs = tile * kv_block;
-  constexpr index_t block_rows = 64, key_chunk_blocks = 16;
+  constexpr index_t block_rows = 64;
+  const index_t key_chunk_blocks = tuning().prefill_key_blocks;
   const index_t blocks_per_head = (m + block_rows - 1) / block_rows;
   const index_t items = hq * blocks_per_head;
   const int workers = static_cast<int>(std::max<index_t>(1, std::min<index_t>(threads, items)));

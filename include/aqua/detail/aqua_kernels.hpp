@@ -10,6 +10,8 @@
 // share the value rows (register blocked over a slice of 8 * NV columns).
 #pragma once
 
+#include <algorithm>
+
 #include "aqua/detail/simd.hpp"
 #include "aqua/tensor_view.hpp"
 
@@ -17,6 +19,16 @@ namespace aqua {
 namespace detail {
 
 constexpr index_t kv_block = 16;
+
+/// Kernel knobs, fixed at their measured best; kept adjustable for side-by-side measurements.
+struct kernel_tuning {
+  bool value_prefetch = true;  // prefetch the next 16 value rows during the value pass
+  index_t prefill_key_blocks = 8;  // prefill: key blocks (of 16 tokens) per chunk shared by a query block
+};
+inline kernel_tuning& tuning() {
+  static kernel_tuning t;
+  return t;
+}
 
 template <int HB>
 void score_portable(const float* const* rows, index_t ns, const float* q, index_t q_stride, index_t block_stride,
@@ -87,14 +99,12 @@ AQUA_TARGET_AVX2 void score_avx2(const float* const* rows, index_t ns, const flo
 
 template <int HB, int NV>
 AQUA_TARGET_AVX2 void value_slice_avx2(const float* v, index_t d, index_t cnt, const float* p, index_t p_stride,
-                                       float* acc, index_t acc_stride, const float* alpha) {
+                                       float* acc, index_t acc_stride) {
   __m256 a[HB][NV];
 #pragma GCC unroll 16
-  for (int h = 0; h < HB; ++h) {
-    const __m256 al = _mm256_broadcast_ss(alpha + h);
+  for (int h = 0; h < HB; ++h)
 #pragma GCC unroll 16
-    for (int u = 0; u < NV; ++u) a[h][u] = _mm256_mul_ps(al, _mm256_loadu_ps(acc + h * acc_stride + 8 * u));
-  }
+    for (int u = 0; u < NV; ++u) a[h][u] = _mm256_loadu_ps(acc + h * acc_stride + 8 * u);
   for (index_t j = 0; j < cnt; ++j) {
     const float* row = v + j * d;
     __m256 vr[NV];
@@ -113,13 +123,34 @@ AQUA_TARGET_AVX2 void value_slice_avx2(const float* v, index_t d, index_t cnt, c
     for (int u = 0; u < NV; ++u) _mm256_storeu_ps(acc + h * acc_stride + 8 * u, a[h][u]);
 }
 
-/// Column slices of 8 * NV (then 8) floats; d must be a multiple of 8.
+/// Tokens go in groups of 16 rows (8 KB at d = 128): all column slices of a group are done
+/// before the next group, so the value rows stream sequentially through memory instead of being
+/// swept once per slice (a 512-byte stride); the accumulators round-trip through L1 per group.
+/// d must be a multiple of 8.
 template <int HB, int NV>
 AQUA_TARGET_AVX2 void value_avx2(const float* v, index_t d, index_t cnt, const float* p, index_t p_stride, float* acc,
                                  index_t acc_stride, const float* alpha) {
-  index_t c = 0;
-  for (; c + 8 * NV <= d; c += 8 * NV) value_slice_avx2<HB, NV>(v + c, d, cnt, p, p_stride, acc + c, acc_stride, alpha);
-  for (; c < d; c += 8) value_slice_avx2<HB, 1>(v + c, d, cnt, p, p_stride, acc + c, acc_stride, alpha);
+#pragma GCC unroll 4
+  for (int h = 0; h < HB; ++h) {
+    const __m256 al = _mm256_broadcast_ss(alpha + h);
+    float* a = acc + h * acc_stride;
+    for (index_t c = 0; c < d; c += 8) _mm256_storeu_ps(a + c, _mm256_mul_ps(al, _mm256_loadu_ps(a + c)));
+  }
+  constexpr index_t group = 16;
+  for (index_t j0 = 0; j0 < cnt; j0 += group) {
+    const index_t jn = std::min(group, cnt - j0);
+    const float* vg = v + j0 * d;
+    const float* pg = p + j0;
+    // The next group's rows are one contiguous range: ask for it while this group computes.
+    if (tuning().value_prefetch && j0 + group < cnt) {
+      const char* next = reinterpret_cast<const char*>(vg + group * d);
+      const index_t bytes = std::min(group, cnt - j0 - group) * d * index_t(sizeof(float));
+      for (index_t b = 0; b < bytes; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
+    }
+    index_t c = 0;
+    for (; c + 8 * NV <= d; c += 8 * NV) value_slice_avx2<HB, NV>(vg + c, d, jn, pg, p_stride, acc + c, acc_stride);
+    for (; c < d; c += 8) value_slice_avx2<HB, 1>(vg + c, d, jn, pg, p_stride, acc + c, acc_stride);
+  }
 }
 #endif
 
