@@ -23,7 +23,11 @@ constexpr index_t kv_block = 16;
 /// Kernel knobs, fixed at their measured best; kept adjustable for side-by-side measurements.
 struct kernel_tuning {
   bool value_prefetch = true;  // prefetch the next 16 value rows during the value pass
-  index_t prefill_key_blocks = 8;  // prefill: key blocks (of 16 tokens) per chunk shared by a query block
+  // Prefill: key blocks (of 16 tokens) per chunk that every query of a 64-row block reads while
+  // the chunk's tiles sit in L1/L2 (4-8 measured best at d = 128).
+  index_t prefill_key_blocks = 8;
+  // Decode: tokens per online-softmax chunk (a multiple of 16): its scores stay in L1.
+  index_t decode_chunk = 128;
 };
 inline kernel_tuning& tuning() {
   static kernel_tuning t;
