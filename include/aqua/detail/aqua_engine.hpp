@@ -303,10 +303,11 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
       const index_t ns = p.counts[kv];
       for (index_t hb = 0; hb < g; hb += 4)
         score_dispatch(static_cast<int>(std::min<index_t>(4, g - hb)), w.rows.data(), ns, qsel + hb * r, r, bs, b0, nb,
-                       scores + hb * C, C);
+                       scores + hb * C, C, true);
     } else {
       for (index_t h = 0; h < g; ++h)
-        score_dispatch(1, w.rows.data() + h * r, p.counts[kv * g + h], qsel + h * r, r, bs, b0, nb, scores + h * C, C);
+        score_dispatch(1, w.rows.data() + h * r, p.counts[kv * g + h], qsel + h * r, r, bs, b0, nb, scores + h * C, C,
+                       true);
     }
     auto t_soft = prof ? profile_clock::now() : profile_clock::time_point();
     for (index_t h = 0; h < g; ++h) {
