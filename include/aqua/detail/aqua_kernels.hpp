@@ -22,7 +22,7 @@ constexpr index_t kv_block = 16;
 
 /// Kernel knobs, fixed at their measured best; kept adjustable for side-by-side measurements.
 struct kernel_tuning {
-  bool value_prefetch = true;  // prefetch the next 16 value rows during the value pass
+  index_t value_prefetch_groups = 1;  // value pass: prefetch the rows this many 16-token groups ahead (0: off)
   index_t key_prefetch_blocks = 4;  // decode score pass: prefetch each key row this many blocks ahead (0: off)
   // Prefill: key blocks (of 16 tokens) per chunk that every query of a 64-row block reads while
   // the chunk's tiles sit in L1/L2 (4-8 measured best at d = 128).
@@ -145,14 +145,16 @@ AQUA_TARGET_AVX2 void value_avx2(const float* v, index_t d, index_t cnt, const f
     for (index_t c = 0; c < d; c += 8) _mm256_storeu_ps(a + c, _mm256_mul_ps(al, _mm256_loadu_ps(a + c)));
   }
   constexpr index_t group = 16;
+  const index_t ahead = tuning().value_prefetch_groups;
   for (index_t j0 = 0; j0 < cnt; j0 += group) {
     const index_t jn = std::min(group, cnt - j0);
     const float* vg = v + j0 * d;
     const float* pg = p + j0;
-    // The next group's rows are one contiguous range: ask for it while this group computes.
-    if (tuning().value_prefetch && j0 + group < cnt) {
-      const char* next = reinterpret_cast<const char*>(vg + group * d);
-      const index_t bytes = std::min(group, cnt - j0 - group) * d * index_t(sizeof(float));
+    // A later group's rows are one contiguous range: ask for it while this group computes. Past
+    // the chunk it is the next chunk's rows (past the cache, harmless: prefetches never fault).
+    if (ahead > 0) {
+      const char* next = reinterpret_cast<const char*>(vg + ahead * group * d);
+      const index_t bytes = group * d * index_t(sizeof(float));
       for (index_t b = 0; b < bytes; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
     }
     index_t c = 0;
