@@ -42,7 +42,8 @@ struct attention_profile {
   double key_fraction_read = 0;
 };
 
-/// Reusable scratch for AQUA calls: pass one in the options to avoid per-call allocation.
+/// Reusable scratch for AQUA calls: pass one in the options to avoid per-call allocation. One
+/// workspace serves one call at a time (calls running concurrently need one each).
 class aqua_workspace {
 public:
   struct worker {
