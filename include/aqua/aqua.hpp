@@ -4,5 +4,8 @@
 #include "aqua/attention.hpp"
 #include "aqua/config.hpp"
 #include "aqua/cost_model.hpp"
+#include "aqua/kv_cache.hpp"
+#include "aqua/quality.hpp"
+#include "aqua/select.hpp"
 #include "aqua/tensor_view.hpp"
 #include "aqua/version.hpp"

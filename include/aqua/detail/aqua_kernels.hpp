@@ -1,0 +1,200 @@
+// Inner kernels of AQUA / dense attention over the tiled key cache (kv_cache.hpp).
+//
+// Score kernel: for key blocks b (16 tokens each), scores[h][b*16 + lane] =
+//   sum_s q[h][s] * rows[s][b * block_stride + lane]
+// where rows[s] points at the row of selected dim s in block 0 of its tile, and block_stride is
+// tile_dims * 16 floats. HB query heads share one list of rows (group / tile selection: one read of
+// a key row serves HB heads); NB blocks go at once so enough independent FMA chains hide latency.
+//
+// Value kernel: acc[h][c] = alpha[h] * acc[h][c] + sum_j p[h][j] * v[j][c], for HB heads that
+// share the value rows (register blocked over a slice of 8 * NV columns).
+#pragma once
+
+#include <algorithm>
+
+#include "aqua/detail/simd.hpp"
+#include "aqua/tensor_view.hpp"
+
+namespace aqua {
+namespace detail {
+
+constexpr index_t kv_block = 16;
+
+/// Kernel knobs, fixed at their measured best; kept adjustable for side-by-side measurements.
+struct kernel_tuning {
+  bool value_prefetch = true;  // prefetch the next 16 value rows during the value pass
+  index_t prefill_key_blocks = 8;  // prefill: key blocks (of 16 tokens) per chunk shared by a query block
+};
+inline kernel_tuning& tuning() {
+  static kernel_tuning t;
+  return t;
+}
+
+template <int HB>
+void score_portable(const float* const* rows, index_t ns, const float* q, index_t q_stride, index_t block_stride,
+                    index_t b0, index_t nb, float* scores, index_t score_stride) {
+  for (index_t b = 0; b < nb; ++b) {
+    const index_t off = (b0 + b) * block_stride;
+    for (int h = 0; h < HB; ++h) {
+      float acc[kv_block] = {};
+      for (index_t s = 0; s < ns; ++s) {
+        const float qs = q[h * q_stride + s];
+        const float* r = rows[s] + off;
+        for (index_t l = 0; l < kv_block; ++l) acc[l] += qs * r[l];
+      }
+      for (index_t l = 0; l < kv_block; ++l) scores[h * score_stride + b * kv_block + l] = acc[l];
+    }
+  }
+}
+
+template <int HB>
+void value_portable(const float* v, index_t d, index_t cnt, const float* p, index_t p_stride, float* acc,
+                    index_t acc_stride, const float* alpha) {
+  for (int h = 0; h < HB; ++h) {
+    float* a = acc + h * acc_stride;
+    for (index_t c = 0; c < d; ++c) a[c] *= alpha[h];
+    for (index_t j = 0; j < cnt; ++j) {
+      const float pj = p[h * p_stride + j];
+      const float* row = v + j * d;
+      for (index_t c = 0; c < d; ++c) a[c] += pj * row[c];
+    }
+  }
+}
+
+#if AQUA_HAS_X86_SIMD
+template <int HB, int NB>
+AQUA_TARGET_AVX2 void score_avx2(const float* const* rows, index_t ns, const float* q, index_t q_stride,
+                                 index_t block_stride, index_t b0, index_t nb, float* scores, index_t score_stride) {
+  index_t b = 0;
+  for (; b + NB <= nb; b += NB) {
+    __m256 acc[HB][2 * NB];
+#pragma GCC unroll 16
+    for (int h = 0; h < HB; ++h)
+#pragma GCC unroll 16
+      for (int u = 0; u < 2 * NB; ++u) acc[h][u] = _mm256_setzero_ps();
+    const index_t off = (b0 + b) * block_stride;
+    for (index_t s = 0; s < ns; ++s) {
+      const float* r = rows[s] + off;
+      __m256 kr[2 * NB];
+#pragma GCC unroll 16
+      for (int u = 0; u < NB; ++u) {
+        kr[2 * u] = _mm256_load_ps(r + u * block_stride);
+        kr[2 * u + 1] = _mm256_load_ps(r + u * block_stride + 8);
+      }
+#pragma GCC unroll 16
+      for (int h = 0; h < HB; ++h) {
+        const __m256 qb = _mm256_broadcast_ss(q + h * q_stride + s);
+#pragma GCC unroll 16
+        for (int u = 0; u < 2 * NB; ++u) acc[h][u] = _mm256_fmadd_ps(qb, kr[u], acc[h][u]);
+      }
+    }
+#pragma GCC unroll 16
+    for (int h = 0; h < HB; ++h)
+#pragma GCC unroll 16
+      for (int u = 0; u < 2 * NB; ++u) _mm256_storeu_ps(scores + h * score_stride + b * kv_block + u * 8, acc[h][u]);
+  }
+  if (NB > 1 && b < nb)
+    score_avx2<HB, 1>(rows, ns, q, q_stride, block_stride, b0 + b, nb - b, scores + b * kv_block, score_stride);
+}
+
+template <int HB, int NV>
+AQUA_TARGET_AVX2 void value_slice_avx2(const float* v, index_t d, index_t cnt, const float* p, index_t p_stride,
+                                       float* acc, index_t acc_stride) {
+  __m256 a[HB][NV];
+#pragma GCC unroll 16
+  for (int h = 0; h < HB; ++h)
+#pragma GCC unroll 16
+    for (int u = 0; u < NV; ++u) a[h][u] = _mm256_loadu_ps(acc + h * acc_stride + 8 * u);
+  for (index_t j = 0; j < cnt; ++j) {
+    const float* row = v + j * d;
+    __m256 vr[NV];
+#pragma GCC unroll 16
+    for (int u = 0; u < NV; ++u) vr[u] = _mm256_loadu_ps(row + 8 * u);
+#pragma GCC unroll 16
+    for (int h = 0; h < HB; ++h) {
+      const __m256 pb = _mm256_broadcast_ss(p + h * p_stride + j);
+#pragma GCC unroll 16
+      for (int u = 0; u < NV; ++u) a[h][u] = _mm256_fmadd_ps(pb, vr[u], a[h][u]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int h = 0; h < HB; ++h)
+#pragma GCC unroll 16
+    for (int u = 0; u < NV; ++u) _mm256_storeu_ps(acc + h * acc_stride + 8 * u, a[h][u]);
+}
+
+/// Tokens go in groups of 16 rows (8 KB at d = 128): all column slices of a group are done
+/// before the next group, so the value rows stream sequentially through memory instead of being
+/// swept once per slice (a 512-byte stride); the accumulators round-trip through L1 per group.
+/// d must be a multiple of 8.
+template <int HB, int NV>
+AQUA_TARGET_AVX2 void value_avx2(const float* v, index_t d, index_t cnt, const float* p, index_t p_stride, float* acc,
+                                 index_t acc_stride, const float* alpha) {
+#pragma GCC unroll 4
+  for (int h = 0; h < HB; ++h) {
+    const __m256 al = _mm256_broadcast_ss(alpha + h);
+    float* a = acc + h * acc_stride;
+    for (index_t c = 0; c < d; c += 8) _mm256_storeu_ps(a + c, _mm256_mul_ps(al, _mm256_loadu_ps(a + c)));
+  }
+  constexpr index_t group = 16;
+  for (index_t j0 = 0; j0 < cnt; j0 += group) {
+    const index_t jn = std::min(group, cnt - j0);
+    const float* vg = v + j0 * d;
+    const float* pg = p + j0;
+    // The next group's rows are one contiguous range: ask for it while this group computes.
+    if (tuning().value_prefetch && j0 + group < cnt) {
+      const char* next = reinterpret_cast<const char*>(vg + group * d);
+      const index_t bytes = std::min(group, cnt - j0 - group) * d * index_t(sizeof(float));
+      for (index_t b = 0; b < bytes; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
+    }
+    index_t c = 0;
+    for (; c + 8 * NV <= d; c += 8 * NV) value_slice_avx2<HB, NV>(vg + c, d, jn, pg, p_stride, acc + c, acc_stride);
+    for (; c < d; c += 8) value_slice_avx2<HB, 1>(vg + c, d, jn, pg, p_stride, acc + c, acc_stride);
+  }
+}
+#endif
+
+/// Scores for `heads` (<= 4) heads sharing one row list; `many_blocks` picks the deeper unroll
+/// used when few heads share (per-head selection, prefill).
+inline void score_dispatch(int heads, const float* const* rows, index_t ns, const float* q, index_t q_stride,
+                           index_t block_stride, index_t b0, index_t nb, float* scores, index_t score_stride) {
+#if AQUA_HAS_X86_SIMD
+  if (has_avx2_fma()) {
+    switch (heads) {
+      case 1: return score_avx2<1, 4>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+      case 2: return score_avx2<2, 2>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+      case 3: return score_avx2<3, 1>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+      default: return score_avx2<4, 1>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+    }
+  }
+#endif
+  switch (heads) {
+    case 1: return score_portable<1>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+    case 2: return score_portable<2>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+    case 3: return score_portable<3>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+    default: return score_portable<4>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+  }
+}
+
+inline void value_dispatch(int heads, const float* v, index_t d, index_t cnt, const float* p, index_t p_stride,
+                           float* acc, index_t acc_stride, const float* alpha) {
+#if AQUA_HAS_X86_SIMD
+  if (has_avx2_fma() && d % 8 == 0) {
+    switch (heads) {
+      case 1: return value_avx2<1, 8>(v, d, cnt, p, p_stride, acc, acc_stride, alpha);
+      case 2: return value_avx2<2, 4>(v, d, cnt, p, p_stride, acc, acc_stride, alpha);
+      case 3: return value_avx2<3, 2>(v, d, cnt, p, p_stride, acc, acc_stride, alpha);
+      default: return value_avx2<4, 2>(v, d, cnt, p, p_stride, acc, acc_stride, alpha);
+    }
+  }
+#endif
+  switch (heads) {
+    case 1: return value_portable<1>(v, d, cnt, p, p_stride, acc, acc_stride, alpha);
+    case 2: return value_portable<2>(v, d, cnt, p, p_stride, acc, acc_stride, alpha);
+    case 3: return value_portable<3>(v, d, cnt, p, p_stride, acc, acc_stride, alpha);
+    default: return value_portable<4>(v, d, cnt, p, p_stride, acc, acc_stride, alpha);
+  }
+}
+
+}  // namespace detail
+}  // namespace aqua
