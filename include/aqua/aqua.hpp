@@ -4,6 +4,7 @@
 #include "aqua/attention.hpp"
 #include "aqua/config.hpp"
 #include "aqua/cost_model.hpp"
+#include "aqua/h2o.hpp"
 #include "aqua/kv_cache.hpp"
 #include "aqua/quality.hpp"
 #include "aqua/select.hpp"
