@@ -85,9 +85,6 @@ inline double seconds_since(profile_clock::time_point t0) {
   return std::chrono::duration<double>(profile_clock::now() - t0).count();
 }
 
-/// Tokens per decode chunk: scores of a chunk stay in L1 and its value rows in L2 while the value
-/// pass rereads them slice by slice.
-constexpr index_t decode_chunk = 128;
 
 /// Number of entries of bits[0..n) that are >= t.
 inline index_t count_at_least_portable(const std::uint32_t* bits, index_t n, std::uint32_t t) {
@@ -278,7 +275,7 @@ inline double key_fraction(const decode_plan& p) {
 inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv, index_t t0, index_t t1,
                          aqua_workspace::worker& w, float* acc, float* m, double* l, float* logits_out,
                          attention_profile* prof) {
-  const index_t g = p.g, r = p.r, d = p.d, C = decode_chunk, bs = p.tile * kv_block;
+  const index_t g = p.g, r = p.r, d = p.d, C = tuning().decode_chunk, bs = p.tile * kv_block;
   const index_t lists = p.shared ? 1 : g;
   w.rows.resize(static_cast<std::size_t>(lists * r));
   w.scores.resize(static_cast<std::size_t>(g * C));
@@ -306,10 +303,11 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
       const index_t ns = p.counts[kv];
       for (index_t hb = 0; hb < g; hb += 4)
         score_dispatch(static_cast<int>(std::min<index_t>(4, g - hb)), w.rows.data(), ns, qsel + hb * r, r, bs, b0, nb,
-                       scores + hb * C, C);
+                       scores + hb * C, C, true);
     } else {
       for (index_t h = 0; h < g; ++h)
-        score_dispatch(1, w.rows.data() + h * r, p.counts[kv * g + h], qsel + h * r, r, bs, b0, nb, scores + h * C, C);
+        score_dispatch(1, w.rows.data() + h * r, p.counts[kv * g + h], qsel + h * r, r, bs, b0, nb, scores + h * C, C,
+                       true);
     }
     auto t_soft = prof ? profile_clock::now() : profile_clock::time_point();
     for (index_t h = 0; h < g; ++h) {
@@ -340,7 +338,7 @@ inline void run_decode(const kv_cache& cache, const decode_plan& p, int threads,
                        const matrix_view<float>& out, const matrix_view<float>& token_probs, attention_profile* prof) {
   const index_t g = p.g, d = p.d, n = p.n;
   const index_t segs = (threads > 1 && p.hkv % threads != 0)
-                           ? std::max<index_t>(1, std::min<index_t>(threads, (n + decode_chunk - 1) / decode_chunk))
+                           ? std::max<index_t>(1, std::min<index_t>(threads, (n + tuning().decode_chunk - 1) / tuning().decode_chunk))
                            : 1;
   const index_t items = p.hkv * segs;
   const int workers = static_cast<int>(std::max<index_t>(1, std::min<index_t>(threads, items)));
@@ -356,13 +354,13 @@ inline void run_decode(const kv_cache& cache, const decode_plan& p, int threads,
   }
   // Segment boundaries on chunk multiples, so chunking and results do not depend on the threads
   // beyond the segment count.
-  const index_t chunks = (n + decode_chunk - 1) / decode_chunk;
+  const index_t chunk = tuning().decode_chunk, chunks = (n + chunk - 1) / chunk;
   parallel_for(items, workers, [&](index_t begin, index_t end, int wi) {
     auto& w = ws.workers[static_cast<std::size_t>(wi)];
     for (index_t item = begin; item < end; ++item) {
       const index_t kv = item / segs, seg = item % segs;
-      const index_t t0 = std::min(n, chunks * seg / segs * decode_chunk);
-      const index_t t1 = std::min(n, chunks * (seg + 1) / segs * decode_chunk);
+      const index_t t0 = std::min(n, chunks * seg / segs * chunk);
+      const index_t t1 = std::min(n, chunks * (seg + 1) / segs * chunk);
       decode_range(cache, p, kv, t0, t1, w, ws.part_acc.data() + item * g * d, ws.part_m.data() + item * g,
                    ws.part_l.data() + item * g, logits, prof ? &w.profile : nullptr);
     }

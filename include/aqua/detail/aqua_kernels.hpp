@@ -22,8 +22,13 @@ constexpr index_t kv_block = 16;
 
 /// Kernel knobs, fixed at their measured best; kept adjustable for side-by-side measurements.
 struct kernel_tuning {
-  bool value_prefetch = true;  // prefetch the next 16 value rows during the value pass
-  index_t prefill_key_blocks = 8;  // prefill: key blocks (of 16 tokens) per chunk shared by a query block
+  index_t value_prefetch_groups = 1;  // value pass: prefetch the rows this many 16-token groups ahead (0: off)
+  index_t key_prefetch_blocks = 4;  // decode score pass: prefetch each key row this many blocks ahead (0: off)
+  // Prefill: key blocks (of 16 tokens) per chunk that every query of a 64-row block reads while
+  // the chunk's tiles sit in L1/L2 (4-8 measured best at d = 128).
+  index_t prefill_key_blocks = 8;
+  // Decode: tokens per online-softmax chunk (a multiple of 16): its scores stay in L1.
+  index_t decode_chunk = 128;
 };
 inline kernel_tuning& tuning() {
   static kernel_tuning t;
@@ -62,9 +67,10 @@ void value_portable(const float* v, index_t d, index_t cnt, const float* p, inde
 }
 
 #if AQUA_HAS_X86_SIMD
-template <int HB, int NB>
+template <int HB, int NB, bool Prefetch>
 AQUA_TARGET_AVX2 void score_avx2(const float* const* rows, index_t ns, const float* q, index_t q_stride,
                                  index_t block_stride, index_t b0, index_t nb, float* scores, index_t score_stride) {
+  const index_t ahead = tuning().key_prefetch_blocks * block_stride;
   index_t b = 0;
   for (; b + NB <= nb; b += NB) {
     __m256 acc[HB][2 * NB];
@@ -75,6 +81,7 @@ AQUA_TARGET_AVX2 void score_avx2(const float* const* rows, index_t ns, const flo
     const index_t off = (b0 + b) * block_stride;
     for (index_t s = 0; s < ns; ++s) {
       const float* r = rows[s] + off;
+      if (Prefetch) _mm_prefetch(reinterpret_cast<const char*>(r + ahead), _MM_HINT_T0);
       __m256 kr[2 * NB];
 #pragma GCC unroll 16
       for (int u = 0; u < NB; ++u) {
@@ -94,7 +101,8 @@ AQUA_TARGET_AVX2 void score_avx2(const float* const* rows, index_t ns, const flo
       for (int u = 0; u < 2 * NB; ++u) _mm256_storeu_ps(scores + h * score_stride + b * kv_block + u * 8, acc[h][u]);
   }
   if (NB > 1 && b < nb)
-    score_avx2<HB, 1>(rows, ns, q, q_stride, block_stride, b0 + b, nb - b, scores + b * kv_block, score_stride);
+    score_avx2<HB, 1, Prefetch>(rows, ns, q, q_stride, block_stride, b0 + b, nb - b, scores + b * kv_block,
+                                score_stride);
 }
 
 template <int HB, int NV>
@@ -137,14 +145,16 @@ AQUA_TARGET_AVX2 void value_avx2(const float* v, index_t d, index_t cnt, const f
     for (index_t c = 0; c < d; c += 8) _mm256_storeu_ps(a + c, _mm256_mul_ps(al, _mm256_loadu_ps(a + c)));
   }
   constexpr index_t group = 16;
+  const index_t ahead = tuning().value_prefetch_groups;
   for (index_t j0 = 0; j0 < cnt; j0 += group) {
     const index_t jn = std::min(group, cnt - j0);
     const float* vg = v + j0 * d;
     const float* pg = p + j0;
-    // The next group's rows are one contiguous range: ask for it while this group computes.
-    if (tuning().value_prefetch && j0 + group < cnt) {
-      const char* next = reinterpret_cast<const char*>(vg + group * d);
-      const index_t bytes = std::min(group, cnt - j0 - group) * d * index_t(sizeof(float));
+    // A later group's rows are one contiguous range: ask for it while this group computes. Past
+    // the chunk it is the next chunk's rows (past the cache, harmless: prefetches never fault).
+    if (ahead > 0) {
+      const char* next = reinterpret_cast<const char*>(vg + ahead * group * d);
+      const index_t bytes = group * d * index_t(sizeof(float));
       for (index_t b = 0; b < bytes; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
     }
     index_t c = 0;
@@ -154,17 +164,27 @@ AQUA_TARGET_AVX2 void value_avx2(const float* v, index_t d, index_t cnt, const f
 }
 #endif
 
-/// Scores for `heads` (<= 4) heads sharing one row list; `many_blocks` picks the deeper unroll
-/// used when few heads share (per-head selection, prefill).
+/// Scores for `heads` (<= 4) heads sharing one row list. `stream` (decode: keys come from DRAM)
+/// adds software prefetch of the rows a few blocks ahead; prefill's keys sit in cache.
 inline void score_dispatch(int heads, const float* const* rows, index_t ns, const float* q, index_t q_stride,
-                           index_t block_stride, index_t b0, index_t nb, float* scores, index_t score_stride) {
+                           index_t block_stride, index_t b0, index_t nb, float* scores, index_t score_stride,
+                           bool stream = false) {
 #if AQUA_HAS_X86_SIMD
   if (has_avx2_fma()) {
+    if (stream && tuning().key_prefetch_blocks > 0) {
+      // Prefetching past the end of a tile is harmless: a prefetch never faults.
+      switch (heads) {
+        case 1: return score_avx2<1, 4, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+        case 2: return score_avx2<2, 2, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+        case 3: return score_avx2<3, 1, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+        default: return score_avx2<4, 1, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+      }
+    }
     switch (heads) {
-      case 1: return score_avx2<1, 4>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
-      case 2: return score_avx2<2, 2>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
-      case 3: return score_avx2<3, 1>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
-      default: return score_avx2<4, 1>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+      case 1: return score_avx2<1, 4, false>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+      case 2: return score_avx2<2, 2, false>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+      case 3: return score_avx2<3, 1, false>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+      default: return score_avx2<4, 1, false>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
     }
   }
 #endif
