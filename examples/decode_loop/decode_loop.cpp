@@ -1,6 +1,8 @@
 // aqua_decode: a decode loop with AQUA selection and H2O eviction, against exact full attention.
 //
-// A prompt of N tokens fills one layer's cache, then every step appends one token, runs AQUA
+// A prompt of N tokens fills one layer's cache (its last WARMUP tokens as decode steps without
+// eviction, so the H2O scores have accumulated over several queries before the first eviction,
+// as H2O accumulates the prompt's attention), then every step appends one token, runs AQUA
 // decode (its probabilities feed the H2O policy), evicts down to the budget when due, and runs
 // exact dense attention over the full, never evicted context (the reference and the baseline,
 // timed in the same step, interleaved). Every interval it prints the cache tokens per KV head,
@@ -20,7 +22,7 @@
 //
 // Usage: aqua_decode [--n 8192] [--steps 128] [--interval 16] [--hq 32] [--hkv 8] [--d 128]
 //                    [--k 64] [--rank 0] [--budget B | --budget-fraction F] [--recent W]
-//                    [--slack S] [--select group|per-head|tile] [--tile 32] [--threads 1]
+//                    [--slack S] [--warmup 32] [--select group|per-head|tile] [--tile 32] [--threads 1]
 //                    [--spectrum 32] [--amplitude 2.7] [--query-noise 0.5] [--seed 1] [--clock wall|cpu] [--json]
 //                    [--sweep-rank]
 #include <aqua/attention.hpp>
@@ -50,7 +52,7 @@ using aqua::index_t;
 
 struct config {
   index_t n = 8192, steps = 128, interval = 16, hq = 32, hkv = 8, d = 128, k = 64, rank = 0, tile = 32;
-  index_t budget = 0, recent = -1, slack = -1;
+  index_t budget = 0, recent = -1, slack = -1, warmup = 32;
   double budget_fraction = 0, spectrum = 32, amplitude = 2.7, query_noise = 0.5;
   std::string select = "group";
   int threads = 1;
@@ -61,7 +63,7 @@ struct config {
 [[noreturn]] void usage(const std::string& msg) {
   std::fprintf(stderr,
                "aqua_decode: %s\nusage: aqua_decode [--n N] [--steps S] [--interval I] [--hq HQ] [--hkv HKV] [--d D] "
-               "[--k K] [--rank R] [--budget B | --budget-fraction F] [--recent W] [--slack S] "
+               "[--k K] [--rank R] [--budget B | --budget-fraction F] [--recent W] [--slack S] [--warmup STEPS] "
                "[--select group|per-head|tile] [--tile T] [--threads T] [--spectrum TAU] [--amplitude A] [--query-noise NOISE] [--seed S] "
                "[--clock wall|cpu] [--json] [--sweep-rank]\n",
                msg.c_str());
@@ -90,6 +92,7 @@ config parse(int argc, char** argv) {
       else if (a == "--budget-fraction") c.budget_fraction = std::stod(next());
       else if (a == "--recent") c.recent = std::stoll(next());
       else if (a == "--slack") c.slack = std::stoll(next());
+      else if (a == "--warmup") c.warmup = std::stoll(next());
       else if (a == "--select") c.select = next();
       else if (a == "--threads") c.threads = std::stoi(next());
       else if (a == "--spectrum") c.spectrum = std::stod(next());
@@ -109,6 +112,7 @@ config parse(int argc, char** argv) {
     }
   }
   if (c.select != "group" && c.select != "per-head" && c.select != "tile") usage("--select takes group, per-head or tile");
+  if (c.warmup < 0 || c.warmup >= c.n) usage("--warmup must lie in [0, N)");
   if (c.n < 1 || c.steps < 0 || c.interval < 1 || c.threads < 1) usage("--n, --interval, --threads must be >= 1");
   if (c.budget_fraction < 0 || c.budget_fraction > 1) usage("--budget-fraction must lie in [0, 1]");
   if (c.budget_fraction > 0) c.budget = std::max<index_t>(1, index_t(c.budget_fraction * double(c.n)));
@@ -320,7 +324,7 @@ int run(const config& c) {
   aqua::kv_cache_options full_opt = opt;
   full_opt.rank = 0;
   aqua::kv_cache full(layer.basis_views(), full_opt);
-  fill_prompt(layer, c.n, {&cache, &full});
+  fill_prompt(layer, c.n - c.warmup, {&cache, &full});
   const bool evicting = c.budget > 0;
   aqua::h2o_options hopt;
   hopt.budget = evicting ? c.budget : total + 1;
@@ -343,8 +347,10 @@ int run(const config& c) {
                 (long long)select.k, (long long)cache.rank(), c.select.c_str(), (long long)c.tile, c.threads,
                 c.threads == 1 ? "" : "s", c.cpu_clock ? "cpu" : "wall");
     if (evicting)
-      std::printf("H2O: budget B = %lld tokens per KV head (%lld heavy hitters + %lld recent), evict when > B + %lld\n",
-                  (long long)c.budget, (long long)(c.budget - hopt.recent), (long long)hopt.recent, (long long)c.slack);
+      std::printf("H2O: budget B = %lld tokens per KV head (%lld heavy hitters + %lld recent), evict when > B + %lld; "
+                  "scores accumulated over the last %lld prompt tokens before the first eviction\n",
+                  (long long)c.budget, (long long)(c.budget - hopt.recent), (long long)hopt.recent, (long long)c.slack,
+                  (long long)c.warmup);
     else
       std::printf("H2O: off (no budget)\n");
     std::printf("synthetic data: decaying spectrum exp(-i/%g), amplitude %g, query = mean + %g noise; reference: exact "
@@ -357,6 +363,12 @@ int run(const config& c) {
   std::vector<float> q, exact(std::size_t(c.hq * c.d)), out(exact.size()), dense_out(exact.size());
   aqua::aqua_workspace dense_ws;
   std::vector<double> t_aqua, t_evict, t_dense, t_ratio, errs, dense_errs;
+  for (index_t w = 0; w < c.warmup; ++w) {
+    layer.append(1, {&cache, &full});
+    layer.query(q);
+    policy.decode(aqua::make_view(static_cast<const float*>(q.data()), c.hq, c.d), cache, select,
+                  aqua::make_view(out.data(), c.hq, c.d), aopt);
+  }
   double last_progress = now_ms();
   for (index_t step = 1; step <= c.steps; ++step) {
     layer.append(1, {&cache, &full});

@@ -23,13 +23,14 @@
 // slack = 0 is H2O's one-token-per-step eviction; a larger slack lets the cache grow to B + slack
 // before one compaction back to B (compaction reads the whole cache, so amortising it matters).
 // After an eviction the cache's memory is released (shrink_to_fit) when its capacity exceeds
-// twice what B + slack needs, so a long prompt evicted down to B frees its memory while the steady
-// decode loop never reallocates.
+// twice the B + slack + 1 tokens it holds at most, keeping room for exactly those, so a long prompt
+// evicted down to B frees its memory while the steady decode loop never reallocates.
 //
-// Memory: with the budget the cache holds at most B + slack tokens per KV head, i.e. per layer
-// Hkv (r + d) e bytes per token (aqua::aqua_kv_bytes_per_token) times min(N, B + slack) tokens,
-// rounded up to whole blocks of kv_cache::block_tokens; the cost model's token_budget = B gives
-// the figure after eviction.
+// Memory: with the budget the cache holds at most B + slack + 1 tokens per KV head, and after an
+// eviction its capacity is B + slack + 1 rounded up to whole blocks of kv_cache::block_tokens:
+// per layer Hkv (r + d) e bytes per token (aqua::aqua_kv_bytes_per_token) times that, plus the
+// r columns of P per KV head. With slack = 0 and B + 1 a multiple of 16 this is the cost model's
+// kv_cache_bytes with token_budget = B + 1 (the new token is appended before the eviction).
 #pragma once
 
 #include <algorithm>
@@ -53,7 +54,7 @@ struct h2o_options {
   index_t recent = 0;
   /// Eviction runs when the cache holds more than B + slack tokens (0: H2O's per-step eviction).
   index_t slack = 0;
-  /// Release the cache's memory after an eviction when its capacity exceeds twice B + slack.
+  /// Release the cache's memory after an eviction when its capacity exceeds twice B + slack + 1.
   bool release_memory = true;
 };
 
@@ -150,8 +151,9 @@ public:
       s.resize(static_cast<std::size_t>(b));
     }
     cache.retain_per_head(make_view(static_cast<const index_t*>(keep_.data()), hkv_, b));
-    const index_t needed = (b + opt_.slack + kv_cache::block_tokens - 1) / kv_cache::block_tokens * kv_cache::block_tokens;
-    if (opt_.release_memory && cache.capacity() > 2 * needed) cache.shrink_to_fit();
+    // The cache grows to B + slack + 1 tokens before the next eviction: keep room for exactly that.
+    const index_t needed = b + opt_.slack + 1;
+    if (opt_.release_memory && cache.capacity() > 2 * needed) cache.shrink_to_fit(needed);
     ++evictions_;
     evicted_ += n - b;
     return n - b;

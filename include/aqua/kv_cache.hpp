@@ -279,7 +279,14 @@ public:
         const index_t src = keep(h, i);
         pos[static_cast<std::size_t>(i)] = pos[static_cast<std::size_t>(src)];
         if (src == i) continue;
-        for (index_t c = 0; c < rank_; ++c) store_key(h, i, c, key(h, src, c));
+        // Token j of a tile sits at ((j / 16) * T + dim) * 16 + j % 16: one stride-16 walk per tile.
+        const index_t from = (src / block_tokens) * tile_ * block_tokens + src % block_tokens;
+        const index_t to = (i / block_tokens) * tile_ * block_tokens + i % block_tokens;
+        for (index_t t = 0; t < tiles_; ++t) {
+          float* tile = keys_[static_cast<std::size_t>(h * tiles_ + t)].get();
+          const index_t width = tile_width(t);
+          for (index_t c = 0; c < width; ++c) tile[to + c * block_tokens] = tile[from + c * block_tokens];
+        }
         std::memmove(vh + i * d_, vh + src * d_, static_cast<std::size_t>(d_) * sizeof(float));
       }
       pos.resize(static_cast<std::size_t>(count));
@@ -289,10 +296,11 @@ public:
     n_ = count;
   }
 
-  /// Releases the memory beyond the stored tokens: capacity becomes size() rounded up to whole
-  /// blocks (at least one block), so bytes() falls after an eviction.
-  void shrink_to_fit() {
-    const index_t new_cap = std::max(round_up(n_), block_tokens);
+  /// Releases the memory beyond max(size(), tokens): capacity becomes that rounded up to whole
+  /// blocks (at least one block), so bytes() falls after an eviction. `tokens` keeps room for the
+  /// growth expected before the next eviction (no reallocation, no doubling on the next append).
+  void shrink_to_fit(index_t tokens = 0) {
+    const index_t new_cap = std::max(round_up(std::max(n_, tokens)), block_tokens);
     if (new_cap >= cap_) return;
     const index_t used = padded_tokens();
     for (auto& tile : keys_) {
