@@ -305,9 +305,19 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
         score_dispatch(static_cast<int>(std::min<index_t>(4, g - hb)), w.rows.data(), ns, qsel + hb * r, r, bs, b0, nb,
                        scores + hb * C, C, true);
     } else {
-      for (index_t h = 0; h < g; ++h)
-        score_dispatch(1, w.rows.data() + h * r, p.counts[kv * g + h], qsel + h * r, r, bs, b0, nb, scores + h * C, C,
-                       true);
+      // Fixed-size selections have equal counts: the heads are scored together, each on its own
+      // rows. Energy selections may differ per head: one head at a time.
+      bool equal = true;
+      for (index_t h = 1; h < g; ++h) equal = equal && p.counts[kv * g + h] == p.counts[kv * g];
+      if (equal) {
+        for (index_t hb = 0; hb < g; hb += 4)
+          score_lists_dispatch(static_cast<int>(std::min<index_t>(4, g - hb)), w.rows.data() + hb * r, r,
+                               p.counts[kv * g], qsel + hb * r, r, bs, b0, nb, scores + hb * C, C);
+      } else {
+        for (index_t h = 0; h < g; ++h)
+          score_dispatch(1, w.rows.data() + h * r, p.counts[kv * g + h], qsel + h * r, r, bs, b0, nb, scores + h * C, C,
+                         true);
+      }
     }
     auto t_soft = prof ? profile_clock::now() : profile_clock::time_point();
     for (index_t h = 0; h < g; ++h) {

@@ -105,6 +105,36 @@ AQUA_TARGET_AVX2 void score_avx2(const float* const* rows, index_t ns, const flo
                                 score_stride);
 }
 
+/// Per-head selection: HB heads with their own row lists of equal length ns (list h starts at
+/// rows + h * list_stride), scored together so 2 * HB independent FMA chains hide latency.
+template <int HB, bool Prefetch>
+AQUA_TARGET_AVX2 void score_lists_avx2(const float* const* rows, index_t list_stride, index_t ns, const float* q,
+                                       index_t q_stride, index_t block_stride, index_t b0, index_t nb, float* scores,
+                                       index_t score_stride) {
+  const index_t ahead = tuning().key_prefetch_blocks * block_stride;
+  for (index_t b = 0; b < nb; ++b) {
+    __m256 acc[HB][2];
+#pragma GCC unroll 8
+    for (int h = 0; h < HB; ++h) acc[h][0] = acc[h][1] = _mm256_setzero_ps();
+    const index_t off = (b0 + b) * block_stride;
+    for (index_t s = 0; s < ns; ++s) {
+#pragma GCC unroll 8
+      for (int h = 0; h < HB; ++h) {
+        const float* r = rows[h * list_stride + s] + off;
+        if (Prefetch) _mm_prefetch(reinterpret_cast<const char*>(r + ahead), _MM_HINT_T0);
+        const __m256 qb = _mm256_broadcast_ss(q + h * q_stride + s);
+        acc[h][0] = _mm256_fmadd_ps(qb, _mm256_load_ps(r), acc[h][0]);
+        acc[h][1] = _mm256_fmadd_ps(qb, _mm256_load_ps(r + 8), acc[h][1]);
+      }
+    }
+#pragma GCC unroll 8
+    for (int h = 0; h < HB; ++h) {
+      _mm256_storeu_ps(scores + h * score_stride + b * kv_block, acc[h][0]);
+      _mm256_storeu_ps(scores + h * score_stride + b * kv_block + 8, acc[h][1]);
+    }
+  }
+}
+
 template <int HB, int NV>
 AQUA_TARGET_AVX2 void value_slice_avx2(const float* v, index_t d, index_t cnt, const float* p, index_t p_stride,
                                        float* acc, index_t acc_stride) {
@@ -194,6 +224,31 @@ inline void score_dispatch(int heads, const float* const* rows, index_t ns, cons
     case 3: return score_portable<3>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
     default: return score_portable<4>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
   }
+}
+
+/// Scores for `heads` (<= 4) heads, each with its own list of `ns` rows (per-head selection).
+inline void score_lists_dispatch(int heads, const float* const* rows, index_t list_stride, index_t ns,
+                                 const float* q, index_t q_stride, index_t block_stride, index_t b0, index_t nb,
+                                 float* scores, index_t score_stride) {
+#if AQUA_HAS_X86_SIMD
+  if (has_avx2_fma() && heads >= 2) {
+    const bool pf = tuning().key_prefetch_blocks > 0;
+    switch (heads) {
+      case 2:
+        return pf ? score_lists_avx2<2, true>(rows, list_stride, ns, q, q_stride, block_stride, b0, nb, scores, score_stride)
+                  : score_lists_avx2<2, false>(rows, list_stride, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+      case 3:
+        return pf ? score_lists_avx2<3, true>(rows, list_stride, ns, q, q_stride, block_stride, b0, nb, scores, score_stride)
+                  : score_lists_avx2<3, false>(rows, list_stride, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+      default:
+        return pf ? score_lists_avx2<4, true>(rows, list_stride, ns, q, q_stride, block_stride, b0, nb, scores, score_stride)
+                  : score_lists_avx2<4, false>(rows, list_stride, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+    }
+  }
+#endif
+  for (int h = 0; h < heads; ++h)
+    score_dispatch(1, rows + h * list_stride, ns, q + h * q_stride, q_stride, block_stride, b0, nb,
+                   scores + h * score_stride, score_stride, true);
 }
 
 inline void value_dispatch(int heads, const float* v, index_t d, index_t cnt, const float* p, index_t p_stride,
