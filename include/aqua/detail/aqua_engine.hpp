@@ -403,10 +403,15 @@ inline void run_decode(const kv_cache& cache, const decode_plan& p, int threads,
       std::copy(logits + h * n, logits + (h + 1) * n, prob_row.begin());
       exp_shift_sum(prob_row.data(), n, mx);
       const float inv = static_cast<float>(1.0 / total);
-      for (index_t j = 0; j < n; ++j) {
-        const float pj = prob_row[static_cast<std::size_t>(j)] * inv;
-        float& dst = token_probs.data()[kv * token_probs.stride(0) + j * token_probs.stride(1)];
-        dst = (hh == 0 ? 0.0f : dst) + pj;
+      const float* pr = prob_row.data();
+      float* dst = token_probs.data() + kv * token_probs.stride(0);
+      const index_t ds = token_probs.stride(1);
+      if (ds == 1 && hh == 0) {
+        for (index_t j = 0; j < n; ++j) dst[j] = pr[j] * inv;
+      } else if (ds == 1) {
+        for (index_t j = 0; j < n; ++j) dst[j] += pr[j] * inv;
+      } else {
+        for (index_t j = 0; j < n; ++j) dst[j * ds] = (hh == 0 ? 0.0f : dst[j * ds]) + pr[j] * inv;
       }
     }
   }
