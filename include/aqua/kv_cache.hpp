@@ -17,7 +17,8 @@
 // Static truncation keeps only the first r projected dims (whole tiles unless r == d), cutting key
 // memory to r / d; selection then happens within them. Values keep all d dims.
 // Each stored token carries its sequence position (consecutive from 0 on append); retain() keeps a
-// subset of tokens (eviction) and their positions. Not thread-safe for concurrent mutation; const
+// subset of tokens (eviction) and their positions; retain_per_head() keeps a different subset per
+// KV head (H2O, aqua/h2o.hpp), positions then tracked per head; shrink_to_fit() releases memory. Not thread-safe for concurrent mutation; const
 // member functions may run concurrently.
 #pragma once
 
