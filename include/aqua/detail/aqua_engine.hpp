@@ -42,7 +42,8 @@ struct attention_profile {
   double key_fraction_read = 0;
 };
 
-/// Reusable scratch for AQUA calls: pass one in the options to avoid per-call allocation.
+/// Reusable scratch for AQUA calls: pass one in the options to avoid per-call allocation. One
+/// workspace serves one call at a time (calls running concurrently need one each).
 class aqua_workspace {
 public:
   struct worker {
@@ -299,11 +300,15 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
   for (index_t t = t0; t < t1; t += C) {
     const index_t cnt = std::min(C, t1 - t), nb = (cnt + kv_block - 1) / kv_block, b0 = t / kv_block;
     auto t_start = prof ? profile_clock::now() : profile_clock::time_point();
+    const side_prefetch side =
+        tuning().value_side_prefetch
+            ? side_prefetch{reinterpret_cast<const char*>(values + t * d), kv_block * d * index_t(sizeof(float))}
+            : side_prefetch{};
     if (p.shared) {
       const index_t ns = p.counts[kv];
       for (index_t hb = 0; hb < g; hb += 4)
         score_dispatch(static_cast<int>(std::min<index_t>(4, g - hb)), w.rows.data(), ns, qsel + hb * r, r, bs, b0, nb,
-                       scores + hb * C, C, true);
+                       scores + hb * C, C, true, hb == 0 ? side : side_prefetch{});
     } else {
       // Fixed-size selections have equal counts: the heads are scored together, each on its own
       // rows. Energy selections may differ per head: one head at a time.
@@ -312,7 +317,8 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
       if (equal) {
         for (index_t hb = 0; hb < g; hb += 4)
           score_lists_dispatch(static_cast<int>(std::min<index_t>(4, g - hb)), w.rows.data() + hb * r, r,
-                               p.counts[kv * g], qsel + hb * r, r, bs, b0, nb, scores + hb * C, C);
+                               p.counts[kv * g], qsel + hb * r, r, bs, b0, nb, scores + hb * C, C,
+                               hb == 0 ? side : side_prefetch{});
       } else {
         for (index_t h = 0; h < g; ++h)
           score_dispatch(1, w.rows.data() + h * r, p.counts[kv * g + h], qsel + h * r, r, bs, b0, nb, scores + h * C, C,

@@ -24,6 +24,7 @@ constexpr index_t kv_block = 16;
 struct kernel_tuning {
   index_t value_prefetch_groups = 1;  // value pass: prefetch the rows this many 16-token groups ahead (0: off)
   index_t key_prefetch_blocks = 4;  // decode score pass: prefetch each key row this many blocks ahead (0: off)
+  bool value_side_prefetch = true;  // decode score pass: also request the value rows of the block
   // Prefill: key blocks (of 16 tokens) per chunk that every query of a 64-row block reads while
   // the chunk's tiles sit in L1/L2 (4-8 measured best at d = 128).
   index_t prefill_key_blocks = 8;
@@ -67,10 +68,20 @@ void value_portable(const float* v, index_t d, index_t cnt, const float* p, inde
 }
 
 #if AQUA_HAS_X86_SIMD
+/// Side prefetch (decode): while the score pass computes block b, the value rows of the same 16
+/// tokens (`side`, `side_step` bytes per block) are requested a few lines per key row, so the
+/// value pass that follows finds them in cache instead of stalling at every phase change.
+struct side_prefetch {
+  const char* base = nullptr;
+  index_t step = 0;  // bytes per key block
+};
+
 template <int HB, int NB, bool Prefetch>
 AQUA_TARGET_AVX2 void score_avx2(const float* const* rows, index_t ns, const float* q, index_t q_stride,
-                                 index_t block_stride, index_t b0, index_t nb, float* scores, index_t score_stride) {
+                                 index_t block_stride, index_t b0, index_t nb, float* scores, index_t score_stride,
+                                 side_prefetch side = {}) {
   const index_t ahead = tuning().key_prefetch_blocks * block_stride;
+  const index_t per_s = side.base ? (side.step / 64 + ns - 1) / ns : 0;
   index_t b = 0;
   for (; b + NB <= nb; b += NB) {
     __m256 acc[HB][2 * NB];
@@ -79,9 +90,14 @@ AQUA_TARGET_AVX2 void score_avx2(const float* const* rows, index_t ns, const flo
 #pragma GCC unroll 16
       for (int u = 0; u < 2 * NB; ++u) acc[h][u] = _mm256_setzero_ps();
     const index_t off = (b0 + b) * block_stride;
+    const char* sp = Prefetch && side.base ? side.base + b * side.step : nullptr;
+    const char* send = Prefetch && side.base ? sp + NB * side.step : nullptr;
     for (index_t s = 0; s < ns; ++s) {
       const float* r = rows[s] + off;
-      if (Prefetch) _mm_prefetch(reinterpret_cast<const char*>(r + ahead), _MM_HINT_T0);
+      if (Prefetch) {
+        _mm_prefetch(reinterpret_cast<const char*>(r + ahead), _MM_HINT_T0);
+        for (index_t u = 0; u < NB * per_s && sp < send; ++u, sp += 64) _mm_prefetch(sp, _MM_HINT_T0);
+      }
       __m256 kr[2 * NB];
 #pragma GCC unroll 16
       for (int u = 0; u < NB; ++u) {
@@ -102,7 +118,8 @@ AQUA_TARGET_AVX2 void score_avx2(const float* const* rows, index_t ns, const flo
   }
   if (NB > 1 && b < nb)
     score_avx2<HB, 1, Prefetch>(rows, ns, q, q_stride, block_stride, b0 + b, nb - b, scores + b * kv_block,
-                                score_stride);
+                                score_stride,
+                                side.base ? side_prefetch{side.base + b * side.step, side.step} : side_prefetch{});
 }
 
 /// Per-head selection: HB heads with their own row lists of equal length ns (list h starts at
@@ -110,14 +127,19 @@ AQUA_TARGET_AVX2 void score_avx2(const float* const* rows, index_t ns, const flo
 template <int HB, bool Prefetch>
 AQUA_TARGET_AVX2 void score_lists_avx2(const float* const* rows, index_t list_stride, index_t ns, const float* q,
                                        index_t q_stride, index_t block_stride, index_t b0, index_t nb, float* scores,
-                                       index_t score_stride) {
+                                       index_t score_stride, side_prefetch side = {}) {
   const index_t ahead = tuning().key_prefetch_blocks * block_stride;
+  const index_t per_s = side.base ? (side.step / 64 + ns - 1) / ns : 0;
   for (index_t b = 0; b < nb; ++b) {
     __m256 acc[HB][2];
 #pragma GCC unroll 8
     for (int h = 0; h < HB; ++h) acc[h][0] = acc[h][1] = _mm256_setzero_ps();
     const index_t off = (b0 + b) * block_stride;
+    const char* sp = Prefetch && side.base ? side.base + b * side.step : nullptr;
+    const char* send = Prefetch && side.base ? sp + side.step : nullptr;
     for (index_t s = 0; s < ns; ++s) {
+      if (Prefetch)
+        for (index_t u = 0; u < per_s && sp < send; ++u, sp += 64) _mm_prefetch(sp, _MM_HINT_T0);
 #pragma GCC unroll 8
       for (int h = 0; h < HB; ++h) {
         const float* r = rows[h * list_stride + s] + off;
@@ -198,16 +220,16 @@ AQUA_TARGET_AVX2 void value_avx2(const float* v, index_t d, index_t cnt, const f
 /// adds software prefetch of the rows a few blocks ahead; prefill's keys sit in cache.
 inline void score_dispatch(int heads, const float* const* rows, index_t ns, const float* q, index_t q_stride,
                            index_t block_stride, index_t b0, index_t nb, float* scores, index_t score_stride,
-                           bool stream = false) {
+                           bool stream = false, side_prefetch side = {}) {
 #if AQUA_HAS_X86_SIMD
   if (has_avx2_fma()) {
     if (stream && tuning().key_prefetch_blocks > 0) {
       // Prefetching past the end of a tile is harmless: a prefetch never faults.
       switch (heads) {
-        case 1: return score_avx2<1, 4, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
-        case 2: return score_avx2<2, 2, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
-        case 3: return score_avx2<3, 1, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
-        default: return score_avx2<4, 1, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+        case 1: return score_avx2<1, 4, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride, side);
+        case 2: return score_avx2<2, 2, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride, side);
+        case 3: return score_avx2<3, 1, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride, side);
+        default: return score_avx2<4, 1, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride, side);
       }
     }
     switch (heads) {
@@ -229,19 +251,19 @@ inline void score_dispatch(int heads, const float* const* rows, index_t ns, cons
 /// Scores for `heads` (<= 4) heads, each with its own list of `ns` rows (per-head selection).
 inline void score_lists_dispatch(int heads, const float* const* rows, index_t list_stride, index_t ns,
                                  const float* q, index_t q_stride, index_t block_stride, index_t b0, index_t nb,
-                                 float* scores, index_t score_stride) {
+                                 float* scores, index_t score_stride, side_prefetch side = {}) {
 #if AQUA_HAS_X86_SIMD
   if (has_avx2_fma() && heads >= 2) {
     const bool pf = tuning().key_prefetch_blocks > 0;
     switch (heads) {
       case 2:
-        return pf ? score_lists_avx2<2, true>(rows, list_stride, ns, q, q_stride, block_stride, b0, nb, scores, score_stride)
+        return pf ? score_lists_avx2<2, true>(rows, list_stride, ns, q, q_stride, block_stride, b0, nb, scores, score_stride, side)
                   : score_lists_avx2<2, false>(rows, list_stride, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
       case 3:
-        return pf ? score_lists_avx2<3, true>(rows, list_stride, ns, q, q_stride, block_stride, b0, nb, scores, score_stride)
+        return pf ? score_lists_avx2<3, true>(rows, list_stride, ns, q, q_stride, block_stride, b0, nb, scores, score_stride, side)
                   : score_lists_avx2<3, false>(rows, list_stride, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
       default:
-        return pf ? score_lists_avx2<4, true>(rows, list_stride, ns, q, q_stride, block_stride, b0, nb, scores, score_stride)
+        return pf ? score_lists_avx2<4, true>(rows, list_stride, ns, q, q_stride, block_stride, b0, nb, scores, score_stride, side)
                   : score_lists_avx2<4, false>(rows, list_stride, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
     }
   }
