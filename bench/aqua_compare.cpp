@@ -12,9 +12,17 @@
 // Usage: aqua_compare [--mode decode|prefill] [--n 32768[,..]] [--m M] [--d 128] [--k 32,64,96]
 //                     [--hq 32] [--hkv 8] [--threads 1] [--select per-head,group,tile]
 //                     [--tile 32] [--spectrum 32] [--reps 10] [--json] [--clock wall|cpu]
+//                     [--budget TOKENS]
 // --clock cpu times with process CPU time / threads instead of wall time: on a machine shared
 // with other jobs it leaves out the time the process was descheduled.
+// --budget B (decode): AQUA runs on a second cache filled with the same N tokens, on which 32
+// warm-up decode steps (same k and selection) accumulate H2O scores before one eviction down to B
+// tokens per KV head (B/2 recent, B/2 heavy hitters; aqua/h2o.hpp); dense stays exact attention
+// over the full cache, so rel_err is AQUA + H2O against full dense attention. With a budget the
+// queries (warm-up and timed) are m + 0.5 z: a persistent direction m per head plus fresh noise,
+// as queries of a head are correlated over the steps of a real model.
 #include <aqua/attention.hpp>
+#include <aqua/h2o.hpp>
 #include <aqua/kv_cache.hpp>
 
 #include <algorithm>
@@ -55,6 +63,7 @@ struct config {
   double spectrum = 32;
   bool json = false;
   bool cpu_clock = false;  // --clock cpu: process CPU time / threads (robust on a shared machine)
+  index_t budget = 0;      // --budget: H2O token budget of the AQUA side (decode); 0: no eviction
 };
 
 std::vector<std::string> split(const std::string& s) {
@@ -69,7 +78,7 @@ std::vector<std::string> split(const std::string& s) {
   std::fprintf(stderr,
                "aqua_compare: %s\nusage: aqua_compare [--mode decode|prefill] [--n N[,N..]] [--m M] [--d D] "
                "[--k K[,K..]] [--hq HQ] [--hkv HKV] [--threads T] [--select per-head|group|tile[,..]] "
-               "[--tile T] [--spectrum TAU] [--reps R] [--json]\n",
+               "[--tile T] [--spectrum TAU] [--reps R] [--json] [--clock wall|cpu] [--budget TOKENS]\n",
                msg);
   std::exit(2);
 }
@@ -101,6 +110,7 @@ config parse(int argc, char** argv) {
     else if (a == "--spectrum") c.spectrum = std::stod(next());
     else if (a == "--reps") c.reps = std::stoi(next());
     else if (a == "--json") c.json = true;
+    else if (a == "--budget") c.budget = std::stoll(next());
     else if (a == "--clock") {
       const std::string v = next();
       if (v != "cpu" && v != "wall") usage("--clock takes cpu or wall");
@@ -113,6 +123,7 @@ config parse(int argc, char** argv) {
   for (const auto& s : c.select)
     if (s != "per-head" && s != "group" && s != "tile") usage("--select takes per-head, group or tile");
   if (c.reps < 1 || c.threads < 1) usage("--reps and --threads must be >= 1");
+  if (c.budget < 0) usage("--budget must be >= 0");
   return c;
 }
 
@@ -232,6 +243,7 @@ struct result {
   double dense_ms = 0, aqua_ms = 0, speedup = 0, dense_gbps = 0, aqua_gbps = 0, bandwidth = 0, rel_err = 0,
          key_fraction = 0;
   double dense_score_ms = -1, aqua_score_ms = -1, score_speedup = -1;
+  index_t budget = 0;
 };
 
 void print(const config& c, const result& r, bool header) {
@@ -245,6 +257,7 @@ void print(const config& c, const result& r, bool header) {
     if (r.mode == "prefill")
       std::printf(",\"m\":%lld,\"dense_score_ms\":%.4f,\"aqua_score_ms\":%.4f,\"score_speedup\":%.4f", (long long)r.m,
                   r.dense_score_ms, r.aqua_score_ms, r.score_speedup);
+    if (r.budget > 0) std::printf(",\"budget\":%lld", (long long)r.budget);
     std::printf("}\n");
   } else {
     if (header) {
@@ -252,6 +265,7 @@ void print(const config& c, const result& r, bool header) {
                   "hkv", "T", "select", "dense_ms", "aqua_ms", "speedup", "dense_GB", "aqua_GB", "bw_GB/s", "rel_err",
                   "keyfr");
       if (r.mode == "prefill") std::printf(" %9s %9s %7s", "dscore_ms", "ascore_ms", "s_spdup");
+      if (r.budget > 0) std::printf(" %7s", "budget");
       std::printf("\n");
     }
     std::printf("%-8s %6lld %4lld %4lld %4lld/%-3lld %2d %-9s %9.3f %9.3f %7.3f %8.2f %8.2f %8.2f %9.3g %6.3f",
@@ -259,6 +273,7 @@ void print(const config& c, const result& r, bool header) {
                 r.threads, r.select.c_str(), r.dense_ms, r.aqua_ms, r.speedup, r.dense_gbps, r.aqua_gbps, r.bandwidth,
                 r.rel_err, r.key_fraction);
     if (r.mode == "prefill") std::printf(" %9.3f %9.3f %7.3f", r.dense_score_ms, r.aqua_score_ms, r.score_speedup);
+    if (r.budget > 0) std::printf(" %7lld", (long long)r.budget);
     std::printf("\n");
   }
   std::fflush(stdout);
@@ -271,7 +286,7 @@ void run_decode(const config& c, double bandwidth) {
     opt.tile_dims = c.tile;
     opt.capacity = n;
     aqua::kv_cache cache(c.hkv, c.d, opt);
-    {
+    auto fill = [&](aqua::kv_cache& target) {
       // Keys in projected coordinates (decaying spectrum), values standard normal; appended in
       // pieces so the raw copies stay small.
       const index_t piece = 4096;
@@ -279,11 +294,21 @@ void run_decode(const config& c, double bandwidth) {
         const index_t cnt = std::min(piece, n - t0);
         auto keys = spectrum_data(c.hkv * cnt, c.d, c.spectrum, unsigned(1000 + t0));
         auto values = normal_data(std::size_t(c.hkv * cnt * c.d), unsigned(2000 + t0));
-        cache.append(aqua::make_view(static_cast<const float*>(keys.data()), c.hkv, cnt, c.d),
+        target.append(aqua::make_view(static_cast<const float*>(keys.data()), c.hkv, cnt, c.d),
                      aqua::make_view(static_cast<const float*>(values.data()), c.hkv, cnt, c.d));
       }
-    }
-    const auto q = spectrum_data(c.hq, c.d, c.spectrum, 7);
+    };
+    fill(cache);
+    std::unique_ptr<aqua::kv_cache> evicted;  // --budget: the AQUA side's cache after H2O eviction
+    // --budget: the queries of a head share a persistent direction m, as over the steps of a real
+    // model: q = m + 0.5 z, z fresh per step (the warm-up steps and the timed one).
+    auto persistent_query = [&](unsigned seed) {
+      auto m = spectrum_data(c.hq, c.d, c.spectrum, 7);
+      const auto z = spectrum_data(c.hq, c.d, c.spectrum, seed);
+      for (std::size_t i = 0; i < m.size(); ++i) m[i] += 0.5f * z[i];
+      return m;
+    };
+    const auto q = c.budget > 0 ? persistent_query(8) : spectrum_data(c.hq, c.d, c.spectrum, 7);
     const auto qv = aqua::make_view(q.data(), c.hq, c.d);
     std::vector<float> dense_out(std::size_t(c.hq * c.d)), aqua_out(dense_out.size());
     aqua::aqua_workspace dense_ws, aqua_ws;
@@ -297,8 +322,20 @@ void run_decode(const config& c, double bandwidth) {
         aopt.mode = mode_of(sel);
         aopt.threads = c.threads;
         aopt.workspace = &aqua_ws;
+        if (c.budget > 0 && c.budget < n) {
+          evicted = std::make_unique<aqua::kv_cache>(c.hkv, c.d, opt);
+          fill(*evicted);
+          aqua::h2o_policy policy(c.hkv, {c.budget, c.budget / 2, 0, true});
+          for (int w = 0; w < 32; ++w) {
+            const auto qw = persistent_query(unsigned(100 + w));
+            policy.decode(aqua::make_view(qw.data(), c.hq, c.d), *evicted, aqua::selection_spec::top_k(k),
+                          aqua::make_view(aqua_out.data(), c.hq, c.d), aopt);
+          }
+          policy.evict(*evicted);
+        }
+        const aqua::kv_cache& acache = evicted ? *evicted : cache;
         auto run_aqua = [&] {
-          aqua::aqua_decode(qv, cache, k, aqua::make_view(aqua_out.data(), c.hq, c.d), aopt);
+          aqua::aqua_decode(qv, acache, k, aqua::make_view(aqua_out.data(), c.hq, c.d), aopt);
         };
         // Untimed: the fraction of key tiles read, from the profile.
         aqua::attention_profile prof;
@@ -330,9 +367,11 @@ void run_decode(const config& c, double bandwidth) {
         r.speedup = median(ratio);
         r.key_fraction = prof.key_fraction_read;
         r.dense_gbps = (key_bytes + value_bytes) / (r.dense_ms * 1e-3) / 1e9;
-        r.aqua_gbps = (key_bytes * r.key_fraction + value_bytes) / (r.aqua_ms * 1e-3) / 1e9;
+        r.aqua_gbps = (double(acache.key_bytes()) * r.key_fraction + double(acache.value_bytes())) /
+                      (r.aqua_ms * 1e-3) / 1e9;
         r.bandwidth = bandwidth;
         r.rel_err = rel_l2(aqua_out, dense_out);
+        r.budget = evicted ? c.budget : 0;
         print(c, r, header);
         header = false;
       }

@@ -17,7 +17,8 @@
 // Static truncation keeps only the first r projected dims (whole tiles unless r == d), cutting key
 // memory to r / d; selection then happens within them. Values keep all d dims.
 // Each stored token carries its sequence position (consecutive from 0 on append); retain() keeps a
-// subset of tokens (eviction) and their positions. Not thread-safe for concurrent mutation; const
+// subset of tokens (eviction) and their positions; retain_per_head() keeps a different subset per
+// KV head (H2O, aqua/h2o.hpp), positions then tracked per head; shrink_to_fit() releases memory. Not thread-safe for concurrent mutation; const
 // member functions may run concurrently.
 #pragma once
 
@@ -159,8 +160,13 @@ public:
     return key_tile(head, t)[((token / block_tokens) * tile_ + i) * block_tokens + token % block_tokens];
   }
   float value(index_t head, index_t token, index_t dim) const noexcept { return values(head)[token * d_ + dim]; }
-  /// Sequence position of stored token j.
-  index_t position(index_t token) const noexcept { return positions_[static_cast<std::size_t>(token)]; }
+  /// Sequence position of stored token j (of KV head 0; every head agrees unless retain_per_head
+  /// kept different tokens per head).
+  index_t position(index_t token) const noexcept { return position(0, token); }
+  /// Sequence position of stored token j of KV head h.
+  index_t position(index_t head, index_t token) const noexcept {
+    return positions_[static_cast<std::size_t>(head)][static_cast<std::size_t>(token)];
+  }
   /// The position the next appended token receives.
   index_t next_position() const noexcept { return next_position_; }
 
@@ -236,7 +242,9 @@ public:
       for (index_t j = 0; j < count; ++j)
         for (index_t c = 0; c < d_; ++c) vh[(n_ + j) * d_ + c] = src[j * values.stride(1) + c * values.stride(2)];
     }
-    for (index_t j = 0; j < count; ++j) positions_.push_back(next_position_++);
+    for (auto& pos : positions_)
+      for (index_t j = 0; j < count; ++j) pos.push_back(next_position_ + j);
+    next_position_ += count;
     n_ += count;
   }
 
@@ -263,9 +271,73 @@ public:
       for (index_t j = count; j < padded_tokens(); ++j)
         for (index_t c = 0; c < rank_; ++c) store_key(h, j, c, 0.0f);
     }
-    for (index_t i = 0; i < count; ++i) positions_[static_cast<std::size_t>(i)] = positions_[static_cast<std::size_t>(keep(i))];
-    positions_.resize(static_cast<std::size_t>(count));
+    for (auto& pos : positions_) {
+      for (index_t i = 0; i < count; ++i) pos[static_cast<std::size_t>(i)] = pos[static_cast<std::size_t>(keep(i))];
+      pos.resize(static_cast<std::size_t>(count));
+    }
     n_ = count;
+  }
+
+  /// Per-head eviction (H2O): row h of keep [Hkv, count] lists the stored tokens KV head h keeps
+  /// (strictly increasing, < size()); every head keeps the same number of tokens, each head its
+  /// own. Keys are moved as stored (already projected, and already rotated when RoPE was applied
+  /// before append: nothing is re-projected or re-rotated); positions are kept per head.
+  /// Capacity is unchanged (see shrink_to_fit).
+  void retain_per_head(matrix_view<const index_t> keep) {
+    constexpr const char* fn = "aqua::kv_cache::retain_per_head";
+    detail::require_data(keep, fn, "keep");
+    AQUA_CHECK(keep.extent(0) == hkv_, fn, ": keep has shape ", detail::shape_string(keep),
+               " but must be [Hkv, count] with Hkv = ", hkv_);
+    const index_t count = keep.extent(1);
+    for (index_t h = 0; h < hkv_; ++h)
+      for (index_t i = 0; i < count; ++i) {
+        AQUA_CHECK(keep(h, i) >= 0 && keep(h, i) < n_, fn, ": keep[", h, ", ", i, "] = ", keep(h, i),
+                   " is outside [0, ", n_, ")");
+        AQUA_CHECK(i == 0 || keep(h, i) > keep(h, i - 1), fn, ": keep rows must be strictly increasing, but keep[",
+                   h, ", ", i - 1, "] = ", keep(h, i - 1), " and keep[", h, ", ", i, "] = ", keep(h, i));
+      }
+    for (index_t h = 0; h < hkv_; ++h) {
+      float* vh = values_[static_cast<std::size_t>(h)].get();
+      auto& pos = positions_[static_cast<std::size_t>(h)];
+      for (index_t i = 0; i < count; ++i) {
+        const index_t src = keep(h, i);
+        pos[static_cast<std::size_t>(i)] = pos[static_cast<std::size_t>(src)];
+        if (src == i) continue;
+        // Token j of a tile sits at ((j / 16) * T + dim) * 16 + j % 16: one stride-16 walk per tile.
+        const index_t from = (src / block_tokens) * tile_ * block_tokens + src % block_tokens;
+        const index_t to = (i / block_tokens) * tile_ * block_tokens + i % block_tokens;
+        for (index_t t = 0; t < tiles_; ++t) {
+          float* tile = keys_[static_cast<std::size_t>(h * tiles_ + t)].get();
+          const index_t width = tile_width(t);
+          for (index_t c = 0; c < width; ++c) tile[to + c * block_tokens] = tile[from + c * block_tokens];
+        }
+        std::memmove(vh + i * d_, vh + src * d_, static_cast<std::size_t>(d_) * sizeof(float));
+      }
+      pos.resize(static_cast<std::size_t>(count));
+      for (index_t j = count; j < padded_tokens(); ++j)
+        for (index_t c = 0; c < rank_; ++c) store_key(h, j, c, 0.0f);
+    }
+    n_ = count;
+  }
+
+  /// Releases the memory beyond max(size(), tokens): capacity becomes that rounded up to whole
+  /// blocks (at least one block), so bytes() falls after an eviction. `tokens` keeps room for the
+  /// growth expected before the next eviction (no reallocation, no doubling on the next append).
+  void shrink_to_fit(index_t tokens = 0) {
+    const index_t new_cap = std::max(round_up(std::max(n_, tokens)), block_tokens);
+    if (new_cap >= cap_) return;
+    const index_t used = padded_tokens();
+    for (auto& tile : keys_) {
+      auto fresh = detail::allocate_zeroed(new_cap * tile_);
+      if (used) std::memcpy(fresh.get(), tile.get(), static_cast<std::size_t>(used * tile_) * sizeof(float));
+      tile = std::move(fresh);
+    }
+    for (auto& vals : values_) {
+      auto fresh = detail::allocate_zeroed(new_cap * d_);
+      if (n_) std::memcpy(fresh.get(), vals.get(), static_cast<std::size_t>(n_ * d_) * sizeof(float));
+      vals = std::move(fresh);
+    }
+    cap_ = new_cap;
   }
 
   /// Forgets every token (memory is kept); positions restart at 0.
@@ -273,7 +345,7 @@ public:
     for (auto& tile : keys_) std::memset(tile.get(), 0, static_cast<std::size_t>(cap_ * tile_) * sizeof(float));
     n_ = 0;
     next_position_ = 0;
-    positions_.clear();
+    for (auto& pos : positions_) pos.clear();
   }
 
 private:
@@ -293,6 +365,7 @@ private:
     tiles_ = (rank_ + tile_ - 1) / tile_;
     keys_.resize(static_cast<std::size_t>(hkv_ * tiles_));
     values_.resize(static_cast<std::size_t>(hkv_));
+    positions_.resize(static_cast<std::size_t>(hkv_));
     reserve(std::max<index_t>(o.capacity, block_tokens));
   }
 
@@ -307,7 +380,7 @@ private:
   std::vector<detail::aligned_floats> keys_;    // [Hkv * tiles]
   std::vector<detail::aligned_floats> values_;  // [Hkv]
   std::vector<row_matrix<float>> proj_;         // [Hkv] of [d, r]
-  std::vector<index_t> positions_;
+  std::vector<std::vector<index_t>> positions_;  // [Hkv][n]
   row_matrix<float> scratch_;
 };
 

@@ -381,6 +381,7 @@ inline void run_decode(const kv_cache& cache, const decode_plan& p, int threads,
                    ws.part_l.data() + item * g, logits, prof ? &w.profile : nullptr);
     }
   });
+  std::vector<float> prob_row(static_cast<std::size_t>(logits ? n : 0));
   for (index_t h = 0; h < p.hq; ++h) {
     const index_t kv = h / g, hh = h % g;
     float mx = -std::numeric_limits<float>::infinity();
@@ -402,13 +403,21 @@ inline void run_decode(const kv_cache& cache, const decode_plan& p, int threads,
       for (index_t c = 0; c < d; ++c) o[c * out.stride(1)] += f * a[c];
     }
     if (logits) {
-      // Probabilities of this head, added into its KV head's row of token_probs.
-      const float* lg = logits + h * n;
-      const double inv = 1.0 / total;
-      for (index_t j = 0; j < n; ++j) {
-        const float pj = static_cast<float>(std::exp(double(lg[j]) - double(mx)) * inv);
-        float& dst = token_probs.data()[kv * token_probs.stride(0) + j * token_probs.stride(1)];
-        dst = (hh == 0 ? 0.0f : dst) + pj;
+      // Probabilities of this head, added into its KV head's row of token_probs. The exponentials
+      // go through the vectorised exp on a copy (the logits stay for callers that rank them):
+      // a scalar double exp per token cost more than the whole decode at H2O budgets.
+      std::copy(logits + h * n, logits + (h + 1) * n, prob_row.begin());
+      exp_shift_sum(prob_row.data(), n, mx);
+      const float inv = static_cast<float>(1.0 / total);
+      const float* pr = prob_row.data();
+      float* dst = token_probs.data() + kv * token_probs.stride(0);
+      const index_t ds = token_probs.stride(1);
+      if (ds == 1 && hh == 0) {
+        for (index_t j = 0; j < n; ++j) dst[j] = pr[j] * inv;
+      } else if (ds == 1) {
+        for (index_t j = 0; j < n; ++j) dst[j] += pr[j] * inv;
+      } else {
+        for (index_t j = 0; j < n; ++j) dst[j * ds] = (hh == 0 ? 0.0f : dst[j * ds]) + pr[j] * inv;
       }
     }
   }
