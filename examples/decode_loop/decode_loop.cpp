@@ -1,0 +1,460 @@
+// aqua_decode: a decode loop with AQUA selection and H2O eviction, against exact full attention.
+//
+// A prompt of N tokens fills one layer's cache (its last WARMUP tokens as decode steps without
+// eviction, so the H2O scores have accumulated over several queries before the first eviction,
+// as H2O accumulates the prompt's attention), then every step appends one token, runs AQUA
+// decode (its probabilities feed the H2O policy), evicts down to the budget when due, and runs
+// exact dense attention over the full, never evicted context (the reference and the baseline,
+// timed in the same step, interleaved). Every interval it prints the cache tokens per KV head,
+// KV bytes (AQUA cache vs the full dense cache), time per step of both, and the relative L2
+// error of the AQUA + H2O output against exact full attention.
+//
+// Synthetic data (the default; .npy dumps are not read yet: aqua/io.hpp is not on main): one
+// random orthogonal basis P per KV head; in projected coordinates keys and queries have per-dim
+// standard deviation A exp(-i / TAU) (a decaying spectrum, like calibrated heads), and every query
+// head has a persistent mean direction plus NOISE times fresh noise per step (queries of a head are
+// correlated over steps, as in real models), so some tokens are attended to again and again: heavy
+// hitters. Values are N(0, 1). With NOISE large the attention pattern changes every step and no
+// eviction policy can keep what the next query needs; real attention heads lie in between.
+//
+// --sweep-rank instead reports static key truncation: for r in {d/4, d/2, 3d/4, d}, the cache
+// bytes (and the cost model's figure) and the output error against exact attention.
+//
+// Usage: aqua_decode [--n 8192] [--steps 128] [--interval 16] [--hq 32] [--hkv 8] [--d 128]
+//                    [--k 64] [--rank 0] [--budget B | --budget-fraction F] [--recent W]
+//                    [--slack S] [--warmup 32] [--select group|per-head|tile] [--tile 32] [--threads 1]
+//                    [--spectrum 32] [--amplitude 2.7] [--query-noise 0.5] [--seed 1] [--clock wall|cpu] [--json]
+//                    [--sweep-rank]
+#include <aqua/attention.hpp>
+#include <aqua/cost_model.hpp>
+#include <aqua/h2o.hpp>
+#include <aqua/kv_cache.hpp>
+
+#include <Eigen/Core>
+#include <Eigen/QR>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <time.h>
+#include <unistd.h>
+
+namespace {
+
+using aqua::index_t;
+
+struct config {
+  index_t n = 8192, steps = 128, interval = 16, hq = 32, hkv = 8, d = 128, k = 64, rank = 0, tile = 32;
+  index_t budget = 0, recent = -1, slack = -1, warmup = 32;
+  double budget_fraction = 0, spectrum = 32, amplitude = 2.7, query_noise = 0.5;
+  std::string select = "group";
+  int threads = 1;
+  unsigned seed = 1;
+  bool cpu_clock = false, json = false, sweep_rank = false;
+};
+
+[[noreturn]] void usage(const std::string& msg) {
+  std::fprintf(stderr,
+               "aqua_decode: %s\nusage: aqua_decode [--n N] [--steps S] [--interval I] [--hq HQ] [--hkv HKV] [--d D] "
+               "[--k K] [--rank R] [--budget B | --budget-fraction F] [--recent W] [--slack S] [--warmup STEPS] "
+               "[--select group|per-head|tile] [--tile T] [--threads T] [--spectrum TAU] [--amplitude A] [--query-noise NOISE] [--seed S] "
+               "[--clock wall|cpu] [--json] [--sweep-rank]\n",
+               msg.c_str());
+  std::exit(2);
+}
+
+config parse(int argc, char** argv) {
+  config c;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) usage("missing value after " + a);
+      return argv[++i];
+    };
+    try {
+      if (a == "--n") c.n = std::stoll(next());
+      else if (a == "--steps") c.steps = std::stoll(next());
+      else if (a == "--interval") c.interval = std::stoll(next());
+      else if (a == "--hq") c.hq = std::stoll(next());
+      else if (a == "--hkv") c.hkv = std::stoll(next());
+      else if (a == "--d") c.d = std::stoll(next());
+      else if (a == "--k") c.k = std::stoll(next());
+      else if (a == "--rank") c.rank = std::stoll(next());
+      else if (a == "--tile") c.tile = std::stoll(next());
+      else if (a == "--budget") c.budget = std::stoll(next());
+      else if (a == "--budget-fraction") c.budget_fraction = std::stod(next());
+      else if (a == "--recent") c.recent = std::stoll(next());
+      else if (a == "--slack") c.slack = std::stoll(next());
+      else if (a == "--warmup") c.warmup = std::stoll(next());
+      else if (a == "--select") c.select = next();
+      else if (a == "--threads") c.threads = std::stoi(next());
+      else if (a == "--spectrum") c.spectrum = std::stod(next());
+      else if (a == "--amplitude") c.amplitude = std::stod(next());
+      else if (a == "--query-noise") c.query_noise = std::stod(next());
+      else if (a == "--seed") c.seed = unsigned(std::stoul(next()));
+      else if (a == "--clock") {
+        const std::string v = next();
+        if (v != "cpu" && v != "wall") usage("--clock takes cpu or wall");
+        c.cpu_clock = v == "cpu";
+      } else if (a == "--json") c.json = true;
+      else if (a == "--sweep-rank") c.sweep_rank = true;
+      else if (a == "--help" || a == "-h") usage("help");
+      else usage("unknown flag " + a);
+    } catch (const std::logic_error&) {
+      usage("bad number after " + a);
+    }
+  }
+  if (c.select != "group" && c.select != "per-head" && c.select != "tile") usage("--select takes group, per-head or tile");
+  if (c.warmup < 0 || c.warmup >= c.n) usage("--warmup must lie in [0, N)");
+  if (c.n < 1 || c.steps < 0 || c.interval < 1 || c.threads < 1) usage("--n, --interval, --threads must be >= 1");
+  if (c.budget_fraction < 0 || c.budget_fraction > 1) usage("--budget-fraction must lie in [0, 1]");
+  if (c.budget_fraction > 0) c.budget = std::max<index_t>(1, index_t(c.budget_fraction * double(c.n)));
+  if (c.recent < 0) c.recent = c.budget / 2;  // H2O's split: half heavy hitters, half recent
+  if (c.slack < 0) c.slack = c.budget > 0 ? std::max<index_t>(16, c.budget / 64) : 0;
+  return c;
+}
+
+aqua::selection_mode mode_of(const std::string& s) {
+  return s == "per-head" ? aqua::selection_mode::per_head
+                         : s == "group" ? aqua::selection_mode::group : aqua::selection_mode::tile;
+}
+
+int g_threads = 1;
+bool g_cpu_clock = false;
+
+double now_ms() {
+  if (g_cpu_clock) {
+    timespec ts{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double(ts.tv_sec) * 1e3 + double(ts.tv_nsec) * 1e-6) / g_threads;
+  }
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const std::size_t h = v.size() / 2;
+  return v.size() % 2 ? v[h] : 0.5 * (v[h - 1] + v[h]);
+}
+
+double rel_l2(const std::vector<float>& a, const std::vector<float>& ref) {
+  double diff = 0, norm = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    diff += double(a[i] - ref[i]) * double(a[i] - ref[i]);
+    norm += double(ref[i]) * double(ref[i]);
+  }
+  return std::sqrt(diff) / std::max(std::sqrt(norm), 1e-300);
+}
+
+double mib(double bytes) { return bytes / (1024.0 * 1024.0); }
+
+// The synthetic layer: bases, the per-dim spectrum, query means; raw keys and values of every
+// token (token-major, [Hkv, capacity, d]) for the exact reference.
+struct synthetic_layer {
+  const config& c;
+  std::mt19937 rng;
+  std::normal_distribution<float> normal{0.0f, 1.0f};
+  std::vector<Eigen::MatrixXf> bases;  // [Hkv] of [d, d]
+  Eigen::VectorXf spectrum;            // A exp(-i / TAU)
+  Eigen::MatrixXf query_mean;          // [d, Hq] in projected coordinates
+  std::vector<float> k, v;             // [Hkv, capacity, d]
+  index_t capacity = 0, n = 0;
+
+  synthetic_layer(const config& cfg, index_t cap) : c(cfg), rng(cfg.seed), capacity(cap) {
+    for (index_t h = 0; h < c.hkv; ++h) {
+      Eigen::MatrixXd g(c.d, c.d);
+      for (index_t i = 0; i < g.size(); ++i) g.data()[i] = normal(rng);
+      Eigen::MatrixXd q = Eigen::HouseholderQR<Eigen::MatrixXd>(g).householderQ();
+      bases.push_back(q.cast<float>());
+    }
+    spectrum.resize(c.d);
+    for (index_t i = 0; i < c.d; ++i) spectrum(i) = float(c.amplitude * std::exp(-double(i) / c.spectrum));
+    query_mean.resize(c.d, c.hq);
+    for (index_t i = 0; i < query_mean.size(); ++i) query_mean.data()[i] = normal(rng);
+    k.assign(std::size_t(c.hkv * capacity * c.d), 0.0f);
+    v.assign(k.size(), 0.0f);
+  }
+
+  std::vector<aqua::matrix_view<const float>> basis_views() const {
+    std::vector<aqua::matrix_view<const float>> views;
+    for (const auto& b : bases) views.push_back(aqua::view_of(b));
+    return views;
+  }
+
+  // Appends `count` tokens to the raw store and to the caches; raw key = z P^T, z_i ~ N(0, s_i^2).
+  void append(index_t count, std::vector<aqua::kv_cache*> caches) {
+    Eigen::MatrixXf z(c.d, count);
+    for (index_t h = 0; h < c.hkv; ++h) {
+      for (index_t j = 0; j < count; ++j)
+        for (index_t i = 0; i < c.d; ++i) z(i, j) = spectrum(i) * normal(rng);
+      Eigen::MatrixXf raw = bases[std::size_t(h)] * z;  // column j: the raw key of token n + j
+      float* kh = k.data() + (h * capacity + n) * c.d;
+      float* vh = v.data() + (h * capacity + n) * c.d;
+      for (index_t j = 0; j < count; ++j)
+        for (index_t i = 0; i < c.d; ++i) {
+          kh[j * c.d + i] = raw(i, j);
+          vh[j * c.d + i] = normal(rng);
+        }
+    }
+    const float* k0 = k.data() + n * c.d;
+    const float* v0 = v.data() + n * c.d;
+    const std::array<index_t, 3> ext = {c.hkv, count, c.d}, str = {capacity * c.d, c.d, 1};
+    for (auto* cache : caches) cache->append(aqua::tensor3_view<const float>(k0, ext, str), aqua::tensor3_view<const float>(v0, ext, str));
+    n += count;
+  }
+
+  // Queries [Hq, d]: in projected coordinates s_i (mean_i + NOISE z_i), z ~ N(0, 1); raw q = (that) P^T.
+  void query(std::vector<float>& q) {
+    q.resize(std::size_t(c.hq * c.d));
+    Eigen::VectorXf z(c.d);
+    for (index_t h = 0; h < c.hq; ++h) {
+      for (index_t i = 0; i < c.d; ++i) z(i) = spectrum(i) * (query_mean(i, h) + float(c.query_noise) * normal(rng));
+      Eigen::VectorXf raw = bases[std::size_t(h / (c.hq / c.hkv))] * z;
+      for (index_t i = 0; i < c.d; ++i) q[std::size_t(h * c.d + i)] = raw(i);
+    }
+  }
+
+  aqua::tensor3_view<const float> keys() const {
+    return aqua::tensor3_view<const float>(k.data(), {c.hkv, n, c.d}, {capacity * c.d, c.d, 1});
+  }
+  aqua::tensor3_view<const float> values() const {
+    return aqua::tensor3_view<const float>(v.data(), {c.hkv, n, c.d}, {capacity * c.d, c.d, 1});
+  }
+};
+
+void fill_prompt(synthetic_layer& layer, index_t n, std::vector<aqua::kv_cache*> caches) {
+  const index_t piece = 2048;
+  double last = now_ms();
+  for (index_t t = 0; t < n; t += piece) {
+    layer.append(std::min(piece, n - t), caches);
+    if (now_ms() - last > 1000 && isatty(2)) {
+      std::fprintf(stderr, "\rfilling the prompt: %lld / %lld tokens", (long long)layer.n, (long long)n);
+      last = now_ms();
+    }
+  }
+  if (isatty(2)) std::fprintf(stderr, "\r%60s\r", "");
+}
+
+aqua::cost_config cost_of(const config& c, index_t rank) {
+  aqua::cost_config m;
+  m.d = c.d;
+  m.r = rank == 0 ? c.d : rank;
+  m.k = std::min(c.k, m.r);
+  m.hq = c.hq;
+  m.hkv = c.hkv;
+  m.tile = c.tile;
+  m.token_budget = c.budget;
+  return m;
+}
+
+int sweep_rank(const config& c) {
+  synthetic_layer layer(c, c.n);
+  std::vector<aqua::kv_cache> caches;
+  std::vector<index_t> ranks;
+  for (index_t r : {c.d / 4, c.d / 2, 3 * c.d / 4, c.d}) {
+    aqua::kv_cache_options opt;
+    opt.tile_dims = std::min(c.tile, std::max<index_t>(1, c.d / 4));
+    opt.rank = r;
+    opt.capacity = c.n;
+    caches.emplace_back(layer.basis_views(), opt);
+    ranks.push_back(r);
+  }
+  std::vector<aqua::kv_cache*> ptrs;
+  for (auto& cache : caches) ptrs.push_back(&cache);
+  fill_prompt(layer, c.n, ptrs);
+  std::vector<float> q, exact(std::size_t(c.hq * c.d)), out(exact.size());
+  const int queries = 8;
+  std::vector<std::vector<double>> err_all(ranks.size()), err_half(ranks.size());
+  aqua::aqua_options aopt;
+  aopt.mode = mode_of(c.select);
+  aopt.threads = c.threads;
+  for (int t = 0; t < queries; ++t) {
+    layer.query(q);
+    const auto qv = aqua::make_view(static_cast<const float*>(q.data()), c.hq, c.d);
+    aqua::attention_options dopt;
+    dopt.threads = c.threads;
+    aqua::dense_decode<float>(qv, layer.keys(), layer.values(), aqua::make_view(exact.data(), c.hq, c.d), dopt);
+    for (std::size_t i = 0; i < ranks.size(); ++i) {
+      aqua::aqua_decode(qv, caches[i], aqua::selection_spec::top_k(ranks[i]), aqua::make_view(out.data(), c.hq, c.d), aopt);
+      err_all[i].push_back(rel_l2(out, exact));
+      aqua::aqua_decode(qv, caches[i], aqua::selection_spec::top_k(std::max<index_t>(1, ranks[i] / 2)),
+                        aqua::make_view(out.data(), c.hq, c.d), aopt);
+      err_half[i].push_back(rel_l2(out, exact));
+    }
+  }
+  if (!c.json)
+    std::printf("key truncation: N = %lld, Hq = %lld, Hkv = %lld, d = %lld, spectrum exp(-i/%g), %d queries\n"
+                "%6s %12s %12s %12s %14s %14s\n",
+                (long long)c.n, (long long)c.hq, (long long)c.hkv, (long long)c.d, c.spectrum, queries, "r",
+                "cache_MiB", "model_MiB", "dense_MiB", "err(k=r)", "err(k=r/2)");
+  for (std::size_t i = 0; i < ranks.size(); ++i) {
+    const auto model = aqua::kv_cache_bytes(cost_of(c, ranks[i]), double(c.n));
+    const double model_bytes = model.aqua_bytes + model.projection_bytes * double(ranks[i]) / double(c.d);
+    const double e1 = median(err_all[i]), e2 = median(err_half[i]);
+    if (c.json)
+      std::printf("{\"r\":%lld,\"n\":%lld,\"d\":%lld,\"cache_bytes\":%zu,\"model_bytes\":%.0f,\"dense_bytes\":%.0f,"
+                  "\"rel_err_k_eq_r\":%.6g,\"rel_err_k_half_r\":%.6g}\n",
+                  (long long)ranks[i], (long long)c.n, (long long)c.d, caches[i].bytes(), model_bytes,
+                  model.dense_bytes, e1, e2);
+    else
+      std::printf("%6lld %12.2f %12.2f %12.2f %14.3e %14.3e\n", (long long)ranks[i], mib(double(caches[i].bytes())),
+                  mib(model_bytes), mib(model.dense_bytes), e1, e2);
+  }
+  return 0;
+}
+
+int run(const config& c) {
+  const index_t total = c.n + c.steps;
+  synthetic_layer layer(c, total);
+  aqua::kv_cache_options opt;
+  opt.tile_dims = c.tile;
+  opt.rank = c.rank;
+  opt.capacity = total;  // no doubling before the first eviction; the policy releases the rest
+  aqua::kv_cache cache(layer.basis_views(), opt);
+  // The baseline: dense decode over a full, never evicted cache with every dim (the same tiled
+  // kernels AQUA uses, all tiles read), so the speedup compares like with like.
+  aqua::kv_cache_options full_opt = opt;
+  full_opt.rank = 0;
+  aqua::kv_cache full(layer.basis_views(), full_opt);
+  fill_prompt(layer, c.n - c.warmup, {&cache, &full});
+  const bool evicting = c.budget > 0;
+  aqua::h2o_options hopt;
+  hopt.budget = evicting ? c.budget : total + 1;
+  hopt.recent = evicting ? std::min(c.recent, c.budget) : 0;
+  hopt.slack = evicting ? c.slack : 0;
+  aqua::h2o_policy policy(c.hkv, hopt);
+  aqua::aqua_workspace ws;
+  aqua::aqua_options aopt;
+  aopt.mode = mode_of(c.select);
+  aopt.threads = c.threads;
+  aopt.workspace = &ws;
+  aqua::attention_options dopt;
+  dopt.threads = c.threads;
+  const auto select = aqua::selection_spec::top_k(std::min(c.k, cache.rank()));
+  const double dense_bytes_per_token = aqua::dense_kv_bytes_per_token(cost_of(c, 0));
+  if (!c.json) {
+    std::printf("aqua_decode: prompt N = %lld, %lld steps, Hq = %lld, Hkv = %lld, d = %lld, k = %lld, r = %lld, "
+                "select %s, tile %lld, %d thread%s, %s clock\n",
+                (long long)c.n, (long long)c.steps, (long long)c.hq, (long long)c.hkv, (long long)c.d,
+                (long long)select.k, (long long)cache.rank(), c.select.c_str(), (long long)c.tile, c.threads,
+                c.threads == 1 ? "" : "s", c.cpu_clock ? "cpu" : "wall");
+    if (evicting)
+      std::printf("H2O: budget B = %lld tokens per KV head (%lld heavy hitters + %lld recent), evict when > B + %lld; "
+                  "scores accumulated over the last %lld prompt tokens before the first eviction\n",
+                  (long long)c.budget, (long long)(c.budget - hopt.recent), (long long)hopt.recent, (long long)c.slack,
+                  (long long)c.warmup);
+    else
+      std::printf("H2O: off (no budget)\n");
+    std::printf("synthetic data: decaying spectrum exp(-i/%g), amplitude %g, query = mean + %g noise; reference: exact "
+                "attention over the full context (never evicted)\n"
+                "baseline (dense_ms): dense decode over a full cache (all %lld tokens kept, every dim read)\n",
+                c.spectrum, c.amplitude, c.query_noise, (long long)total);
+    std::printf("%6s %8s %10s %10s %9s %9s %9s %8s %10s %10s\n", "step", "tokens", "KV_MiB", "full_MiB", "aqua_ms",
+                "evict_ms", "dense_ms", "speedup", "err_mean", "err_max");
+  }
+  std::vector<float> q, exact(std::size_t(c.hq * c.d)), out(exact.size()), dense_out(exact.size());
+  aqua::aqua_workspace dense_ws;
+  std::vector<double> t_aqua, t_evict, t_dense, t_ratio, errs, dense_errs;
+  for (index_t w = 0; w < c.warmup; ++w) {
+    layer.append(1, {&cache, &full});
+    layer.query(q);
+    policy.decode(aqua::make_view(static_cast<const float*>(q.data()), c.hq, c.d), cache, select,
+                  aqua::make_view(out.data(), c.hq, c.d), aopt);
+  }
+  double last_progress = now_ms();
+  for (index_t step = 1; step <= c.steps; ++step) {
+    layer.append(1, {&cache, &full});
+    layer.query(q);
+    const auto qv = aqua::make_view(static_cast<const float*>(q.data()), c.hq, c.d);
+    // Interleaved: alternate which side runs first so neither always finds the caches warm.
+    double ta = 0, te = 0, td = 0;
+    auto aqua_side = [&] {
+      double t0 = now_ms();
+      policy.decode(qv, cache, select, aqua::make_view(out.data(), c.hq, c.d), aopt);
+      const double t1 = now_ms();
+      policy.evict(cache);
+      te = now_ms() - t1;
+      ta = t1 - t0;
+    };
+    auto dense_side = [&] {
+      const double t0 = now_ms();
+      aqua::dense_decode(qv, full, aqua::make_view(dense_out.data(), c.hq, c.d), dopt, &dense_ws);
+      td = now_ms() - t0;
+    };
+    if (step % 2) {
+      aqua_side();
+      dense_side();
+    } else {
+      dense_side();
+      aqua_side();
+    }
+    t_aqua.push_back(ta);
+    t_evict.push_back(te);
+    t_dense.push_back(td);
+    t_ratio.push_back(td / (ta + te));
+    // The reference: exact attention on the raw keys and values of the whole context (untimed).
+    aqua::dense_decode<float>(qv, layer.keys(), layer.values(), aqua::make_view(exact.data(), c.hq, c.d), dopt);
+    errs.push_back(rel_l2(out, exact));
+    dense_errs.push_back(rel_l2(dense_out, exact));
+    if (step % c.interval == 0 || step == c.steps) {
+      double mean = 0, mx = 0;
+      for (double e : errs) {
+        mean += e / double(errs.size());
+        mx = std::max(mx, e);
+      }
+      // Evictions are rare with slack: report their cost amortised over the interval (mean).
+      double evict_mean = 0;
+      for (double e : t_evict) evict_mean += e / double(t_evict.size());
+      if (isatty(2)) std::fprintf(stderr, "\r%70s\r", "");
+      const double full_bytes = double(layer.n) * dense_bytes_per_token;
+      if (c.json)
+        std::printf("{\"step\":%lld,\"tokens\":%lld,\"context\":%lld,\"kv_bytes\":%zu,\"full_kv_bytes\":%.0f,"
+                    "\"aqua_ms\":%.4f,\"evict_ms\":%.4f,\"dense_ms\":%.4f,\"speedup\":%.4f,\"rel_err_mean\":%.6g,"
+                    "\"rel_err_max\":%.6g,\"dense_rel_err\":%.3g,\"budget\":%lld,\"k\":%lld,\"r\":%lld}\n",
+                    (long long)step, (long long)cache.size(), (long long)layer.n, cache.bytes(), full_bytes,
+                    median(t_aqua), evict_mean, median(t_dense), median(t_ratio), mean, mx, median(dense_errs), (long long)c.budget,
+                    (long long)select.k, (long long)cache.rank());
+      else
+        std::printf("%6lld %8lld %10.2f %10.2f %9.3f %9.3f %9.3f %8.2f %10.3e %10.3e\n", (long long)step,
+                    (long long)cache.size(), mib(double(cache.bytes())), mib(full_bytes), median(t_aqua), evict_mean,
+                    median(t_dense), median(t_ratio), mean, mx);
+      std::fflush(stdout);
+      t_aqua.clear();
+      t_evict.clear();
+      t_dense.clear();
+      t_ratio.clear();
+      errs.clear();
+      dense_errs.clear();
+    } else if (isatty(2) && now_ms() - last_progress > 500) {
+      std::fprintf(stderr, "\rstep %lld / %lld, cache %lld tokens", (long long)step, (long long)c.steps,
+                   (long long)cache.size());
+      last_progress = now_ms();
+    }
+  }
+  if (!c.json)
+    std::printf("speedup = dense ms / (aqua ms + evict ms), median per interval; errors are relative L2 over all "
+                "query heads against exact full attention\n");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const config c = parse(argc, argv);
+  g_threads = c.threads;
+  g_cpu_clock = c.cpu_clock;
+  try {
+    return c.sweep_rank ? sweep_rank(c) : run(c);
+  } catch (const aqua::error& e) {
+    std::fprintf(stderr, "aqua_decode: %s\n", e.what());
+    return 1;
+  }
+}
