@@ -1,5 +1,6 @@
-// Attention entry points. This header holds the exact dense attention that every other kernel is
-// tested against: decode (one query token per head) and prefill (M query tokens, causal or not).
+// Attention entry points: the exact dense attention that every other kernel is tested against
+// (decode: one query token per head; prefill: M query tokens, causal or not), and AQUA attention
+// over the projected, tiled kv_cache (see the AQUA section below).
 //
 // Shapes (all views may be strided; extents are checked, strides are free):
 //   decode   q [Hq, d]      k, v [Hkv, N, d]   out [Hq, d]      mask [N]     (optional, additive)
@@ -24,9 +25,13 @@
 #include <vector>
 
 #include "aqua/config.hpp"
+#include "aqua/detail/aqua_engine.hpp"
 #include "aqua/detail/parallel.hpp"
+#include "aqua/detail/simd.hpp"
 #include "aqua/detail/softmax.hpp"
 #include "aqua/detail/validate.hpp"
+#include "aqua/kv_cache.hpp"
+#include "aqua/select.hpp"
 #include "aqua/tensor_view.hpp"
 
 namespace aqua {
@@ -39,6 +44,8 @@ struct attention_options {
   bool causal = true;
   /// Worker threads for this call (the calling thread included). No global pool is used.
   int threads = 1;
+  /// When set, prefill fills in the time of its score, softmax and value phases.
+  attention_profile* profile = nullptr;
 };
 
 namespace detail {
@@ -75,6 +82,10 @@ void validate_kv(const tensor3_view<const T>& k, const tensor3_view<const T>& v,
   s.group = hq / s.hkv;
 }
 
+/// Vectorised for float (same semantics as softmax_inplace), generic otherwise.
+inline void softmax_row(float* row, index_t n) { softmax_inplace_fast(row, n); }
+inline void softmax_row(double* row, index_t n) { softmax_inplace(row, n); }
+
 /// Output rows = softmax(scale * Q K^T + mask) V for one block of queries against the first
 /// `visible` keys of one KV head. `first_query_position` is the sequence position of the block's
 /// first row (causal prefill); pass a negative value for no causal mask.
@@ -82,11 +93,13 @@ template <class T>
 void dense_block(const strided_map<const T>& q_rows, const strided_map<const T>& keys,
                  const strided_map<const T>& values, strided_map<T>& out_rows, index_t visible,
                  double scale, const T* mask, index_t mask_row_stride, index_t mask_col_stride,
-                 index_t first_query_position, row_matrix<T>& logits) {
+                 index_t first_query_position, row_matrix<T>& logits, attention_profile* prof = nullptr) {
   const index_t rows = q_rows.rows();
+  auto t_score = prof ? profile_clock::now() : profile_clock::time_point();
   logits.resize(rows, visible);
   logits.noalias() = q_rows * keys.topRows(visible).transpose();
   logits *= static_cast<T>(scale);
+  auto t_soft = prof ? profile_clock::now() : profile_clock::time_point();
   const T neg_inf = -std::numeric_limits<T>::infinity();
   for (index_t i = 0; i < rows; ++i) {
     T* row = logits.row(i).data();
@@ -97,9 +110,15 @@ void dense_block(const strided_map<const T>& q_rows, const strided_map<const T>&
     if (first_query_position >= 0) {
       for (index_t j = first_query_position + i + 1; j < visible; ++j) row[j] = neg_inf;
     }
-    softmax_inplace(row, visible);
+    softmax_row(row, visible);
   }
+  auto t_value = prof ? profile_clock::now() : profile_clock::time_point();
   out_rows.noalias() = logits * values.topRows(visible);
+  if (prof) {
+    prof->score_seconds += std::chrono::duration<double>(t_soft - t_score).count();
+    prof->softmax_seconds += std::chrono::duration<double>(t_value - t_soft).count();
+    prof->value_seconds += seconds_since(t_value);
+  }
 }
 
 template <class T>
@@ -186,7 +205,9 @@ void dense_prefill(tensor3_view<const detail::identity_t<T>> q, tensor3_view<con
   // Query rows go in blocks so the logits scratch stays block x N, not M x N.
   constexpr index_t block_rows = 64;
   const index_t blocks_per_head = (s.m + block_rows - 1) / block_rows;
-  detail::parallel_for(s.hq * blocks_per_head, options.threads, [&](index_t begin, index_t end, int) {
+  std::vector<attention_profile> profiles(static_cast<std::size_t>(std::max(1, options.threads)));
+  detail::parallel_for(s.hq * blocks_per_head, options.threads, [&](index_t begin, index_t end, int worker) {
+    attention_profile* prof = options.profile ? &profiles[static_cast<std::size_t>(worker)] : nullptr;
     row_matrix<T> logits;
     for (index_t item = begin; item < end; ++item) {
       const index_t head = item / blocks_per_head, kv = head / s.group;
@@ -201,9 +222,145 @@ void dense_prefill(tensor3_view<const detail::identity_t<T>> q, tensor3_view<con
       detail::dense_block<T>(q_rows, detail::head_rows(k, kv, 0, s.n), detail::head_rows(v, kv, 0, s.n),
                              out_rows, visible, s.scale, mask_rows, mask.size() ? mask.stride(0) : 0,
                              mask.size() ? mask.stride(1) : 0, options.causal ? first_position : -1,
-                             logits);
+                             logits, prof);
     }
   });
+  if (options.profile) {
+    *options.profile = attention_profile{};
+    for (const auto& p : profiles) {
+      options.profile->score_seconds += p.score_seconds;
+      options.profile->softmax_seconds += p.softmax_seconds;
+      options.profile->value_seconds += p.value_seconds;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AQUA attention over a kv_cache (float).
+//
+// Decode: for each query head, q~ = q P (the cache's basis of its KV head), then the selected dims
+// S (selection_spec: fixed k, fraction of r, or energy tau; selection_mode: per head, per KV
+// group, or whole tiles), then score_j = scale * sum_{i in S} q~_i k~_{j,i} over the stored
+// tokens, stable softmax, out = sum_j p_j v_j into the caller's buffer. Only the key tiles that
+// hold selected dims are read, each sequentially. With k = r = d this is exact attention.
+// Threads: work items are (KV head, token segment); when the threads do not divide the KV heads,
+// each head's tokens are split into segments whose partial softmax results (max, normaliser,
+// unnormalised output) are merged exactly; results agree across thread counts to float rounding.
+// Queries must be finite (checked: aqua::error); the cache rejected non-finite keys and values on
+// append, so kernels never scan. Scores accumulate in float; normalisers in double.
+//
+// Prefill: the cache already holds the M new tokens as its last M; q holds their queries
+// [Hq, M, d]. Each query selects its own dims (per_head; tile mode picks whole tiles per query;
+// group mode is treated as per_head here since prefill is compute-bound and shares no reads), the
+// causal mask applies (query i sees tokens 0 .. N - M + i), and P V runs as an Eigen GEMM.
+// ---------------------------------------------------------------------------------------------
+
+struct aqua_options {
+  selection_mode mode = selection_mode::group;
+  /// Multiplies q.k; unset means 1 / sqrt(d).
+  std::optional<double> scale;
+  /// Prefill only: the causal mask.
+  bool causal = true;
+  /// Worker threads for this call (the calling thread included).
+  int threads = 1;
+  /// Reusable scratch; without one each call allocates its own (outside the hot loops).
+  aqua_workspace* workspace = nullptr;
+  /// When set, filled with phase times and (decode) the fraction of key bytes read.
+  attention_profile* profile = nullptr;
+};
+
+namespace detail {
+
+inline void validate_cache_queries(index_t hq, index_t d, const kv_cache& cache, const char* fn) {
+  AQUA_CHECK(hq >= 1, fn, ": q has no query heads");
+  AQUA_CHECK(d == cache.head_dim(), fn, ": q has head dim ", d, " but the cache holds head dim ",
+             cache.head_dim());
+  AQUA_CHECK(hq % cache.kv_heads() == 0, fn, ": the number of query heads (", hq,
+             ") must be a multiple of the number of KV heads (", cache.kv_heads(), ")");
+  AQUA_CHECK(!cache.empty(), fn, ": the KV cache is empty; attention needs at least one key");
+}
+
+inline double resolve_scale(const std::optional<double>& scale, index_t d, const char* fn) {
+  if (!scale) return 1.0 / std::sqrt(static_cast<double>(d));
+  AQUA_CHECK(std::isfinite(*scale), fn, ": scale must be finite, got ", *scale);
+  return *scale;
+}
+
+inline void decode_on_cache(matrix_view<const float> q, const kv_cache& cache, const selection_spec* select,
+                            selection_mode mode, matrix_view<float> out, const std::optional<double>& scale_opt,
+                            int threads, aqua_workspace* workspace, attention_profile* profile,
+                            matrix_view<float> token_probs, const char* fn) {
+  require_data(q, fn, "q");
+  require_data(out, fn, "out");
+  require_threads(threads, fn);
+  validate_cache_queries(q.extent(0), q.extent(1), cache, fn);
+  AQUA_CHECK(out.extent(0) == q.extent(0) && out.extent(1) == q.extent(1), fn, ": out has shape ",
+             shape_string(out), " but q has shape ", shape_string(q));
+  if (select) validate_selection(*select, cache.rank(), fn);
+  require_data(token_probs, fn, "token_probs");
+  AQUA_CHECK(token_probs.size() == 0 ||
+                 (token_probs.extent(0) == cache.kv_heads() && token_probs.extent(1) == cache.size()),
+             fn, ": token_probs has shape ", shape_string(token_probs), " but must be [Hkv, N] = [",
+             cache.kv_heads(), ", ", cache.size(), "]");
+  require_finite(q, fn, "q");
+  const double scale = resolve_scale(scale_opt, q.extent(1), fn);
+  aqua_workspace local;
+  aqua_workspace& ws = workspace ? *workspace : local;
+  decode_plan plan;
+  auto t0 = profile ? profile_clock::now() : profile_clock::time_point();
+  plan_decode(q, cache, select ? *select : selection_spec::top_k(cache.rank()), mode, select == nullptr, scale, ws,
+              plan);
+  const double select_seconds = profile ? seconds_since(t0) : 0.0;
+  run_decode(cache, plan, threads, ws, out, token_probs, profile);
+  if (profile) profile->select_seconds = select_seconds;
+}
+
+}  // namespace detail
+
+/// AQUA decode: q [Hq, d] (unprojected), the cache, the selection, out [Hq, d]. Optionally
+/// token_probs [Hkv, N] receives, per KV head, the attention probabilities of its stored tokens
+/// summed over the group's query heads (the H2O accumulator input).
+inline void aqua_decode(matrix_view<const float> q, const kv_cache& cache, const selection_spec& select,
+                        matrix_view<float> out, const aqua_options& options = {},
+                        matrix_view<float> token_probs = {}) {
+  detail::decode_on_cache(q, cache, &select, options.mode, out, options.scale, options.threads, options.workspace,
+                          options.profile, token_probs, "aqua::aqua_decode");
+}
+
+/// AQUA decode keeping a fixed k dims per query head (or group, or in whole tiles).
+inline void aqua_decode(matrix_view<const float> q, const kv_cache& cache, index_t k, matrix_view<float> out,
+                        const aqua_options& options = {}, matrix_view<float> token_probs = {}) {
+  aqua_decode(q, cache, selection_spec::top_k(k), out, options, token_probs);
+}
+
+/// Dense decode over the cache: every kept dim of every token (exact attention when r = d).
+/// The baseline AQUA decode is measured against: same data, same kernels, all tiles read.
+inline void dense_decode(matrix_view<const float> q, const kv_cache& cache, matrix_view<float> out,
+                         const attention_options& options = {}, aqua_workspace* workspace = nullptr,
+                         matrix_view<float> token_probs = {}) {
+  detail::decode_on_cache(q, cache, nullptr, selection_mode::group, out, options.scale, options.threads, workspace,
+                          options.profile, token_probs, "aqua::dense_decode(cache)");
+}
+
+/// AQUA prefill: q [Hq, M, d] are the queries of the cache's last M tokens; out [Hq, M, d].
+inline void aqua_prefill(tensor3_view<const float> q, const kv_cache& cache, const selection_spec& select,
+                         tensor3_view<float> out, const aqua_options& options = {}) {
+  constexpr const char* fn = "aqua::aqua_prefill";
+  detail::require_data(q, fn, "q");
+  detail::require_data(out, fn, "out");
+  detail::require_threads(options.threads, fn);
+  detail::validate_cache_queries(q.extent(0), q.extent(2), cache, fn);
+  AQUA_CHECK(q.extent(1) >= 1 && q.extent(1) <= cache.size(), fn, ": M = ", q.extent(1),
+             " queries but the cache holds N = ", cache.size(),
+             " tokens; append the M new tokens first (the queries are the last M positions)");
+  AQUA_CHECK(out.extent(0) == q.extent(0) && out.extent(1) == q.extent(1) && out.extent(2) == q.extent(2), fn,
+             ": out has shape ", detail::shape_string(out), " but q has shape ", detail::shape_string(q));
+  detail::validate_selection(select, cache.rank(), fn);
+  detail::require_finite(q, fn, "q");
+  const double scale = detail::resolve_scale(options.scale, q.extent(2), fn);
+  aqua_workspace local;
+  detail::run_prefill(q, cache, select, options.mode == selection_mode::tile, options.causal, scale, options.threads,
+                      options.workspace ? *options.workspace : local, out, options.profile);
 }
 
 }  // namespace aqua

@@ -1,0 +1,527 @@
+// AQUA decode / prefill engines over the tiled kv_cache. Public entry points (attention.hpp)
+// validate; nothing here checks arguments.
+#pragma once
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <chrono>
+#include <ctime>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "aqua/detail/aqua_kernels.hpp"
+#include "aqua/detail/parallel.hpp"
+#include "aqua/detail/simd.hpp"
+#include "aqua/kv_cache.hpp"
+#include "aqua/select.hpp"
+#include "aqua/tensor_view.hpp"
+
+namespace aqua {
+
+/// Which projected dimensions a query head reads.
+enum class selection_mode {
+  /// Every query head selects its own top-k dims (the paper's rule).
+  per_head,
+  /// One set per KV group, by summed magnitude over the group's query heads: one read of the
+  /// selected key rows serves all g heads.
+  group,
+  /// Whole tiles, chosen per KV group by summed query energy until k dims are covered; scores use
+  /// every dim of the chosen tiles.
+  tile,
+};
+
+/// Optional per-call measurements (filled when a pointer is passed in the options). Seconds are
+/// CPU seconds of the worker threads (where the platform reports them), summed over workers.
+struct attention_profile {
+  double select_seconds = 0, score_seconds = 0, softmax_seconds = 0, value_seconds = 0;
+  /// Decode: fraction of the key tiles (bytes) of the cache that the call read.
+  double key_fraction_read = 0;
+};
+
+/// Reusable scratch for AQUA calls: pass one in the options to avoid per-call allocation. One
+/// workspace serves one call at a time (calls running concurrently need one each).
+class aqua_workspace {
+public:
+  struct worker {
+    std::vector<float> scores, acc, m, alpha, qsel, qblock;
+    std::vector<double> l;
+    std::vector<const float*> rows;
+    std::vector<std::int32_t> dims, rank;
+    std::vector<index_t> counts;
+    row_matrix<float> logits, proj;
+    attention_profile profile;
+  };
+  std::vector<worker> workers;
+  std::vector<float> qproj, qsel, part_acc, part_m, logits, weight, energy;
+  std::vector<double> part_l;
+  std::vector<std::int32_t> dims, rank;
+  std::vector<index_t> counts;
+};
+
+namespace detail {
+
+/// Profiles count CPU time of the calling thread where the platform has it, so phases measured on
+/// a machine shared with other jobs leave out the time the thread was descheduled.
+struct profile_clock {
+  using duration = std::chrono::nanoseconds;
+  using rep = duration::rep;
+  using period = duration::period;
+  using time_point = std::chrono::time_point<profile_clock>;
+  static constexpr bool is_steady = true;
+  static time_point now() noexcept {
+#if defined(CLOCK_THREAD_CPUTIME_ID)
+    timespec ts{};
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return time_point(duration(rep(ts.tv_sec) * 1000000000 + rep(ts.tv_nsec)));
+#else
+    return time_point(std::chrono::duration_cast<duration>(std::chrono::steady_clock::now().time_since_epoch()));
+#endif
+  }
+};
+inline double seconds_since(profile_clock::time_point t0) {
+  return std::chrono::duration<double>(profile_clock::now() - t0).count();
+}
+
+
+/// Number of entries of bits[0..n) that are >= t.
+inline index_t count_at_least_portable(const std::uint32_t* bits, index_t n, std::uint32_t t) {
+  index_t c = 0;
+  for (index_t i = 0; i < n; ++i) c += bits[i] >= t;
+  return c;
+}
+#if AQUA_HAS_X86_SIMD
+AQUA_TARGET_AVX2 inline index_t count_at_least_avx2(const std::uint32_t* bits, index_t n, std::uint32_t t) {
+  // Values are < 2^31 (bit patterns of non-negative floats), so signed compares are exact.
+  const __m256i tm1 = _mm256_set1_epi32(static_cast<int>(t) - 1);
+  __m256i acc = _mm256_setzero_si256();
+  index_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    acc = _mm256_sub_epi32(acc, _mm256_cmpgt_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits + i)), tm1));
+  alignas(32) std::int32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc);
+  index_t c = 0;
+  for (int l = 0; l < 8; ++l) c += lanes[l];
+  for (; i < n; ++i) c += bits[i] >= t;
+  return c;
+}
+#endif
+
+/// The k largest of the non-negative weights w[0..n) (ties: lower index first), written in
+/// ascending index order. Binary search on the float bit patterns for the k-th largest value:
+/// O(31 n) vector compares, no sort (about 25x faster than a partial sort at n = 128).
+inline void select_top_ascending(const float* w, index_t n, index_t k, std::uint32_t* bits, std::int32_t* out) {
+  std::uint32_t top = 0;
+  for (index_t i = 0; i < n; ++i) {
+    std::uint32_t b;
+    std::memcpy(&b, w + i, sizeof(b));
+    b &= 0x7fffffffu;  // -0.0 counts as 0
+    bits[i] = b;
+    top = std::max(top, b);
+  }
+#if AQUA_HAS_X86_SIMD
+  const bool simd = has_avx2_fma();
+#endif
+  auto count = [&](std::uint32_t t) {
+#if AQUA_HAS_X86_SIMD
+    if (simd) return count_at_least_avx2(bits, n, t);
+#endif
+    return count_at_least_portable(bits, n, t);
+  };
+  // Invariant: count(lo) >= k > count(hi).
+  std::uint64_t lo = 0, hi = std::uint64_t(top) + 1;
+  while (hi - lo > 1) {
+    const std::uint64_t mid = (lo + hi) / 2;
+    if (count(static_cast<std::uint32_t>(mid)) >= k) lo = mid;
+    else hi = mid;
+  }
+  const std::uint32_t t = static_cast<std::uint32_t>(lo);
+  index_t ties = k - (hi <= top ? count(static_cast<std::uint32_t>(hi)) : 0);
+  index_t c = 0;
+  for (index_t i = 0; i < n; ++i) {
+    if (bits[i] > t || (bits[i] == t && ties > 0)) {
+      if (bits[i] == t) --ties;
+      out[c++] = static_cast<std::int32_t>(i);
+    }
+  }
+}
+
+/// Selection of one query (or summed group) into ascending dims; returns the count.
+/// `mode_tile` picks whole tiles by energy instead of single dims.
+inline index_t select_dims(const float* weight, const float* energy, index_t r, index_t tile, bool mode_tile,
+                           const selection_spec& spec, std::int32_t* rank_scratch, std::int32_t* dims_out) {
+  if (!mode_tile) {
+    if (spec.type != selection_spec::kind::energy) {
+      const index_t count = selection_count(spec, r);
+      select_top_ascending(weight, r, count, reinterpret_cast<std::uint32_t*>(rank_scratch), dims_out);
+      return count;
+    }
+    const index_t count = select_ranked(weight, energy, r, spec, rank_scratch);
+    std::copy(rank_scratch, rank_scratch + count, dims_out);
+    std::sort(dims_out, dims_out + count);
+    return count;
+  }
+  const index_t tiles = (r + tile - 1) / tile;
+  float tile_energy[1024];
+  float* te = tile_energy;
+  std::vector<float> big;
+  if (tiles > 1024) {
+    big.resize(static_cast<std::size_t>(tiles));
+    te = big.data();
+  }
+  for (index_t t = 0; t < tiles; ++t) {
+    float e = 0;
+    for (index_t i = t * tile; i < std::min(r, (t + 1) * tile); ++i) e += energy[i];
+    te[t] = e;
+  }
+  selection_spec tile_spec = spec;
+  if (spec.type != selection_spec::kind::energy)
+    tile_spec = selection_spec::top_k(std::min(tiles, (selection_count(spec, r) + tile - 1) / tile));
+  const index_t chosen = select_ranked(te, te, tiles, tile_spec, rank_scratch);
+  std::sort(rank_scratch, rank_scratch + chosen);
+  index_t count = 0;
+  for (index_t c = 0; c < chosen; ++c)
+    for (index_t i = rank_scratch[c] * tile; i < std::min(r, (rank_scratch[c] + 1) * tile); ++i)
+      dims_out[count++] = static_cast<std::int32_t>(i);
+  return count;
+}
+
+/// Everything a decode call decided before touching the cache.
+struct decode_plan {
+  index_t hq = 0, hkv = 0, g = 0, d = 0, r = 0, n = 0, tile = 0;
+  bool shared = true;  // one dim list per KV group (group, tile, dense) or one per head
+  // lists: per group (shared) or per head; dims[list * r ...], counts[list]
+  const std::int32_t* dims = nullptr;
+  const index_t* counts = nullptr;
+  const float* qsel = nullptr;  // [hq, r]: head h's scaled query at its list's dims
+};
+
+/// Projects and scales the queries, selects dims and gathers the selected query values.
+/// `dense` uses every kept dim (exact attention over the cache).
+inline void plan_decode(const matrix_view<const float>& q, const kv_cache& cache, const selection_spec& spec,
+                        selection_mode mode, bool dense, double scale, aqua_workspace& ws, decode_plan& p) {
+  p.hq = q.extent(0);
+  p.hkv = cache.kv_heads();
+  p.g = p.hq / p.hkv;
+  p.d = cache.head_dim();
+  p.r = cache.rank();
+  p.n = cache.size();
+  p.tile = cache.tile_dims();
+  p.shared = dense || mode != selection_mode::per_head;
+  const index_t r = p.r;
+  ws.qproj.resize(static_cast<std::size_t>(p.hq * r));
+  for (index_t h = 0; h < p.hq; ++h) {
+    float* qp = ws.qproj.data() + h * r;
+    cache.project(h / p.g, q.data() + h * q.stride(0), q.stride(1), qp);
+    for (index_t c = 0; c < r; ++c) qp[c] = static_cast<float>(qp[c] * scale);
+  }
+  const index_t lists = p.shared ? p.hkv : p.hq;
+  ws.dims.resize(static_cast<std::size_t>(lists * r));
+  ws.counts.resize(static_cast<std::size_t>(lists));
+  ws.rank.resize(static_cast<std::size_t>(std::max<index_t>(r, 1)));
+  ws.weight.resize(static_cast<std::size_t>(r));
+  ws.energy.resize(static_cast<std::size_t>(r));
+  for (index_t list = 0; list < lists; ++list) {
+    std::int32_t* dl = ws.dims.data() + list * r;
+    if (dense) {
+      for (index_t c = 0; c < r; ++c) dl[c] = static_cast<std::int32_t>(c);
+      ws.counts[static_cast<std::size_t>(list)] = r;
+      continue;
+    }
+    const index_t h0 = p.shared ? list * p.g : list, hn = p.shared ? p.g : 1;
+    std::fill(ws.weight.begin(), ws.weight.end(), 0.0f);
+    std::fill(ws.energy.begin(), ws.energy.end(), 0.0f);
+    for (index_t h = h0; h < h0 + hn; ++h) {
+      const float* qp = ws.qproj.data() + h * r;
+      for (index_t c = 0; c < r; ++c) {
+        ws.weight[static_cast<std::size_t>(c)] += std::abs(qp[c]);
+        ws.energy[static_cast<std::size_t>(c)] += qp[c] * qp[c];
+      }
+    }
+    ws.counts[static_cast<std::size_t>(list)] =
+        select_dims(ws.weight.data(), ws.energy.data(), r, p.tile, mode == selection_mode::tile, spec, ws.rank.data(), dl);
+  }
+  ws.qsel.resize(static_cast<std::size_t>(p.hq * r));
+  for (index_t h = 0; h < p.hq; ++h) {
+    const index_t list = p.shared ? h / p.g : h;
+    const std::int32_t* dl = ws.dims.data() + list * r;
+    for (index_t s = 0; s < ws.counts[static_cast<std::size_t>(list)]; ++s)
+      ws.qsel[static_cast<std::size_t>(h * r + s)] = ws.qproj[static_cast<std::size_t>(h * r + dl[s])];
+  }
+  p.dims = ws.dims.data();
+  p.counts = ws.counts.data();
+  p.qsel = ws.qsel.data();
+}
+
+/// Fraction of key tiles read: the union of the tiles holding selected dims, over all KV heads.
+inline double key_fraction(const decode_plan& p) {
+  index_t read = 0;
+  const index_t tiles = (p.r + p.tile - 1) / p.tile;
+  std::vector<char> touched(static_cast<std::size_t>(tiles));
+  for (index_t kv = 0; kv < p.hkv; ++kv) {
+    std::fill(touched.begin(), touched.end(), 0);
+    const index_t l0 = p.shared ? kv : kv * p.g, ln = p.shared ? 1 : p.g;
+    for (index_t list = l0; list < l0 + ln; ++list)
+      for (index_t s = 0; s < p.counts[list]; ++s) touched[static_cast<std::size_t>(p.dims[list * p.r + s] / p.tile)] = 1;
+    for (char t : touched) read += t;
+  }
+  return double(read) / double(tiles * p.hkv);
+}
+
+/// One KV head over tokens [t0, t1) (t0 a multiple of 16): online softmax per chunk, partial
+/// results (running max m, normaliser l, unnormalised output acc) for the group's g heads.
+inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv, index_t t0, index_t t1,
+                         aqua_workspace::worker& w, float* acc, float* m, double* l, float* logits_out,
+                         attention_profile* prof) {
+  const index_t g = p.g, r = p.r, d = p.d, C = tuning().decode_chunk, bs = p.tile * kv_block;
+  const index_t lists = p.shared ? 1 : g;
+  w.rows.resize(static_cast<std::size_t>(lists * r));
+  w.scores.resize(static_cast<std::size_t>(g * C));
+  w.alpha.resize(static_cast<std::size_t>(g));
+  for (index_t li = 0; li < lists; ++li) {
+    const index_t list = p.shared ? kv : kv * g + li;
+    for (index_t s = 0; s < p.counts[list]; ++s) {
+      const std::int32_t dim = p.dims[list * r + s];
+      w.rows[static_cast<std::size_t>(li * r + s)] = cache.key_tile(kv, dim / p.tile) + (dim % p.tile) * kv_block;
+    }
+  }
+  for (index_t h = 0; h < g; ++h) {
+    m[h] = -std::numeric_limits<float>::infinity();
+    l[h] = 0;
+  }
+  std::fill(acc, acc + g * d, 0.0f);
+  const float* values = cache.values(kv);
+  const float* qsel = p.qsel + kv * g * r;
+  float* scores = w.scores.data();
+  float* alpha = w.alpha.data();
+  for (index_t t = t0; t < t1; t += C) {
+    const index_t cnt = std::min(C, t1 - t), nb = (cnt + kv_block - 1) / kv_block, b0 = t / kv_block;
+    auto t_start = prof ? profile_clock::now() : profile_clock::time_point();
+    const side_prefetch side =
+        tuning().value_side_prefetch
+            ? side_prefetch{reinterpret_cast<const char*>(values + t * d), kv_block * d * index_t(sizeof(float))}
+            : side_prefetch{};
+    if (p.shared) {
+      const index_t ns = p.counts[kv];
+      for (index_t hb = 0; hb < g; hb += 4)
+        score_dispatch(static_cast<int>(std::min<index_t>(4, g - hb)), w.rows.data(), ns, qsel + hb * r, r, bs, b0, nb,
+                       scores + hb * C, C, true, hb == 0 ? side : side_prefetch{});
+    } else {
+      // Fixed-size selections have equal counts: the heads are scored together, each on its own
+      // rows. Energy selections may differ per head: one head at a time.
+      bool equal = true;
+      for (index_t h = 1; h < g; ++h) equal = equal && p.counts[kv * g + h] == p.counts[kv * g];
+      if (equal) {
+        for (index_t hb = 0; hb < g; hb += 4)
+          score_lists_dispatch(static_cast<int>(std::min<index_t>(4, g - hb)), w.rows.data() + hb * r, r,
+                               p.counts[kv * g], qsel + hb * r, r, bs, b0, nb, scores + hb * C, C,
+                               hb == 0 ? side : side_prefetch{});
+      } else {
+        for (index_t h = 0; h < g; ++h)
+          score_dispatch(1, w.rows.data() + h * r, p.counts[kv * g + h], qsel + h * r, r, bs, b0, nb, scores + h * C, C,
+                         true);
+      }
+    }
+    auto t_soft = prof ? profile_clock::now() : profile_clock::time_point();
+    for (index_t h = 0; h < g; ++h) {
+      float* s = scores + h * C;
+      if (logits_out) std::memcpy(logits_out + (kv * g + h) * p.n + t, s, static_cast<std::size_t>(cnt) * sizeof(float));
+      const float mn = std::max(m[h], row_max(s, cnt));
+      alpha[h] = m[h] == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(m[h] - mn);
+      const double sum = exp_shift_sum(s, cnt, mn);
+      l[h] = l[h] * alpha[h] + sum;
+      m[h] = mn;
+    }
+    auto t_value = prof ? profile_clock::now() : profile_clock::time_point();
+    for (index_t hb = 0; hb < g; hb += 4)
+      value_dispatch(static_cast<int>(std::min<index_t>(4, g - hb)), values + t * d, d, cnt, scores + hb * C, C,
+                     acc + hb * d, d, alpha + hb);
+    if (prof) {
+      prof->score_seconds += std::chrono::duration<double>(t_soft - t_start).count();
+      prof->softmax_seconds += std::chrono::duration<double>(t_value - t_soft).count();
+      prof->value_seconds += seconds_since(t_value);
+    }
+  }
+}
+
+/// Runs a planned decode: work items are (KV head, token segment); segments exist only when the
+/// threads outnumber what the KV heads can split evenly, and are merged exactly
+/// (max, rescaled normalisers, rescaled partial outputs).
+inline void run_decode(const kv_cache& cache, const decode_plan& p, int threads, aqua_workspace& ws,
+                       const matrix_view<float>& out, const matrix_view<float>& token_probs, attention_profile* prof) {
+  const index_t g = p.g, d = p.d, n = p.n;
+  const index_t segs = (threads > 1 && p.hkv % threads != 0)
+                           ? std::max<index_t>(1, std::min<index_t>(threads, (n + tuning().decode_chunk - 1) / tuning().decode_chunk))
+                           : 1;
+  const index_t items = p.hkv * segs;
+  const int workers = static_cast<int>(std::max<index_t>(1, std::min<index_t>(threads, items)));
+  if (static_cast<int>(ws.workers.size()) < workers) ws.workers.resize(static_cast<std::size_t>(workers));
+  for (int wi = 0; wi < workers; ++wi) ws.workers[static_cast<std::size_t>(wi)].profile = attention_profile{};
+  ws.part_acc.resize(static_cast<std::size_t>(items * g * d));
+  ws.part_m.resize(static_cast<std::size_t>(items * g));
+  ws.part_l.resize(static_cast<std::size_t>(items * g));
+  float* logits = nullptr;
+  if (token_probs.size()) {
+    ws.logits.resize(static_cast<std::size_t>(p.hq * n));
+    logits = ws.logits.data();
+  }
+  // Segment boundaries on chunk multiples, so chunking and results do not depend on the threads
+  // beyond the segment count.
+  const index_t chunk = tuning().decode_chunk, chunks = (n + chunk - 1) / chunk;
+  parallel_for(items, workers, [&](index_t begin, index_t end, int wi) {
+    auto& w = ws.workers[static_cast<std::size_t>(wi)];
+    for (index_t item = begin; item < end; ++item) {
+      const index_t kv = item / segs, seg = item % segs;
+      const index_t t0 = std::min(n, chunks * seg / segs * chunk);
+      const index_t t1 = std::min(n, chunks * (seg + 1) / segs * chunk);
+      decode_range(cache, p, kv, t0, t1, w, ws.part_acc.data() + item * g * d, ws.part_m.data() + item * g,
+                   ws.part_l.data() + item * g, logits, prof ? &w.profile : nullptr);
+    }
+  });
+  for (index_t h = 0; h < p.hq; ++h) {
+    const index_t kv = h / g, hh = h % g;
+    float mx = -std::numeric_limits<float>::infinity();
+    for (index_t s = 0; s < segs; ++s) mx = std::max(mx, ws.part_m[static_cast<std::size_t>((kv * segs + s) * g + hh)]);
+    double total = 0;
+    float* o = out.data() + h * out.stride(0);
+    for (index_t c = 0; c < d; ++c) o[c * out.stride(1)] = 0.0f;
+    std::vector<double> weights(static_cast<std::size_t>(segs));
+    for (index_t s = 0; s < segs; ++s) {
+      const index_t item = kv * segs + s;
+      const float ms = ws.part_m[static_cast<std::size_t>(item * g + hh)];
+      const double wgt = ms == -std::numeric_limits<float>::infinity() ? 0.0 : std::exp(double(ms) - double(mx));
+      weights[static_cast<std::size_t>(s)] = wgt;
+      total += wgt * ws.part_l[static_cast<std::size_t>(item * g + hh)];
+    }
+    for (index_t s = 0; s < segs; ++s) {
+      const float f = static_cast<float>(weights[static_cast<std::size_t>(s)] / total);
+      const float* a = ws.part_acc.data() + ((kv * segs + s) * g + hh) * d;
+      for (index_t c = 0; c < d; ++c) o[c * out.stride(1)] += f * a[c];
+    }
+    if (logits) {
+      // Probabilities of this head, added into its KV head's row of token_probs.
+      const float* lg = logits + h * n;
+      const double inv = 1.0 / total;
+      for (index_t j = 0; j < n; ++j) {
+        const float pj = static_cast<float>(std::exp(double(lg[j]) - double(mx)) * inv);
+        float& dst = token_probs.data()[kv * token_probs.stride(0) + j * token_probs.stride(1)];
+        dst = (hh == 0 ? 0.0f : dst) + pj;
+      }
+    }
+  }
+  if (prof) {
+    *prof = attention_profile{};
+    for (int wi = 0; wi < workers; ++wi) {
+      const auto& wp = ws.workers[static_cast<std::size_t>(wi)].profile;
+      prof->score_seconds += wp.score_seconds;
+      prof->softmax_seconds += wp.softmax_seconds;
+      prof->value_seconds += wp.value_seconds;
+    }
+    prof->key_fraction_read = key_fraction(p);
+  }
+}
+
+/// AQUA causal / full prefill: per (query head, block of query rows), per-query selection, scores
+/// over the tiles, softmax, then P V by Eigen GEMM on the token-major values.
+inline void run_prefill(const tensor3_view<const float>& q, const kv_cache& cache, const selection_spec& spec,
+                        bool tile_mode, bool causal, double scale, int threads, aqua_workspace& ws,
+                        const tensor3_view<float>& out, attention_profile* prof) {
+  const index_t hq = q.extent(0), m = q.extent(1), d = q.extent(2), g = hq / cache.kv_heads();
+  const index_t n = cache.size(), r = cache.rank(), tile = cache.tile_dims(), bs = tile * kv_block;
+  constexpr index_t block_rows = 64;
+  const index_t key_chunk_blocks = tuning().prefill_key_blocks;
+  const index_t blocks_per_head = (m + block_rows - 1) / block_rows;
+  const index_t items = hq * blocks_per_head;
+  const int workers = static_cast<int>(std::max<index_t>(1, std::min<index_t>(threads, items)));
+  if (static_cast<int>(ws.workers.size()) < workers) ws.workers.resize(static_cast<std::size_t>(workers));
+  for (int wi = 0; wi < workers; ++wi) ws.workers[static_cast<std::size_t>(wi)].profile = attention_profile{};
+  parallel_for(items, workers, [&](index_t begin, index_t end, int wi) {
+    auto& w = ws.workers[static_cast<std::size_t>(wi)];
+    attention_profile* wp = prof ? &w.profile : nullptr;
+    w.qsel.resize(static_cast<std::size_t>(block_rows * r));
+    w.rows.resize(static_cast<std::size_t>(block_rows * r));
+    w.dims.resize(static_cast<std::size_t>(r));
+    w.rank.resize(static_cast<std::size_t>(r));
+    w.counts.resize(static_cast<std::size_t>(block_rows));
+    w.m.resize(static_cast<std::size_t>(r));      // |q| weights
+    w.alpha.resize(static_cast<std::size_t>(r));  // q^2 energies
+    for (index_t item = begin; item < end; ++item) {
+      const index_t head = item / blocks_per_head, kv = head / g;
+      const index_t i0 = (item % blocks_per_head) * block_rows, rows = std::min(block_rows, m - i0);
+      const index_t first_position = n - m + i0;
+      const index_t visible = causal ? first_position + rows : n;
+      auto t_sel = wp ? profile_clock::now() : profile_clock::time_point();
+      // Project the block's queries (GEMM with the cache's basis) and fold in the scale.
+      auto q_rows = as_eigen(matrix_view<const float>(q.data() + head * q.stride(0) + i0 * q.stride(1), {rows, d},
+                                                      {q.stride(1), q.stride(2)}));
+      if (const auto* basis = cache.projection(kv)) {
+        w.proj.resize(rows, r);
+        w.proj.noalias() = q_rows * (*basis);
+        w.proj *= static_cast<float>(scale);
+      } else {
+        w.proj = q_rows.leftCols(r) * static_cast<float>(scale);
+      }
+      for (index_t i = 0; i < rows; ++i) {
+        const float* qp = w.proj.row(i).data();
+        for (index_t c = 0; c < r; ++c) {
+          w.m[static_cast<std::size_t>(c)] = std::abs(qp[c]);
+          w.alpha[static_cast<std::size_t>(c)] = qp[c] * qp[c];
+        }
+        const index_t cnt = select_dims(w.m.data(), w.alpha.data(), r, tile, tile_mode, spec, w.rank.data(), w.dims.data());
+        w.counts[static_cast<std::size_t>(i)] = cnt;
+        for (index_t s = 0; s < cnt; ++s) {
+          const std::int32_t dim = w.dims[static_cast<std::size_t>(s)];
+          w.qsel[static_cast<std::size_t>(i * r + s)] = qp[dim];
+          w.rows[static_cast<std::size_t>(i * r + s)] = cache.key_tile(kv, dim / tile) + (dim % tile) * kv_block;
+        }
+      }
+      auto t_score = wp ? profile_clock::now() : profile_clock::time_point();
+      const index_t padded = (visible + kv_block - 1) / kv_block * kv_block;
+      w.logits.resize(rows, padded);
+      // Key chunks outer, queries inner: a chunk's tiles stay in L2 while every query reads it.
+      for (index_t kc = 0; kc < visible; kc += key_chunk_blocks * kv_block) {
+        for (index_t i = 0; i < rows; ++i) {
+          const index_t vis_i = causal ? first_position + i + 1 : n;
+          if (kc >= vis_i) continue;
+          const index_t nb = std::min(key_chunk_blocks, (vis_i - kc + kv_block - 1) / kv_block);
+          score_dispatch(1, w.rows.data() + i * r, w.counts[static_cast<std::size_t>(i)], w.qsel.data() + i * r, r, bs,
+                         kc / kv_block, nb, w.logits.row(i).data() + kc, 0);
+        }
+      }
+      auto t_soft = wp ? profile_clock::now() : profile_clock::time_point();
+      for (index_t i = 0; i < rows; ++i) {
+        float* row = w.logits.row(i).data();
+        const index_t vis_i = causal ? first_position + i + 1 : n;
+        for (index_t j = vis_i; j < visible; ++j) row[j] = -std::numeric_limits<float>::infinity();
+        softmax_inplace_fast(row, visible);
+      }
+      auto t_value = wp ? profile_clock::now() : profile_clock::time_point();
+      Eigen::Map<const row_matrix<float>> v_rows(cache.values(kv), visible, d);
+      auto out_rows = as_eigen(matrix_view<float>(out.data() + head * out.stride(0) + i0 * out.stride(1), {rows, d},
+                                                  {out.stride(1), out.stride(2)}));
+      out_rows.noalias() = w.logits.leftCols(visible) * v_rows;
+      if (wp) {
+        wp->select_seconds += std::chrono::duration<double>(t_score - t_sel).count();
+        wp->score_seconds += std::chrono::duration<double>(t_soft - t_score).count();
+        wp->softmax_seconds += std::chrono::duration<double>(t_value - t_soft).count();
+        wp->value_seconds += seconds_since(t_value);
+      }
+    }
+  });
+  if (prof) {
+    *prof = attention_profile{};
+    for (int wi = 0; wi < workers; ++wi) {
+      const auto& wp = ws.workers[static_cast<std::size_t>(wi)].profile;
+      prof->select_seconds += wp.select_seconds;
+      prof->score_seconds += wp.score_seconds;
+      prof->softmax_seconds += wp.softmax_seconds;
+      prof->value_seconds += wp.value_seconds;
+    }
+  }
+}
+
+}  // namespace detail
+}  // namespace aqua

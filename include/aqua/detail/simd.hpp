@@ -1,0 +1,163 @@
+// Runtime SIMD dispatch and vector math shared by the float kernels.
+//
+// Users compile aqua without -march flags: AVX2+FMA code lives in functions marked
+// __attribute__((target("avx2,fma"))) and runs only when the CPU reports both features; every
+// kernel has a portable fallback with the same semantics.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "aqua/config.hpp"
+#include "aqua/detail/softmax.hpp"
+#include "aqua/tensor_view.hpp"
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define AQUA_HAS_X86_SIMD 1
+#include <immintrin.h>
+#define AQUA_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define AQUA_HAS_X86_SIMD 0
+#define AQUA_TARGET_AVX2
+#endif
+
+namespace aqua {
+namespace detail {
+
+/// Test hook: 1 forces the portable kernels even on AVX2 machines (the tests run both paths).
+inline int& simd_disabled() {
+  static int disabled = 0;
+  return disabled;
+}
+
+inline bool has_avx2_fma() {
+#if AQUA_HAS_X86_SIMD
+  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return supported && !simd_disabled();
+#else
+  return false;
+#endif
+}
+
+#if AQUA_HAS_X86_SIMD
+/// e^x for 8 floats (Cephes polynomial, ~2 ulp). NaN propagates; x <= -87.3 (and -inf) gives 0.
+AQUA_TARGET_AVX2 inline __m256 exp256(__m256 x) {
+  const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-88.3762626647949f);
+  const __m256 zero_below = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_LT_OQ);
+  // Operand order keeps NaN: min/max return their second operand when either is NaN.
+  x = _mm256_min_ps(hi, x);
+  x = _mm256_max_ps(lo, x);
+  __m256 fx = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f));
+  fx = _mm256_floor_ps(fx);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 y = _mm256_set1_ps(1.9875691500E-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507E-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073E-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894E-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459E-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201E-1f));
+  const __m256 x2 = _mm256_mul_ps(x, x);
+  y = _mm256_fmadd_ps(y, x2, _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
+  y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+  return _mm256_andnot_ps(zero_below, y);
+}
+
+AQUA_TARGET_AVX2 inline float hmax256(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+  return _mm_cvtss_f32(m);
+}
+
+AQUA_TARGET_AVX2 inline double hsum256_pd(__m256d v) {
+  __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+  s = _mm_add_sd(s, _mm_unpackhi_pd(s, s));
+  return _mm_cvtsd_f64(s);
+}
+
+/// Maximum of x[0..n) (NaN entries may or may not win; callers check the -inf case).
+AQUA_TARGET_AVX2 inline float row_max_avx2(const float* x, index_t n) {
+  __m256 m0 = _mm256_set1_ps(-std::numeric_limits<float>::infinity()), m1 = m0;
+  index_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    m0 = _mm256_max_ps(m0, _mm256_loadu_ps(x + j));
+    m1 = _mm256_max_ps(m1, _mm256_loadu_ps(x + j + 8));
+  }
+  float m = hmax256(_mm256_max_ps(m0, m1));
+  for (; j < n; ++j) m = x[j] > m ? x[j] : m;
+  return m;
+}
+
+/// x[j] = e^(x[j] - shift) in place; returns the sum (per-lane float partials, added in double).
+AQUA_TARGET_AVX2 inline double exp_shift_sum_avx2(float* x, index_t n, float shift) {
+  const __m256 s = _mm256_set1_ps(shift);
+  __m256d acc = _mm256_setzero_pd();
+  index_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 p = exp256(_mm256_sub_ps(_mm256_loadu_ps(x + j), s));
+    _mm256_storeu_ps(x + j, p);
+    acc = _mm256_add_pd(acc, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(p)),
+                                           _mm256_cvtps_pd(_mm256_extractf128_ps(p, 1))));
+  }
+  double sum = hsum256_pd(acc);
+  for (; j < n; ++j) {
+    const float p = std::exp(x[j] - shift);
+    x[j] = p;
+    sum += p;
+  }
+  return sum;
+}
+
+AQUA_TARGET_AVX2 inline void scale_avx2(float* x, index_t n, float f) {
+  const __m256 s = _mm256_set1_ps(f);
+  index_t j = 0;
+  for (; j + 8 <= n; j += 8) _mm256_storeu_ps(x + j, _mm256_mul_ps(_mm256_loadu_ps(x + j), s));
+  for (; j < n; ++j) x[j] *= f;
+}
+#endif
+
+inline float row_max(const float* x, index_t n) {
+#if AQUA_HAS_X86_SIMD
+  if (has_avx2_fma()) return row_max_avx2(x, n);
+#endif
+  float m = -std::numeric_limits<float>::infinity();
+  for (index_t j = 0; j < n; ++j) m = x[j] > m ? x[j] : m;
+  return m;
+}
+
+/// x[j] = e^(x[j] - shift) in place, returning the sum in double.
+inline double exp_shift_sum(float* x, index_t n, float shift) {
+#if AQUA_HAS_X86_SIMD
+  if (has_avx2_fma()) return exp_shift_sum_avx2(x, n, shift);
+#endif
+  double sum = 0;
+  for (index_t j = 0; j < n; ++j) {
+    const float p = std::exp(x[j] - shift);
+    x[j] = p;
+    sum += p;
+  }
+  return sum;
+}
+
+inline void scale_in_place(float* x, index_t n, float f) {
+#if AQUA_HAS_X86_SIMD
+  if (has_avx2_fma()) return scale_avx2(x, n, f);
+#endif
+  for (index_t j = 0; j < n; ++j) x[j] *= f;
+}
+
+/// softmax_inplace with vectorised max / exp / scale for float rows; same semantics (all -inf
+/// row -> zeros, NaN propagates, normaliser summed in double).
+inline double softmax_inplace_fast(float* logits, index_t n) {
+  const float m = row_max(logits, n);
+  if (!(m > -std::numeric_limits<float>::infinity())) return softmax_inplace(logits, n);
+  const double sum = exp_shift_sum(logits, n, m);
+  scale_in_place(logits, n, static_cast<float>(1.0 / sum));
+  return sum;
+}
+
+}  // namespace detail
+}  // namespace aqua

@@ -1,0 +1,150 @@
+// The projected, tiled KV cache: stored keys equal k P (double oracle), values are kept verbatim,
+// growth keeps data, truncation keeps whole tiles, bad input is rejected.
+#include <aqua/kv_cache.hpp>
+
+#include <Eigen/QR>
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "test_support.hpp"
+
+using aqua::index_t;
+using Catch::Matchers::Contains;
+
+namespace {
+
+Eigen::MatrixXf random_orthogonal(index_t d, unsigned seed) {
+  std::vector<double> r(static_cast<std::size_t>(d * d));
+  aqua_test::fill_normal(r, seed);
+  Eigen::Map<Eigen::MatrixXd> m(r.data(), d, d);
+  Eigen::MatrixXd q = Eigen::HouseholderQR<Eigen::MatrixXd>(m).householderQ();
+  return q.cast<float>();
+}
+
+}  // namespace
+
+TEST_CASE("appended keys are stored projected (k P) and values verbatim, one or many tokens at a time",
+          "[kv_cache]") {
+  const index_t hkv = 2, d = 40, tile = GENERATE(16, 32);
+  std::vector<Eigen::MatrixXf> bases = {random_orthogonal(d, 1), random_orthogonal(d, 2)};
+  std::vector<aqua::matrix_view<const float>> views = {aqua::view_of(bases[0]), aqua::view_of(bases[1])};
+  aqua::kv_cache_options opt;
+  opt.tile_dims = tile;
+  aqua::kv_cache cache(views, opt);
+  const index_t n = 37;
+  aqua_test::buffer3<float> k(hkv, n, d, true, 3), v(hkv, n, d, true, 4);
+  // 1 token, then 20, then the rest: the cache grows past its initial capacity.
+  index_t done = 0;
+  for (index_t count : {index_t(1), index_t(20), n - 21}) {
+    aqua::tensor3_view<const float> ks(&k.view(0, done, 0), {hkv, count, d}, k.view.strides());
+    aqua::tensor3_view<const float> vs(&v.view(0, done, 0), {hkv, count, d}, v.view.strides());
+    cache.append(ks, vs);
+    done += count;
+  }
+  REQUIRE(cache.size() == n);
+  double worst = 0;
+  for (index_t h = 0; h < hkv; ++h)
+    for (index_t j = 0; j < n; ++j) {
+      for (index_t c = 0; c < d; ++c) {
+        double ref = 0;
+        for (index_t i = 0; i < d; ++i) ref += double(k.view(h, j, i)) * double(bases[std::size_t(h)](i, c));
+        worst = std::max(worst, std::abs(ref - double(cache.key(h, j, c))));
+        REQUIRE(cache.value(h, j, c) == v.view(h, j, c));
+      }
+      CHECK(cache.position(j) == j);
+    }
+  CHECK(worst < 1e-5);
+}
+
+TEST_CASE("growth one token at a time never loses data", "[kv_cache]") {
+  const index_t hkv = 3, d = 16, n = 300;
+  aqua::kv_cache cache(hkv, d, {});
+  aqua_test::buffer3<float> k(hkv, n, d, false, 5), v(hkv, n, d, false, 6);
+  for (index_t j = 0; j < n; ++j) {
+    aqua::tensor3_view<const float> ks(&k.view(0, j, 0), {hkv, 1, d}, k.view.strides());
+    aqua::tensor3_view<const float> vs(&v.view(0, j, 0), {hkv, 1, d}, v.view.strides());
+    cache.append(ks, vs);
+  }
+  REQUIRE(cache.capacity() >= n);
+  bool same = true;
+  for (index_t h = 0; h < hkv; ++h)
+    for (index_t j = 0; j < n; ++j)
+      for (index_t c = 0; c < d; ++c)
+        same = same && cache.key(h, j, c) == k.view(h, j, c) && cache.value(h, j, c) == v.view(h, j, c);
+  CHECK(same);
+}
+
+TEST_CASE("static truncation keeps the first r projected dims in whole tiles and cuts key memory", "[kv_cache]") {
+  const index_t d = 128, n = 64;
+  aqua::kv_cache_options full_opt, cut_opt;
+  full_opt.capacity = cut_opt.capacity = n;
+  cut_opt.rank = 32;
+  aqua::kv_cache full(2, d, full_opt), cut(2, d, cut_opt);
+  CHECK(cut.rank() == 32);
+  CHECK(cut.tile_count() == 1);
+  aqua_test::buffer3<float> k(2, n, d, false, 7), v(2, n, d, false, 8);
+  full.append(k.view, v.view);
+  cut.append(k.view, v.view);
+  CHECK(cut.key_bytes() * 4 == full.key_bytes());
+  CHECK(cut.bytes() < full.bytes());
+  CHECK(full.bytes() == std::size_t(2 * n * (d + d) * 4));
+  for (index_t c = 0; c < 32; ++c) CHECK(cut.key(1, 5, c) == k.view(1, 5, c));
+}
+
+TEST_CASE("retain keeps the listed tokens, their values and positions", "[kv_cache]") {
+  const index_t d = 24, n = 40;
+  aqua::kv_cache_options opt;
+  opt.tile_dims = 16;
+  aqua::kv_cache cache(2, d, opt);
+  aqua_test::buffer3<float> k(2, n, d, false, 9), v(2, n, d, false, 10);
+  cache.append(k.view, v.view);
+  std::vector<index_t> keep = {0, 3, 17, 18, 39};
+  cache.retain(aqua::make_view(static_cast<const index_t*>(keep.data()), 5));
+  REQUIRE(cache.size() == 5);
+  for (index_t i = 0; i < 5; ++i) {
+    CHECK(cache.position(i) == keep[std::size_t(i)]);
+    for (index_t h = 0; h < 2; ++h)
+      for (index_t c = 0; c < d; ++c) {
+        CHECK(cache.key(h, i, c) == k.view(h, keep[std::size_t(i)], c));
+        CHECK(cache.value(h, i, c) == v.view(h, keep[std::size_t(i)], c));
+      }
+  }
+  cache.append(k.view, v.view);
+  CHECK(cache.position(5) == n);  // positions continue after the last appended one
+}
+
+TEST_CASE("the cache rejects bad construction and bad appends with a message naming them", "[kv_cache][errors]") {
+  aqua::kv_cache_options opt;
+  opt.rank = 40;
+  CHECK_THROWS_WITH(aqua::kv_cache(2, 128, opt), Contains("rank r = 40") && Contains("multiple of tile_dims = 32"));
+  opt.rank = 160;
+  CHECK_THROWS_WITH(aqua::kv_cache(2, 128, opt), Contains("rank r = 160"));
+  opt.rank = 0;
+  CHECK_NOTHROW(aqua::kv_cache(2, 40, opt));  // r = d = 40: the last tile is narrower
+  Eigen::MatrixXf wrong(8, 6);
+  wrong.setZero();
+  CHECK_THROWS_WITH(aqua::kv_cache(std::vector<aqua::matrix_view<const float>>{aqua::view_of(wrong)}), Contains("[8, 6]"));
+
+  aqua::kv_cache cache(2, 8, {});
+  std::vector<float> buf(2 * 3 * 8, 1.0f);
+  auto ok = aqua::make_view(static_cast<const float*>(buf.data()), 2, 3, 8);
+  auto wrong_d = aqua::make_view(static_cast<const float*>(buf.data()), 2, 4, 6);
+  auto wrong_h = aqua::make_view(static_cast<const float*>(buf.data()), 3, 2, 8);
+  CHECK_THROWS_WITH(cache.append(wrong_d, wrong_d), Contains("keys has shape [2, 4, 6]"));
+  CHECK_THROWS_WITH(cache.append(wrong_h, wrong_h), Contains("Hkv = 2"));
+  std::vector<float> bad(buf);
+  bad[13] = std::numeric_limits<float>::quiet_NaN();
+  CHECK_THROWS_WITH(cache.append(aqua::make_view(static_cast<const float*>(bad.data()), 2, 3, 8), ok),
+                    Contains("keys holds a non-finite value"));
+  bad[13] = std::numeric_limits<float>::infinity();
+  CHECK_THROWS_WITH(cache.append(ok, aqua::make_view(static_cast<const float*>(bad.data()), 2, 3, 8)),
+                    Contains("values holds a non-finite value"));
+  CHECK(cache.size() == 0);  // nothing stored by a rejected append
+  cache.append(ok, ok);
+  std::vector<index_t> keep = {2, 1};
+  CHECK_THROWS_WITH(cache.retain(aqua::make_view(static_cast<const index_t*>(keep.data()), 2)),
+                    Contains("strictly increasing"));
+}
