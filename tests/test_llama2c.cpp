@@ -6,7 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include "../examples/llama2c/llama2c.hpp"
-#include "../examples/llama2c/npy.hpp"
+#include "../examples/llama2c/qk_dump.hpp"
 
 #include <unistd.h>
 #include <cmath>
@@ -643,34 +643,6 @@ TEST_CASE("llama2c transformer: greedy generation and perplexity agree with the 
 
 // =============================================================================================
 // Q/K dump
-
-TEST_CASE("llama2c npy: the writer emits a v1.0 header padded to 64 bytes and C-order float32 data",
-          "[llama2c]") {
-  temp_dir dir;
-  const std::vector<float> data = {1, 2, 3, 4, 5, 6};
-  const std::string path = dir.file("a.npy");
-  llama2c::write_npy(path, data.data(), {2, 3});
-  const auto b = read_bytes(path);
-  REQUIRE(b.size() >= 10);
-  CHECK(std::string(b.data() + 1, 5) == "NUMPY");
-  CHECK(static_cast<unsigned char>(b[0]) == 0x93);
-  CHECK(b[6] == 1);
-  CHECK(b[7] == 0);
-  const std::size_t header_len = static_cast<unsigned char>(b[8]) + 256u * static_cast<unsigned char>(b[9]);
-  CHECK((10 + header_len) % 64 == 0);
-  const std::string header(b.data() + 10, header_len);
-  CHECK_THAT(header,
-             Contains("'descr': '<f4'") && Contains("'fortran_order': False") && Contains("'shape': (2, 3)"));
-  CHECK(header.back() == '\n');
-  REQUIRE(b.size() == 10 + header_len + 6 * sizeof(float));
-  float back[6];
-  std::memcpy(back, b.data() + 10 + header_len, sizeof back);
-  for (int i = 0; i < 6; ++i) CHECK(back[i] == data[static_cast<std::size_t>(i)]);
-
-  llama2c::write_npy(path, data.data(), {6});
-  const auto b1 = read_bytes(path);
-  CHECK_THAT(std::string(b1.data() + 10, 60), Contains("'shape': (6,)"));
-}
 
 TEST_CASE("llama2c dump: q and k files are head-major [H, rows, d] over every forward call", "[llama2c]") {
   temp_dir dir;
