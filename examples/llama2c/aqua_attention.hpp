@@ -60,7 +60,7 @@ class aqua_attention final : public attention_backend {
 
   void append(int layer, index_t, aqua::tensor3_view<const float> keys,
               aqua::tensor3_view<const float> values) override {
-    cache(layer).append(keys, values);
+    mutable_cache(layer).append(keys, values);
   }
 
   void attend(int layer, aqua::tensor3_view<const float> q, aqua::tensor3_view<const float>,
@@ -89,7 +89,7 @@ class aqua_attention final : public attention_backend {
   const aqua::kv_cache& cache(int layer) const { return caches_[static_cast<std::size_t>(layer)]; }
 
  private:
-  aqua::kv_cache& cache(int layer) { return caches_[static_cast<std::size_t>(layer)]; }
+  aqua::kv_cache& mutable_cache(int layer) { return caches_[static_cast<std::size_t>(layer)]; }
 
   // Energy selection keeps a data-dependent number of dims; count them for the report.
   void count_selected(const aqua::kv_cache& c, aqua::tensor3_view<const float> q) {
