@@ -45,24 +45,29 @@ rel() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%+.1f%%", (a / b - 1) * 100 }';
 # --- 1. Q/K dumps (calibration and held-out) and projections
 echo "## Dumps and calibration (in $WORK)" >&2
 dump() { "$LLAMA" --ppl "$1" --lines "$2" --dump-qk "$WORK/$3" "${@:4}" >/dev/null 2>&1; }
-dump $EN $CAL en_cal
+# The reference calibrates on the queries of the 511 positions that predict a token (positions
+# 0..510 of the 512-token window; the last position's query predicts nothing): --max-tokens 511
+# dumps exactly those rows (the model is causal). en_cal512 adds the last position's row.
+dump $EN $CAL en_cal --max-tokens 511
+dump $EN $CAL en_cal512
 dump $EN $CAL en_cal_all --windows 0
 dump $EN $EVAL en_eval
 dump $HI $CAL hi_cal
 dump $HI $EVAL hi_eval
 calibrate() { "$CALIBRATE" --dumps "$WORK/$1" --out "$WORK/$2.safetensors" "${@:3}" >/dev/null 2>&1; }
-calibrate en_cal en                               # the reference set-up: queries, 512 rows, no centering
+calibrate en_cal en                               # the reference set-up: queries, 511 rows, no centering
+calibrate en_cal512 en512                         # the same plus the 512th position
 calibrate en_cal_all en_all                       # every window of sentences 1-500
-calibrate en_cal en_keys --source keys
-calibrate en_cal en_qk --source queries_and_keys
-calibrate en_cal en_center --center
+calibrate en_cal_all en_all_keys --source keys
+calibrate en_cal_all en_all_qk --source queries_and_keys
+calibrate en_cal_all en_all_center --center
 calibrate hi_cal hi
 
 P_EN="$WORK/en.safetensors"
 
 # --- 2. The reference set-up and the main table
 echo
-echo "### Perplexity, single 512-token window of sentences $EVAL (calibration: English sentences $CAL, first 512 tokens)"
+echo "### Perplexity, single 512-token window of sentences $EVAL (calibration: English sentences $CAL, positions 0-510 of the first window)"
 echo
 echo "| text | attention | selection | r | k=2 | k=4 | k=6 | k=8 |"
 echo "|---|---|---|---|---|---|---|---|"
@@ -129,11 +134,12 @@ variant() {
   echo "$row"
 }
 variant "identity bases (no calibration)" --identity
-variant "queries, first 512 tokens (reference)" --projection "$WORK/en.safetensors"
+variant "queries, positions 0-510 of the first window (reference)" --projection "$WORK/en.safetensors"
+variant "queries, positions 0-511 of the first window" --projection "$WORK/en512.safetensors"
 variant "queries, all windows of 1-500" --projection "$WORK/en_all.safetensors"
-variant "keys" --projection "$WORK/en_keys.safetensors"
-variant "queries and keys" --projection "$WORK/en_qk.safetensors"
-variant "queries, centered" --projection "$WORK/en_center.safetensors"
+variant "keys, all windows" --projection "$WORK/en_all_keys.safetensors"
+variant "queries and keys, all windows" --projection "$WORK/en_all_qk.safetensors"
+variant "queries, all windows, centered" --projection "$WORK/en_all_center.safetensors"
 variant "queries, all windows, group-shared" --projection "$WORK/en_all.safetensors" --select group
 variant "Hindi-calibrated (cross-language)" --projection "$WORK/hi.safetensors"
 
@@ -142,7 +148,7 @@ echo "### Energy-threshold selection (queries, all windows of 1-500; mean k per 
 echo
 echo "| tau | single | pooled |"
 echo "|---|---|---|"
-for tau in 0.80 0.85 0.90 0.93 0.95 0.97 0.98 0.99; do
+for tau in 0.90 0.95 0.96 0.97 0.98 0.99 0.995; do
   s=$(ppl $EN --lines $EVAL --projection "$WORK/en_all.safetensors" --energy $tau)
   p=$(ppl $EN --lines $EVAL --windows 0 --projection "$WORK/en_all.safetensors" --energy $tau)
   echo "| $tau | $s ($(rel "${s%% *}" "$single_dense")) | $p ($(rel "${p%% *}" "$pooled_dense")) |"
