@@ -64,22 +64,29 @@ struct perplexity_result {
 };
 
 /// Teacher-forced perplexity of `tokens` (tokens[0] is BOS): exp of the mean negative
-/// log-likelihood of tokens[1..T-1] given their prefixes. One causal prefill over all T tokens.
-inline perplexity_result perplexity(transformer& model, const std::vector<int>& tokens) {
+/// log-likelihood of tokens[1..T-1] given their prefixes. One causal prefill over all T tokens,
+/// or, with `block` > 0, forward calls of `block` tokens (block = 1: token-by-token decoding, the
+/// path a decode-only attention choice such as group-shared selection takes).
+inline perplexity_result perplexity(transformer& model, const std::vector<int>& tokens, int block = 0) {
   AQUA_CHECK(tokens.size() >= 2, "llama2c::perplexity: needs at least 2 tokens, got ", tokens.size());
   AQUA_CHECK(static_cast<index_t>(tokens.size()) <= model.cfg().seq_len,
              "llama2c::perplexity: ", tokens.size(), " tokens exceed the model's context of ",
              model.cfg().seq_len);
+  AQUA_CHECK(block >= 0, "llama2c::perplexity: block must be >= 0, got ", block);
   model.reset();
-  const auto logits = model.forward(tokens.data(), static_cast<index_t>(tokens.size()));
+  const std::size_t step = block == 0 ? tokens.size() : static_cast<std::size_t>(block);
   double nll = 0;
-  for (std::size_t t = 0; t + 1 < tokens.size(); ++t) {
-    const float* row = logits.data() + static_cast<index_t>(t) * logits.stride(0);
-    const index_t vocab = logits.extent(1);
-    const double top = *std::max_element(row, row + vocab);
-    double sum = 0;
-    for (index_t j = 0; j < vocab; ++j) sum += std::exp(static_cast<double>(row[j]) - top);
-    nll += top + std::log(sum) - static_cast<double>(row[tokens[t + 1]]);
+  for (std::size_t first = 0; first + 1 < tokens.size(); first += step) {
+    const std::size_t count = std::min(step, tokens.size() - first);
+    const auto logits = model.forward(tokens.data() + first, static_cast<index_t>(count));
+    for (std::size_t t = first; t < first + count && t + 1 < tokens.size(); ++t) {
+      const float* row = logits.data() + static_cast<index_t>(t - first) * logits.stride(0);
+      const index_t vocab = logits.extent(1);
+      const double top = *std::max_element(row, row + vocab);
+      double sum = 0;
+      for (index_t j = 0; j < vocab; ++j) sum += std::exp(static_cast<double>(row[j]) - top);
+      nll += top + std::log(sum) - static_cast<double>(row[tokens[t + 1]]);
+    }
   }
   perplexity_result r;
   r.tokens = static_cast<int>(tokens.size());
@@ -91,12 +98,13 @@ inline perplexity_result perplexity(transformer& model, const std::vector<int>& 
 
 /// Perplexity over several independent windows (each starts with BOS): exp of the mean NLL over
 /// every predicted token of every window. One window gives the same figure as perplexity().
-inline perplexity_result perplexity(transformer& model, const std::vector<std::vector<int>>& windows) {
+inline perplexity_result perplexity(transformer& model, const std::vector<std::vector<int>>& windows,
+                                    int block = 0) {
   AQUA_CHECK(!windows.empty(), "llama2c::perplexity: no windows");
   perplexity_result total;
   double nll = 0;
   for (const auto& w : windows) {
-    const perplexity_result r = perplexity(model, w);
+    const perplexity_result r = perplexity(model, w, block);
     nll += r.mean_nll * r.predicted;
     total.tokens += r.tokens;
     total.predicted += r.predicted;

@@ -2,8 +2,14 @@
 //
 //   aqua_llama [--model FILE] [--tokenizer FILE] [--data-dir DIR] [--threads T] [--json]
 //              [--prompt TEXT] [--steps N]                                   greedy generation
-//              --ppl TEXT_FILE [--lines A-B] [--max-tokens N] [--windows W] [--dump-qk DIR]
-//                                                                            perplexity
+//              --ppl TEXT_FILE [--lines A-B] [--max-tokens N] [--windows W] [--block B]
+//                    [--dump-qk DIR]                                         perplexity
+//              [--projection FILE.safetensors | --identity] (--k K | --energy TAU)
+//                    [--select per-head|group] [--r R]                       AQUA attention
+//
+// Without --projection/--identity attention is exact (aqua::dense_prefill / dense_decode); with
+// one of them it is AQUA over a projected KV cache (aqua_attention.hpp), each query keeping K
+// projected dims (or the fewest reaching energy fraction TAU) out of the first R.
 //
 // Without --model/--tokenizer it loads stories260K from the data directory: --data-dir, else
 // $AQUA_DATA_DIR, else ../shared/data from the current directory or from the repository root.
@@ -14,12 +20,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <aqua/io.hpp>
 #include <filesystem>
 #include <iterator>
+#include <memory>
 #include <string>
 
+#include "aqua_attention.hpp"
 #include "llama2c.hpp"
-#include "npy.hpp"
+#include "qk_dump.hpp"
 
 #ifndef AQUA_LLAMA2C_REPO_ROOT
 #define AQUA_LLAMA2C_REPO_ROOT ""
@@ -29,8 +38,14 @@ namespace {
 
 struct options {
   std::string model, tokenizer, data_dir, prompt, ppl, lines, dump_qk;
-  int steps = 256, max_tokens = 512, windows = 1, threads = 1;
+  int steps = 256, max_tokens = 512, windows = 1, threads = 1, block = 0;
   bool json = false, generate = true;
+  // AQUA attention (used when a projection is given or --identity).
+  std::string projection, select = "per-head";
+  bool identity = false;
+  int k = 0, r = 0;
+  double energy = 0;
+  bool aqua() const { return identity || !projection.empty(); }
 };
 
 [[noreturn]] void usage(int code) {
@@ -38,8 +53,18 @@ struct options {
       code == 0 ? stdout : stderr,
       "usage: aqua_llama [--model FILE] [--tokenizer FILE] [--data-dir DIR] [--threads T] [--json]\n"
       "                  [--prompt TEXT] [--steps N]\n"
-      "                  | --ppl TEXT_FILE [--lines A-B] [--max-tokens N] [--windows W] [--dump-qk DIR]\n"
-      "  --windows W: W consecutive windows of max-tokens (each BOS + the next tokens), 0 = all\n");
+      "                  | --ppl TEXT_FILE [--lines A-B] [--max-tokens N] [--windows W] [--block B]\n"
+      "                    [--dump-qk DIR]\n"
+      "                  [--projection FILE.safetensors | --identity] (--k K | --energy TAU)\n"
+      "                    [--select per-head|group] [--r R]\n"
+      "  --windows W: W consecutive windows of max-tokens (each BOS + the next tokens), 0 = all\n"
+      "  --block B: perplexity in forward calls of B tokens (1 = token by token; default all at once)\n"
+      "  --projection: AQUA attention with the per-head bases of an aqua_calibrate file\n"
+      "  --identity: AQUA attention with identity bases (no calibration)\n"
+      "  --k K / --energy TAU: projected dims kept per query: K, or the fewest holding TAU of its energy\n"
+      "  --select: per-head (default) or group (one set per KV group; decode only, so perplexity\n"
+      "            then runs token by token)\n"
+      "  --r R: keep only the first R projected dims of every key (static truncation)\n");
   std::exit(code);
 }
 
@@ -60,13 +85,14 @@ options parse(int argc, char** argv) {
       o.json = true;
       continue;
     }
-    if (a == "--projection" || a == "--k" || a == "--select" || a == "--r")
-      AQUA_THROW("aqua_llama: ", a,
-                 " belongs to the AQUA backend, which is not built in yet; only dense "
-                 "attention is available");
-    static const char* const with_value[] = {"--model",   "--tokenizer", "--data-dir", "--prompt",
-                                             "--steps",   "--ppl",       "--lines",    "--max-tokens",
-                                             "--windows", "--dump-qk",   "--threads"};
+    if (a == "--identity") {
+      o.identity = true;
+      continue;
+    }
+    static const char* const with_value[] = {
+        "--model",   "--tokenizer", "--data-dir", "--prompt",     "--steps", "--ppl",    "--lines", "--max-tokens",
+        "--windows", "--dump-qk",   "--threads",  "--projection", "--k",     "--energy", "--select", "--r",
+        "--block"};
     if (std::find(std::begin(with_value), std::end(with_value), a) == std::end(with_value)) {
       std::fprintf(stderr, "aqua_llama: unknown argument %s\n", a.c_str());
       usage(2);
@@ -98,7 +124,32 @@ options parse(int argc, char** argv) {
       o.dump_qk = v;
     else if (a == "--threads")
       o.threads = to_int("--threads", v);
+    else if (a == "--block")
+      o.block = to_int("--block", v);
+    else if (a == "--projection")
+      o.projection = v;
+    else if (a == "--k")
+      o.k = to_int("--k", v);
+    else if (a == "--r")
+      o.r = to_int("--r", v);
+    else if (a == "--select")
+      o.select = v;
+    else if (a == "--energy") {
+      char* end = nullptr;
+      o.energy = std::strtod(v, &end);
+      AQUA_CHECK(end != v && *end == '\0' && o.energy > 0 && o.energy <= 1,
+                 "aqua_llama: --energy needs a fraction in (0, 1], got '", v, "'");
+    }
   }
+  AQUA_CHECK(!(o.identity && !o.projection.empty()), "aqua_llama: --identity and --projection exclude each other");
+  AQUA_CHECK(o.select == "per-head" || o.select == "group", "aqua_llama: --select must be per-head or group, got '",
+             o.select, "'");
+  if (o.aqua())
+    AQUA_CHECK((o.k > 0) != (o.energy > 0), "aqua_llama: AQUA attention needs exactly one of --k K and --energy TAU");
+  else
+    AQUA_CHECK(o.k == 0 && o.energy == 0 && o.r == 0 && o.select == "per-head",
+               "aqua_llama: --k, --energy, --select and --r need --projection FILE or --identity");
+  AQUA_CHECK(o.block == 0 || !o.generate, "aqua_llama: --block needs --ppl");
   AQUA_CHECK(o.dump_qk.empty() || !o.generate, "aqua_llama: --dump-qk needs --ppl");
   AQUA_CHECK(o.lines.empty() || !o.generate, "aqua_llama: --lines needs --ppl");
   AQUA_CHECK(o.windows == 1 || !o.generate, "aqua_llama: --windows needs --ppl");
@@ -151,6 +202,41 @@ std::string json_string(const std::string& s) {
   return out + "\"";
 }
 
+/// Dense attention, or AQUA over projected caches built from the projection file (or identity).
+std::unique_ptr<llama2c::attention_backend> make_attention(const options& o, const llama2c::config& c) {
+  if (!o.aqua()) return std::make_unique<llama2c::dense_attention>(o.threads);
+  const aqua::projection_set projections =
+      o.identity ? aqua::projection_set::identity(c.n_layers, c.n_kv_heads, c.head_dim(), c.n_heads / c.n_kv_heads)
+                 : aqua::load_projection_set(o.projection);
+  AQUA_CHECK(projections.layers() == c.n_layers && projections.kv_heads() == c.n_kv_heads &&
+                 projections.d() == c.head_dim(),
+             "aqua_llama: the projection file '", o.projection, "' holds ", projections.layers(), " layers x ",
+             projections.kv_heads(), " KV heads of d = ", projections.d(), " but the model has ", c.n_layers, " x ",
+             c.n_kv_heads, " of d = ", c.head_dim());
+  llama2c::aqua_attention_options a;
+  a.select = o.energy > 0 ? aqua::selection_spec::energy(o.energy) : aqua::selection_spec::top_k(o.k);
+  a.mode = o.select == "group" ? aqua::selection_mode::group : aqua::selection_mode::per_head;
+  a.rank = o.r;
+  a.threads = o.threads;
+  return std::make_unique<llama2c::aqua_attention>(projections, a);
+}
+
+/// Mean dims kept per query: k, or the measured mean under energy selection.
+double mean_k(const options& o, const llama2c::attention_backend& attention) {
+  if (!o.aqua()) return 0;
+  if (o.energy > 0) return static_cast<const llama2c::aqua_attention&>(attention).mean_selected();
+  return o.k;
+}
+
+std::string selection_text(const options& o, const llama2c::attention_backend& attention) {
+  char buf[96];
+  if (o.energy > 0)
+    std::snprintf(buf, sizeof buf, "energy %.4g (mean k %.3f)", o.energy, mean_k(o, attention));
+  else
+    std::snprintf(buf, sizeof buf, "k = %d", o.k);
+  return buf;
+}
+
 int run(const options& o) {
   const std::string data_dir = llama2c::resolve_data_dir(o.data_dir, AQUA_LLAMA2C_REPO_ROOT);
   auto default_path = [&](const std::string& given, const char* file) {
@@ -163,9 +249,9 @@ int run(const options& o) {
   const llama2c::checkpoint model = llama2c::checkpoint::load(default_path(o.model, "stories260K.bin"));
   const llama2c::tokenizer tok =
       llama2c::tokenizer::load(default_path(o.tokenizer, "tok512.bin"), model.cfg().vocab_size);
-  llama2c::dense_attention attention(o.threads);
-  llama2c::transformer engine(model, attention);
   const auto& c = model.cfg();
+  std::unique_ptr<llama2c::attention_backend> attention = make_attention(o, c);
+  llama2c::transformer engine(model, *attention);
   std::fprintf(stderr,
                "model %s: dim %d, hidden %d, layers %d, heads %d/%d (head dim %d), vocab %d, context %d\n",
                model.path().c_str(), c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim(),
@@ -183,10 +269,10 @@ int run(const options& o) {
     const double s = seconds();
     std::printf("%s\n", g.text.c_str());
     std::fprintf(stderr, "%zu tokens in %.3f s (%.0f tok/s), attention %s\n", g.tokens.size(), s,
-                 static_cast<double>(g.tokens.size()) / s, attention.name());
+                 static_cast<double>(g.tokens.size()) / s, attention->name());
     if (o.json)
       std::printf("{\"mode\": \"generate\", \"attention\": \"%s\", \"tokens\": %zu, \"text\": %s}\n",
-                  attention.name(), g.tokens.size(), json_string(g.text).c_str());
+                  attention->name(), g.tokens.size(), json_string(g.text).c_str());
     return 0;
   }
 
@@ -208,14 +294,20 @@ int run(const options& o) {
   if (!o.dump_qk.empty())
     engine.set_qk_observer([&](int layer, aqua::index_t, aqua::tensor3_view<const float> q,
                                aqua::tensor3_view<const float> k) { dump.add(layer, q, k); });
-  const llama2c::perplexity_result r = llama2c::perplexity(engine, windows);
+  // Group-shared selection exists in decode only, so it is measured token by token.
+  const int block = o.block > 0 ? o.block : o.select == "group" ? 1 : 0;
+  const llama2c::perplexity_result r = llama2c::perplexity(engine, windows, block);
   const double s = seconds();
   std::printf(
       "perplexity %.4f over %d tokens in %zu window(s) (%d predicted), mean NLL %.5f nats, attention %s, "
       "%s%s%s\n",
-      r.perplexity, r.tokens, windows.size(), r.predicted, r.mean_nll, attention.name(), text_path.c_str(),
+      r.perplexity, r.tokens, windows.size(), r.predicted, r.mean_nll, attention->name(), text_path.c_str(),
       o.lines.empty() ? "" : " lines ", o.lines.c_str());
   std::fprintf(stderr, "%.3f s (%.0f tok/s)\n", s, r.tokens / s);
+  if (o.aqua())
+    std::printf("aqua: %s, %s selection, %s, r = %d%s\n", o.identity ? "identity bases" : o.projection.c_str(),
+                o.select.c_str(), selection_text(o, *attention).c_str(), o.r == 0 ? c.head_dim() : o.r,
+                block == 1 ? ", token by token" : "");
   if (!o.dump_qk.empty()) {
     std::filesystem::create_directories(o.dump_qk);
     const aqua::index_t rows = dump.write(o.dump_qk);
@@ -227,9 +319,11 @@ int run(const options& o) {
   if (o.json)
     std::printf(
         "{\"mode\": \"perplexity\", \"attention\": \"%s\", \"perplexity\": %.6f, \"mean_nll\": %.8f, "
-        "\"tokens\": %d, \"predicted\": %d, \"windows\": %zu, \"text_file\": %s, \"lines\": %s}\n",
-        attention.name(), r.perplexity, r.mean_nll, r.tokens, r.predicted, windows.size(),
-        json_string(text_path).c_str(), json_string(o.lines).c_str());
+        "\"tokens\": %d, \"predicted\": %d, \"windows\": %zu, \"text_file\": %s, \"lines\": %s, "
+        "\"k\": %d, \"energy\": %g, \"mean_k\": %.4f, \"select\": \"%s\", \"r\": %d, \"block\": %d}\n",
+        attention->name(), r.perplexity, r.mean_nll, r.tokens, r.predicted, windows.size(),
+        json_string(text_path).c_str(), json_string(o.lines).c_str(), o.k, o.energy, mean_k(o, *attention),
+        o.select.c_str(), o.r == 0 ? c.head_dim() : o.r, block);
   return 0;
 }
 

@@ -1,0 +1,124 @@
+// The AQUA attention backend of the llama2.c engine: what an inference engine adds to use aqua.
+//
+// Per layer it keeps an aqua::kv_cache built from that layer's per-KV-head projection bases (a
+// projection_set from aqua_calibrate, or the identity), so keys are stored already projected
+// (k~ = k P, truncated to the first r dims when asked). `append` feeds the new keys and values to
+// the layer's cache; `attend` runs aqua_decode for one new token (M = 1) and aqua_prefill for a
+// block (M > 1). The engine's own dense cache is not read: AQUA reads only its projected keys.
+//
+// Selection: per_head (each query head keeps its own top-k dims, the paper's rule) or group (one
+// set per KV group from the summed magnitudes of the group's query heads). aqua_prefill selects
+// per head in either mode, so a group-shared figure needs token-by-token decoding (M = 1).
+#pragma once
+
+#include <aqua/attention.hpp>
+#include <aqua/kv_cache.hpp>
+#include <aqua/projection.hpp>
+#include <aqua/select.hpp>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "transformer.hpp"
+
+namespace llama2c {
+
+struct aqua_attention_options {
+  /// How many projected dims each query (or group) keeps: top_k(k) or energy(tau).
+  aqua::selection_spec select = aqua::selection_spec::top_k(1);
+  aqua::selection_mode mode = aqua::selection_mode::per_head;
+  /// Static truncation: keep the first r projected dims of every key (0 = all d).
+  index_t rank = 0;
+  int threads = 1;
+};
+
+class aqua_attention final : public attention_backend {
+ public:
+  /// One cache per layer of `projections` (layers x Hkv bases of dimension d).
+  aqua_attention(const aqua::projection_set& projections, const aqua_attention_options& options)
+      : options_(options) {
+    constexpr const char* fn = "llama2c::aqua_attention";
+    AQUA_CHECK(!projections.empty(), fn, ": the projection set is empty");
+    const index_t d = projections.d();
+    const index_t r = options.rank == 0 ? d : options.rank;
+    AQUA_CHECK(r >= 1 && r <= d, fn, ": rank r = ", options.rank, " must lie in [1, d = ", d, "] (0 means d)");
+    aqua::detail::validate_selection(options.select, r, fn);
+    aqua::kv_cache_options cache_options;
+    // One tile of exactly r dims when truncating (the cache keeps whole tiles), else aqua's default.
+    if (r < d) cache_options.tile_dims = r;
+    cache_options.rank = r;
+    for (index_t l = 0; l < projections.layers(); ++l) {
+      std::vector<aqua::matrix_view<const float>> bases;
+      for (index_t h = 0; h < projections.kv_heads(); ++h) bases.push_back(projections.head(l, h).basis_view());
+      caches_.emplace_back(bases, cache_options);
+    }
+    aqua_options_.mode = options.mode;
+    aqua_options_.threads = options.threads;
+    aqua_options_.workspace = &workspace_;
+  }
+
+  void append(int layer, index_t, aqua::tensor3_view<const float> keys,
+              aqua::tensor3_view<const float> values) override {
+    mutable_cache(layer).append(keys, values);
+  }
+
+  void attend(int layer, aqua::tensor3_view<const float> q, aqua::tensor3_view<const float>,
+              aqua::tensor3_view<const float>, aqua::tensor3_view<float> out) override {
+    const aqua::kv_cache& c = cache(layer);
+    if (options_.select.type == aqua::selection_spec::kind::energy) count_selected(c, q);
+    if (q.extent(1) == 1) {
+      aqua::matrix_view<const float> q1(q.data(), {q.extent(0), q.extent(2)}, {q.stride(0), q.stride(2)});
+      aqua::matrix_view<float> out1(out.data(), {out.extent(0), out.extent(2)}, {out.stride(0), out.stride(2)});
+      aqua::aqua_decode(q1, c, options_.select, out1, aqua_options_);
+    } else {
+      aqua::aqua_prefill(q, c, options_.select, out, aqua_options_);
+    }
+  }
+
+  void reset() override {
+    for (auto& c : caches_) c.clear();
+  }
+
+  const char* name() const override { return "aqua"; }
+
+  /// Mean number of dims selected per query head and token (energy selection only; for top_k it
+  /// is k). Counted with the engine's rule: group mode sums the group's magnitudes and energies.
+  double mean_selected() const { return queries_ == 0 ? 0.0 : selected_ / queries_; }
+
+  const aqua::kv_cache& cache(int layer) const { return caches_[static_cast<std::size_t>(layer)]; }
+
+ private:
+  aqua::kv_cache& mutable_cache(int layer) { return caches_[static_cast<std::size_t>(layer)]; }
+
+  // Energy selection keeps a data-dependent number of dims; count them for the report.
+  void count_selected(const aqua::kv_cache& c, aqua::tensor3_view<const float> q) {
+    const index_t hq = q.extent(0), m = q.extent(1), r = c.rank(), g = hq / c.kv_heads();
+    const bool group = options_.mode != aqua::selection_mode::per_head && m == 1;
+    std::vector<float> proj(static_cast<std::size_t>(r)), weight(proj.size()), energy(proj.size());
+    std::vector<index_t> order(proj.size());
+    for (index_t t = 0; t < m; ++t)
+      for (index_t h0 = 0; h0 < hq; h0 += group ? g : 1) {
+        std::fill(weight.begin(), weight.end(), 0.0f);
+        std::fill(energy.begin(), energy.end(), 0.0f);
+        for (index_t h = h0; h < h0 + (group ? g : 1); ++h) {
+          c.project(h / g, &q(h, t, 0), q.stride(2), proj.data());
+          for (index_t i = 0; i < r; ++i) {
+            weight[static_cast<std::size_t>(i)] += std::abs(proj[static_cast<std::size_t>(i)]);
+            energy[static_cast<std::size_t>(i)] += proj[static_cast<std::size_t>(i)] * proj[static_cast<std::size_t>(i)];
+          }
+        }
+        const index_t n = aqua::detail::select_ranked(weight.data(), energy.data(), r, options_.select, order.data());
+        selected_ += static_cast<double>(n) * (group ? g : 1);
+        queries_ += group ? g : 1;
+      }
+  }
+
+  aqua_attention_options options_;
+  std::vector<aqua::kv_cache> caches_;
+  aqua::aqua_options aqua_options_;
+  aqua::aqua_workspace workspace_;
+  double selected_ = 0, queries_ = 0;
+};
+
+}  // namespace llama2c
