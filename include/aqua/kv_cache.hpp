@@ -194,19 +194,7 @@ public:
   void reserve(index_t tokens) {
     AQUA_CHECK(tokens >= 0, "aqua::kv_cache::reserve: tokens must be >= 0, got ", tokens);
     if (tokens <= cap_) return;
-    const index_t new_cap = round_up(tokens);
-    const index_t used_blocks = padded_tokens() / block_tokens;
-    for (auto& tile : keys_) {
-      auto fresh = detail::allocate_zeroed(new_cap * tile_);
-      if (used_blocks) std::memcpy(fresh.get(), tile.get(), static_cast<std::size_t>(used_blocks * block_tokens * tile_) * sizeof(float));
-      tile = std::move(fresh);
-    }
-    for (auto& vals : values_) {
-      auto fresh = detail::allocate_zeroed(new_cap * d_);
-      if (n_) std::memcpy(fresh.get(), vals.get(), static_cast<std::size_t>(n_ * d_) * sizeof(float));
-      vals = std::move(fresh);
-    }
-    cap_ = new_cap;
+    reallocate(round_up(tokens));
   }
 
   /// Appends T tokens for every KV head: keys and values [Hkv, T, d] (any strides). Keys are
@@ -325,7 +313,20 @@ public:
   /// growth expected before the next eviction (no reallocation, no doubling on the next append).
   void shrink_to_fit(index_t tokens = 0) {
     const index_t new_cap = std::max(round_up(std::max(n_, tokens)), block_tokens);
-    if (new_cap >= cap_) return;
+    if (new_cap < cap_) reallocate(new_cap);
+  }
+
+  /// Forgets every token (memory is kept); positions restart at 0.
+  void clear() {
+    for (auto& tile : keys_) std::memset(tile.get(), 0, static_cast<std::size_t>(cap_ * tile_) * sizeof(float));
+    n_ = 0;
+    next_position_ = 0;
+    for (auto& pos : positions_) pos.clear();
+  }
+
+private:
+  /// Moves the stored tokens (whole used key blocks, n_ value rows) into arrays of `new_cap` tokens.
+  void reallocate(index_t new_cap) {
     const index_t used = padded_tokens();
     for (auto& tile : keys_) {
       auto fresh = detail::allocate_zeroed(new_cap * tile_);
@@ -339,16 +340,6 @@ public:
     }
     cap_ = new_cap;
   }
-
-  /// Forgets every token (memory is kept); positions restart at 0.
-  void clear() {
-    for (auto& tile : keys_) std::memset(tile.get(), 0, static_cast<std::size_t>(cap_ * tile_) * sizeof(float));
-    n_ = 0;
-    next_position_ = 0;
-    for (auto& pos : positions_) pos.clear();
-  }
-
-private:
   static index_t round_up(index_t tokens) { return (tokens + block_tokens - 1) / block_tokens * block_tokens; }
   index_t padded_tokens() const noexcept { return round_up(n_); }
 
