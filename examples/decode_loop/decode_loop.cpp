@@ -297,7 +297,7 @@ int sweep_rank(const config& c) {
                 "cache_MiB", "model_MiB", "dense_MiB", "err(k=r)", "err(k=r/2)");
   for (std::size_t i = 0; i < ranks.size(); ++i) {
     const auto model = aqua::kv_cache_bytes(cost_of(c, ranks[i]), double(c.n));
-    const double model_bytes = model.aqua_bytes + model.projection_bytes * double(ranks[i]) / double(c.d);
+    const double model_bytes = model.aqua_bytes + model.projection_bytes;
     const double e1 = median(err_all[i]), e2 = median(err_half[i]);
     if (c.json)
       std::printf("{\"r\":%lld,\"n\":%lld,\"d\":%lld,\"cache_bytes\":%zu,\"model_bytes\":%.0f,\"dense_bytes\":%.0f,"
