@@ -164,6 +164,9 @@ inline void draw_marker(std::FILE* f, const panel& p, double n, double value, co
                  p.px(n), p.py(std::min(value, p.y_max)), radius, fill);
 }
 
+/// Height of a legend box of `entries` rows.
+inline double legend_height(std::size_t entries) { return 18 * double(entries) + 12; }
+
 struct legend_entry {
   std::string label;
   const char* color;
@@ -171,10 +174,16 @@ struct legend_entry {
   bool marker = false;  // a dot on the line sample (measured points)
 };
 
-/// A legend box in the bottom-right corner of the panel.
-inline void draw_legend(std::FILE* f, const panel& p, const std::vector<legend_entry>& entries, double box_w = 220) {
-  const double row = 18, box_h = row * double(entries.size()) + 12;
-  const double lx = p.x + p.width - box_w - 10, ly = p.y + p.height - box_h - 10;
+/// Where a legend goes: inside the panel (a corner) or under it, below the x-axis label.
+enum class corner { bottom_right, top_left, below };
+
+/// A legend box in a corner of the panel (bottom right by default).
+inline void draw_legend(std::FILE* f, const panel& p, const std::vector<legend_entry>& entries, double box_w = 220,
+                        corner where = corner::bottom_right) {
+  const double row = 18, box_h = legend_height(entries.size());
+  const bool top_left = where == corner::top_left, below = where == corner::below;
+  const double lx = below ? p.x : top_left ? p.x + 10 : p.x + p.width - box_w - 10;
+  const double ly = below ? p.y + p.height + 56 : top_left ? p.y + 10 : p.y + p.height - box_h - 10;
   std::fprintf(f,
                "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"#fff\" fill-opacity=\"0.9\" "
                "stroke=\"#bbb\"/>\n",
