@@ -41,6 +41,8 @@
 // engine not using AQUA runs; projected is dense_decode over AQUA's own projected cache (it projects
 // the query too, so that fixed cost cancels); reference is the exact Eigen kernel on token-major
 // raw keys and values (slower than the tiled kernel: it measures the kernels, not the method).
+// In decode mode --baseline takes plain or projected (the default, for comparability with earlier
+// tables); with --basis identity both are the same cache.
 #include <aqua/attention.hpp>
 #include <aqua/cost_model.hpp>
 #include <aqua/h2o.hpp>
@@ -91,7 +93,7 @@ struct config {
   index_t budget = 0;      // --budget: H2O token budget of the AQUA side (decode); 0: no eviction
   bool sweep = false;      // --sweep-break-even
   index_t sweep_min = 64, sweep_max = 32768;
-  std::string baseline = "plain";  // --baseline (sweep): projected | plain | reference
+  std::string baseline;  // --baseline: projected | plain | reference (sweep only); default plain (sweep), projected
 };
 
 std::vector<std::string> split(const std::string& s, char sep = ',') {
@@ -175,8 +177,11 @@ config parse(int argc, char** argv) {
     if (!reps_given) c.reps = 15;
     if (c.sweep_min < 16 || c.sweep_max < c.sweep_min) usage("--sweep-n needs 16 <= MIN <= MAX");
     if (c.budget > 0) usage("--sweep-break-even does not take --budget");
-  } else if (baseline_given) {
-    usage("--baseline is a --sweep-break-even option");
+    if (!baseline_given) c.baseline = "plain";
+  } else {
+    if (!baseline_given) c.baseline = "projected";
+    if (c.baseline == "reference" || (baseline_given && c.mode != "decode"))
+      usage("--baseline reference is a --sweep-break-even option; --baseline takes effect in decode mode");
   }
   if (c.mode != "decode" && c.mode != "prefill") usage("--mode must be decode or prefill");
   for (const auto& s : c.select)
@@ -299,7 +304,8 @@ void print(const config& c, const result& r, bool header) {
       std::printf(",\"m\":%lld,\"dense_score_ms\":%.4f,\"aqua_score_ms\":%.4f,\"score_speedup\":%.4f", (long long)r.m,
                   r.dense_score_ms, r.aqua_score_ms, r.score_speedup);
     if (r.budget > 0) std::printf(",\"budget\":%lld", (long long)r.budget);
-    std::printf(",\"basis\":\"%s\",\"clock\":\"%s\"}\n", r.basis.c_str(), c.cpu_clock ? "cpu" : "wall");
+    std::printf(",\"basis\":\"%s\",\"baseline\":\"%s\",\"clock\":\"%s\"}\n", r.basis.c_str(), c.baseline.c_str(),
+                c.cpu_clock ? "cpu" : "wall");
   } else {
     if (header) {
       std::printf("%-8s %6s %4s %4s %4s/%-3s %2s %-9s %9s %9s %7s %8s %8s %8s %9s %6s", "mode", "n", "d", "k", "hq",
@@ -383,11 +389,21 @@ void run_decode(const config& c, double bandwidth) {
   const synthetic data(c);
   for (index_t n : c.n) {
     aqua::kv_cache cache = data.make_cache(n);
-    auto fill = [&](aqua::kv_cache& target) {
+    // --baseline plain with a random basis: dense runs on a cache without projection holding the
+    // raw keys (with the identity basis the projected cache is that cache already).
+    const bool separate_plain = c.baseline == "plain" && !data.bases.empty();
+    aqua::kv_cache plain(c.hkv, c.d, {c.tile, 0, separate_plain ? n : 1});
+    auto fill = [&](aqua::kv_cache& target, bool keep_plain) {
       std::mt19937 rng(1000);  // the same seed: an evicted copy holds the same tokens
-      aqua_examples::append_spectrum_tokens(rng, data.spectrum, data.bases, n, {&target});
+      aqua_examples::append_spectrum_tokens(rng, data.spectrum, data.bases, n, {&target},
+                                            [&](const float* keys, const float* values, index_t cnt) {
+                                              if (keep_plain)
+                                                plain.append(aqua::make_view(keys, c.hkv, cnt, c.d),
+                                                             aqua::make_view(values, c.hkv, cnt, c.d));
+                                            });
     };
-    fill(cache);
+    fill(cache, separate_plain);
+    const aqua::kv_cache& dense_cache = separate_plain ? plain : cache;
     std::unique_ptr<aqua::kv_cache> evicted;  // --budget: the AQUA side's cache after H2O eviction
     // --budget: the queries of a head share a persistent direction m, as over the steps of a real
     // model: q = m + 0.5 z, z fresh per step (the warm-up steps and the timed one).
@@ -403,7 +419,7 @@ void run_decode(const config& c, double bandwidth) {
       for (index_t k : c.k) {
         if (c.budget > 0 && c.budget < n) {
           evicted = std::make_unique<aqua::kv_cache>(data.make_cache(n));
-          fill(*evicted);
+          fill(*evicted, false);
           aqua::h2o_policy policy(c.hkv, {c.budget, c.budget / 2, 0, true});
           aqua::aqua_options aopt;
           aopt.mode = mode_of(sel);
@@ -417,7 +433,7 @@ void run_decode(const config& c, double bandwidth) {
           policy.evict(*evicted);
         }
         const aqua::kv_cache& acache = evicted ? *evicted : cache;
-        const decode_measurement m = measure_decode(c, {&cache, nullptr, nullptr, 0}, acache, q, k, sel, 0.0);
+        const decode_measurement m = measure_decode(c, {&dense_cache, nullptr, nullptr, 0}, acache, q, k, sel, 0.0);
         result r;
         r.mode = "decode";
         r.select = sel;
