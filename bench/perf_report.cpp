@@ -68,59 +68,117 @@ std::string opt_number(const json& j, const char* key, const char* f) {
   return fmt(f, j[key].get<double>());
 }
 
-void write_decode_table(std::FILE* f, std::vector<json> rows) {
-  std::sort(rows.begin(), rows.end(), [](const json& a, const json& b) {
-    return std::make_tuple(a["threads"].get<int>(), a["select"].get<std::string>(), a["k"].get<long long>(),
-                           a["n"].get<long long>()) < std::make_tuple(b["threads"].get<int>(),
-                                                                      b["select"].get<std::string>(),
-                                                                      b["k"].get<long long>(), b["n"].get<long long>());
-  });
-  std::fprintf(f,
-               "| threads | select | k | N | dense ms | AQUA ms | speedup | dense GB/s (%% of bw) | AQUA GB/s (%% of bw) "
-               "| key bytes read | rel. error |\n");
-  std::fprintf(f, "|---:|:---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-  for (const auto& r : rows) {
-    const double bw = r["bandwidth_gbps"].get<double>();
-    const double dg = r["dense_gbps"].get<double>(), ag = r["aqua_gbps"].get<double>();
-    std::fprintf(f, "| %d | %s | %lld | %s | %.3f | %.3f | **%.2f** | %.1f (%.0f %%) | %.1f (%.0f %%) | %.0f %% | %.2g |\n",
-                 r["threads"].get<int>(), r["select"].get<std::string>().c_str(), r["k"].get<long long>(),
-                 n_text(r["n"].get<long long>()).c_str(), r["dense_ms"].get<double>(), r["aqua_ms"].get<double>(),
-                 r["speedup"].get<double>(), dg, 100 * dg / bw, ag, 100 * ag / bw,
-                 100 * r["key_fraction_read"].get<double>(), r["rel_err"].get<double>());
+double median_of(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const std::size_t h = v.size() / 2;
+  return v.empty() ? 0.0 : v.size() % 2 ? v[h] : 0.5 * (v[h - 1] + v[h]);
+}
+
+/// "1.27" for one run, "1.27 (1.21-1.29)" for the median and range over several.
+std::string median_range(const std::vector<double>& v, const char* f) {
+  if (v.empty()) return "-";
+  std::string out = fmt(f, median_of(v));
+  if (v.size() > 1) {
+    const auto [lo, hi] = std::minmax_element(v.begin(), v.end());
+    out += " (" + fmt(f, *lo) + "–" + fmt(f, *hi) + ")";
   }
-  std::set<std::pair<int, double>> bws;
-  for (const auto& r : rows) bws.insert({r["threads"].get<int>(), r["bandwidth_gbps"].get<double>()});
-  std::fprintf(f, "\nMeasured memory-read bandwidth (bw):");
-  for (const auto& [t, b] : bws) std::fprintf(f, " %.1f GB/s with %d thread%s;", b, t, t == 1 ? "" : "s");
+  return out;
+}
+
+std::vector<double> field(const std::vector<json>& rows, const char* key) {
+  std::vector<double> v;
+  for (const auto& r : rows) v.push_back(r[key].get<double>());
+  return v;
+}
+
+/// One row per (threads, select, k), one column per N: the speedup (median and range over the
+/// runs given), then time and bandwidth at the largest N.
+void write_decode_table(std::FILE* f, const std::vector<json>& rows) {
+  using key = std::tuple<int, std::string, long long>;
+  std::map<key, std::map<long long, std::vector<json>>> cells;
+  std::set<long long> ns;
+  std::map<int, std::vector<double>> bandwidth;
+  std::size_t runs = 1;
+  for (const auto& r : rows) {
+    const long long n = r["n"].get<long long>();
+    auto& cell = cells[{r["threads"].get<int>(), r["select"].get<std::string>(), r["k"].get<long long>()}][n];
+    cell.push_back(r);
+    runs = std::max(runs, cell.size());
+    ns.insert(n);
+  }
+  for (const auto& r : rows) bandwidth[r["threads"].get<int>()].push_back(r["bandwidth_gbps"].get<double>());
+  const long long n_max = *ns.rbegin();
+  std::fprintf(f, "| threads | select | k |");
+  for (long long n : ns) std::fprintf(f, " speedup, N = %s |", n_text(n).c_str());
+  std::fprintf(f, " dense / AQUA ms, N = %s | dense GB/s (%% of bw) | AQUA GB/s (%% of bw) | key bytes read | rel. error |\n",
+               n_text(n_max).c_str());
+  std::fprintf(f, "|---:|:---|---:|");
+  for (std::size_t i = 0; i < ns.size(); ++i) std::fprintf(f, "---:|");
+  std::fprintf(f, "---:|---:|---:|---:|---:|\n");
+  for (const auto& [k, by_n] : cells) {
+    std::fprintf(f, "| %d | %s | %lld |", std::get<0>(k), std::get<1>(k).c_str(), std::get<2>(k));
+    for (long long n : ns) {
+      const auto it = by_n.find(n);
+      std::fprintf(f, " %s |", it == by_n.end() ? "-" : median_range(field(it->second, "speedup"), "%.2f").c_str());
+    }
+    const auto it = by_n.find(n_max);
+    if (it == by_n.end()) {
+      std::fprintf(f, " - | - | - | - | - |\n");
+      continue;
+    }
+    const auto& last = it->second;
+    const double bw = median_of(field(last, "bandwidth_gbps"));
+    const double dg = median_of(field(last, "dense_gbps")), ag = median_of(field(last, "aqua_gbps"));
+    std::fprintf(f, " %.2f / %.2f | %.1f (%.0f %%) | %.1f (%.0f %%) | %.0f %% | %.2g |\n",
+                 median_of(field(last, "dense_ms")), median_of(field(last, "aqua_ms")), dg, 100 * dg / bw, ag,
+                 100 * ag / bw, 100 * median_of(field(last, "key_fraction_read")), median_of(field(last, "rel_err")));
+  }
+  std::fprintf(f, "\nSpeedup: dense time / AQUA time, median of interleaved pairs%s. Memory-read bandwidth (bw) "
+                  "measured by aqua_compare:",
+               runs > 1 ? (", median (range) over " + std::to_string(runs) + " runs").c_str() : "");
+  for (const auto& [t, b] : bandwidth)
+    std::fprintf(f, " %s GB/s with %d thread%s;", median_range(b, "%.1f").c_str(), t, t == 1 ? "" : "s");
   std::fprintf(f, " GB/s columns: bytes each side must read (AQUA: the key tiles it read, all values) per second.\n");
 }
 
-void write_break_even_table(std::FILE* f, std::vector<json> rows) {
-  std::sort(rows.begin(), rows.end(), [](const json& a, const json& b) {
-    return std::make_tuple(a["threads"].get<int>(), a["baseline"].get<std::string>(), a["select"].get<std::string>(),
-                           -a["k"].get<long long>()) < std::make_tuple(b["threads"].get<int>(),
-                                                                       b["baseline"].get<std::string>(),
-                                                                       b["select"].get<std::string>(),
-                                                                       -b["k"].get<long long>());
-  });
+/// One row per (threads, baseline, select, k): measured break-even (median and range over runs)
+/// against the model's.
+void write_break_even_table(std::FILE* f, const std::vector<json>& rows) {
+  using key = std::tuple<int, std::string, std::string, long long>;
+  std::map<key, std::vector<json>> groups;
+  for (const auto& r : rows)
+    groups[{r["threads"].get<int>(), r["baseline"].get<std::string>(), r["select"].get<std::string>(),
+            -r["k"].get<long long>()}]
+        .push_back(r);
   std::fprintf(f,
-               "| threads | dense baseline | select | k | measured N* (last loss) | model N*, FLOPs | model N*, bytes "
-               "| key bytes read (model) | speedup at the largest N |\n");
-  std::fprintf(f, "|---:|:---|:---|---:|---:|---:|---:|---:|---:|\n");
-  for (const auto& r : rows) {
+               "| threads | dense baseline | select | k | measured N* | model N*, FLOPs | model N*, bytes "
+               "| key bytes read (model) | speedup at the largest N | runs |\n");
+  std::fprintf(f, "|---:|:---|:---|---:|---:|---:|---:|---:|---:|---:|\n");
+  for (const auto& [k, group] : groups) {
+    std::vector<double> measured, last_speedup;
+    std::size_t never = 0;
+    for (const auto& r : group) {
+      if (r["measured_break_even"].is_null())
+        ++never;
+      else
+        measured.push_back(r["measured_break_even"].get<double>());
+      if (!r["points"].empty()) last_speedup.push_back(r["points"].back()["speedup"].get<double>());
+    }
+    std::string m = measured.empty() ? std::string("not within the sweep") : median_range(measured, "%.0f");
+    if (never > 0 && !measured.empty()) m += ", " + std::to_string(never) + " run(s) not within the sweep";
+    const json& r = group.front();
     const auto& pts = r["points"];
-    const std::string measured = r["measured_break_even"].is_null()
-                                     ? std::string("not within the sweep")
-                                     : std::to_string(r["measured_break_even"].get<long long>());
-    const long long last_loss = r["last_loss_n"].get<long long>();
-    std::fprintf(f, "| %d | %s | %s | %lld | **%s** (%s) | %s | %s | %.0f %% (%.0f %%) | %.2f at %s |\n",
-                 r["threads"].get<int>(), r["baseline"].get<std::string>().c_str(), r["select"].get<std::string>().c_str(),
-                 r["k"].get<long long>(), measured.c_str(), last_loss > 0 ? std::to_string(last_loss).c_str() : "none",
+    std::fprintf(f, "| %d | %s | %s | %lld | **%s** | %s | %s | %.0f %% (%.0f %%) | %s at %s | %zu |\n",
+                 std::get<0>(k), std::get<1>(k).c_str(), std::get<2>(k).c_str(), -std::get<3>(k), m.c_str(),
                  opt_number(r, "model_break_even_flops", "%.0f").c_str(),
-                 opt_number(r, "model_break_even_bytes", "%.0f").c_str(), 100 * r["key_fraction_read"].get<double>(),
-                 100 * r["model_key_fraction"].get<double>(), pts.empty() ? 0.0 : pts.back()["speedup"].get<double>(),
-                 pts.empty() ? "-" : n_text(pts.back()["n"].get<long long>()).c_str());
+                 opt_number(r, "model_break_even_bytes", "%.0f").c_str(),
+                 100 * median_of(field(group, "key_fraction_read")), 100 * r["model_key_fraction"].get<double>(),
+                 median_range(last_speedup, "%.2f").c_str(),
+                 pts.empty() ? "-" : n_text(pts.back()["n"].get<long long>()).c_str(), group.size());
   }
+  std::fprintf(f, "\nMeasured N*: the smallest measured N from which AQUA was faster (median of interleaved pairs) at "
+                  "every larger measured N (doubling from the smallest N, plus three points between the last loss "
+                  "and the next).\n");
 }
 
 aqua::cost_config model_of(const json& r) {
@@ -136,7 +194,42 @@ aqua::cost_config model_of(const json& r) {
   return c;
 }
 
-void write_plot(const std::string& path, const std::vector<json>& sweeps) {
+/// Several runs of one configuration as one: the median speedup at each measured N (refinement
+/// points differ between runs), and the break-even recomputed from those medians.
+std::vector<json> merge_runs(const std::vector<json>& sweeps) {
+  using key = std::tuple<int, std::string, std::string, long long>;
+  std::map<key, std::vector<json>> groups;
+  for (const auto& r : sweeps)
+    groups[{r["threads"].get<int>(), r["baseline"].get<std::string>(), r["select"].get<std::string>(),
+            -r["k"].get<long long>()}]
+        .push_back(r);
+  std::vector<json> merged;
+  for (const auto& entry : groups) {
+    const auto& group = entry.second;
+    std::map<long long, std::vector<double>> by_n;
+    for (const auto& r : group)
+      for (const auto& p : r["points"]) by_n[p["n"].get<long long>()].push_back(p["speedup"].get<double>());
+    json m = group.front();
+    m["points"] = json::array();
+    std::optional<long long> win;
+    for (const auto& [n, v] : by_n) {
+      const double s = median_of(v);
+      m["points"].push_back({{"n", n}, {"speedup", s}});
+      if (s > 1.0) {
+        if (!win) win = n;
+      } else {
+        win.reset();
+      }
+    }
+    m["measured_break_even"] = win ? json(*win) : json(nullptr);
+    m["runs"] = group.size();
+    merged.push_back(m);
+  }
+  return merged;
+}
+
+void write_plot(const std::string& path, const std::vector<json>& all_runs) {
+  const std::vector<json> sweeps = merge_runs(all_runs);
   std::map<int, std::vector<json>> by_threads;
   for (const auto& r : sweeps) by_threads[r["threads"].get<int>()].push_back(r);
   if (by_threads.empty()) usage("--plot needs --sweep data");
@@ -192,8 +285,10 @@ void write_plot(const std::string& path, const std::vector<json>& sweeps) {
         svg::draw_marker(f, p, r["measured_break_even"].get<double>(), 1, svg::color(i), true, 5);
       const std::string measured_be =
           r["measured_break_even"].is_null() ? "none" : std::to_string(r["measured_break_even"].get<long long>());
+      const auto runs = r["runs"].get<std::size_t>();
       legend.push_back({"k = " + std::to_string(r["k"].get<long long>()) + " " + r["select"].get<std::string>() +
-                            ": measured N* " + measured_be,
+                            ": measured" + (runs > 1 ? " (median of " + std::to_string(runs) + " runs)" : "") +
+                            ", N* " + measured_be,
                         svg::color(i), false, true});
       legend.push_back({"model (bytes), N* = " + opt_number(r, "model_break_even_bytes", "%.0f"), svg::color(i), true,
                         false});
@@ -202,8 +297,8 @@ void write_plot(const std::string& path, const std::vector<json>& sweeps) {
     x += panel_w + gap;
   }
   svg::note(f, width / 2, height - 30,
-            "Rings on the 1× line: measured break-even (smallest measured N from which AQUA is faster at every larger "
-            "measured N).");
+            "Rings on the 1× line: measured break-even of the (median) curve: the smallest measured N from which "
+            "AQUA is faster at every larger measured N.");
   svg::note(f, width / 2, height - 14,
             "Generated by bench/performance_report.sh (aqua_compare --sweep-break-even --json, aqua_perf_report); "
             "model: include/aqua/cost_model.hpp.");

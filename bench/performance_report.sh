@@ -12,9 +12,12 @@
 #   performance.md          the markdown tables (machine, decode table with bandwidth fractions,
 #                           measured vs modelled break-even)
 #   measured_speedup.svg    measured speedup against N beside the model (README shows docs/ copy)
+# Every measurement runs AQUA_REPORT_RUNS times (default 2): the tables give the median and the
+# range over the runs, the plot the median curve.
 # Environment: AQUA_REPORT_THREADS (default "1 2"), AQUA_REPORT_REPS (decode pairs, default 10),
 # AQUA_REPORT_SWEEP_REPS (default 15), AQUA_REPORT_CLOCK (cpu|wall, default cpu: robust when
-# other jobs share the cores), AQUA_REPORT_BASIS (random|identity, default random).
+# other jobs share the cores), AQUA_REPORT_BASIS (random|identity, default random), AQUA_REPORT_PNG=1
+# (also render the SVG to PNG with rsvg-convert, to look at it).
 set -euo pipefail
 if [ "$#" -ne 2 ]; then
   echo "usage: $0 BUILD_DIR OUT_DIR" >&2
@@ -23,6 +26,7 @@ fi
 build=$1
 out=$2
 threads=${AQUA_REPORT_THREADS:-1 2}
+runs=${AQUA_REPORT_RUNS:-2}
 reps=${AQUA_REPORT_REPS:-10}
 sweep_reps=${AQUA_REPORT_SWEEP_REPS:-15}
 clock=${AQUA_REPORT_CLOCK:-cpu}
@@ -53,17 +57,19 @@ run() {
 }
 
 start=$(date +%s)
-for t in $threads; do
-  run "$compare" --mode decode --n 1024,4096,16384,32768 --k 32,64,96 --hq 32 --hkv 8 --d 128 \
-    --select per-head,group,tile --threads "$t" --reps "$reps" --clock "$clock" --basis "$basis" --baseline plain --json \
-    >>"$out/decode.jsonl"
-  run "$compare" --sweep-break-even --k 96,32 --select tile,group --hq 32 --hkv 8 --d 128 --sweep-n 64:32768 \
-    --threads "$t" --reps "$sweep_reps" --clock "$clock" --basis "$basis" --json >>"$out/sweep.jsonl"
+for r in $(seq "$runs"); do
+  for t in $threads; do
+    run "$compare" --mode decode --n 1024,4096,16384,32768 --k 32,64,96 --hq 32 --hkv 8 --d 128 \
+      --select per-head,group,tile --threads "$t" --reps "$reps" --clock "$clock" --basis "$basis" --baseline plain \
+      --json >>"$out/decode.jsonl"
+    run "$compare" --sweep-break-even --k 96,32 --select tile,group --hq 32 --hkv 8 --d 128 --sweep-n 64:32768 \
+      --threads "$t" --reps "$sweep_reps" --clock "$clock" --basis "$basis" --json >>"$out/sweep.jsonl"
+  done
+  echo "load after run $r: $(uptime | sed 's/.*load average/load average/')" >>"$log"
 done
 run "$compare" --sweep-break-even --k 96,32 --select tile --hq 32 --hkv 8 --d 128 --sweep-n 16:32768 \
   --baseline projected --threads 1 --reps "$sweep_reps" --clock "$clock" --basis "$basis" --json \
   >"$out/sweep_projected.jsonl"
-echo "load after: $(uptime | sed 's/.*load average/load average/')" >>"$log"
 echo "elapsed: $(($(date +%s) - start)) s" >>"$log"
 
 run "$report" --table "$out/decode.jsonl" --sweep "$out/sweep.jsonl" --sweep "$out/sweep_projected.jsonl" \
@@ -79,7 +85,7 @@ run "$report" --sweep "$out/sweep.jsonl" --plot "$out/measured_speedup.svg"
   cat "$out/tables.md"
 } >"$out/performance.md"
 rm -f "$out/tables.md"
-if command -v rsvg-convert >/dev/null; then
+if [ "${AQUA_REPORT_PNG:-0}" = 1 ] && command -v rsvg-convert >/dev/null; then
   rsvg-convert -o "$out/measured_speedup.png" "$out/measured_speedup.svg"
 fi
 echo "wrote $out/performance.md and $out/measured_speedup.svg" >&2
