@@ -361,8 +361,8 @@ constexpr std::optional<double> break_even_flops_closed_form(std::int64_t d, std
   AQUA_CHECK(d >= 1, "aqua::break_even_flops_closed_form: d = ", d, " must be at least 1");
   AQUA_CHECK(r >= 0 && r <= d, "aqua::break_even_flops_closed_form: r = ", r, " must be in [0, d = ", d, "]");
   const std::int64_t stored = r == 0 ? d : r;
-  AQUA_CHECK(k >= 1 && k <= stored, "aqua::break_even_flops_closed_form: k = ", k, " must be in [1, ", stored,
-             "] (r or d)");
+  AQUA_CHECK(k >= 1 && k <= stored, "aqua::break_even_flops_closed_form: k = ", k, " must be in [1, ",
+             r == 0 ? "d = " : "r = ", stored, "]");
   AQUA_CHECK(group >= 1, "aqua::break_even_flops_closed_form: group = ", group, " must be at least 1");
   if (k == d) return std::nullopt;
   const double base = double(d) * double(stored) / double(d - k);
