@@ -32,7 +32,8 @@ void BM_project_query_head(benchmark::State& state) {
   const double iters = double(state.iterations()), dd = double(d);
   state.counters["heads/s"] = benchmark::Counter(iters, benchmark::Counter::kIsRate);
   state.counters["FLOP/s"] = benchmark::Counter(iters * 2.0 * dd * dd, benchmark::Counter::kIsRate);
-  state.counters["bytes/s"] = benchmark::Counter(iters * (dd * dd + 2.0 * dd) * sizeof(float), benchmark::Counter::kIsRate);
+  state.counters["bytes/s"] =
+      benchmark::Counter(iters * (dd * dd + 2.0 * dd) * sizeof(float), benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_project_query_head)->Arg(64)->Arg(128)->Arg(256);
 
@@ -50,9 +51,10 @@ void BM_project_queries_layer(benchmark::State& state) {
   }
   const double iters = double(state.iterations()), dd = double(d);
   state.counters["steps/s"] = benchmark::Counter(iters, benchmark::Counter::kIsRate);
-  state.counters["FLOP/s"] = benchmark::Counter(iters * double(hq) * 2.0 * dd * dd, benchmark::Counter::kIsRate);
-  state.counters["bytes/s"] = benchmark::Counter(iters * (double(hkv) * dd * dd + 2.0 * double(hq) * dd) * sizeof(float),
-                                                 benchmark::Counter::kIsRate);
+  state.counters["FLOP/s"] =
+      benchmark::Counter(iters * double(hq) * 2.0 * dd * dd, benchmark::Counter::kIsRate);
+  state.counters["bytes/s"] = benchmark::Counter(
+      iters * (double(hkv) * dd * dd + 2.0 * double(hq) * dd) * sizeof(float), benchmark::Counter::kIsRate);
 }
 BENCHMARK(BM_project_queries_layer)->Args({32, 8})->Args({32, 32});
 
@@ -68,7 +70,8 @@ void BM_kv_cache_append_token(benchmark::State& state) {
   opt.capacity = cap;
   std::mt19937 rng(5);
   const auto bases = aqua_examples::random_orthogonal_bases(hkv, d, rng);
-  aqua::kv_cache cache = projected ? aqua::kv_cache(aqua_examples::basis_views(bases), opt) : aqua::kv_cache(hkv, d, opt);
+  aqua::kv_cache cache =
+      projected ? aqua::kv_cache(aqua_examples::basis_views(bases), opt) : aqua::kv_cache(hkv, d, opt);
   // Distinct tokens, cycled: [Hkv, 64, d] keys and values.
   const index_t distinct = 64;
   const auto keys = aqua_examples::spectrum_rows(hkv * distinct, d, 32.0, 6);

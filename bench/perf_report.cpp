@@ -32,10 +32,11 @@ using json = nlohmann::json;
 namespace svg = aqua_examples::svg;
 
 [[noreturn]] void usage(const std::string& msg) {
-  std::fprintf(stderr,
-               "aqua_perf_report: %s\nusage: aqua_perf_report --table FILE.jsonl [--table ..] [--sweep FILE.jsonl ..] "
-               "--markdown OUT.md [--plot OUT.svg]\n",
-               msg.c_str());
+  std::fprintf(
+      stderr,
+      "aqua_perf_report: %s\nusage: aqua_perf_report --table FILE.jsonl [--table ..] [--sweep FILE.jsonl ..] "
+      "--markdown OUT.md [--plot OUT.svg]\n",
+      msg.c_str());
   std::exit(2);
 }
 
@@ -61,7 +62,9 @@ std::string fmt(const char* f, double x) {
   return b;
 }
 
-std::string n_text(long long n) { return n % 1024 == 0 ? std::to_string(n / 1024) + "k" : std::to_string(n); }
+std::string n_text(long long n) {
+  return n % 1024 == 0 ? std::to_string(n / 1024) + "k" : std::to_string(n);
+}
 
 std::string opt_number(const json& j, const char* key, const char* f) {
   if (!j.contains(key) || j[key].is_null()) return "never";
@@ -110,7 +113,9 @@ void write_decode_table(std::FILE* f, const std::vector<json>& rows) {
   const long long n_max = *ns.rbegin();
   std::fprintf(f, "| threads | select | k |");
   for (long long n : ns) std::fprintf(f, " speedup, N = %s |", n_text(n).c_str());
-  std::fprintf(f, " dense / AQUA ms, N = %s | dense GB/s (%% of bw) | AQUA GB/s (%% of bw) | key bytes read | rel. error |\n",
+  std::fprintf(f,
+               " dense / AQUA ms, N = %s | dense GB/s (%% of bw) | AQUA GB/s (%% of bw) | key bytes read | "
+               "rel. error |\n",
                n_text(n_max).c_str());
   std::fprintf(f, "|---:|:---|---:|");
   for (std::size_t i = 0; i < ns.size(); ++i) std::fprintf(f, "---:|");
@@ -119,7 +124,8 @@ void write_decode_table(std::FILE* f, const std::vector<json>& rows) {
     std::fprintf(f, "| %d | %s | %lld |", std::get<0>(k), std::get<1>(k).c_str(), std::get<2>(k));
     for (long long n : ns) {
       const auto it = by_n.find(n);
-      std::fprintf(f, " %s |", it == by_n.end() ? "-" : median_range(field(it->second, "speedup"), "%.2f").c_str());
+      std::fprintf(f, " %s |",
+                   it == by_n.end() ? "-" : median_range(field(it->second, "speedup"), "%.2f").c_str());
     }
     const auto it = by_n.find(n_max);
     if (it == by_n.end()) {
@@ -131,14 +137,17 @@ void write_decode_table(std::FILE* f, const std::vector<json>& rows) {
     const double dg = median_of(field(last, "dense_gbps")), ag = median_of(field(last, "aqua_gbps"));
     std::fprintf(f, " %.2f / %.2f | %.1f (%.0f %%) | %.1f (%.0f %%) | %.0f %% | %.2g |\n",
                  median_of(field(last, "dense_ms")), median_of(field(last, "aqua_ms")), dg, 100 * dg / bw, ag,
-                 100 * ag / bw, 100 * median_of(field(last, "key_fraction_read")), median_of(field(last, "rel_err")));
+                 100 * ag / bw, 100 * median_of(field(last, "key_fraction_read")),
+                 median_of(field(last, "rel_err")));
   }
-  std::fprintf(f, "\nSpeedup: dense time / AQUA time, median of interleaved pairs%s. Memory-read bandwidth (bw) "
-                  "measured by aqua_compare:",
+  std::fprintf(f,
+               "\nSpeedup: dense time / AQUA time, median of interleaved pairs%s. Memory-read bandwidth (bw) "
+               "measured by aqua_compare:",
                runs > 1 ? (", median (range) over " + std::to_string(runs) + " runs").c_str() : "");
   for (const auto& [t, b] : bandwidth)
     std::fprintf(f, " %s GB/s with %d thread%s;", median_range(b, "%.1f").c_str(), t, t == 1 ? "" : "s");
-  std::fprintf(f, " GB/s columns: bytes each side must read (AQUA: the key tiles it read, all values) per second.\n");
+  std::fprintf(
+      f, " GB/s columns: bytes each side must read (AQUA: the key tiles it read, all values) per second.\n");
 }
 
 /// One row per (threads, baseline, select, k): measured break-even (median and range over runs)
@@ -172,13 +181,15 @@ void write_break_even_table(std::FILE* f, const std::vector<json>& rows) {
                  std::get<0>(k), std::get<1>(k).c_str(), std::get<2>(k).c_str(), -std::get<3>(k), m.c_str(),
                  opt_number(r, "model_break_even_flops", "%.0f").c_str(),
                  opt_number(r, "model_break_even_bytes", "%.0f").c_str(),
-                 100 * median_of(field(group, "key_fraction_read")), 100 * r["model_key_fraction"].get<double>(),
-                 median_range(last_speedup, "%.2f").c_str(),
+                 100 * median_of(field(group, "key_fraction_read")),
+                 100 * r["model_key_fraction"].get<double>(), median_range(last_speedup, "%.2f").c_str(),
                  pts.empty() ? "-" : n_text(pts.back()["n"].get<long long>()).c_str(), group.size());
   }
-  std::fprintf(f, "\nMeasured N*: the smallest measured N from which AQUA was faster (median of interleaved pairs) at "
-                  "every larger measured N (doubling from the smallest N, plus three points between the last loss "
-                  "and the next).\n");
+  std::fprintf(
+      f,
+      "\nMeasured N*: the smallest measured N from which AQUA was faster (median of interleaved pairs) at "
+      "every larger measured N (doubling from the smallest N, plus three points between the last loss "
+      "and the next).\n");
 }
 
 aqua::cost_config model_of(const json& r) {
@@ -189,7 +200,7 @@ aqua::cost_config model_of(const json& r) {
   c.hkv = r["hkv"].get<long long>();
   c.tile = r["tile"].get<long long>();
   c.sharing = r["model_sharing"].get<std::string>() == "per_head" ? aqua::selection_sharing::per_head
-                                                                   : aqua::selection_sharing::group_shared;
+                                                                  : aqua::selection_sharing::group_shared;
   c.projection_elem_bytes = r["model_projection_elem_bytes"].get<double>();
   return c;
 }
@@ -255,14 +266,15 @@ void write_plot(const std::string& path, const std::vector<json>& all_runs) {
   if (!f) usage("cannot write " + path);
   const json& first = sweeps.front();
   char subtitle[256];
-  std::snprintf(subtitle, sizeof subtitle,
-                "d = %lld, Hq = %lld, Hkv = %lld, tiles of %lld dims, fp32; dense baseline: %s; %s clock; median of "
-                "interleaved pairs",
-                first["d"].get<long long>(), first["hq"].get<long long>(), first["hkv"].get<long long>(),
-                first["tile"].get<long long>(), first["baseline"].get<std::string>().c_str(),
-                first["clock"].get<std::string>().c_str());
-  svg::begin_document(f, width, height, "AQUA decode: measured speedup over dense against N, beside the cost model",
-                      subtitle);
+  std::snprintf(
+      subtitle, sizeof subtitle,
+      "d = %lld, Hq = %lld, Hkv = %lld, tiles of %lld dims, fp32; dense baseline: %s; %s clock; median of "
+      "interleaved pairs",
+      first["d"].get<long long>(), first["hq"].get<long long>(), first["hkv"].get<long long>(),
+      first["tile"].get<long long>(), first["baseline"].get<std::string>().c_str(),
+      first["clock"].get<std::string>().c_str());
+  svg::begin_document(f, width, height,
+                      "AQUA decode: measured speedup over dense against N, beside the cost model", subtitle);
   double x = left;
   for (const auto& [threads, rows] : by_threads) {
     const svg::panel p{x, 110, panel_w, panel_h, log_n_min, log_n_max, y_max};
@@ -278,30 +290,35 @@ void write_plot(const std::string& path, const std::vector<json>& all_runs) {
       svg::draw_curve(f, p, svg::sample_curve(p, [&](double n) { return aqua::decode_byte_ratio(model, n); }),
                       svg::color(i), true, 1.6);
       std::vector<std::pair<double, double>> measured;
-      for (const auto& pt : r["points"]) measured.emplace_back(pt["n"].get<double>(), pt["speedup"].get<double>());
+      for (const auto& pt : r["points"])
+        measured.emplace_back(pt["n"].get<double>(), pt["speedup"].get<double>());
       svg::draw_curve(f, p, measured, svg::color(i), false, 2.4);
       for (const auto& [n, s] : measured) svg::draw_marker(f, p, n, s, svg::color(i), false, 3);
       if (!r["measured_break_even"].is_null())
         svg::draw_marker(f, p, r["measured_break_even"].get<double>(), 1, svg::color(i), true, 5);
-      const std::string measured_be =
-          r["measured_break_even"].is_null() ? "none" : std::to_string(r["measured_break_even"].get<long long>());
+      const std::string measured_be = r["measured_break_even"].is_null()
+                                          ? "none"
+                                          : std::to_string(r["measured_break_even"].get<long long>());
       const auto runs = r["runs"].get<std::size_t>();
-      legend.push_back({"k = " + std::to_string(r["k"].get<long long>()) + " " + r["select"].get<std::string>() +
-                            ": measured" + (runs > 1 ? " (median of " + std::to_string(runs) + " runs)" : "") +
-                            ", N* " + measured_be,
+      legend.push_back({"k = " + std::to_string(r["k"].get<long long>()) + " " +
+                            r["select"].get<std::string>() + ": measured" +
+                            (runs > 1 ? " (median of " + std::to_string(runs) + " runs)" : "") + ", N* " +
+                            measured_be,
                         svg::color(i), false, true});
-      legend.push_back({"model (bytes), N* = " + opt_number(r, "model_break_even_bytes", "%.0f"), svg::color(i), true,
-                        false});
+      legend.push_back({"model (bytes), N* = " + opt_number(r, "model_break_even_bytes", "%.0f"),
+                        svg::color(i), true, false});
     }
     svg::draw_legend(f, p, legend, panel_w, svg::corner::below);
     x += panel_w + gap;
   }
-  svg::note(f, width / 2, height - 30,
-            "Rings on the 1× line: measured break-even of the (median) curve: the smallest measured N from which "
-            "AQUA is faster at every larger measured N.");
-  svg::note(f, width / 2, height - 14,
-            "Generated by bench/performance_report.sh (aqua_compare --sweep-break-even --json, aqua_perf_report); "
-            "model: include/aqua/cost_model.hpp.");
+  svg::note(
+      f, width / 2, height - 30,
+      "Rings on the 1× line: measured break-even of the (median) curve: the smallest measured N from which "
+      "AQUA is faster at every larger measured N.");
+  svg::note(
+      f, width / 2, height - 14,
+      "Generated by bench/performance_report.sh (aqua_compare --sweep-break-even --json, aqua_perf_report); "
+      "model: include/aqua/cost_model.hpp.");
   svg::end_document(f);
   std::fclose(f);
 }

@@ -21,7 +21,8 @@ struct bench_clock {
       clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
       return (double(ts.tv_sec) * 1e3 + double(ts.tv_nsec) * 1e-6) / threads;
     }
-    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
   }
   template <class F>
   double time_ms(F&& f) const {

@@ -25,7 +25,8 @@ using aqua::index_t;
 /// Per-dimension standard deviations A exp(-i / tau), i = 0 .. d-1.
 inline std::vector<float> decaying_spectrum(index_t d, double tau, double amplitude = 1.0) {
   std::vector<float> s(static_cast<std::size_t>(d));
-  for (index_t i = 0; i < d; ++i) s[std::size_t(i)] = static_cast<float>(amplitude * std::exp(-double(i) / tau));
+  for (index_t i = 0; i < d; ++i)
+    s[std::size_t(i)] = static_cast<float>(amplitude * std::exp(-double(i) / tau));
   return s;
 }
 
@@ -39,7 +40,8 @@ void fill_spectrum_rows(Rng& rng, const std::vector<float>& spectrum, index_t ro
 }
 
 /// rows x d row-major rows with the decaying spectrum exp(-i / tau), seeded.
-inline std::vector<float> spectrum_rows(index_t rows, index_t d, double tau, unsigned seed, double amplitude = 1.0) {
+inline std::vector<float> spectrum_rows(index_t rows, index_t d, double tau, unsigned seed,
+                                        double amplitude = 1.0) {
   std::vector<float> x(static_cast<std::size_t>(rows * d));
   std::mt19937 rng(seed);
   fill_spectrum_rows(rng, decaying_spectrum(d, tau, amplitude), rows, x.data());
@@ -92,8 +94,9 @@ struct no_token_sink {
 /// over calls, so growing a cache in steps gives the same tokens as filling it at once. `sink`
 /// sees every piece as it is appended: (raw keys, values, tokens), each [Hkv, tokens, d].
 template <class Rng, class Sink = no_token_sink>
-void append_spectrum_tokens(Rng& rng, const std::vector<float>& spectrum, const std::vector<Eigen::MatrixXf>& bases,
-                            index_t count, const std::vector<aqua::kv_cache*>& caches, Sink&& sink = {}) {
+void append_spectrum_tokens(Rng& rng, const std::vector<float>& spectrum,
+                            const std::vector<Eigen::MatrixXf>& bases, index_t count,
+                            const std::vector<aqua::kv_cache*>& caches, Sink&& sink = {}) {
   if (caches.empty() || count <= 0) return;
   const index_t hkv = caches.front()->kv_heads(), d = static_cast<index_t>(spectrum.size());
   const index_t piece = 2048;
@@ -123,7 +126,8 @@ inline std::vector<float> spectrum_queries(index_t heads, index_t d, double tau,
   auto q = spectrum_rows(heads, d, tau, seed);
   if (!bases.empty()) {
     const index_t group = heads / static_cast<index_t>(bases.size());
-    for (index_t h = 0; h < heads; ++h) rotate_rows_to_raw(bases[std::size_t(h / group)], 1, q.data() + h * d);
+    for (index_t h = 0; h < heads; ++h)
+      rotate_rows_to_raw(bases[std::size_t(h / group)], 1, q.data() + h * d);
   }
   return q;
 }
