@@ -16,7 +16,7 @@
 // Usage: aqua_compare [--mode decode|prefill] [--n 32768[,..]] [--m M] [--d 128] [--k 32,64,96]
 //                     [--hq 32] [--hkv 8] [--threads 1] [--select per-head,group,tile]
 //                     [--tile 32] [--spectrum 32] [--reps 10] [--json] [--clock wall|cpu]
-//                     [--basis identity|random] [--budget TOKENS]
+//                     [--basis identity|random] [--baseline projected|plain] [--budget TOKENS]
 //        aqua_compare --sweep-break-even [--k 96,32] [--select tile] [--hq 32] [--hkv 8]
 //                     [--sweep-n 64:32768] [--baseline plain|projected|reference] [--threads 1]
 //                     [--reps 15] [--basis random] [--json] [--clock cpu] ...
@@ -109,7 +109,7 @@ std::vector<std::string> split(const std::string& s, char sep = ',') {
                "aqua_compare: %s\nusage: aqua_compare [--mode decode|prefill] [--n N[,N..]] [--m M] [--d D] "
                "[--k K[,K..]] [--hq HQ] [--hkv HKV] [--threads T] [--select per-head|group|tile[,..]] "
                "[--tile T] [--spectrum TAU] [--reps R] [--json] [--clock wall|cpu] [--basis identity|random] "
-               "[--budget TOKENS]\n"
+               "[--baseline projected|plain] [--budget TOKENS]\n"
                "       aqua_compare --sweep-break-even [--k K[,K..]] [--select ..] [--sweep-n MIN:MAX] "
                "[--baseline plain|projected|reference] [same options]\n",
                msg);
