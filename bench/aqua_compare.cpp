@@ -1,18 +1,25 @@
 // aqua_compare: dense vs AQUA attention, side by side, on identical synthetic data.
 //
 // In one process: first the machine's memory-read bandwidth (vectorised sum over 1 GiB, best of
-// 5, with the requested thread count), then for each configuration dense and AQUA run interleaved
-// (A B A B ..., after warm-up) and the medians are reported. Decode compares dense_decode over the
-// tiled cache (every tile) with aqua_decode on the same cache; prefill compares dense_prefill
-// (Eigen GEMM scores on token-major keys) with aqua_prefill on a cache holding the same keys.
+// 5, with the requested thread count), then for each configuration dense and AQUA run in
+// interleaved pairs (after warm-up; the order alternates) and the medians are reported. Decode
+// compares dense_decode over the tiled cache (every tile) with aqua_decode on the same cache;
+// prefill compares dense_prefill (Eigen GEMM scores on token-major keys) with aqua_prefill on a
+// cache holding the same keys.
 //
-// Synthetic data: queries and keys are given in projected coordinates (identity projection) with
-// per-dimension standard deviation exp(-i / TAU), i the projected dim; values standard normal.
+// Synthetic data (examples/common/synthetic_data.hpp, shared with aqua_decode): in projected
+// coordinates, queries and keys have per-dimension standard deviation exp(-i / TAU), i the
+// projected dim; values are standard normal. --basis identity (default) hands the cache keys that
+// are already projected (no query projection at run time); --basis random rotates queries and keys
+// by a random orthogonal basis per KV head, so AQUA pays q~ = q P on every call, as in a model.
 //
 // Usage: aqua_compare [--mode decode|prefill] [--n 32768[,..]] [--m M] [--d 128] [--k 32,64,96]
 //                     [--hq 32] [--hkv 8] [--threads 1] [--select per-head,group,tile]
 //                     [--tile 32] [--spectrum 32] [--reps 10] [--json] [--clock wall|cpu]
-//                     [--budget TOKENS]
+//                     [--basis identity|random] [--baseline projected|plain] [--budget TOKENS]
+//        aqua_compare --sweep-break-even [--k 96,32] [--select tile] [--hq 32] [--hkv 8]
+//                     [--sweep-n 64:32768] [--baseline plain|projected|reference] [--threads 1]
+//                     [--reps 15] [--basis random] [--json] [--clock cpu] ...
 // --clock cpu times with process CPU time / threads instead of wall time: on a machine shared
 // with other jobs it leaves out the time the process was descheduled.
 // --budget B (decode): AQUA runs on a second cache filled with the same N tokens, on which 32
@@ -21,23 +28,42 @@
 // over the full cache, so rel_err is AQUA + H2O against full dense attention. With a budget the
 // queries (warm-up and timed) are m + 0.5 z: a persistent direction m per head plus fresh noise,
 // as queries of a head are correlated over the steps of a real model.
+// --sweep-break-even (decode): for each k and selection mode, dense against AQUA at N = 64, 128,
+// .., 32768 (--sweep-n MIN:MAX, doubling), then at three points (quarter octaves) between the last
+// N where AQUA lost and the next; reports the measured break-even (the smallest measured N from
+// which AQUA is faster at every larger measured N, by the median of interleaved pairs) next to the
+// cost model's N* (include/aqua/cost_model.hpp) for the same configuration: FLOPs and bytes, key
+// projection amortised (the cache is filled before timing), tiles of --tile dims, one selection per
+// group for group and tile, the per-head union bound for per-head. Short calls are repeated within
+// a sample so each sample lasts about a millisecond. --json: one line per configuration.
+// The dense side of the sweep (--baseline): plain (default) is dense_decode over a cache without
+// projection holding the raw keys, the same tiled kernel without q~ = q P or reading P: what an
+// engine not using AQUA runs; projected is dense_decode over AQUA's own projected cache (it projects
+// the query too, so that fixed cost cancels); reference is the exact Eigen kernel on token-major
+// raw keys and values (slower than the tiled kernel: it measures the kernels, not the method).
+// In decode mode --baseline takes plain or projected (the default, for comparability with earlier
+// tables); with --basis identity both are the same cache.
 #include <aqua/attention.hpp>
+#include <aqua/cost_model.hpp>
 #include <aqua/h2o.hpp>
 #include <aqua/kv_cache.hpp>
 
+#include "common/measure.hpp"
+#include "common/synthetic_data.hpp"
+
 #include <algorithm>
-#include <chrono>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
 #include <thread>
-
-#include <time.h>
 #include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -50,7 +76,7 @@
 namespace {
 
 using aqua::index_t;
-using clock_type = std::chrono::steady_clock;
+using aqua_examples::bench_clock;
 
 struct config {
   std::string mode = "decode";
@@ -63,13 +89,17 @@ struct config {
   double spectrum = 32;
   bool json = false;
   bool cpu_clock = false;  // --clock cpu: process CPU time / threads (robust on a shared machine)
+  bool random_basis = false;  // --basis random: queries and keys rotated by a random basis per KV head
   index_t budget = 0;      // --budget: H2O token budget of the AQUA side (decode); 0: no eviction
+  bool sweep = false;      // --sweep-break-even
+  index_t sweep_min = 64, sweep_max = 32768;
+  std::string baseline;  // --baseline: projected | plain | reference (sweep only); default plain (sweep), projected
 };
 
-std::vector<std::string> split(const std::string& s) {
+std::vector<std::string> split(const std::string& s, char sep = ',') {
   std::vector<std::string> out;
   std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, ',');)
+  for (std::string item; std::getline(ss, item, sep);)
     if (!item.empty()) out.push_back(item);
   return out;
 }
@@ -78,52 +108,89 @@ std::vector<std::string> split(const std::string& s) {
   std::fprintf(stderr,
                "aqua_compare: %s\nusage: aqua_compare [--mode decode|prefill] [--n N[,N..]] [--m M] [--d D] "
                "[--k K[,K..]] [--hq HQ] [--hkv HKV] [--threads T] [--select per-head|group|tile[,..]] "
-               "[--tile T] [--spectrum TAU] [--reps R] [--json] [--clock wall|cpu] [--budget TOKENS]\n",
+               "[--tile T] [--spectrum TAU] [--reps R] [--json] [--clock wall|cpu] [--basis identity|random] "
+               "[--baseline projected|plain] [--budget TOKENS]\n"
+               "       aqua_compare --sweep-break-even [--k K[,K..]] [--select ..] [--sweep-n MIN:MAX] "
+               "[--baseline plain|projected|reference] [same options]\n",
                msg);
   std::exit(2);
 }
 
 config parse(int argc, char** argv) {
   config c;
+  bool k_given = false, select_given = false, reps_given = false, baseline_given = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto next = [&]() -> std::string {
       if (i + 1 >= argc) usage(("missing value after " + a).c_str());
       return argv[++i];
     };
-    auto ints = [&](const std::string& s) {
+    auto ints = [&](const std::string& s, char sep = ',') {
       std::vector<index_t> v;
-      for (const auto& x : split(s)) v.push_back(std::stoll(x));
+      for (const auto& x : split(s, sep)) v.push_back(std::stoll(x));
       if (v.empty()) usage(("empty list for " + a).c_str());
       return v;
     };
-    if (a == "--mode") c.mode = next();
-    else if (a == "--n") c.n = ints(next());
-    else if (a == "--m") c.m = std::stoll(next());
-    else if (a == "--d") c.d = std::stoll(next());
-    else if (a == "--k") c.k = ints(next());
-    else if (a == "--hq") c.hq = std::stoll(next());
-    else if (a == "--hkv") c.hkv = std::stoll(next());
-    else if (a == "--tile") c.tile = std::stoll(next());
-    else if (a == "--threads") c.threads = std::stoi(next());
-    else if (a == "--select") c.select = split(next());
-    else if (a == "--spectrum") c.spectrum = std::stod(next());
-    else if (a == "--reps") c.reps = std::stoi(next());
-    else if (a == "--json") c.json = true;
-    else if (a == "--budget") c.budget = std::stoll(next());
-    else if (a == "--clock") {
-      const std::string v = next();
-      if (v != "cpu" && v != "wall") usage("--clock takes cpu or wall");
-      c.cpu_clock = v == "cpu";
+    try {
+      if (a == "--mode") c.mode = next();
+      else if (a == "--n") c.n = ints(next());
+      else if (a == "--m") c.m = std::stoll(next());
+      else if (a == "--d") c.d = std::stoll(next());
+      else if (a == "--k") c.k = ints(next()), k_given = true;
+      else if (a == "--hq") c.hq = std::stoll(next());
+      else if (a == "--hkv") c.hkv = std::stoll(next());
+      else if (a == "--tile") c.tile = std::stoll(next());
+      else if (a == "--threads") c.threads = std::stoi(next());
+      else if (a == "--select") c.select = split(next()), select_given = true;
+      else if (a == "--spectrum") c.spectrum = std::stod(next());
+      else if (a == "--reps") c.reps = std::stoi(next()), reps_given = true;
+      else if (a == "--json") c.json = true;
+      else if (a == "--budget") c.budget = std::stoll(next());
+      else if (a == "--sweep-break-even") c.sweep = true;
+      else if (a == "--sweep-n") {
+        const auto v = ints(next(), ':');
+        if (v.size() != 2) usage("--sweep-n takes MIN:MAX");
+        c.sweep_min = v[0];
+        c.sweep_max = v[1];
+      } else if (a == "--baseline") {
+        c.baseline = next();
+        if (c.baseline != "projected" && c.baseline != "plain" && c.baseline != "reference")
+          usage("--baseline takes projected, plain or reference");
+        baseline_given = true;
+      } else if (a == "--basis") {
+        const std::string v = next();
+        if (v != "identity" && v != "random") usage("--basis takes identity or random");
+        c.random_basis = v == "random";
+      } else if (a == "--clock") {
+        const std::string v = next();
+        if (v != "cpu" && v != "wall") usage("--clock takes cpu or wall");
+        c.cpu_clock = v == "cpu";
+      } else if (a == "--help" || a == "-h") usage("help");
+      else usage(("unknown flag " + a).c_str());
+    } catch (const std::logic_error&) {
+      usage(("bad number after " + a).c_str());
     }
-    else if (a == "--help" || a == "-h") usage("help");
-    else usage(("unknown flag " + a).c_str());
+  }
+  if (c.sweep) {
+    if (!k_given) c.k = {96, 32};
+    if (!select_given) c.select = {"tile"};
+    if (!reps_given) c.reps = 15;
+    if (c.sweep_min < 16 || c.sweep_max < c.sweep_min) usage("--sweep-n needs 16 <= MIN <= MAX");
+    if (c.budget > 0) usage("--sweep-break-even does not take --budget");
+    if (!baseline_given) c.baseline = "plain";
+  } else {
+    if (!baseline_given) c.baseline = "projected";
+    if (c.baseline == "reference" || (baseline_given && c.mode != "decode"))
+      usage("--baseline reference is a --sweep-break-even option; --baseline takes effect in decode mode");
   }
   if (c.mode != "decode" && c.mode != "prefill") usage("--mode must be decode or prefill");
   for (const auto& s : c.select)
     if (s != "per-head" && s != "group" && s != "tile") usage("--select takes per-head, group or tile");
   if (c.reps < 1 || c.threads < 1) usage("--reps and --threads must be >= 1");
   if (c.budget < 0) usage("--budget must be >= 0");
+  if (c.d < 1 || c.hq < 1 || c.hkv < 1 || c.hq % c.hkv != 0) usage("--hq must be a positive multiple of --hkv");
+  for (index_t k : c.k)
+    if (k < 1 || k > c.d) usage("--k values must lie in [1, d]");
   return c;
 }
 
@@ -132,17 +199,35 @@ aqua::selection_mode mode_of(const std::string& s) {
                          : s == "group" ? aqua::selection_mode::group : aqua::selection_mode::tile;
 }
 
-bool g_cpu_clock = false;
-int g_threads = 1;
-
-double now_ms() {
-  if (g_cpu_clock) {
-    timespec ts{};
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (double(ts.tv_sec) * 1e3 + double(ts.tv_nsec) * 1e-6) / g_threads;
+/// The synthetic layer of one run: the bases (empty: identity) and the key spectrum.
+struct synthetic {
+  const config& c;
+  std::mt19937 bases_rng{5};
+  std::vector<Eigen::MatrixXf> bases;
+  std::vector<float> spectrum;
+  explicit synthetic(const config& cfg)
+      : c(cfg), spectrum(aqua_examples::decaying_spectrum(cfg.d, cfg.spectrum)) {
+    if (c.random_basis) bases = aqua_examples::random_orthogonal_bases(c.hkv, c.d, bases_rng);
   }
-  return std::chrono::duration<double, std::milli>(clock_type::now().time_since_epoch()).count();
-}
+  aqua::kv_cache make_cache(index_t capacity) const {
+    aqua::kv_cache_options opt;
+    opt.tile_dims = c.tile;
+    opt.capacity = capacity;
+    if (bases.empty()) return aqua::kv_cache(c.hkv, c.d, opt);
+    return aqua::kv_cache(aqua_examples::basis_views(bases), opt);
+  }
+  std::vector<float> queries(index_t rows_per_head, unsigned seed) const {
+    // [Hq, rows, d]: rotate each head's rows by its group's basis.
+    auto q = aqua_examples::spectrum_rows(c.hq * rows_per_head, c.d, c.spectrum, seed);
+    if (!bases.empty())
+      for (index_t h = 0; h < c.hq; ++h)
+        aqua_examples::rotate_rows_to_raw(bases[std::size_t(h / (c.hq / c.hkv))], rows_per_head,
+                                          q.data() + h * rows_per_head * c.d);
+    return q;
+  }
+};
+
+bench_clock g_clock;
 
 #if COMPARE_X86
 __attribute__((target("avx2"))) float sum_avx2(const float* x, std::size_t n) {
@@ -170,7 +255,7 @@ float sum_floats(const float* x, std::size_t n) {
 }
 
 /// Best of 5 read passes over 1 GiB (split across `threads`), in GB/s (1e9 bytes).
-double measure_bandwidth(int threads) {
+double measure_bandwidth(const aqua_examples::bench_clock& clock, int threads) {
   const std::size_t count = std::size_t(1) << 28;  // 2^28 floats = 1 GiB
   auto buffer = aqua::detail::allocate_zeroed(static_cast<index_t>(count));
   float* x = buffer.get();
@@ -179,7 +264,7 @@ double measure_bandwidth(int threads) {
   volatile float sink = 0;
   for (int rep = 0; rep < 5; ++rep) {
     std::vector<float> partial(static_cast<std::size_t>(threads));
-    const double t0 = now_ms();
+    const double t0 = clock.now_ms();
     std::vector<std::thread> pool;
     for (int t = 1; t < threads; ++t)
       pool.emplace_back([&, t] {
@@ -189,51 +274,11 @@ double measure_bandwidth(int threads) {
       });
     partial[0] = sum_floats(x, count / std::size_t(threads) / 64 * 64);
     for (auto& th : pool) th.join();
-    const double s = (now_ms() - t0) * 1e-3;
+    const double s = (clock.now_ms() - t0) * 1e-3;
     for (float p : partial) sink = sink + p;
     best = std::max(best, double(count * sizeof(float)) / s / 1e9);
   }
   return best;
-}
-
-std::vector<float> spectrum_data(index_t rows, index_t d, double tau, unsigned seed) {
-  std::vector<float> x(static_cast<std::size_t>(rows * d));
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd;
-  for (index_t r = 0; r < rows; ++r)
-    for (index_t i = 0; i < d; ++i)
-      x[std::size_t(r * d + i)] = nd(rng) * static_cast<float>(std::exp(-double(i) / tau));
-  return x;
-}
-
-std::vector<float> normal_data(std::size_t count, unsigned seed) {
-  std::vector<float> x(count);
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd;
-  for (auto& v : x) v = nd(rng);
-  return x;
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const std::size_t h = v.size() / 2;
-  return v.size() % 2 ? v[h] : 0.5 * (v[h - 1] + v[h]);
-}
-
-double rel_l2(const std::vector<float>& a, const std::vector<float>& ref) {
-  double diff = 0, norm = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    diff += double(a[i] - ref[i]) * double(a[i] - ref[i]);
-    norm += double(ref[i]) * double(ref[i]);
-  }
-  return std::sqrt(diff) / std::max(std::sqrt(norm), 1e-300);
-}
-
-template <class F>
-double time_ms(F&& f) {
-  const double t0 = now_ms();
-  f();
-  return now_ms() - t0;
 }
 
 struct result {
@@ -244,6 +289,7 @@ struct result {
          key_fraction = 0;
   double dense_score_ms = -1, aqua_score_ms = -1, score_speedup = -1;
   index_t budget = 0;
+  std::string basis = "identity";
 };
 
 void print(const config& c, const result& r, bool header) {
@@ -258,7 +304,8 @@ void print(const config& c, const result& r, bool header) {
       std::printf(",\"m\":%lld,\"dense_score_ms\":%.4f,\"aqua_score_ms\":%.4f,\"score_speedup\":%.4f", (long long)r.m,
                   r.dense_score_ms, r.aqua_score_ms, r.score_speedup);
     if (r.budget > 0) std::printf(",\"budget\":%lld", (long long)r.budget);
-    std::printf("}\n");
+    std::printf(",\"basis\":\"%s\",\"baseline\":\"%s\",\"clock\":\"%s\"}\n", r.basis.c_str(), c.baseline.c_str(),
+                c.cpu_clock ? "cpu" : "wall");
   } else {
     if (header) {
       std::printf("%-8s %6s %4s %4s %4s/%-3s %2s %-9s %9s %9s %7s %8s %8s %8s %9s %6s", "mode", "n", "d", "k", "hq",
@@ -279,80 +326,114 @@ void print(const config& c, const result& r, bool header) {
   std::fflush(stdout);
 }
 
+/// One decode configuration, dense on `cache` against AQUA on `acache` (the same tokens, or fewer
+/// after eviction), timed by the shared interleaved loop.
+struct decode_measurement {
+  aqua_examples::pair_times times;
+  double key_fraction = 0, rel_err = 0;
+  int inner = 1;
+};
+
+/// The dense side: over the tiled cache (every tile; the same engine as AQUA, query projected
+/// too), or (raw_keys set) the exact reference kernel over token-major raw keys and values
+/// [Hkv, N, d] with row stride `raw_stride` tokens, as an engine without AQUA would hold them.
+struct dense_side {
+  const aqua::kv_cache* cache = nullptr;
+  const float* raw_keys = nullptr;
+  const float* raw_values = nullptr;
+  index_t raw_stride = 0;
+};
+
+decode_measurement measure_decode(const config& c, const dense_side& base, const aqua::kv_cache& acache,
+                                  const std::vector<float>& q, index_t k, const std::string& sel,
+                                  double min_sample_ms) {
+  const auto qv = aqua::make_view(q.data(), c.hq, c.d);
+  std::vector<float> dense_out(std::size_t(c.hq * c.d)), aqua_out(dense_out.size());
+  aqua::aqua_workspace dense_ws, aqua_ws;
+  aqua::attention_options dopt;
+  dopt.threads = c.threads;
+  aqua::aqua_options aopt;
+  aopt.mode = mode_of(sel);
+  aopt.threads = c.threads;
+  aopt.workspace = &aqua_ws;
+  const index_t n = acache.size();
+  const std::array<index_t, 3> ext = {c.hkv, n, c.d}, str = {base.raw_stride * c.d, c.d, 1};
+  auto dense = [&] {
+    if (base.raw_keys)
+      aqua::dense_decode<float>(qv, aqua::tensor3_view<const float>(base.raw_keys, ext, str),
+                                aqua::tensor3_view<const float>(base.raw_values, ext, str),
+                                aqua::make_view(dense_out.data(), c.hq, c.d), dopt);
+    else
+      aqua::dense_decode(qv, *base.cache, aqua::make_view(dense_out.data(), c.hq, c.d), dopt, &dense_ws);
+  };
+  auto run_aqua = [&] { aqua::aqua_decode(qv, acache, k, aqua::make_view(aqua_out.data(), c.hq, c.d), aopt); };
+  decode_measurement m;
+  // Untimed: the fraction of key tiles read, from the profile.
+  aqua::attention_profile prof;
+  aopt.profile = &prof;
+  run_aqua();
+  aopt.profile = nullptr;
+  m.key_fraction = prof.key_fraction_read;
+  if (min_sample_ms > 0) {
+    dense();
+    const double once = std::max(g_clock.time_ms(dense), 1e-4);
+    m.inner = int(std::min(4096.0, std::max(1.0, std::ceil(min_sample_ms / once))));
+  }
+  m.times = aqua_examples::time_interleaved(g_clock, c.reps, 2, m.inner, dense, run_aqua);
+  m.rel_err = aqua_examples::rel_l2(aqua_out, dense_out);
+  return m;
+}
+
 void run_decode(const config& c, double bandwidth) {
   bool header = true;
+  const synthetic data(c);
   for (index_t n : c.n) {
-    aqua::kv_cache_options opt;
-    opt.tile_dims = c.tile;
-    opt.capacity = n;
-    aqua::kv_cache cache(c.hkv, c.d, opt);
-    auto fill = [&](aqua::kv_cache& target) {
-      // Keys in projected coordinates (decaying spectrum), values standard normal; appended in
-      // pieces so the raw copies stay small.
-      const index_t piece = 4096;
-      for (index_t t0 = 0; t0 < n; t0 += piece) {
-        const index_t cnt = std::min(piece, n - t0);
-        auto keys = spectrum_data(c.hkv * cnt, c.d, c.spectrum, unsigned(1000 + t0));
-        auto values = normal_data(std::size_t(c.hkv * cnt * c.d), unsigned(2000 + t0));
-        target.append(aqua::make_view(static_cast<const float*>(keys.data()), c.hkv, cnt, c.d),
-                     aqua::make_view(static_cast<const float*>(values.data()), c.hkv, cnt, c.d));
-      }
+    aqua::kv_cache cache = data.make_cache(n);
+    // --baseline plain with a random basis: dense runs on a cache without projection holding the
+    // raw keys (with the identity basis the projected cache is that cache already).
+    const bool separate_plain = c.baseline == "plain" && !data.bases.empty();
+    aqua::kv_cache plain(c.hkv, c.d, {c.tile, 0, separate_plain ? n : 1});
+    auto fill = [&](aqua::kv_cache& target, bool keep_plain) {
+      std::mt19937 rng(1000);  // the same seed: an evicted copy holds the same tokens
+      aqua_examples::append_spectrum_tokens(rng, data.spectrum, data.bases, n, {&target},
+                                            [&](const float* keys, const float* values, index_t cnt) {
+                                              if (keep_plain)
+                                                plain.append(aqua::make_view(keys, c.hkv, cnt, c.d),
+                                                             aqua::make_view(values, c.hkv, cnt, c.d));
+                                            });
     };
-    fill(cache);
+    fill(cache, separate_plain);
+    const aqua::kv_cache& dense_cache = separate_plain ? plain : cache;
     std::unique_ptr<aqua::kv_cache> evicted;  // --budget: the AQUA side's cache after H2O eviction
     // --budget: the queries of a head share a persistent direction m, as over the steps of a real
     // model: q = m + 0.5 z, z fresh per step (the warm-up steps and the timed one).
     auto persistent_query = [&](unsigned seed) {
-      auto m = spectrum_data(c.hq, c.d, c.spectrum, 7);
-      const auto z = spectrum_data(c.hq, c.d, c.spectrum, seed);
+      auto m = data.queries(1, 7);
+      const auto z = data.queries(1, seed);
       for (std::size_t i = 0; i < m.size(); ++i) m[i] += 0.5f * z[i];
       return m;
     };
-    const auto q = c.budget > 0 ? persistent_query(8) : spectrum_data(c.hq, c.d, c.spectrum, 7);
-    const auto qv = aqua::make_view(q.data(), c.hq, c.d);
-    std::vector<float> dense_out(std::size_t(c.hq * c.d)), aqua_out(dense_out.size());
-    aqua::aqua_workspace dense_ws, aqua_ws;
-    aqua::attention_options dopt;
-    dopt.threads = c.threads;
-    auto dense = [&] { aqua::dense_decode(qv, cache, aqua::make_view(dense_out.data(), c.hq, c.d), dopt, &dense_ws); };
+    const auto q = c.budget > 0 ? persistent_query(8) : data.queries(1, 7);
     const double key_bytes = double(cache.key_bytes()), value_bytes = double(cache.value_bytes());
     for (const auto& sel : c.select)
       for (index_t k : c.k) {
-        aqua::aqua_options aopt;
-        aopt.mode = mode_of(sel);
-        aopt.threads = c.threads;
-        aopt.workspace = &aqua_ws;
         if (c.budget > 0 && c.budget < n) {
-          evicted = std::make_unique<aqua::kv_cache>(c.hkv, c.d, opt);
-          fill(*evicted);
+          evicted = std::make_unique<aqua::kv_cache>(data.make_cache(n));
+          fill(*evicted, false);
           aqua::h2o_policy policy(c.hkv, {c.budget, c.budget / 2, 0, true});
+          aqua::aqua_options aopt;
+          aopt.mode = mode_of(sel);
+          aopt.threads = c.threads;
+          std::vector<float> out(std::size_t(c.hq * c.d));
           for (int w = 0; w < 32; ++w) {
             const auto qw = persistent_query(unsigned(100 + w));
             policy.decode(aqua::make_view(qw.data(), c.hq, c.d), *evicted, aqua::selection_spec::top_k(k),
-                          aqua::make_view(aqua_out.data(), c.hq, c.d), aopt);
+                          aqua::make_view(out.data(), c.hq, c.d), aopt);
           }
           policy.evict(*evicted);
         }
         const aqua::kv_cache& acache = evicted ? *evicted : cache;
-        auto run_aqua = [&] {
-          aqua::aqua_decode(qv, acache, k, aqua::make_view(aqua_out.data(), c.hq, c.d), aopt);
-        };
-        // Untimed: the fraction of key tiles read, from the profile.
-        aqua::attention_profile prof;
-        aopt.profile = &prof;
-        run_aqua();
-        aopt.profile = nullptr;
-        for (int w = 0; w < 2; ++w) {
-          dense();
-          run_aqua();
-        }
-        std::vector<double> td, ta, ratio;
-        for (int rep = 0; rep < c.reps; ++rep) {
-          const double a = time_ms(dense), b = time_ms(run_aqua);
-          td.push_back(a);
-          ta.push_back(b);
-          ratio.push_back(a / b);
-        }
+        const decode_measurement m = measure_decode(c, {&dense_cache, nullptr, nullptr, 0}, acache, q, k, sel, 0.0);
         result r;
         r.mode = "decode";
         r.select = sel;
@@ -362,16 +443,17 @@ void run_decode(const config& c, double bandwidth) {
         r.hq = c.hq;
         r.hkv = c.hkv;
         r.threads = c.threads;
-        r.dense_ms = median(td);
-        r.aqua_ms = median(ta);
-        r.speedup = median(ratio);
-        r.key_fraction = prof.key_fraction_read;
+        r.dense_ms = m.times.median_a();
+        r.aqua_ms = m.times.median_b();
+        r.speedup = m.times.median_ratio();
+        r.key_fraction = m.key_fraction;
         r.dense_gbps = (key_bytes + value_bytes) / (r.dense_ms * 1e-3) / 1e9;
         r.aqua_gbps = (double(acache.key_bytes()) * r.key_fraction + double(acache.value_bytes())) /
                       (r.aqua_ms * 1e-3) / 1e9;
         r.bandwidth = bandwidth;
-        r.rel_err = rel_l2(aqua_out, dense_out);
+        r.rel_err = m.rel_err;
         r.budget = evicted ? c.budget : 0;
+        r.basis = c.random_basis ? "random" : "identity";
         print(c, r, header);
         header = false;
       }
@@ -380,18 +462,20 @@ void run_decode(const config& c, double bandwidth) {
 
 void run_prefill(const config& c, double bandwidth) {
   bool header = true;
+  const synthetic data(c);
   for (index_t n : c.n) {
     const index_t m = c.m > 0 ? std::min(c.m, n) : n;
-    aqua::kv_cache_options opt;
-    opt.tile_dims = c.tile;
-    opt.capacity = n;
-    aqua::kv_cache cache(c.hkv, c.d, opt);
-    const auto keys = spectrum_data(c.hkv * n, c.d, c.spectrum, 11);
-    const auto values = normal_data(std::size_t(c.hkv * n * c.d), 12);
-    const auto kview = aqua::make_view(keys.data(), c.hkv, n, c.d);
+    aqua::kv_cache cache = data.make_cache(n);
+    // Raw keys [Hkv, N, d] (rotated when the basis is random) for the dense GEMM baseline; the
+    // cache projects the same keys.
+    auto keys = aqua_examples::spectrum_rows(c.hkv * n, c.d, c.spectrum, 11);
+    if (!data.bases.empty())
+      for (index_t h = 0; h < c.hkv; ++h) aqua_examples::rotate_rows_to_raw(data.bases[std::size_t(h)], n, keys.data() + h * n * c.d);
+    const auto values = aqua_examples::normal_data(std::size_t(c.hkv * n * c.d), 12);
+    const auto kview = aqua::make_view(static_cast<const float*>(keys.data()), c.hkv, n, c.d);
     const auto vview = aqua::make_view(values.data(), c.hkv, n, c.d);
     cache.append(kview, vview);
-    const auto q = spectrum_data(c.hq * m, c.d, c.spectrum, 13);
+    const auto q = data.queries(m, 13);
     const auto qv = aqua::make_view(q.data(), c.hq, m, c.d);
     std::vector<float> dense_out(std::size_t(c.hq * m * c.d)), aqua_out(dense_out.size());
     aqua::attention_profile dprof, aprof;
@@ -414,21 +498,13 @@ void run_prefill(const config& c, double bandwidth) {
           aqua::aqua_prefill(qv, cache, aqua::selection_spec::top_k(k), aqua::make_view(aqua_out.data(), c.hq, m, c.d),
                              aopt);
         };
-        dense();
-        run_aqua();
-        std::vector<double> td, ta, ratio, sd, sa, sratio;
-        for (int rep = 0; rep < c.reps; ++rep) {
-          const double a = time_ms(dense);
-          const double ds = (dprof.score_seconds) * 1e3 / c.threads;
-          const double b = time_ms(run_aqua);
-          const double as = (aprof.score_seconds + aprof.select_seconds) * 1e3 / c.threads;
-          td.push_back(a);
-          ta.push_back(b);
-          ratio.push_back(a / b);
-          sd.push_back(ds);
-          sa.push_back(as);
-          sratio.push_back(ds / as);
-        }
+        // The score phases, read from the profiles after each timed call (CPU seconds over workers).
+        std::vector<double> sd, sa;
+        const auto t = aqua_examples::time_interleaved(
+            g_clock, c.reps, 1, 1, dense, run_aqua, [&] { sd.push_back(dprof.score_seconds * 1e3 / c.threads); },
+            [&] { sa.push_back((aprof.score_seconds + aprof.select_seconds) * 1e3 / c.threads); });
+        std::vector<double> sratio;
+        for (std::size_t i = 0; i < sd.size(); ++i) sratio.push_back(sd[i] / sa[i]);
         result r;
         r.mode = "prefill";
         r.select = sel;
@@ -439,34 +515,223 @@ void run_prefill(const config& c, double bandwidth) {
         r.hq = c.hq;
         r.hkv = c.hkv;
         r.threads = c.threads;
-        r.dense_ms = median(td);
-        r.aqua_ms = median(ta);
-        r.speedup = median(ratio);
-        r.dense_score_ms = median(sd);
-        r.aqua_score_ms = median(sa);
-        r.score_speedup = median(sratio);
+        r.dense_ms = t.median_a();
+        r.aqua_ms = t.median_b();
+        r.speedup = t.median_ratio();
+        r.dense_score_ms = aqua_examples::median(sd);
+        r.aqua_score_ms = aqua_examples::median(sa);
+        r.score_speedup = aqua_examples::median(sratio);
         r.key_fraction = double(k) / double(c.d);
         r.dense_gbps = bytes / (r.dense_ms * 1e-3) / 1e9;
         r.aqua_gbps = bytes / (r.aqua_ms * 1e-3) / 1e9;
         r.bandwidth = bandwidth;
-        r.rel_err = rel_l2(aqua_out, dense_out);
+        r.rel_err = aqua_examples::rel_l2(aqua_out, dense_out);
+        r.basis = c.random_basis ? "random" : "identity";
         print(c, r, header);
         header = false;
       }
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// --sweep-break-even
+
+/// The cost model's configuration matching a measured one: tiles of c.tile dims, key projection
+/// amortised (the cache is filled before timing), one selection per group for group and tile mode,
+/// the per-head union bound for per-head mode, fp32 cache and projection.
+aqua::cost_config model_of(const config& c, index_t k, const std::string& sel) {
+  aqua::cost_config m;
+  m.d = c.d;
+  m.k = k;
+  m.hq = c.hq;
+  m.hkv = c.hkv;
+  m.tile = c.tile;
+  m.key_projection = aqua::key_projection_cost::amortised;
+  m.sharing = sel == "per-head" ? aqua::selection_sharing::per_head : aqua::selection_sharing::group_shared;
+  m.union_spread = aqua::union_spread_disjoint;
+  // An identity cache neither projects queries nor reads P: the model's fixed costs would be absent.
+  if (!c.random_basis) m.projection_elem_bytes = 0;
+  return m;
+}
+
+struct sweep_point {
+  index_t n = 0;
+  double dense_ms = 0, aqua_ms = 0, speedup = 0, key_fraction = 0;
+  int inner = 1;
+};
+
+/// Smallest measured N from which AQUA won at every larger measured N; nullopt if it lost at the
+/// largest. `last_loss` gets the largest N at which it lost (0 if none).
+std::optional<index_t> measured_break_even(const std::vector<sweep_point>& pts, index_t& last_loss) {
+  last_loss = 0;
+  std::optional<index_t> first_win;
+  for (const auto& p : pts) {
+    if (p.speedup > 1.0) {
+      if (!first_win) first_win = p.n;
+    } else {
+      last_loss = p.n;
+      first_win.reset();
+    }
+  }
+  return first_win;
+}
+
+std::string opt_text(const std::optional<double>& x, const char* fmt) {
+  if (!x) return "never";
+  char b[32];
+  std::snprintf(b, sizeof b, fmt, *x);
+  return b;
+}
+
+std::string opt_json(const std::optional<double>& x) {
+  if (!x) return "null";
+  char b[32];
+  std::snprintf(b, sizeof b, "%.6g", *x);
+  return b;
+}
+
+int run_sweep(const config& c, double bandwidth) {
+  struct entry {
+    index_t k;
+    std::string sel;
+    std::vector<sweep_point> points;
+  };
+  std::vector<entry> entries;
+  for (const auto& sel : c.select)
+    for (index_t k : c.k) entries.push_back({k, sel, {}});
+  const synthetic data(c);
+  const auto q = data.queries(1, 7);
+  const double min_sample_ms = 1.0;
+  // One pass over ascending N: the cache grows by appending (the same seed gives the same tokens
+  // in every pass), and every configuration is measured at each N of the pass.
+  auto pass = [&](const std::vector<index_t>& ns, const std::vector<std::vector<bool>>& wanted) {
+    const index_t cap = ns.back();
+    aqua::kv_cache cache = data.make_cache(cap);
+    // --baseline plain: the raw keys in a cache without projection (the same tiled kernel, no q~ = q P);
+    // --baseline reference: the raw keys and values token-major, [Hkv, cap, d].
+    aqua::kv_cache plain = aqua::kv_cache(c.hkv, c.d, {c.tile, 0, c.baseline == "plain" ? cap : 1});
+    std::vector<float> raw_k, raw_v;
+    if (c.baseline == "reference") {
+      raw_k.resize(std::size_t(c.hkv * cap * c.d));
+      raw_v.resize(raw_k.size());
+    }
+    auto keep_raw = [&](const float* keys, const float* values, index_t cnt) {
+      if (c.baseline == "plain")
+        plain.append(aqua::make_view(keys, c.hkv, cnt, c.d), aqua::make_view(values, c.hkv, cnt, c.d));
+      if (c.baseline != "reference") return;
+      for (index_t h = 0; h < c.hkv; ++h) {
+        std::copy(keys + h * cnt * c.d, keys + (h + 1) * cnt * c.d, raw_k.data() + (h * cap + cache.size()) * c.d);
+        std::copy(values + h * cnt * c.d, values + (h + 1) * cnt * c.d, raw_v.data() + (h * cap + cache.size()) * c.d);
+      }
+    };
+    const dense_side base = c.baseline == "reference" ? dense_side{nullptr, raw_k.data(), raw_v.data(), cap}
+                            : c.baseline == "plain"   ? dense_side{&plain, nullptr, nullptr, 0}
+                                                      : dense_side{&cache, nullptr, nullptr, 0};
+    std::mt19937 rng(1000);
+    for (std::size_t i = 0; i < ns.size(); ++i) {
+      aqua_examples::append_spectrum_tokens(rng, data.spectrum, data.bases, ns[i] - cache.size(), {&cache}, keep_raw);
+      for (std::size_t e = 0; e < entries.size(); ++e) {
+        if (!wanted[e][i]) continue;
+        const auto m = measure_decode(c, base, cache, q, entries[e].k, entries[e].sel, min_sample_ms);
+        entries[e].points.push_back(
+            {ns[i], m.times.median_a(), m.times.median_b(), m.times.median_ratio(), m.key_fraction, m.inner});
+        if (!c.json)
+          std::fprintf(stderr, "\r  k = %lld %-8s N = %6lld: speedup %.3f (%d call%s per sample)     ",
+                       (long long)entries[e].k, entries[e].sel.c_str(), (long long)ns[i], m.times.median_ratio(),
+                       m.inner, m.inner == 1 ? "" : "s");
+      }
+    }
+  };
+  std::vector<index_t> grid;
+  for (index_t n = c.sweep_min; n <= c.sweep_max; n *= 2) grid.push_back(n);
+  pass(grid, std::vector<std::vector<bool>>(entries.size(), std::vector<bool>(grid.size(), true)));
+  // Refinement: three points, a quarter octave apart (multiples of 16 tokens, one cache block),
+  // between the last loss and the next grid point.
+  std::vector<index_t> refine;
+  std::vector<std::vector<index_t>> refine_of(entries.size());
+  for (std::size_t e = 0; e < entries.size(); ++e) {
+    index_t last_loss = 0;
+    const auto win = measured_break_even(entries[e].points, last_loss);
+    if (!win || last_loss == 0) continue;
+    for (int j = 1; j <= 3; ++j) {
+      const index_t n = index_t(std::llround(double(last_loss) * std::pow(2.0, j / 4.0) / 16.0)) * 16;
+      if (n > last_loss && n < *win) {
+        refine_of[e].push_back(n);
+        refine.push_back(n);
+      }
+    }
+  }
+  std::sort(refine.begin(), refine.end());
+  refine.erase(std::unique(refine.begin(), refine.end()), refine.end());
+  if (!refine.empty()) {
+    std::vector<std::vector<bool>> wanted(entries.size(), std::vector<bool>(refine.size(), false));
+    for (std::size_t e = 0; e < entries.size(); ++e)
+      for (std::size_t i = 0; i < refine.size(); ++i)
+        wanted[e][i] = std::find(refine_of[e].begin(), refine_of[e].end(), refine[i]) != refine_of[e].end();
+    pass(refine, wanted);
+  }
+  if (!c.json) std::fprintf(stderr, "\r%80s\r", "");
+
+  if (!c.json) {
+    std::printf("measured vs modelled decode break-even: d = %lld, Hq = %lld, Hkv = %lld, tile %lld, %d thread%s, "
+                "%s clock, basis %s, dense baseline %s, %d pairs per N, N = %lld..%lld doubling + 3 refinement points\n",
+                (long long)c.d, (long long)c.hq, (long long)c.hkv, (long long)c.tile, c.threads,
+                c.threads == 1 ? "" : "s", c.cpu_clock ? "cpu" : "wall", c.random_basis ? "random" : "identity",
+                c.baseline.c_str(), c.reps,
+                (long long)c.sweep_min, (long long)c.sweep_max);
+    std::printf("%4s %-8s %10s %10s %12s %12s %12s %8s\n", "k", "select", "last_loss", "measured", "model_FLOPs",
+                "model_bytes", "model_D/d", "keyfr");
+  }
+  for (auto& e : entries) {
+    std::sort(e.points.begin(), e.points.end(), [](const sweep_point& a, const sweep_point& b) { return a.n < b.n; });
+    index_t last_loss = 0;
+    const auto win = measured_break_even(e.points, last_loss);
+    const aqua::cost_config model = model_of(c, e.k, e.sel);
+    const auto flops = aqua::break_even_decode_flops(model), bytes = aqua::break_even_decode_bytes(model);
+    const double d_read = aqua::key_dims_read(model) / double(c.d);
+    const double keyfr = e.points.empty() ? 0 : e.points.back().key_fraction;
+    if (c.json) {
+      std::printf("{\"mode\":\"break_even\",\"d\":%lld,\"k\":%lld,\"hq\":%lld,\"hkv\":%lld,\"tile\":%lld,"
+                  "\"threads\":%d,\"select\":\"%s\",\"baseline\":\"%s\",\"basis\":\"%s\",\"clock\":\"%s\",\"bandwidth_gbps\":%.3f,"
+                  "\"measured_break_even\":%s,\"last_loss_n\":%lld,\"model_break_even_flops\":%s,"
+                  "\"model_break_even_bytes\":%s,\"model_key_fraction\":%.4f,\"key_fraction_read\":%.4f,"
+                  "\"model_sharing\":\"%s\",\"model_projection_elem_bytes\":%g,\"points\":[",
+                  (long long)c.d, (long long)e.k, (long long)c.hq, (long long)c.hkv, (long long)c.tile, c.threads,
+                  e.sel.c_str(), c.baseline.c_str(), c.random_basis ? "random" : "identity", c.cpu_clock ? "cpu" : "wall", bandwidth,
+                  win ? std::to_string(*win).c_str() : "null", (long long)last_loss, opt_json(flops).c_str(),
+                  opt_json(bytes).c_str(), d_read, keyfr,
+                  model.sharing == aqua::selection_sharing::per_head ? "per_head" : "group_shared",
+                  model.projection_elem_bytes);
+      for (std::size_t i = 0; i < e.points.size(); ++i)
+        std::printf("%s{\"n\":%lld,\"dense_ms\":%.5f,\"aqua_ms\":%.5f,\"speedup\":%.4f,\"inner\":%d}", i ? "," : "",
+                    (long long)e.points[i].n, e.points[i].dense_ms, e.points[i].aqua_ms, e.points[i].speedup,
+                    e.points[i].inner);
+      std::printf("]}\n");
+    } else {
+      std::printf("%4lld %-8s %10lld %10s %12s %12s %12.3f %8.3f\n", (long long)e.k, e.sel.c_str(),
+                  (long long)last_loss, win ? std::to_string(*win).c_str() : "never",
+                  opt_text(flops, "%.1f").c_str(), opt_text(bytes, "%.1f").c_str(), d_read, keyfr);
+      std::printf("     speedup by N:");
+      for (const auto& p : e.points) std::printf(" %lld:%.2f", (long long)p.n, p.speedup);
+      std::printf("\n");
+    }
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const config c = parse(argc, argv);
-  g_cpu_clock = c.cpu_clock;
-  g_threads = c.threads;
-  const double bandwidth = measure_bandwidth(c.threads);
+  g_clock.cpu = c.cpu_clock;
+  g_clock.threads = c.threads;
+  const double bandwidth = measure_bandwidth(g_clock, c.threads);
   if (!c.json)
     std::printf("memory-read bandwidth (sum over 1 GiB, best of 5, %d thread%s, %s clock): %.2f GB/s\n", c.threads,
                 c.threads == 1 ? "" : "s", c.cpu_clock ? "cpu" : "wall", bandwidth);
   try {
+    if (c.sweep) return run_sweep(c, bandwidth);
     if (c.mode == "decode") run_decode(c, bandwidth);
     else run_prefill(c, bandwidth);
   } catch (const aqua::error& e) {

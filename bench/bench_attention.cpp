@@ -1,6 +1,7 @@
 // AQUA vs dense attention over the tiled cache (decode) and AQUA vs Eigen-GEMM dense prefill, as
 // Google Benchmark cases. For side-by-side ratios on a shared machine use bench/aqua_compare.
 #include <aqua/attention.hpp>
+#include <aqua/cost_model.hpp>
 #include <aqua/kv_cache.hpp>
 
 #include <benchmark/benchmark.h>
@@ -47,9 +48,19 @@ decode_fixture& fixture(index_t n) {
   return *all.back();
 }
 
-void set_counters(benchmark::State& state, const decode_fixture& f, double key_fraction) {
+// FLOP/s are the cost model's FLOPs (aqua/cost_model.hpp) per second; tokens/s are decode steps
+// (one new token through one layer) per second.
+void set_counters(benchmark::State& state, const decode_fixture& f, double key_fraction, index_t k = 0) {
   const double bytes = double(f.cache.key_bytes()) * key_fraction + double(f.cache.value_bytes());
   state.counters["bytes/s"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);
+  aqua::cost_config c;
+  c.d = f.d;
+  c.k = k == 0 ? f.d : k;
+  c.hq = f.hq;
+  c.hkv = f.hkv;
+  const double flops = k == 0 ? aqua::dense_decode_cost(c, double(f.n)).flops() : aqua::aqua_decode_cost(c, double(f.n)).flops();
+  state.counters["FLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["tokens/s"] = benchmark::Counter(1, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 void BM_dense_decode_cache(benchmark::State& state) {
@@ -83,7 +94,7 @@ void BM_aqua_decode(benchmark::State& state) {
   opt.profile = &prof;
   aqua::aqua_decode(aqua::make_view(static_cast<const float*>(f.q.data()), f.hq, f.d), f.cache, state.range(1),
                     aqua::make_view(f.out.data(), f.hq, f.d), opt);
-  set_counters(state, f, prof.key_fraction_read);
+  set_counters(state, f, prof.key_fraction_read, state.range(1));
   state.counters["key_fraction"] = prof.key_fraction_read;
 }
 BENCHMARK(BM_aqua_decode)
@@ -108,6 +119,15 @@ void BM_prefill(benchmark::State& state) {
     else aqua::aqua_prefill(qv, cache, aqua::selection_spec::top_k(k), aqua::make_view(out.data(), hq, n, d), opt);
     benchmark::ClobberMemory();
   }
+  aqua::cost_config c;
+  c.d = d;
+  c.k = dense ? d : k;
+  c.hq = hq;
+  c.hkv = hkv;
+  const auto cost = dense ? aqua::dense_prefill_cost(c, double(n), double(n)) : aqua::aqua_prefill_cost(c, double(n), double(n));
+  state.counters["FLOP/s"] = benchmark::Counter(cost.flops(), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["bytes/s"] = benchmark::Counter(cost.bytes(), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["tokens/s"] = benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_prefill)->Args({4096, 0, 0})->Args({4096, 32, 0})->Args({4096, 32, 2})->Unit(benchmark::kMillisecond);
 

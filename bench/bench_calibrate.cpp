@@ -30,6 +30,11 @@ void BM_calibrate_accumulate(benchmark::State& state) {
     benchmark::ClobberMemory();
   }
   state.counters["vectors/s"] = benchmark::Counter(double(rows), benchmark::Counter::kIsIterationInvariantRate);
+  // X^T X += x^T x per row: d^2 multiply-adds (the full square; the kernel may use the symmetry).
+  state.counters["FLOP/s"] =
+      benchmark::Counter(2.0 * double(rows) * double(d) * double(d), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["bytes/s"] =
+      benchmark::Counter(double(rows * d) * sizeof(float), benchmark::Counter::kIsIterationInvariantRate);
   state.SetLabel(opt.allow_simd && aqua::detail::gram_simd_available() ? "avx2+fma" : "portable");
 }
 BENCHMARK(BM_calibrate_accumulate)
@@ -46,6 +51,10 @@ void BM_calibrate_accumulate_layer(benchmark::State& state) {
     benchmark::ClobberMemory();
   }
   state.counters["vectors/s"] = benchmark::Counter(double(hq * rows), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["FLOP/s"] = benchmark::Counter(2.0 * double(hq * rows) * double(d) * double(d),
+                                                benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["bytes/s"] =
+      benchmark::Counter(double(hq * rows * d) * sizeof(float), benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_calibrate_accumulate_layer)->Arg(512)->Unit(benchmark::kMillisecond);
 

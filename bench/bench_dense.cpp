@@ -31,6 +31,9 @@ void BM_dense_decode_reference(benchmark::State& state) {
   const double bytes = 2.0 * double(hkv * n * d) * sizeof(float);
   state.counters["bytes/s"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["tokens/s"] = benchmark::Counter(1, benchmark::Counter::kIsIterationInvariantRate);
+  // Scores and values: 2 multiply-adds per key element per query head.
+  state.counters["FLOP/s"] =
+      benchmark::Counter(4.0 * double(hq * n * d), benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_dense_decode_reference)->ArgsProduct({{1024, 4096, 32768}, {1, 2}})->Unit(benchmark::kMillisecond);
 

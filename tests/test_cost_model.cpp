@@ -293,7 +293,7 @@ TEST_CASE("KV-cache bytes per token for dense, AQUA, truncated and an H2O budget
   CHECK(f.tokens_kept == 32768);
   CHECK(f.dense_bytes == 32768.0 * 4096);
   CHECK(f.aqua_bytes == 32768.0 * 3072);
-  CHECK(f.projection_bytes == 8.0 * 128 * 128 * 4);
+  CHECK(f.projection_bytes == 8.0 * 128 * 64 * 4);  // P truncated to d x r
   c.token_budget = 1024;
   f = aqua::kv_cache_bytes(c, 32768);
   CHECK(f.tokens_kept == 1024);
@@ -352,4 +352,43 @@ TEST_CASE("prefill costs count causal query-key pairs", "[cost_model]") {
   CHECK(a.score_flops == 2.0 * 12 * 2);
   CHECK(a.projection_flops == 3.0 * 2 * 64);
   CHECK(a.key_bytes == 5.0 * 8 * 4);  // every stored tile, once
+}
+
+TEST_CASE("a truncated cache charges d x r projections, not d x d", "[cost_model]") {
+  // d = 8, r = 4, k = 2, N = 10, one head, T = 1, fp32: P is 8 x 4, so q~ = q P is 2 * 8 * 4 FLOPs
+  // and reading P is 8 * 4 * 4 bytes; the scores and the values do not depend on r.
+  cost_config c = make_config(8, 2);
+  c.r = 4;
+  c.tile = 1;
+  auto a = aqua::aqua_decode_cost(c, 10);
+  CHECK(a.projection_flops == 64);
+  CHECK(a.projection_bytes == 128);
+  CHECK(a.score_flops == 40);
+  CHECK(a.value_flops == 160);
+  CHECK(a.key_bytes == 80);  // 10 tokens * 2 dims * 4 bytes
+  c.key_projection = key_projection_cost::per_query;
+  CHECK(aqua::aqua_decode_cost(c, 10).projection_flops == 128);  // the key projected onto 4 dims too
+  c.key_projection = key_projection_cost::amortised;
+  const auto pre = aqua::aqua_prefill_cost(c, 10, 3, false);
+  CHECK(pre.projection_flops == 3 * 64);
+  CHECK(pre.projection_bytes == 128);
+  CHECK(pre.key_bytes == 10 * 4 * 4);  // every stored dim, and only those
+
+  // Break-even: the fixed cost d r replaces d^2, so N* = d r / (d - k), written out here.
+  cost_config t = make_config(128, 32);
+  t.r = 64;
+  const double expected = 128.0 * 64 / (128 - 32);
+  CHECK(*aqua::break_even_decode_flops(t) == Approx(expected).epsilon(1e-9));
+  CHECK(*aqua::break_even_flops_closed_form(128, 32, key_projection_cost::amortised, 1, 64) == Approx(expected));
+  t.key_projection = key_projection_cost::per_query;
+  CHECK(*aqua::break_even_decode_flops(t) == Approx(2 * expected).epsilon(1e-9));
+  // Bytes: d r e_P / ((d - D) e) with D = 32 (k = 32 in one tile of 32).
+  t.key_projection = key_projection_cost::amortised;
+  CHECK(*aqua::break_even_decode_bytes(t) == Approx(128.0 * 64 / (128 - 32)).epsilon(1e-9));
+  CHECK(*aqua::break_even_bytes_closed_form(t) == Approx(128.0 * 64 / (128 - 32)));
+  // Truncation never makes the model more expensive than the untruncated cache.
+  cost_config full = make_config(128, 32);
+  CHECK(*aqua::break_even_decode_flops(t) < *aqua::break_even_decode_flops(full));
+  CHECK_THROWS_WITH(aqua::break_even_flops_closed_form(128, 80, key_projection_cost::amortised, 1, 64),
+                    Contains("k = 80"));
 }

@@ -55,10 +55,9 @@ TEST_CASE("a truncated cache's bytes equal the cost model's KV-cache figure", "[
     CHECK(double(identity.key_bytes() + identity.value_bytes()) == model.aqua_bytes);
     CHECK(double(identity.bytes()) == double(n) * aqua::aqua_kv_bytes_per_token(c));
     CHECK(double(projected.key_bytes() + projected.value_bytes()) == model.aqua_bytes);
-    // The cache keeps only the r columns of P its keys and queries use; the model counts all d^2
-    // (the same at r = d).
-    CHECK(double(projected.bytes()) == model.aqua_bytes + model.projection_bytes * double(r) / double(d));
-    if (r == d) CHECK(double(projected.bytes()) == model.aqua_bytes + model.projection_bytes);
+    // The cache keeps only the r columns of P its keys and queries use, and so does the model.
+    CHECK(double(projected.bytes()) == model.aqua_bytes + model.projection_bytes);
+    CHECK(model.projection_bytes == double(hkv * d * r) * sizeof(float));
     // Against the dense cache: the key half shrinks to r / d.
     CHECK(double(identity.key_bytes()) == model.dense_bytes / 2 * double(r) / double(d));
   }

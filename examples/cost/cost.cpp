@@ -8,6 +8,8 @@
 // Run with --help for every option.
 #include <aqua/cost_model.hpp>
 
+#include "common/svg_plot.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -330,95 +332,25 @@ void print_configuration(const options& o) {
 // ----------------------------------------------------------------------------------------------
 // SVG plot: modelled decode speedup (dense / AQUA) against N on a log axis, FLOPs and bytes side by side.
 
-struct panel {
-  double x, y, width, height;  // plotting area in SVG units
-  double log_n_min, log_n_max, y_max;
-  double px(double n) const { return x + (std::log2(n) - log_n_min) / (log_n_max - log_n_min) * width; }
-  double py(double speedup) const { return y + height - speedup / y_max * height; }
-};
+namespace svg = aqua_examples::svg;
 
-std::string n_label(double n) {
-  char buffer[32];
-  if (n >= 1024 * 1024)
-    std::snprintf(buffer, sizeof buffer, "%gM", n / (1024 * 1024));
-  else if (n >= 1024)
-    std::snprintf(buffer, sizeof buffer, "%gk", n / 1024);
-  else
-    std::snprintf(buffer, sizeof buffer, "%g", n);
-  return buffer;
-}
-
-double nice_step(double range) {
-  const double raw = range / 6, magnitude = std::pow(10.0, std::floor(std::log10(raw)));
-  for (double m : {1.0, 2.0, 2.5, 5.0, 10.0})
-    if (m * magnitude >= raw) return m * magnitude;
-  return 10 * magnitude;
-}
-
-const char* dash(std::size_t curve) { return curve % 2 == 1 ? " stroke-dasharray=\"7,4\"" : ""; }
-
-void draw_panel(std::FILE* f, const panel& p, const std::string& title, const std::string& subtitle,
-                const std::vector<aqua::cost_config>& configs, const std::vector<const char*>& colors, bool bytes,
-                double y_step) {
-  // Grid and ticks.
-  std::fprintf(f, "<g font-size=\"12\" fill=\"#333\">\n");
-  for (double tick = 0; tick <= p.y_max + 1e-9; tick += y_step) {
-    const double ty = p.py(tick);
-    std::fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#e3e3e3\"/>\n", p.x, ty,
-                 p.x + p.width, ty);
-    std::fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%g×</text>\n", p.x - 6, ty + 4, tick);
-  }
-  for (double e = std::ceil(p.log_n_min); e <= p.log_n_max + 1e-9; e += 1) {
-    const double n = std::pow(2.0, e), tx = p.px(n);
-    const bool major = static_cast<long long>(e) % 2 == 0;
-    std::fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\"/>\n", tx, p.y, tx,
-                 p.y + p.height, major ? "#e3e3e3" : "#f2f2f2");
-    std::fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#333\"/>\n", tx, p.y + p.height, tx,
-                 p.y + p.height + (major ? 5 : 3));
-    if (major)
-      std::fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%s</text>\n", tx, p.y + p.height + 18,
-                   n_label(n).c_str());
-  }
-  std::fprintf(f, "</g>\n");
-  // Frame, titles and axis labels.
-  std::fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"#333\"/>\n", p.x, p.y,
-               p.width, p.height);
-  std::fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"15\" font-weight=\"bold\">%s</text>\n",
-               p.x + p.width / 2, p.y - 26, title.c_str());
-  std::fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"12\" fill=\"#555\">%s</text>\n",
-               p.x + p.width / 2, p.y - 10, subtitle.c_str());
-  std::fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"13\">context length N (tokens, log scale)</text>\n",
-               p.x + p.width / 2, p.y + p.height + 40);
-  std::fprintf(f,
-               "<text transform=\"translate(%.1f,%.1f) rotate(-90)\" text-anchor=\"middle\" font-size=\"13\">"
-               "modelled speedup, dense / AQUA</text>\n",
-               p.x - 44, p.y + p.height / 2);
-  // The break-even line.
-  std::fprintf(f,
-               "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#000\" stroke-width=\"1.2\" "
-               "stroke-dasharray=\"6,4\"/>\n",
-               p.x, p.py(1), p.x + p.width, p.py(1));
+void draw_panel(std::FILE* f, const svg::panel& p, const std::string& title, const std::string& subtitle,
+                const std::vector<aqua::cost_config>& configs, bool bytes, double y_step) {
+  svg::draw_axes(f, p, title, subtitle, "context length N (tokens, log scale)", "modelled speedup, dense / AQUA",
+                 y_step);
   // Top left of the line: at small N every curve is well below 1x, so the label stays clear.
-  std::fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"11\" fill=\"#000\">1× (break-even)</text>\n", p.x + 6,
-               p.py(1) - 6);
-  // Curves, and a dot where each crosses 1x.
-  const int samples = 240;
+  svg::draw_reference_line(f, p, 1, "1× (break-even)");
+  // Curves, and a dot where each crosses 1x. Alternate solid and dashed strokes: curves that
+  // coincide (same tiles read) stay visible.
   for (std::size_t i = 0; i < configs.size(); ++i) {
-    // Alternate solid and dashed strokes: curves that coincide (same tiles read) stay visible.
-    std::fprintf(f,
-                 "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2.4\" stroke-linejoin=\"round\"%s points=\"",
-                 colors[i % colors.size()], dash(i));
-    for (int s = 0; s <= samples; ++s) {
-      const double n = std::pow(2.0, p.log_n_min + (p.log_n_max - p.log_n_min) * s / samples);
-      const double ratio = bytes ? aqua::decode_byte_ratio(configs[i], n) : aqua::decode_flop_ratio(configs[i], n);
-      std::fprintf(f, "%.1f,%.1f ", p.px(n), p.py(std::min(ratio, p.y_max)));
-    }
-    std::fprintf(f, "\"/>\n");
-    const auto crossing =
-        bytes ? aqua::break_even_decode_bytes(configs[i]) : aqua::break_even_decode_flops(configs[i]);
-    if (crossing && std::log2(std::max(*crossing, 1.0)) >= p.log_n_min && std::log2(*crossing) <= p.log_n_max)
-      std::fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"4\" fill=\"%s\" stroke=\"#fff\" stroke-width=\"1\"/>\n",
-                   p.px(*crossing), p.py(1), colors[i % colors.size()]);
+    const auto& c = configs[i];
+    svg::draw_curve(f, p,
+                    svg::sample_curve(p, [&](double n) {
+                      return bytes ? aqua::decode_byte_ratio(c, n) : aqua::decode_flop_ratio(c, n);
+                    }),
+                    svg::color(i), i % 2 == 1);
+    const auto crossing = bytes ? aqua::break_even_decode_bytes(c) : aqua::break_even_decode_flops(c);
+    if (crossing) svg::draw_marker(f, p, std::max(*crossing, 1.0), 1, svg::color(i));
   }
 }
 
@@ -435,20 +367,12 @@ std::string legend_label(const aqua::cost_config& c, bool bytes) {
   return buffer;
 }
 
-void draw_legend(std::FILE* f, const panel& p, const std::vector<aqua::cost_config>& configs,
-                 const std::vector<const char*>& colors, bool bytes) {
+void draw_legend(std::FILE* f, const svg::panel& p, const std::vector<aqua::cost_config>& configs, bool bytes) {
   // Bottom right: every curve is below 1x at small N and above it (or flat at 1x) at large N.
-  const double row = 18, box_w = 220, box_h = row * double(configs.size()) + 12;
-  const double lx = p.x + p.width - box_w - 10, ly = p.y + p.height - box_h - 10;
-  std::fprintf(f, "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"#fff\" fill-opacity=\"0.9\" stroke=\"#bbb\"/>\n",
-               lx, ly, box_w, box_h);
-  for (std::size_t i = 0; i < configs.size(); ++i) {
-    const double y = ly + 15 + row * double(i);
-    std::fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\" stroke-width=\"3\"%s/>\n",
-                 lx + 8, y, lx + 32, y, colors[i % colors.size()], dash(i));
-    std::fprintf(f, "<text x=\"%.1f\" y=\"%.1f\" font-size=\"12\">%s</text>\n", lx + 38, y + 4,
-                 legend_label(configs[i], bytes).c_str());
-  }
+  std::vector<svg::legend_entry> entries;
+  for (std::size_t i = 0; i < configs.size(); ++i)
+    entries.push_back({legend_label(configs[i], bytes), svg::color(i), i % 2 == 1, false});
+  svg::draw_legend(f, p, entries);
 }
 
 void write_plot(const options& o) {
@@ -466,50 +390,36 @@ void write_plot(const options& o) {
       c.k = k;
       configs.push_back(c);
     }
-  const std::vector<const char*> colors = {"#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000"};
-
   const double log_n_min = 4, log_n_max = o.n ? std::max(17.0, std::ceil(std::log2(*o.n))) : 17;
   const double n_max = std::pow(2.0, log_n_max);
   double highest = 1;
   for (const auto& c : configs)
     highest = std::max({highest, aqua::decode_flop_ratio(c, n_max), aqua::decode_byte_ratio(c, n_max)});
-  const double y_step = nice_step(highest * 1.1);
-  const double y_max = std::ceil(highest * 1.08 / y_step) * y_step;
+  const auto [y_max, y_step] = svg::y_axis_for(highest);
 
   std::FILE* f = std::fopen(o.plot.c_str(), "w");
   if (!f) usage_error("cannot write '" + o.plot + "'");
   const double width = 1100, height = 560;
-  std::fprintf(f, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
-  std::fprintf(f,
-               "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%.0f\" height=\"%.0f\" viewBox=\"0 0 %.0f %.0f\" "
-               "font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\">\n",
-               width, height, width, height);
-  std::fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"#fff\"/>\n");
   char title[256];
   std::snprintf(title, sizeof title, "aqua cost model: modelled decode speedup of AQUA over dense attention, d = %lld%s",
                 static_cast<long long>(base.d), stored < base.d ? (", r = " + std::to_string(stored)).c_str() : "");
-  std::fprintf(f, "<text x=\"%.1f\" y=\"28\" text-anchor=\"middle\" font-size=\"18\" font-weight=\"bold\">%s</text>\n",
-               width / 2, title);
-  std::fprintf(f, "<text x=\"%.1f\" y=\"48\" text-anchor=\"middle\" font-size=\"12\" fill=\"#555\">%s</text>\n", width / 2,
-               describe(base).c_str());
+  svg::begin_document(f, width, height, title, describe(base));
 
-  const panel left{80, 110, 440, 360, log_n_min, log_n_max, y_max};
-  const panel right{630, 110, 440, 360, log_n_min, log_n_max, y_max};
+  const svg::panel left{80, 110, 440, 360, log_n_min, log_n_max, y_max};
+  const svg::panel right{630, 110, 440, 360, log_n_min, log_n_max, y_max};
   char flop_subtitle[160], byte_subtitle[160];
   std::snprintf(flop_subtitle, sizeof flop_subtitle, "key projection %s%s", key_projection_name(base.key_projection),
                 base.include_values ? ", values counted (limit 2d/(d+k))" : ", scores only");
   std::snprintf(byte_subtitle, sizeof byte_subtitle, "whole %lld-dim tiles, e = %g B, P read each step (e_P = %g B)",
                 static_cast<long long>(base.tile), base.elem_bytes, base.projection_elem_bytes);
-  draw_panel(f, left, "FLOPs per decode step", flop_subtitle, configs, colors, false, y_step);
-  draw_panel(f, right, "Bytes read per decode step", byte_subtitle, configs, colors, true, y_step);
-  draw_legend(f, left, configs, colors, false);
-  draw_legend(f, right, configs, colors, true);
-  std::fprintf(f,
-               "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\" font-size=\"11\" fill=\"#666\">Dots mark the "
-               "break-even length N*; generated by aqua_cost from include/aqua/cost_model.hpp (a model, not a "
-               "measurement).</text>\n",
-               width / 2, height - 14);
-  std::fprintf(f, "</svg>\n");
+  draw_panel(f, left, "FLOPs per decode step", flop_subtitle, configs, false, y_step);
+  draw_panel(f, right, "Bytes read per decode step", byte_subtitle, configs, true, y_step);
+  draw_legend(f, left, configs, false);
+  draw_legend(f, right, configs, true);
+  svg::note(f, width / 2, height - 14,
+            "Dots mark the break-even length N*; generated by aqua_cost from include/aqua/cost_model.hpp (a model, "
+            "not a measurement).");
+  svg::end_document(f);
   std::fclose(f);
 }
 

@@ -30,8 +30,10 @@
 #include <aqua/h2o.hpp>
 #include <aqua/kv_cache.hpp>
 
+#include "common/measure.hpp"
+#include "common/synthetic_data.hpp"
+
 #include <Eigen/Core>
-#include <Eigen/QR>
 
 #include <algorithm>
 #include <array>
@@ -138,21 +140,8 @@ double now_ms() {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const std::size_t h = v.size() / 2;
-  return v.size() % 2 ? v[h] : 0.5 * (v[h - 1] + v[h]);
-}
-
-double rel_l2(const std::vector<float>& a, const std::vector<float>& ref) {
-  double diff = 0, norm = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    diff += double(a[i] - ref[i]) * double(a[i] - ref[i]);
-    norm += double(ref[i]) * double(ref[i]);
-  }
-  return std::sqrt(diff) / std::max(std::sqrt(norm), 1e-300);
-}
+using aqua_examples::median;
+using aqua_examples::rel_l2;
 
 double mib(double bytes) { return bytes / (1024.0 * 1024.0); }
 
@@ -169,46 +158,29 @@ struct synthetic_layer {
   index_t capacity = 0, n = 0;
 
   synthetic_layer(const config& cfg, index_t cap) : c(cfg), rng(cfg.seed), capacity(cap) {
-    for (index_t h = 0; h < c.hkv; ++h) {
-      Eigen::MatrixXd g(c.d, c.d);
-      for (index_t i = 0; i < g.size(); ++i) g.data()[i] = normal(rng);
-      Eigen::MatrixXd q = Eigen::HouseholderQR<Eigen::MatrixXd>(g).householderQ();
-      bases.push_back(q.cast<float>());
-    }
-    spectrum.resize(c.d);
-    for (index_t i = 0; i < c.d; ++i) spectrum(i) = float(c.amplitude * std::exp(-double(i) / c.spectrum));
+    bases = aqua_examples::random_orthogonal_bases(c.hkv, c.d, rng);
+    const auto s = aqua_examples::decaying_spectrum(c.d, c.spectrum, c.amplitude);
+    spectrum = Eigen::Map<const Eigen::VectorXf>(s.data(), c.d);
     query_mean.resize(c.d, c.hq);
     for (index_t i = 0; i < query_mean.size(); ++i) query_mean.data()[i] = normal(rng);
     k.assign(std::size_t(c.hkv * capacity * c.d), 0.0f);
     v.assign(k.size(), 0.0f);
   }
 
-  std::vector<aqua::matrix_view<const float>> basis_views() const {
-    std::vector<aqua::matrix_view<const float>> views;
-    for (const auto& b : bases) views.push_back(aqua::view_of(b));
-    return views;
-  }
+  std::vector<aqua::matrix_view<const float>> basis_views() const { return aqua_examples::basis_views(bases); }
 
-  // Appends `count` tokens to the raw store and to the caches; raw key = z P^T, z_i ~ N(0, s_i^2).
+  // Appends `count` tokens to the raw store and to the caches (keys with the decaying spectrum in
+  // projected coordinates, rotated to raw ones; the caches project them back; values N(0, 1)).
   void append(index_t count, std::vector<aqua::kv_cache*> caches) {
-    Eigen::MatrixXf z(c.d, count);
-    for (index_t h = 0; h < c.hkv; ++h) {
-      for (index_t j = 0; j < count; ++j)
-        for (index_t i = 0; i < c.d; ++i) z(i, j) = spectrum(i) * normal(rng);
-      Eigen::MatrixXf raw = bases[std::size_t(h)] * z;  // column j: the raw key of token n + j
-      float* kh = k.data() + (h * capacity + n) * c.d;
-      float* vh = v.data() + (h * capacity + n) * c.d;
-      for (index_t j = 0; j < count; ++j)
-        for (index_t i = 0; i < c.d; ++i) {
-          kh[j * c.d + i] = raw(i, j);
-          vh[j * c.d + i] = normal(rng);
-        }
-    }
-    const float* k0 = k.data() + n * c.d;
-    const float* v0 = v.data() + n * c.d;
-    const std::array<index_t, 3> ext = {c.hkv, count, c.d}, str = {capacity * c.d, c.d, 1};
-    for (auto* cache : caches) cache->append(aqua::tensor3_view<const float>(k0, ext, str), aqua::tensor3_view<const float>(v0, ext, str));
-    n += count;
+    auto keep_raw = [&](const float* keys, const float* values, index_t cnt) {
+      for (index_t h = 0; h < c.hkv; ++h) {
+        std::copy(keys + h * cnt * c.d, keys + (h + 1) * cnt * c.d, k.data() + (h * capacity + n) * c.d);
+        std::copy(values + h * cnt * c.d, values + (h + 1) * cnt * c.d, v.data() + (h * capacity + n) * c.d);
+      }
+      n += cnt;
+    };
+    const std::vector<float> s(spectrum.data(), spectrum.data() + c.d);
+    aqua_examples::append_spectrum_tokens(rng, s, bases, count, caches, keep_raw);
   }
 
   // Queries [Hq, d]: in projected coordinates s_i (mean_i + NOISE z_i), z ~ N(0, 1); raw q = (that) P^T.
@@ -297,7 +269,7 @@ int sweep_rank(const config& c) {
                 "cache_MiB", "model_MiB", "dense_MiB", "err(k=r)", "err(k=r/2)");
   for (std::size_t i = 0; i < ranks.size(); ++i) {
     const auto model = aqua::kv_cache_bytes(cost_of(c, ranks[i]), double(c.n));
-    const double model_bytes = model.aqua_bytes + model.projection_bytes * double(ranks[i]) / double(c.d);
+    const double model_bytes = model.aqua_bytes + model.projection_bytes;
     const double e1 = median(err_all[i]), e2 = median(err_half[i]);
     if (c.json)
       std::printf("{\"r\":%lld,\"n\":%lld,\"d\":%lld,\"cache_bytes\":%zu,\"model_bytes\":%.0f,\"dense_bytes\":%.0f,"

@@ -15,11 +15,14 @@
 // for both). Per decode step, over all heads of one layer:
 //
 //   dense FLOPs  = Hq * (2 N_eff d  [scores]  + 2 N_eff d  [values, if include_values])
-//   AQUA  FLOPs  = Hq * (2 d^2  [q~ = qP]  + s d  [selection]  + 2 N_eff k  [scores]
+//   AQUA  FLOPs  = Hq * (2 d r  [q~ = qP]  + s d  [selection]  + 2 N_eff k  [scores]
 //                        + 2 N_eff d  [values, if include_values])
-//                  + key projection: amortised 0 | per_query Hq 2 d^2 | per_new_key Hkv 2 d^2
+//                  + key projection: amortised 0 | per_query Hq 2 d r | per_new_key Hkv 2 d r
 //   dense bytes  = Hkv * 2 N_eff d e                            (every key and value, once per KV head)
-//   AQUA  bytes  = Hkv * (N_eff D e  [projected key tiles]  + N_eff d e  [values]  + d^2 e_P  [P])
+//   AQUA  bytes  = Hkv * (N_eff D e  [projected key tiles]  + N_eff d e  [values]  + d r e_P  [P])
+//
+// P is d x r: a truncated cache stores (and projects onto) only the first r columns, so projecting a
+// query or a key costs d r multiply-adds and P is d r elements (r = d without truncation).
 //
 // where D = key_dims_read(c) is the number of projected key dims whose tiles a decode step reads:
 //   u = k                                           (group_shared selection: one S serves the group)
@@ -28,16 +31,16 @@
 //   D = min(r, ceil(u / T) T)                       (whole tiles, the selected dims assumed packed into
 //                                                    the leading tiles: dims are ordered by energy)
 //
-// Break-even (decode, FLOPs) with s = 0: N* = d^2 / (d - k) with the key projection amortised and
-// 2 d^2 / (d - k) counted per query (d = 128, k = 96: 512 and 1024); in general
-// N* = (2 d^2 + s d + key projection per query head) / (2 (d - k)). Break-even (decode, bytes):
-// N* = d^2 e_P / ((d - D) e). Prefill of a whole prompt (M = N, causal), key projection amortised:
-// N* = 2 d^2 / (d - k) - 1. The break_even_* functions solve numerically on the cost functions
+// Break-even (decode, FLOPs) with s = 0: N* = d r / (d - k) with the key projection amortised and
+// 2 d r / (d - k) counted per query (r = d = 128, k = 96: 512 and 1024); in general
+// N* = (2 d r + s d + key projection per query head) / (2 (d - k)). Break-even (decode, bytes):
+// N* = d r e_P / ((d - D) e). Prefill of a whole prompt (M = N, causal), key projection amortised:
+// N* = 2 d r / (d - k) - 1. The break_even_* functions solve numerically on the cost functions
 // themselves (so every term of the model counts, including the H2O budget, under which N* exists only
 // if it is below the budget); the *_closed_form functions give the formulas above for checking.
 //
 // KV-cache bytes per token, per layer: dense 2 Hkv d e; AQUA Hkv (r + d) e (the projected keys replace
-// the keys, so r = d costs the same as dense, and truncation cuts the key half to r/d); plus Hkv d^2 e_P
+// the keys, so r = d costs the same as dense, and truncation cuts the key half to r/d); plus Hkv d r e_P
 // per layer for the projections. An H2O budget B keeps min(N, B) tokens.
 #pragma once
 
@@ -48,7 +51,7 @@
 
 namespace aqua {
 
-/// How the per-key projection k~ = k P (d^2 multiply-adds per key and KV head) is charged.
+/// How the per-key projection k~ = k P (d r multiply-adds per key and KV head; d^2 untruncated) is charged.
 enum class key_projection_cost {
   /// Not charged to attention: each key is projected once when it enters the cache and serves every
   /// later query (the paper's d^2 / (d - k) break-even).
@@ -122,7 +125,7 @@ struct kv_cache_footprint {
   double tokens_kept = 0;       ///< min(N, B), or N without a budget
   double dense_bytes = 0;       ///< 2 Hkv d e per token kept
   double aqua_bytes = 0;        ///< Hkv (r + d) e per token kept (projected keys + values)
-  double projection_bytes = 0;  ///< Hkv d^2 e_P: the layer's projections, independent of N
+  double projection_bytes = 0;  ///< Hkv d r e_P: the layer's (truncated) projections, independent of N
 };
 
 namespace detail {
@@ -175,9 +178,12 @@ constexpr double effective_tokens(const cost_config& c, double n) {
   return c.token_budget > 0 ? cost_min(n, static_cast<double>(c.token_budget)) : n;
 }
 
+/// FLOPs of projecting one vector onto the stored dims: 2 d r (P is d x r under truncation).
+constexpr double projection_flops_per_vector(const cost_config& c) { return 2.0 * double(c.d) * stored_dims(c); }
+
 /// Key-projection FLOPs per step (decode) or per new token (prefill), over the layer.
 constexpr double key_projection_flops(const cost_config& c) {
-  const double dd = 2.0 * double(c.d) * double(c.d);
+  const double dd = projection_flops_per_vector(c);
   switch (c.key_projection) {
     case key_projection_cost::per_query: return double(c.hq) * dd;
     case key_projection_cost::per_new_key: return double(c.hkv) * dd;
@@ -208,13 +214,13 @@ constexpr attention_cost dense_decode_unchecked(const cost_config& c, double n) 
 constexpr attention_cost aqua_decode_unchecked(const cost_config& c, double n) {
   const double tokens = effective_tokens(c, n), d = double(c.d), hq = double(c.hq), hkv = double(c.hkv);
   attention_cost cost;
-  cost.projection_flops = hq * 2.0 * d * d + key_projection_flops(c);
+  cost.projection_flops = hq * projection_flops_per_vector(c) + key_projection_flops(c);
   cost.selection_flops = hq * c.selection_flops_per_dim * d;
   cost.score_flops = hq * 2.0 * tokens * double(c.k);
   cost.value_flops = c.include_values ? hq * 2.0 * tokens * d : 0.0;
   cost.key_bytes = hkv * tokens * key_dims_read_unchecked(c) * c.elem_bytes;
   cost.value_bytes = hkv * tokens * d * c.elem_bytes;
-  cost.projection_bytes = hkv * d * d * c.projection_elem_bytes;
+  cost.projection_bytes = hkv * d * stored_dims(c) * c.projection_elem_bytes;
   return cost;
 }
 
@@ -236,14 +242,14 @@ constexpr attention_cost dense_prefill_unchecked(const cost_config& c, double n,
 constexpr attention_cost aqua_prefill_unchecked(const cost_config& c, double n, double m, bool causal) {
   const double pairs = prefill_pairs(n, m, causal), d = double(c.d), hq = double(c.hq), hkv = double(c.hkv);
   attention_cost cost;
-  cost.projection_flops = m * (hq * 2.0 * d * d + key_projection_flops(c));
+  cost.projection_flops = m * (hq * projection_flops_per_vector(c) + key_projection_flops(c));
   cost.selection_flops = m * hq * c.selection_flops_per_dim * d;
   cost.score_flops = hq * 2.0 * pairs * double(c.k);
   cost.value_flops = c.include_values ? hq * 2.0 * pairs * d : 0.0;
   // Many queries select different dims: over a prefill every stored tile is read.
   cost.key_bytes = hkv * n * stored_dims(c) * c.elem_bytes;
   cost.value_bytes = hkv * n * d * c.elem_bytes;
-  cost.projection_bytes = hkv * d * d * c.projection_elem_bytes;
+  cost.projection_bytes = hkv * d * stored_dims(c) * c.projection_elem_bytes;
   return cost;
 }
 
@@ -348,14 +354,18 @@ constexpr std::optional<double> break_even_prefill_flops(const cost_config& c) {
 
 /// The paper's decode break-even with selection free and no H2O budget:
 /// d^2/(d-k) amortised, 2 d^2/(d-k) per query, (1 + 1/g) d^2/(d-k) per new key; nullopt for k = d.
+/// With truncation to r stored dims (r = 0 means d) the projections are d x r: d^2 becomes d r.
 constexpr std::optional<double> break_even_flops_closed_form(std::int64_t d, std::int64_t k,
                                                              key_projection_cost key_projection,
-                                                             std::int64_t group = 1) {
+                                                             std::int64_t group = 1, std::int64_t r = 0) {
   AQUA_CHECK(d >= 1, "aqua::break_even_flops_closed_form: d = ", d, " must be at least 1");
-  AQUA_CHECK(k >= 1 && k <= d, "aqua::break_even_flops_closed_form: k = ", k, " must be in [1, d = ", d, "]");
+  AQUA_CHECK(r >= 0 && r <= d, "aqua::break_even_flops_closed_form: r = ", r, " must be in [0, d = ", d, "]");
+  const std::int64_t stored = r == 0 ? d : r;
+  AQUA_CHECK(k >= 1 && k <= stored, "aqua::break_even_flops_closed_form: k = ", k, " must be in [1, ",
+             r == 0 ? "d = " : "r = ", stored, "]");
   AQUA_CHECK(group >= 1, "aqua::break_even_flops_closed_form: group = ", group, " must be at least 1");
   if (k == d) return std::nullopt;
-  const double base = double(d) * double(d) / double(d - k);
+  const double base = double(d) * double(stored) / double(d - k);
   switch (key_projection) {
     case key_projection_cost::per_query: return 2.0 * base;
     case key_projection_cost::per_new_key: return (1.0 + 1.0 / double(group)) * base;
@@ -364,12 +374,12 @@ constexpr std::optional<double> break_even_flops_closed_form(std::int64_t d, std
   return base;
 }
 
-/// Decode break-even in bytes: d^2 e_P / ((d - D) e), D = key_dims_read(c), without an H2O budget.
+/// Decode break-even in bytes: d r e_P / ((d - D) e), D = key_dims_read(c), without an H2O budget.
 constexpr std::optional<double> break_even_bytes_closed_form(const cost_config& c) {
   detail::check_cost_config(c, "aqua::break_even_bytes_closed_form");
   const double d = double(c.d), saved = d - detail::key_dims_read_unchecked(c);
   if (saved <= 0) return std::nullopt;
-  return d * d * c.projection_elem_bytes / (saved * c.elem_bytes);
+  return d * detail::stored_dims(c) * c.projection_elem_bytes / (saved * c.elem_bytes);
 }
 
 /// Whole-prompt causal prefill break-even, key projection amortised, selection free:
@@ -389,7 +399,7 @@ constexpr kv_cache_footprint kv_cache_bytes(const cost_config& c, double n) {
   f.tokens_kept = detail::effective_tokens(c, n);
   f.dense_bytes = f.tokens_kept * 2.0 * hkv * d * c.elem_bytes;
   f.aqua_bytes = f.tokens_kept * hkv * (detail::stored_dims(c) + d) * c.elem_bytes;
-  f.projection_bytes = hkv * d * d * c.projection_elem_bytes;
+  f.projection_bytes = hkv * d * detail::stored_dims(c) * c.projection_elem_bytes;
   return f;
 }
 

@@ -1,0 +1,35 @@
+# Smoke test of the report pipeline (cmake -P script, run by ctest): a tiny decode table and a tiny
+# break-even sweep from aqua_compare --json, turned into markdown and SVG by aqua_perf_report.
+# Inputs: COMPARE, REPORT (binaries), WORK_DIR (scratch directory, recreated).
+foreach(var COMPARE REPORT WORK_DIR)
+  if(NOT ${var})
+    message(FATAL_ERROR "report_smoke.cmake: pass -D${var}=...")
+  endif()
+endforeach()
+file(REMOVE_RECURSE "${WORK_DIR}")
+file(MAKE_DIRECTORY "${WORK_DIR}")
+
+function(run_to file)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_FILE "${file}" ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "failed (${rc}): ${ARGN}\n${err}")
+  endif()
+endfunction()
+
+set(shape --hq 4 --hkv 2 --d 64 --tile 16 --clock cpu --basis random --json)
+run_to("${WORK_DIR}/decode.jsonl" "${COMPARE}" --n 256 --k 16,48 --select tile,group --reps 2 ${shape})
+run_to("${WORK_DIR}/sweep.jsonl" "${COMPARE}" --sweep-break-even --k 48,16 --sweep-n 32:256 --reps 3 ${shape})
+run_to("${WORK_DIR}/report.log" "${REPORT}" --table "${WORK_DIR}/decode.jsonl" --sweep "${WORK_DIR}/sweep.jsonl"
+       --markdown "${WORK_DIR}/report.md" --plot "${WORK_DIR}/speedup.svg")
+file(READ "${WORK_DIR}/sweep.jsonl" sweep)
+if(NOT sweep MATCHES "\"mode\":\"break_even\",\"d\":64,\"k\":48,[^\n]*\"model_break_even_flops\":[^\n]*\"points\":\\[\\{\"n\":32,")
+  message(FATAL_ERROR "unexpected sweep output:\n${sweep}")
+endif()
+file(READ "${WORK_DIR}/report.md" md)
+if(NOT md MATCHES "\\| 1 \\| tile \\| 16 \\| [0-9.]+" OR NOT md MATCHES "\\| 1 \\| plain \\| tile \\| 48 \\|")
+  message(FATAL_ERROR "unexpected markdown:\n${md}")
+endif()
+file(READ "${WORK_DIR}/speedup.svg" svg)
+if(NOT svg MATCHES "<svg" OR NOT svg MATCHES "</svg>" OR NOT svg MATCHES "<polyline")
+  message(FATAL_ERROR "unexpected SVG:\n${svg}")
+endif()
