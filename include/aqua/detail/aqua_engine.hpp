@@ -271,12 +271,15 @@ inline double key_fraction(const decode_plan& p) {
   return double(read) / double(tiles * p.hkv);
 }
 
-/// One KV head over tokens [t0, t1) (t0 a multiple of 16): online softmax per chunk, partial
-/// results (running max m, normaliser l, unnormalised output acc) for the group's g heads.
+/// One KV head over tokens [t0, t1) (t0 a multiple of 16): partial results (running max m,
+/// normaliser l, unnormalised output acc) for the group's g heads. With AVX2 and equal-size
+/// selections the fused kernel runs score, online softmax and value per 16-token block (its
+/// profile time is reported as score time); otherwise scores, softmax and values go per chunk of
+/// decode_chunk tokens.
 inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv, index_t t0, index_t t1,
                          aqua_workspace::worker& w, float* acc, float* m, double* l, float* logits_out,
                          attention_profile* prof) {
-  const index_t g = p.g, r = p.r, d = p.d, C = tuning().decode_chunk, bs = p.tile * kv_block;
+  const index_t g = p.g, r = p.r, d = p.d, C = decode_chunk, bs = p.tile * kv_block;
   const index_t lists = p.shared ? 1 : g;
   w.rows.resize(static_cast<std::size_t>(lists * r));
   w.scores.resize(static_cast<std::size_t>(g * C));
@@ -297,13 +300,38 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
   const float* qsel = p.qsel + kv * g * r;
   float* scores = w.scores.data();
   float* alpha = w.alpha.data();
+  bool equal = true;
+  if (!p.shared)
+    for (index_t h = 1; h < g; ++h) equal = equal && p.counts[kv * g + h] == p.counts[kv * g];
+  if (equal) {
+    fused_args fa;
+    fa.rows = w.rows.data();
+    fa.list_stride = r;
+    fa.ns = p.counts[p.shared ? kv : kv * g];
+    fa.q_stride = r;
+    fa.block_stride = bs;
+    fa.values = values;
+    fa.d = d;
+    fa.valid_end = t1;
+    fa.logits_stride = p.n;
+    auto t_start = prof ? profile_clock::now() : profile_clock::time_point();
+    bool done = true;
+    for (index_t hb = 0; hb < g && done; hb += 4) {
+      fa.q = qsel + hb * r;
+      fa.rows = w.rows.data() + (p.shared ? 0 : hb * r);
+      fa.logits = logits_out ? logits_out + (kv * g + hb) * p.n : nullptr;
+      done = fused_decode(static_cast<int>(std::min<index_t>(4, g - hb)), !p.shared, fa, t0 / kv_block,
+                          (t1 + kv_block - 1) / kv_block, m + hb, l + hb, acc + hb * d, d);
+    }
+    if (done) {
+      if (prof) prof->score_seconds += seconds_since(t_start);
+      return;
+    }
+  }
   for (index_t t = t0; t < t1; t += C) {
     const index_t cnt = std::min(C, t1 - t), nb = (cnt + kv_block - 1) / kv_block, b0 = t / kv_block;
     auto t_start = prof ? profile_clock::now() : profile_clock::time_point();
-    const side_prefetch side =
-        tuning().value_side_prefetch
-            ? side_prefetch{reinterpret_cast<const char*>(values + t * d), kv_block * d * index_t(sizeof(float))}
-            : side_prefetch{};
+    const side_prefetch side{reinterpret_cast<const char*>(values + t * d), kv_block * d * index_t(sizeof(float))};
     if (p.shared) {
       const index_t ns = p.counts[kv];
       for (index_t hb = 0; hb < g; hb += 4)
@@ -312,8 +340,6 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
     } else {
       // Fixed-size selections have equal counts: the heads are scored together, each on its own
       // rows. Energy selections may differ per head: one head at a time.
-      bool equal = true;
-      for (index_t h = 1; h < g; ++h) equal = equal && p.counts[kv * g + h] == p.counts[kv * g];
       if (equal) {
         for (index_t hb = 0; hb < g; hb += 4)
           score_lists_dispatch(static_cast<int>(std::min<index_t>(4, g - hb)), w.rows.data() + hb * r, r,
@@ -354,7 +380,7 @@ inline void run_decode(const kv_cache& cache, const decode_plan& p, int threads,
                        const matrix_view<float>& out, const matrix_view<float>& token_probs, attention_profile* prof) {
   const index_t g = p.g, d = p.d, n = p.n;
   const index_t segs = (threads > 1 && p.hkv % threads != 0)
-                           ? std::max<index_t>(1, std::min<index_t>(threads, (n + tuning().decode_chunk - 1) / tuning().decode_chunk))
+                           ? std::max<index_t>(1, std::min<index_t>(threads, (n + decode_chunk - 1) / decode_chunk))
                            : 1;
   const index_t items = p.hkv * segs;
   const int workers = static_cast<int>(std::max<index_t>(1, std::min<index_t>(threads, items)));
@@ -370,7 +396,7 @@ inline void run_decode(const kv_cache& cache, const decode_plan& p, int threads,
   }
   // Segment boundaries on chunk multiples, so chunking and results do not depend on the threads
   // beyond the segment count.
-  const index_t chunk = tuning().decode_chunk, chunks = (n + chunk - 1) / chunk;
+  const index_t chunk = decode_chunk, chunks = (n + chunk - 1) / chunk;
   parallel_for(items, workers, [&](index_t begin, index_t end, int wi) {
     auto& w = ws.workers[static_cast<std::size_t>(wi)];
     for (index_t item = begin; item < end; ++item) {
@@ -441,7 +467,7 @@ inline void run_prefill(const tensor3_view<const float>& q, const kv_cache& cach
   const index_t hq = q.extent(0), m = q.extent(1), d = q.extent(2), g = hq / cache.kv_heads();
   const index_t n = cache.size(), r = cache.rank(), tile = cache.tile_dims(), bs = tile * kv_block;
   constexpr index_t block_rows = 64;
-  const index_t key_chunk_blocks = tuning().prefill_key_blocks;
+  const index_t key_chunk_blocks = prefill_key_blocks;
   const index_t blocks_per_head = (m + block_rows - 1) / block_rows;
   const index_t items = hq * blocks_per_head;
   const int workers = static_cast<int>(std::max<index_t>(1, std::min<index_t>(threads, items)));

@@ -11,6 +11,9 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
 
 #include "aqua/detail/simd.hpp"
 #include "aqua/tensor_view.hpp"
@@ -20,21 +23,18 @@ namespace detail {
 
 constexpr index_t kv_block = 16;
 
-/// Kernel knobs, fixed at their measured best; kept adjustable for side-by-side measurements.
-struct kernel_tuning {
-  index_t value_prefetch_groups = 1;  // value pass: prefetch the rows this many 16-token groups ahead (0: off)
-  index_t key_prefetch_blocks = 4;  // decode score pass: prefetch each key row this many blocks ahead (0: off)
-  bool value_side_prefetch = true;  // decode score pass: also request the value rows of the block
-  // Prefill: key blocks (of 16 tokens) per chunk that every query of a 64-row block reads while
-  // the chunk's tiles sit in L1/L2 (4-8 measured best at d = 128).
-  index_t prefill_key_blocks = 8;
-  // Decode: tokens per online-softmax chunk (a multiple of 16): its scores stay in L1.
-  index_t decode_chunk = 128;
-};
-inline kernel_tuning& tuning() {
-  static kernel_tuning t;
-  return t;
-}
+// Kernel constants, fixed at their measured best on the project's machines (Zen 3, 1 MB L2).
+// Decode: tokens per online-softmax chunk of the chunked (portable / unequal-count) path, and the
+// granularity of token segments across threads (a multiple of 16).
+constexpr index_t decode_chunk = 128;
+// Decode: each key row is prefetched this many 16-token blocks ahead. Shorter and longer (1-16)
+// measured no better; without it decode ran 1.5x slower at N = 32k.
+constexpr index_t decode_key_prefetch_blocks = 4;
+// Chunked decode path: value rows are prefetched this many tokens ahead in the value pass.
+constexpr index_t decode_value_prefetch_tokens = 16;
+// Prefill: key blocks (of 16 tokens) per chunk that every query of a 64-row block reads while
+// the chunk's tiles sit in L1/L2 (4-8 measured best at d = 128).
+constexpr index_t prefill_key_blocks = 8;
 
 template <int HB>
 void score_portable(const float* const* rows, index_t ns, const float* q, index_t q_stride, index_t block_stride,
@@ -67,6 +67,18 @@ void value_portable(const float* v, index_t d, index_t cnt, const float* p, inde
   }
 }
 
+struct fused_args {
+  const float* const* rows = nullptr;
+  index_t list_stride = 0, ns = 0;
+  const float* q = nullptr;  // head h's selected, scaled query: q + h * q_stride
+  index_t q_stride = 0, block_stride = 0;
+  const float* values = nullptr;  // token-major [n, d]
+  index_t d = 0;
+  index_t valid_end = 0;  // tokens at or past this index are masked (last, partial block)
+  float* logits = nullptr;  // optional raw scores: logits + h * logits_stride + token
+  index_t logits_stride = 0;
+};
+
 #if AQUA_HAS_X86_SIMD
 /// Side prefetch (decode): while the score pass computes block b, the value rows of the same 16
 /// tokens (`side`, `side_step` bytes per block) are requested a few lines per key row, so the
@@ -80,7 +92,7 @@ template <int HB, int NB, bool Prefetch>
 AQUA_TARGET_AVX2 void score_avx2(const float* const* rows, index_t ns, const float* q, index_t q_stride,
                                  index_t block_stride, index_t b0, index_t nb, float* scores, index_t score_stride,
                                  side_prefetch side = {}) {
-  const index_t ahead = tuning().key_prefetch_blocks * block_stride;
+  const index_t ahead = decode_key_prefetch_blocks * block_stride;
   const index_t per_s = side.base ? (side.step / 64 + ns - 1) / ns : 0;
   index_t b = 0;
   for (; b + NB <= nb; b += NB) {
@@ -128,7 +140,7 @@ template <int HB, bool Prefetch>
 AQUA_TARGET_AVX2 void score_lists_avx2(const float* const* rows, index_t list_stride, index_t ns, const float* q,
                                        index_t q_stride, index_t block_stride, index_t b0, index_t nb, float* scores,
                                        index_t score_stride, side_prefetch side = {}) {
-  const index_t ahead = tuning().key_prefetch_blocks * block_stride;
+  const index_t ahead = decode_key_prefetch_blocks * block_stride;
   const index_t per_s = side.base ? (side.step / 64 + ns - 1) / ns : 0;
   for (index_t b = 0; b < nb; ++b) {
     __m256 acc[HB][2];
@@ -157,9 +169,9 @@ AQUA_TARGET_AVX2 void score_lists_avx2(const float* const* rows, index_t list_st
   }
 }
 
-template <int HB, int NV>
+template <int HB, int NV, bool Prefetch>
 AQUA_TARGET_AVX2 void value_slice_avx2(const float* v, index_t d, index_t cnt, const float* p, index_t p_stride,
-                                       float* acc, index_t acc_stride) {
+                                       float* acc, index_t acc_stride, index_t ahead) {
   __m256 a[HB][NV];
 #pragma GCC unroll 16
   for (int h = 0; h < HB; ++h)
@@ -167,6 +179,12 @@ AQUA_TARGET_AVX2 void value_slice_avx2(const float* v, index_t d, index_t cnt, c
     for (int u = 0; u < NV; ++u) a[h][u] = _mm256_loadu_ps(acc + h * acc_stride + 8 * u);
   for (index_t j = 0; j < cnt; ++j) {
     const float* row = v + j * d;
+    // One line of a later row per line consumed: the stream stays ahead without bursts that
+    // would fill the miss buffers.
+    if (Prefetch) {
+#pragma GCC unroll 4
+      for (int u = 0; u < NV; u += 2) _mm_prefetch(reinterpret_cast<const char*>(row + ahead + 8 * u), _MM_HINT_T0);
+    }
     __m256 vr[NV];
 #pragma GCC unroll 16
     for (int u = 0; u < NV; ++u) vr[u] = _mm256_loadu_ps(row + 8 * u);
@@ -197,22 +215,145 @@ AQUA_TARGET_AVX2 void value_avx2(const float* v, index_t d, index_t cnt, const f
     for (index_t c = 0; c < d; c += 8) _mm256_storeu_ps(a + c, _mm256_mul_ps(al, _mm256_loadu_ps(a + c)));
   }
   constexpr index_t group = 16;
-  const index_t ahead = tuning().value_prefetch_groups;
+  const index_t ahead = decode_value_prefetch_tokens * d;  // floats
   for (index_t j0 = 0; j0 < cnt; j0 += group) {
     const index_t jn = std::min(group, cnt - j0);
     const float* vg = v + j0 * d;
     const float* pg = p + j0;
-    // A later group's rows are one contiguous range: ask for it while this group computes. Past
-    // the chunk it is the next chunk's rows (past the cache, harmless: prefetches never fault).
-    if (ahead > 0) {
-      const char* next = reinterpret_cast<const char*>(vg + ahead * group * d);
-      const index_t bytes = group * d * index_t(sizeof(float));
-      for (index_t b = 0; b < bytes; b += 64) _mm_prefetch(next + b, _MM_HINT_T0);
-    }
     index_t c = 0;
-    for (; c + 8 * NV <= d; c += 8 * NV) value_slice_avx2<HB, NV>(vg + c, d, jn, pg, p_stride, acc + c, acc_stride);
-    for (; c < d; c += 8) value_slice_avx2<HB, 1>(vg + c, d, jn, pg, p_stride, acc + c, acc_stride);
+    if (ahead > 0) {
+      for (; c + 8 * NV <= d; c += 8 * NV) {
+        value_slice_avx2<HB, NV, true>(vg + c, d, jn, pg, p_stride, acc + c, acc_stride, ahead);
+      }
+      for (; c < d; c += 8) value_slice_avx2<HB, 1, true>(vg + c, d, jn, pg, p_stride, acc + c, acc_stride, ahead);
+    } else {
+      for (; c + 8 * NV <= d; c += 8 * NV)
+        value_slice_avx2<HB, NV, false>(vg + c, d, jn, pg, p_stride, acc + c, acc_stride, 0);
+      for (; c < d; c += 8) value_slice_avx2<HB, 1, false>(vg + c, d, jn, pg, p_stride, acc + c, acc_stride, 0);
+    }
   }
+}
+
+/// Fused decode over whole 16-token blocks [b_begin, b_end) of one KV head, for HB query heads:
+/// per block the HB x 16 scores stay in registers, the online softmax updates in place, and the
+/// value rows of the same 16 tokens are accumulated at once. Keys and values are then consumed
+/// as one interleaved stream (8 KB of each per block at d = 128, dense): key rows are prefetched a
+/// few blocks ahead, the block's value rows while its scores are computed, and nothing waits for
+/// a long key-only or value-only phase. The scores never leave registers and L1.
+/// Lists: head h reads its own rows (rows + h * list_stride), else all HB heads share one list.
+/// State per head: running max m, normaliser l (double) and unnormalised output acc (d floats).
+template <int HB, bool Lists>
+AQUA_TARGET_AVX2 void fused_decode_avx2(const fused_args& a, index_t b_begin, index_t b_end, float* m, double* l,
+                                        float* acc, index_t acc_stride) {
+  constexpr int NV = HB == 1 ? 8 : HB == 2 ? 4 : 2;  // value columns per slice, in vectors of 8
+  const index_t d = a.d, ns = a.ns, bs = a.block_stride;
+  const index_t key_ahead = decode_key_prefetch_blocks * bs;
+  // The block's value rows (16 * d floats) are requested during its score loop, spread over
+  // the rows read: a few lines per key row, never a burst that would fill the miss buffers.
+  const index_t value_lines = (kv_block * d * index_t(sizeof(float)) + 63) / 64;
+  const index_t per_s = ns > 0 ? (value_lines + ns - 1) / ns : 0;
+  alignas(32) float pbuf[HB][kv_block];
+  for (index_t b = b_begin; b < b_end; ++b) {
+    const index_t off = b * bs, t0 = b * kv_block;
+    const char* vp = reinterpret_cast<const char*>(a.values + t0 * d);
+    const char* vend = vp + 64 * value_lines;
+    __m256 sc[HB][2];
+#pragma GCC unroll 4
+    for (int h = 0; h < HB; ++h) sc[h][0] = sc[h][1] = _mm256_setzero_ps();
+    for (index_t s = 0; s < ns; ++s) {
+      for (index_t u = 0; u < per_s && vp < vend; ++u, vp += 64) _mm_prefetch(vp, _MM_HINT_T0);
+      if (Lists) {
+#pragma GCC unroll 4
+        for (int h = 0; h < HB; ++h) {
+          const float* r = a.rows[h * a.list_stride + s] + off;
+          _mm_prefetch(reinterpret_cast<const char*>(r + key_ahead), _MM_HINT_T0);
+          const __m256 qb = _mm256_broadcast_ss(a.q + h * a.q_stride + s);
+          sc[h][0] = _mm256_fmadd_ps(qb, _mm256_load_ps(r), sc[h][0]);
+          sc[h][1] = _mm256_fmadd_ps(qb, _mm256_load_ps(r + 8), sc[h][1]);
+        }
+      } else {
+        const float* r = a.rows[s] + off;
+        _mm_prefetch(reinterpret_cast<const char*>(r + key_ahead), _MM_HINT_T0);
+        const __m256 k0 = _mm256_load_ps(r), k1 = _mm256_load_ps(r + 8);
+#pragma GCC unroll 4
+        for (int h = 0; h < HB; ++h) {
+          const __m256 qb = _mm256_broadcast_ss(a.q + h * a.q_stride + s);
+          sc[h][0] = _mm256_fmadd_ps(qb, k0, sc[h][0]);
+          sc[h][1] = _mm256_fmadd_ps(qb, k1, sc[h][1]);
+        }
+      }
+    }
+    const index_t jn = std::min<index_t>(kv_block, a.valid_end - t0);
+    if (a.logits) {
+#pragma GCC unroll 4
+      for (int h = 0; h < HB; ++h) {
+        alignas(32) float tmp[kv_block];
+        _mm256_store_ps(tmp, sc[h][0]);
+        _mm256_store_ps(tmp + 8, sc[h][1]);
+        std::memcpy(a.logits + h * a.logits_stride + t0, tmp, static_cast<std::size_t>(jn) * sizeof(float));
+      }
+    }
+    if (jn < kv_block) {
+      // Lanes past the last token: -inf scores, zero probabilities.
+      const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+      const __m256i lim = _mm256_set1_epi32(static_cast<int>(jn));
+      const __m256 keep0 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(lim, lane));
+      const __m256 keep1 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(lim, _mm256_add_epi32(lane, _mm256_set1_epi32(8))));
+      const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+#pragma GCC unroll 4
+      for (int h = 0; h < HB; ++h) {
+        sc[h][0] = _mm256_blendv_ps(ninf, sc[h][0], keep0);
+        sc[h][1] = _mm256_blendv_ps(ninf, sc[h][1], keep1);
+      }
+    }
+#pragma GCC unroll 4
+    for (int h = 0; h < HB; ++h) {
+      const float bm = hmax256(_mm256_max_ps(sc[h][0], sc[h][1]));
+      if (bm > m[h]) {
+        // The running max rises (often in the first blocks, rarely later): rescale this head.
+        const float alpha = m[h] == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(m[h] - bm);
+        l[h] *= alpha;
+        const __m256 al = _mm256_set1_ps(alpha);
+        float* ah = acc + h * acc_stride;
+        for (index_t c = 0; c < d; c += 8) _mm256_storeu_ps(ah + c, _mm256_mul_ps(al, _mm256_loadu_ps(ah + c)));
+        m[h] = bm;
+      }
+      const __m256 mv = _mm256_set1_ps(m[h]);
+      const __m256 p0 = exp256(_mm256_sub_ps(sc[h][0], mv)), p1 = exp256(_mm256_sub_ps(sc[h][1], mv));
+      _mm256_store_ps(pbuf[h], p0);
+      _mm256_store_ps(pbuf[h] + 8, p1);
+      const __m256 ps = _mm256_add_ps(p0, p1);
+      __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(ps), _mm256_extractf128_ps(ps, 1));
+      s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+      s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
+      l[h] += double(_mm_cvtss_f32(s4));
+    }
+    const float* vb = a.values + t0 * d;
+    index_t c = 0;
+    for (; c + 8 * NV <= d; c += 8 * NV)
+      value_slice_avx2<HB, NV, false>(vb + c, d, jn, &pbuf[0][0], kv_block, acc + c, acc_stride, 0);
+    for (; c < d; c += 8) value_slice_avx2<HB, 1, false>(vb + c, d, jn, &pbuf[0][0], kv_block, acc + c, acc_stride, 0);
+  }
+}
+
+/// Fused decode for `heads` (1..4) heads; false when only the portable chunked path applies.
+inline bool fused_decode(int heads, bool lists, const fused_args& a, index_t b_begin, index_t b_end, float* m,
+                         double* l, float* acc, index_t acc_stride) {
+  if (!has_avx2_fma() || a.d % 8 != 0) return false;
+  switch (heads * 2 + (lists ? 1 : 0)) {
+    case 2: fused_decode_avx2<1, false>(a, b_begin, b_end, m, l, acc, acc_stride); return true;
+    case 3: fused_decode_avx2<1, true>(a, b_begin, b_end, m, l, acc, acc_stride); return true;
+    case 4: fused_decode_avx2<2, false>(a, b_begin, b_end, m, l, acc, acc_stride); return true;
+    case 5: fused_decode_avx2<2, true>(a, b_begin, b_end, m, l, acc, acc_stride); return true;
+    case 6: fused_decode_avx2<3, false>(a, b_begin, b_end, m, l, acc, acc_stride); return true;
+    case 7: fused_decode_avx2<3, true>(a, b_begin, b_end, m, l, acc, acc_stride); return true;
+    case 8: fused_decode_avx2<4, false>(a, b_begin, b_end, m, l, acc, acc_stride); return true;
+    default: fused_decode_avx2<4, true>(a, b_begin, b_end, m, l, acc, acc_stride); return true;
+  }
+}
+#else
+inline bool fused_decode(int, bool, const fused_args&, index_t, index_t, float*, double*, float*, index_t) {
+  return false;
 }
 #endif
 
@@ -223,7 +364,7 @@ inline void score_dispatch(int heads, const float* const* rows, index_t ns, cons
                            bool stream = false, side_prefetch side = {}) {
 #if AQUA_HAS_X86_SIMD
   if (has_avx2_fma()) {
-    if (stream && tuning().key_prefetch_blocks > 0) {
+    if (stream) {
       // Prefetching past the end of a tile is harmless: a prefetch never faults.
       switch (heads) {
         case 1: return score_avx2<1, 4, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride, side);
@@ -254,7 +395,7 @@ inline void score_lists_dispatch(int heads, const float* const* rows, index_t li
                                  float* scores, index_t score_stride, side_prefetch side = {}) {
 #if AQUA_HAS_X86_SIMD
   if (has_avx2_fma() && heads >= 2) {
-    const bool pf = tuning().key_prefetch_blocks > 0;
+    constexpr bool pf = true;
     switch (heads) {
       case 2:
         return pf ? score_lists_avx2<2, true>(rows, list_stride, ns, q, q_stride, block_stride, b0, nb, scores, score_stride, side)
