@@ -202,7 +202,7 @@ void check_one_hot(const std::vector<float>& out, index_t rows, index_t row) {
 }  // namespace
 
 TEST_CASE("attention over N = 2^22 + 1 tokens at d = 128 (over 2^31 bytes per array) indexes in 64 bits",
-          "[.slow][size_limits][aqua]") {
+          "[.slow][size_limits][aqua][threads]") {
   const auto q = big_queries(1);
   auto qv = aqua::make_view(q.data(), big_hq, big_d);
   {
