@@ -11,6 +11,8 @@
 //
 // The loader trusts nothing: every header value is range-checked, the expected file size is
 // computed in checked 64-bit arithmetic and must match exactly, and every weight must be finite.
+// load(path) reads the file and hands its bytes to load(data, size, name), the one parser (also
+// what the fuzz target calls).
 #pragma once
 
 #include <aqua/config.hpp>
