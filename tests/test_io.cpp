@@ -1,4 +1,6 @@
 #include <aqua/io.hpp>
+#include "../examples/llama2c/checkpoint.hpp"
+#include "../examples/llama2c/tokenizer.hpp"
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -404,4 +406,125 @@ TEST_CASE("npy arrays hand out views of the rank asked for and refuse others", "
   CHECK_THROWS_WITH(a.float_view<3>(), Contains("shape [2, 3] (rank 2) but a rank-3 view"));
   CHECK_THROWS_WITH(a.double_view<2>(), Contains("float32"));
   CHECK_THROWS_WITH(aqua::npy_array({2, 2}, std::vector<float>{1}), Contains("holds 4 elements but the data has 1"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// In-memory overloads: the same parser as the files (the file overloads wrap it), so the same
+// bytes give the same object, and corrupt bytes the same error, naming the memory instead of a path.
+
+namespace {
+
+std::string le32(std::uint32_t v) {
+  std::string s;
+  for (int i = 0; i < 4; ++i) s.push_back(char((v >> (8 * i)) & 0xFF));
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("projection sets and .npy arrays load from bytes in memory exactly as from the file", "[io][memory]") {
+  temp_dir dir;
+  const auto set = aqua::projection_set::random_orthogonal(2, 3, 8, 2, 5);
+  const std::string path = dir.file("p.safetensors");
+  aqua::save_projection_set(path, set);
+  const std::string bytes = read_bytes(path);
+  const auto from_file = aqua::load_projection_set(path);
+  const auto from_memory = aqua::load_projection_set(bytes.data(), bytes.size());
+  REQUIRE(from_memory.layers() == 2);
+  REQUIRE(from_memory.kv_heads() == 3);
+  CHECK(from_memory.metadata() == from_file.metadata());
+  CHECK(from_memory.vectors_seen() == from_file.vectors_seen());
+  for (index_t l = 0; l < 2; ++l)
+    for (index_t h = 0; h < 3; ++h) {
+      CHECK(from_memory.head(l, h).basis() == from_file.head(l, h).basis());
+      CHECK(from_memory.head(l, h).singular_values() == from_file.head(l, h).singular_values());
+    }
+
+  const std::vector<double> values = {1.5, -2.25, 3, 4, 5, 6};
+  const std::string npy_path = dir.file("a.npy");
+  aqua::save_npy(npy_path, values.data(), {3, 2});
+  const std::string npy_bytes = read_bytes(npy_path);
+  const auto a = aqua::read_npy(npy_bytes.data(), npy_bytes.size());
+  CHECK(a.shape() == std::vector<index_t>{3, 2});
+  CHECK(a.double_data() == values);
+  const auto f = aqua::read_npy_float(npy_bytes.data(), npy_bytes.size());
+  CHECK(f.float_data() == std::vector<float>(values.begin(), values.end()));
+}
+
+TEST_CASE("corrupt bytes in memory give the file loaders' errors, naming the memory", "[io][memory]") {
+  temp_dir dir;
+  const auto set = aqua::projection_set::random_orthogonal(1, 1, 4, 1, 9);
+  const std::string path = dir.file("p.safetensors");
+  aqua::save_projection_set(path, set);
+  const std::string bytes = read_bytes(path);
+  // Truncated by one byte: the same check fires for the file and for the memory.
+  const std::string cut = bytes.substr(0, bytes.size() - 1);
+  write_bytes(path, cut);
+  CHECK_THROWS_WITH(aqua::load_projection_set(path), Contains(path) && Contains("data_offsets"));
+  CHECK_THROWS_WITH(aqua::load_projection_set(cut.data(), cut.size()),
+                    Contains("aqua::load_projection_set: <memory: " + std::to_string(cut.size()) + " bytes>") &&
+                        Contains("data_offsets"));
+  CHECK_THROWS_WITH(aqua::load_projection_set(nullptr, 0), Contains("<memory: 0 bytes>") && Contains("too short"));
+  CHECK_THROWS_WITH(aqua::load_projection_set(nullptr, 16), Contains("data is null but size is 16"));
+
+  const std::string npy = npy_bytes(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }", std::string(8, '\0'));
+  CHECK_THROWS_WITH(aqua::read_npy(npy.data(), npy.size()),
+                    Contains("aqua::read_npy: <memory: ") && Contains("truncated: the shape needs 12 bytes of data but 8 remain"));
+  CHECK_THROWS_WITH(aqua::read_npy(npy.data(), 5), Contains("too short for a .npy preamble"));
+  CHECK_THROWS_WITH(aqua::read_npy(nullptr, 3), Contains("aqua::read_npy") && Contains("data is null but size is 3"));
+}
+
+TEST_CASE("llama2c checkpoints and tokenizers load from bytes in memory exactly as from the file", "[llama2c][memory]") {
+  temp_dir dir;
+  // dim 4, hidden 8, 1 layer, 2 heads, 1 KV head, vocab 5 (shared classifier), seq_len 3.
+  llama2c::config c;
+  c.dim = 4;
+  c.hidden_dim = 8;
+  c.n_layers = 1;
+  c.n_heads = 2;
+  c.n_kv_heads = 1;
+  c.vocab_size = 5;
+  c.seq_len = 3;
+  const std::uint64_t size = llama2c::checkpoint::expected_file_size(c);
+  std::string ck_bytes;
+  for (std::int32_t x : {4, 8, 1, 2, 1, 5, 3}) ck_bytes += le32(static_cast<std::uint32_t>(x));
+  for (std::uint64_t i = 0; ck_bytes.size() < size; ++i) {
+    const float w = 0.01f * float(i);
+    ck_bytes += raw(std::vector<float>{w});
+  }
+  const std::string ck_path = dir.file("model.bin");
+  write_bytes(ck_path, ck_bytes);
+  const auto from_file = llama2c::checkpoint::load(ck_path);
+  const auto from_memory = llama2c::checkpoint::load(ck_bytes.data(), ck_bytes.size());
+  CHECK(from_memory.path() == "<memory>");
+  CHECK(from_memory.cfg().kv_dim() == from_file.cfg().kv_dim());
+  CHECK(std::memcmp(from_memory.token_embedding(), from_file.token_embedding(), 5 * 4 * sizeof(float)) == 0);
+  CHECK(std::memcmp(from_memory.w3(0), from_file.w3(0), 8 * 4 * sizeof(float)) == 0);
+  CHECK(std::memcmp(from_memory.rms_final(), from_file.rms_final(), 4 * sizeof(float)) == 0);
+  CHECK_THROWS_WITH(llama2c::checkpoint::load(ck_bytes.data(), ck_bytes.size() - 4, "model in RAM"),
+                    Contains("llama2c checkpoint 'model in RAM': truncated"));
+  CHECK_THROWS_WITH(llama2c::checkpoint::load(nullptr, 0), Contains("'<memory>'") && Contains("less than the 28-byte header"));
+  CHECK_THROWS_WITH(llama2c::checkpoint::load(nullptr, 28), Contains("data is null but size is 28"));
+
+  const char* pieces[] = {"<unk>", "<s>", "</s>", " ", "a"};
+  std::string tok_bytes = le32(5);
+  for (int i = 0; i < 5; ++i) {
+    tok_bytes += raw(std::vector<float>{float(-i)});
+    tok_bytes += le32(static_cast<std::uint32_t>(std::strlen(pieces[i])));
+    tok_bytes += pieces[i];
+  }
+  const std::string tok_path = dir.file("tok.bin");
+  write_bytes(tok_path, tok_bytes);
+  const auto tf = llama2c::tokenizer::load(tok_path, 5);
+  const auto tm = llama2c::tokenizer::load(tok_bytes.data(), tok_bytes.size(), 5);
+  for (int i = 0; i < 5; ++i) {
+    CHECK(tm.piece(i) == pieces[i]);
+    CHECK(tm.piece(i) == tf.piece(i));
+    CHECK(tm.score(i) == tf.score(i));
+  }
+  CHECK(tm.encode("a", true, false) == tf.encode("a", true, false));
+  CHECK_THROWS_WITH(llama2c::tokenizer::load(tok_bytes.data(), tok_bytes.size(), 6),
+                    Contains("llama2c tokenizer '<memory>': truncated"));
+  CHECK_THROWS_WITH(llama2c::tokenizer::load(tok_bytes.data(), tok_bytes.size(), 2), Contains("at least"));
+  CHECK_THROWS_WITH(llama2c::tokenizer::load(nullptr, 9, 5), Contains("data is null but size is 9"));
 }

@@ -1,6 +1,7 @@
 // Sizes read from file headers: for every reader, a header that claims more data than the file
 // holds, and a header whose sizes overflow 64 bits when multiplied, are errors that name the
 // file; neither may turn into an allocation of the claimed (or wrapped) size.
+#include <aqua/attention.hpp>
 #include <aqua/io.hpp>
 #include "../examples/llama2c/checkpoint.hpp"
 #include "../examples/llama2c/tokenizer.hpp"
@@ -17,6 +18,7 @@
 #include <vector>
 
 using Catch::Matchers::Contains;
+using aqua::index_t;
 namespace fs = std::filesystem;
 
 namespace {
@@ -160,4 +162,123 @@ TEST_CASE("llama2c tokenizer: a vocab_size the file cannot hold is a truncation 
                         Contains("needs at least 33554436 bytes"));
   CHECK_THROWS_WITH(llama2c::tokenizer::load(path, std::numeric_limits<int>::max()),
                     Contains(path) && Contains("truncated"));
+}
+
+namespace {
+
+// The long-context case: N = 2^22 + 1 tokens of d = 128 floats is 2^31 + 512 bytes per array, so a
+// 32-bit byte offset (or a 32-bit element offset in a strided [N, 2d] buffer) would wrap. Head h of
+// 4 query heads attends to exactly one token t_h (key t_h = 10 e_h, q_h = 10 e_h, scale 1: logit
+// 100 against 0 everywhere else, so every other weight is e^-100, below float's smallest normal
+// relative to 1), and the values are small integers: the exact output is the value row of t_h.
+constexpr index_t big_n = (index_t{1} << 22) + 1, big_d = 128, big_hq = 4;
+constexpr index_t big_targets[big_hq] = {0, index_t{1} << 21, (index_t{1} << 22) - 1, index_t{1} << 22};
+
+float big_value(index_t j, index_t c) { return float((j * 37 + c * 11) % 4093) - 2046.0f; }
+float big_key(index_t j, index_t c) {
+  for (index_t h = 0; h < big_hq; ++h)
+    if (j == big_targets[h] && c == h) return 10.0f;
+  return 0.0f;
+}
+
+std::vector<float> big_queries(index_t rows) {
+  std::vector<float> q(static_cast<std::size_t>(big_hq * rows * big_d), 0.0f);
+  for (index_t h = 0; h < big_hq; ++h)
+    for (index_t i = 0; i < rows; ++i) q[static_cast<std::size_t>((h * rows + i) * big_d + h)] = 10.0f;
+  return q;
+}
+
+// Every output row h equals the value row of big_targets[h], exactly.
+void check_one_hot(const std::vector<float>& out, index_t rows, index_t row) {
+  for (index_t h = 0; h < big_hq; ++h) {
+    index_t wrong = 0;
+    for (index_t c = 0; c < big_d; ++c)
+      wrong += out[static_cast<std::size_t>((h * rows + row) * big_d + c)] != big_value(big_targets[h], c);
+    CAPTURE(h, big_targets[h], row);
+    CHECK(wrong == 0);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("attention over N = 2^22 + 1 tokens at d = 128 (over 2^31 bytes per array) indexes in 64 bits",
+          "[.slow][size_limits][aqua][threads]") {
+  const auto q = big_queries(1);
+  auto qv = aqua::make_view(q.data(), big_hq, big_d);
+  {
+    // Dense decode on strided views of one interleaved [N, 2d] buffer (4 GiB): keys are columns
+    // [0, d), values [d, 2d); the last token starts at element 2^30, byte 2^32.
+    std::vector<float> kv(static_cast<std::size_t>(big_n * 2 * big_d));
+    for (index_t j = 0; j < big_n; ++j)
+      for (index_t c = 0; c < big_d; ++c) {
+        kv[static_cast<std::size_t>(j * 2 * big_d + c)] = big_key(j, c);
+        kv[static_cast<std::size_t>(j * 2 * big_d + big_d + c)] = big_value(j, c);
+      }
+    const aqua::tensor3_view<const float> k(kv.data(), {1, big_n, big_d}, {big_n * 2 * big_d, 2 * big_d, 1});
+    const aqua::tensor3_view<const float> v(kv.data() + big_d, {1, big_n, big_d}, {big_n * 2 * big_d, 2 * big_d, 1});
+    std::vector<float> out(static_cast<std::size_t>(big_hq * big_d), -1.0f);
+    aqua::attention_options opt;
+    opt.scale = 1.0;
+    opt.threads = 2;
+    aqua::dense_decode<float>(qv, k, v, aqua::make_view(out.data(), big_hq, big_d), opt);
+    check_one_hot(out, 1, 0);
+  }
+  // AQUA decode, dense decode and prefill over a kv_cache holding the same tokens (2 GiB of key
+  // tiles, 2 GiB of values), appended in batches.
+  aqua::kv_cache_options copt;
+  copt.capacity = big_n;
+  aqua::kv_cache cache(1, big_d, copt);
+  const index_t batch = index_t{1} << 16;
+  std::vector<float> kb(static_cast<std::size_t>(batch * big_d)), vb(kb.size());
+  for (index_t j0 = 0; j0 < big_n; j0 += batch) {
+    const index_t count = std::min(batch, big_n - j0);
+    for (index_t j = 0; j < count; ++j)
+      for (index_t c = 0; c < big_d; ++c) {
+        kb[static_cast<std::size_t>(j * big_d + c)] = big_key(j0 + j, c);
+        vb[static_cast<std::size_t>(j * big_d + c)] = big_value(j0 + j, c);
+      }
+    cache.append(aqua::make_view(static_cast<const float*>(kb.data()), 1, count, big_d),
+                 aqua::make_view(static_cast<const float*>(vb.data()), 1, count, big_d));
+  }
+  REQUIRE(cache.size() == big_n);
+  CHECK(cache.key(0, big_n - 1, 3) == 10.0f);
+  CHECK(cache.value(0, big_n - 1, 5) == big_value(big_n - 1, 5));
+  std::vector<float> probs(static_cast<std::size_t>(big_n));
+  for (auto mode : {aqua::selection_mode::per_head, aqua::selection_mode::group, aqua::selection_mode::tile}) {
+    for (int threads : {1, 2}) {
+      CAPTURE(int(mode), threads);
+      std::vector<float> out(static_cast<std::size_t>(big_hq * big_d), -1.0f);
+      aqua::aqua_options opt;
+      opt.mode = mode;
+      opt.scale = 1.0;
+      opt.threads = threads;
+      aqua::aqua_decode(qv, cache, 4, aqua::make_view(out.data(), big_hq, big_d), opt,
+                        aqua::make_view(probs.data(), 1, big_n));
+      check_one_hot(out, 1, 0);
+      // The group's probabilities: 1 at each target (one head each), 0 elsewhere.
+      double total = 0;
+      for (float p : probs) total += p;
+      CHECK(total == Approx(4.0).epsilon(1e-6));
+      for (index_t h = 0; h < big_hq; ++h) CHECK(probs[static_cast<std::size_t>(big_targets[h])] == 1.0f);
+    }
+  }
+  std::vector<float> dense(static_cast<std::size_t>(big_hq * big_d));
+  aqua::attention_options dopt;
+  dopt.scale = 1.0;
+  dopt.threads = 2;
+  aqua::dense_decode(qv, cache, aqua::make_view(dense.data(), big_hq, big_d), dopt);
+  check_one_hot(dense, 1, 0);
+  // Prefill of the last 2 positions: row 1 sees every token; row 0 misses token N - 1 (head 3's
+  // target), so only heads 0..2 are one-hot there.
+  const auto qp = big_queries(2);
+  std::vector<float> op(qp.size(), -1.0f);
+  aqua::aqua_options popt;
+  popt.scale = 1.0;
+  popt.threads = 2;
+  aqua::aqua_prefill(aqua::make_view(qp.data(), big_hq, 2, big_d), cache, aqua::selection_spec::top_k(4),
+                     aqua::make_view(op.data(), big_hq, 2, big_d), popt);
+  check_one_hot(op, 2, 1);
+  for (index_t h = 0; h < 3; ++h)
+    for (index_t c = 0; c < big_d; ++c)
+      CHECK(op[static_cast<std::size_t>((h * 2 + 0) * big_d + c)] == big_value(big_targets[h], c));
 }

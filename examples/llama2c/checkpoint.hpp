@@ -11,6 +11,8 @@
 //
 // The loader trusts nothing: every header value is range-checked, the expected file size is
 // computed in checked 64-bit arithmetic and must match exactly, and every weight must be finite.
+// load(path) reads the file and hands its bytes to load(data, size, name), the one parser (also
+// what the fuzz target calls).
 #pragma once
 
 #include <aqua/config.hpp>
@@ -85,11 +87,20 @@ class checkpoint {
   /// Reads and validates `path`; throws aqua::error naming the file and the problem.
   static checkpoint load(const std::string& path) {
     const std::vector<char> bytes = detail::read_file_bytes(path, "checkpoint");
-    const auto file_size = static_cast<std::uint64_t>(bytes.size());
+    return load(bytes.data(), bytes.size(), path);
+  }
+
+  /// The same from the bytes of a checkpoint file in memory (`size` bytes at `data`, copied);
+  /// errors call them `name`. The file overload reads the file and calls this one.
+  static checkpoint load(const void* data, std::size_t size, const std::string& name = "<memory>") {
+    const std::string& path = name;
+    AQUA_CHECK(data != nullptr || size == 0, "llama2c checkpoint '", path, "': data is null but size is ", size);
+    const char* bytes = static_cast<const char*>(data);
+    const auto file_size = static_cast<std::uint64_t>(size);
     AQUA_CHECK(file_size >= header_bytes, "llama2c checkpoint '", path, "': the file has ", file_size,
                " bytes, less than the ", header_bytes, "-byte header (truncated or not a checkpoint)");
     std::int32_t h[7];
-    std::memcpy(h, bytes.data(), sizeof h);
+    std::memcpy(h, bytes, sizeof h);
 
     checkpoint ck;
     ck.path_ = path;
@@ -115,7 +126,7 @@ class checkpoint {
                " (trailing data, or a header that does not describe this file)");
 
     ck.weights_.resize(static_cast<std::size_t>((expected - header_bytes) / 4));
-    std::memcpy(ck.weights_.data(), bytes.data() + header_bytes, ck.weights_.size() * 4);
+    std::memcpy(ck.weights_.data(), bytes + header_bytes, ck.weights_.size() * 4);
     for (std::size_t i = 0; i < ck.weights_.size(); ++i)
       AQUA_CHECK(std::isfinite(ck.weights_[i]), "llama2c checkpoint '", path, "': weight ", i,
                  " (byte offset ", header_bytes + 4 * i, ") is not finite (", ck.weights_[i],

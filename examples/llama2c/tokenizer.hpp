@@ -39,9 +39,18 @@ class tokenizer {
   /// Reads `path` for a model with `vocab_size` tokens; throws aqua::error naming the file and
   /// the problem (truncated file, trailing bytes, i.e. a vocabulary size mismatch, bad lengths).
   static tokenizer load(const std::string& path, int vocab_size) {
-    AQUA_CHECK(vocab_size >= 3, "llama2c tokenizer '", path, "': vocab_size = ", vocab_size,
-               " but the format needs at least <unk>, BOS and EOS");
+    check_vocab_size(vocab_size, path);
     const std::vector<char> bytes = detail::read_file_bytes(path, "tokenizer");
+    return load(bytes.data(), bytes.size(), vocab_size, path);
+  }
+
+  /// The same from the bytes of a tokenizer file in memory (`size` bytes at `data`, copied);
+  /// errors call them `name`. The file overload reads the file and calls this one.
+  static tokenizer load(const void* data, std::size_t size, int vocab_size, const std::string& name = "<memory>") {
+    const std::string& path = name;
+    check_vocab_size(vocab_size, path);
+    AQUA_CHECK(data != nullptr || size == 0, "llama2c tokenizer '", path, "': data is null but size is ", size);
+    const std::string_view bytes(static_cast<const char*>(data), size);
     std::size_t pos = 0;
     auto read_i32 = [&](const char* what, int token) {
       AQUA_CHECK(bytes.size() - pos >= 4, "llama2c tokenizer '", path, "': truncated at byte ", pos,
@@ -133,6 +142,11 @@ class tokenizer {
   }
 
  private:
+  static void check_vocab_size(int vocab_size, const std::string& path) {
+    AQUA_CHECK(vocab_size >= 3, "llama2c tokenizer '", path, "': vocab_size = ", vocab_size,
+               " but the format needs at least <unk>, BOS and EOS");
+  }
+
   static bool parse_byte_piece(std::string_view p, int& byte) {
     if (p.size() != 6 || p.substr(0, 3) != "<0x" || p[5] != '>') return false;
     auto hex = [](char c) {

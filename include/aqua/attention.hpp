@@ -19,9 +19,11 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <optional>
+#include <sstream>
 #include <vector>
 
 #include "aqua/config.hpp"
@@ -247,7 +249,9 @@ void dense_prefill(tensor3_view<const detail::identity_t<T>> q, tensor3_view<con
 // each head's tokens are split into segments whose partial softmax results (max, normaliser,
 // unnormalised output) are merged exactly; results agree across thread counts to float rounding.
 // Queries must be finite (checked: aqua::error); the cache rejected non-finite keys and values on
-// append, so kernels never scan. Scores accumulate in float; normalisers in double.
+// append, so kernels never scan. Scores accumulate in float; normalisers in double. A non-finite
+// result can then only be float overflow (logits beyond +-3.4e38, or weighted value sums beyond
+// it): the entry points check `out` after the kernel (Hq x d values) and throw aqua::error.
 //
 // Prefill: the cache already holds the M new tokens as its last M; q holds their queries
 // [Hq, M, d]. Each query selects its own dims (per_head; tile mode picks whole tiles per query;
@@ -278,6 +282,30 @@ inline void validate_cache_queries(index_t hq, index_t d, const kv_cache& cache,
   AQUA_CHECK(hq % cache.kv_heads() == 0, fn, ": the number of query heads (", hq,
              ") must be a multiple of the number of KV heads (", cache.kv_heads(), ")");
   AQUA_CHECK(!cache.empty(), fn, ": the KV cache is empty; attention needs at least one key");
+}
+
+/// The inputs of the cache kernels are finite (q is checked at the call, keys and values on
+/// append), so a non-finite result can only be float overflow: a logit scale * q~.k~ beyond
+/// +-3.4e38, or a sum of attention-weighted values beyond it. Reported instead of returned.
+template <int Rank>
+void require_no_overflow(const tensor_view<float, Rank>& out, const char* fn) {
+  if (out.size() == 0) return;
+  std::array<index_t, Rank> idx{};
+  for (;;) {
+    index_t offset = 0;
+    for (int i = 0; i < Rank; ++i) offset += idx[static_cast<std::size_t>(i)] * out.stride(i);
+    const float x = out.data()[offset];
+    if (AQUA_UNLIKELY(!std::isfinite(x))) {
+      std::ostringstream pos;
+      for (int i = 0; i < Rank; ++i) pos << (i ? ", " : "") << idx[static_cast<std::size_t>(i)];
+      AQUA_THROW(fn, ": float overflow: out[", pos.str(), "] = ", x,
+                 " although q, keys and values are finite; the logits scale * q.k or the attention-weighted "
+                 "value sums exceed the float range (3.4e38): scale the inputs down");
+    }
+    int d = Rank - 1;
+    while (d >= 0 && ++idx[static_cast<std::size_t>(d)] == out.extent(d)) idx[static_cast<std::size_t>(d--)] = 0;
+    if (d < 0) return;
+  }
 }
 
 inline double resolve_scale(const std::optional<double>& scale, index_t d, const char* fn) {
@@ -313,6 +341,7 @@ inline void decode_on_cache(matrix_view<const float> q, const kv_cache& cache, c
   const double select_seconds = profile ? seconds_since(t0) : 0.0;
   run_decode(cache, plan, threads, ws, out, token_probs, profile);
   if (profile) profile->select_seconds = select_seconds;
+  require_no_overflow(out, fn);
 }
 
 }  // namespace detail
@@ -361,6 +390,7 @@ inline void aqua_prefill(tensor3_view<const float> q, const kv_cache& cache, con
   aqua_workspace local;
   detail::run_prefill(q, cache, select, options.mode == selection_mode::tile, options.causal, scale, options.threads,
                       options.workspace ? *options.workspace : local, out, options.profile);
+  detail::require_no_overflow(out, fn);
 }
 
 }  // namespace aqua

@@ -18,6 +18,9 @@
 // converted to the host order). Truncated files, trailing bytes, other dtypes and malformed
 // headers throw. save_npy writes little-endian C-order version 1.0 files (2.0 if the header needs
 // it), which numpy.load reads.
+//
+// load_projection_set, read_npy and read_npy_float also take the bytes of a file in memory
+// (pointer + size): the same parser and checks; errors name "<memory: N bytes>" instead of a path.
 #pragma once
 
 #include <array>
@@ -106,11 +109,13 @@ inline std::uint64_t parse_metadata_uint(const std::map<std::string, std::string
 
 }  // namespace detail
 
-/// Reads and validates a projection file written by save_projection_set.
-inline projection_set load_projection_set(const std::string& path) {
+namespace detail {
+
+/// The one implementation behind both load_projection_set overloads.
+inline projection_set load_projection_set(byte_source& in) {
   constexpr const char* fn = "aqua::load_projection_set";
-  const std::string where = detail::concat(fn, ": ", path);
-  const detail::safetensors_file file = detail::read_safetensors(path, fn);
+  const std::string where = detail::concat(fn, ": ", in.path());
+  const detail::safetensors_file file = detail::read_safetensors(in, fn);
   const auto& meta = file.metadata;
   const auto get = [&](const std::string& key) -> const std::string& {
     const auto it = meta.find(key);
@@ -213,6 +218,21 @@ inline projection_set load_projection_set(const std::string& path) {
   for (const auto& kv : meta)
     if (kv.first.compare(0, 5, "aqua.") != 0) set.metadata()[kv.first] = kv.second;
   return set;
+}
+
+}  // namespace detail
+
+/// Reads and validates a projection file written by save_projection_set.
+inline projection_set load_projection_set(const std::string& path) {
+  detail::byte_source in(path, "aqua::load_projection_set");
+  return detail::load_projection_set(in);
+}
+
+/// The same from the bytes of such a file in memory (`size` bytes at `data`, not kept); errors
+/// name the data "<memory: N bytes>".
+inline projection_set load_projection_set(const void* data, std::size_t size) {
+  detail::byte_source in(data, size, detail::byte_source::memory_name(size), "aqua::load_projection_set");
+  return detail::load_projection_set(in);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -330,7 +350,7 @@ std::vector<T> fortran_to_c(const std::vector<T>& f, const std::vector<index_t>&
 }
 
 template <class T>
-std::vector<T> read_npy_elements(input_file& in, const npy_header& h, const std::vector<index_t>& shape) {
+std::vector<T> read_npy_elements(byte_source& in, const npy_header& h, const std::vector<index_t>& shape) {
   std::vector<T> data(static_cast<std::size_t>(h.elements));
   in.read(h.data_offset, data.data(), h.elements * sizeof(T), "the array data");
   to_host_order(data.data(), h.elements, sizeof(T), h.little_endian);
@@ -338,26 +358,44 @@ std::vector<T> read_npy_elements(input_file& in, const npy_header& h, const std:
   return data;
 }
 
+/// The one implementation behind both read_npy overloads.
+inline npy_array read_npy(byte_source& in) {
+  constexpr const char* fn = "aqua::read_npy";
+  const npy_header h = read_npy_header(in, fn);
+  std::vector<index_t> shape;
+  for (std::uint64_t e : h.shape) {
+    AQUA_CHECK(e <= static_cast<std::uint64_t>(std::numeric_limits<index_t>::max()), fn, ": ", in.path(),
+               ": extent ", e, " is too large");
+    shape.push_back(static_cast<index_t>(e));
+  }
+  if (h.item_size == 4) return npy_array(shape, read_npy_elements<float>(in, h, shape));
+  return npy_array(shape, read_npy_elements<double>(in, h, shape));
+}
+
 }  // namespace detail
 
 /// Reads a .npy file (see the top of this header for what is accepted).
 inline npy_array read_npy(const std::string& path) {
-  constexpr const char* fn = "aqua::read_npy";
-  detail::input_file in(path, fn);
-  const detail::npy_header h = detail::read_npy_header(in, fn);
-  std::vector<index_t> shape;
-  for (std::uint64_t e : h.shape) {
-    AQUA_CHECK(e <= static_cast<std::uint64_t>(std::numeric_limits<index_t>::max()), fn, ": ", path,
-               ": extent ", e, " is too large");
-    shape.push_back(static_cast<index_t>(e));
-  }
-  if (h.item_size == 4) return npy_array(shape, detail::read_npy_elements<float>(in, h, shape));
-  return npy_array(shape, detail::read_npy_elements<double>(in, h, shape));
+  detail::byte_source in(path, "aqua::read_npy");
+  return detail::read_npy(in);
+}
+
+/// The same from the bytes of a .npy file in memory (`size` bytes at `data`, not kept); errors
+/// name the data "<memory: N bytes>".
+inline npy_array read_npy(const void* data, std::size_t size) {
+  detail::byte_source in(data, size, detail::byte_source::memory_name(size), "aqua::read_npy");
+  return detail::read_npy(in);
 }
 
 /// Reads a .npy file and converts it to float32.
 inline npy_array read_npy_float(const std::string& path) {
   npy_array a = read_npy(path);
+  a.convert_to_float();
+  return a;
+}
+/// The same from .npy bytes in memory.
+inline npy_array read_npy_float(const void* data, std::size_t size) {
+  npy_array a = read_npy(data, size);
   a.convert_to_float();
   return a;
 }

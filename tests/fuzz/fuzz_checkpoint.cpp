@@ -1,15 +1,15 @@
-// llama2.c checkpoint loader: any bytes give a valid checkpoint or aqua::error.
+// llama2.c checkpoint loader (in-memory overload, the same parser as the file one): any bytes give
+// a valid checkpoint or aqua::error.
 #include <llama2c/checkpoint.hpp>
 
 #include <cmath>
+#include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 
-#include "fuzz_support.hpp"
-
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  const std::string& path = aqua_fuzz::write_input(data, size);
   try {
-    const llama2c::checkpoint ck = llama2c::checkpoint::load(path);
+    const llama2c::checkpoint ck = llama2c::checkpoint::load(data, size);
     const llama2c::config& c = ck.cfg();
     if (llama2c::checkpoint::expected_file_size(c) != size) std::abort();
     // Touch the last element of every tensor: the accessors must stay inside the buffer.

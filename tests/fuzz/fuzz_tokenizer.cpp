@@ -2,16 +2,15 @@
 // tokenizer or aqua::error. The first byte picks the model's vocab_size, the rest is the file.
 #include <llama2c/tokenizer.hpp>
 
+#include <cstddef>
+#include <cstdint>
 #include <cstdlib>
-
-#include "fuzz_support.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size < 1) return 0;
   const int vocab_size = data[0];  // 0..2 exercise the argument check
-  const std::string& path = aqua_fuzz::write_input(data + 1, size - 1);
   try {
-    const llama2c::tokenizer t = llama2c::tokenizer::load(path, vocab_size);
+    const llama2c::tokenizer t = llama2c::tokenizer::load(data + 1, size - 1, vocab_size);
     if (t.vocab_size() != vocab_size) std::abort();
     try {
       const std::vector<int> ids = t.encode("Once upon a time, \xc3\xa9t\xc3\xa9 \xf0\x9f\x99\x82!", true, true);

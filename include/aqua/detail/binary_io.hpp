@@ -1,5 +1,6 @@
 // Byte-level helpers for aqua's file formats: checked 64-bit size arithmetic, little-endian
-// encoding on any host, whole-file and ranged reads that never go past the end, atomic writes.
+// encoding on any host, checked reads from a file or from memory that never go past the end, atomic
+// writes.
 #pragma once
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <limits>
 #include <string>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 #include "aqua/config.hpp"
@@ -76,37 +78,55 @@ inline void append_le_array(std::string& out, const void* data, std::uint64_t co
   if (size > 1 && !host_is_little_endian()) swap_bytes(&out[start], count, size);
 }
 
-/// An input file opened for checked reads: every read says how many bytes it needs and fails
-/// with a message naming the file when they are not there.
-class input_file {
+/// Bytes to parse, from a file or from caller memory, read with checks: every read says how many
+/// bytes it needs and fails with a message naming the source when they are not there. The parsers
+/// take a byte_source, so the file and the in-memory loaders share one implementation; a file is
+/// read piece by piece as it is parsed, never copied whole into memory first.
+class byte_source {
 public:
-  input_file(const std::string& path, const char* fn) : path_(path), fn_(fn) {
+  /// The file at `path`.
+  byte_source(const std::string& path, const char* fn) : name_(path), fn_(fn) {
     std::error_code ec;
-    AQUA_CHECK(!std::filesystem::is_directory(path, ec), fn_, ": ", path_, " is a directory, not a file");
+    AQUA_CHECK(!std::filesystem::is_directory(path, ec), fn_, ": ", name_, " is a directory, not a file");
     in_.open(path, std::ios::binary);
-    AQUA_CHECK(in_.is_open(), fn_, ": cannot open ", path_);
+    AQUA_CHECK(in_.is_open(), fn_, ": cannot open ", name_);
     in_.seekg(0, std::ios::end);
     const std::streamoff end = in_.tellg();
-    AQUA_CHECK(in_.good() && end >= 0, fn_, ": cannot determine the size of ", path_, " (is it a regular file?)");
+    AQUA_CHECK(in_.good() && end >= 0, fn_, ": cannot determine the size of ", name_, " (is it a regular file?)");
     size_ = static_cast<std::uint64_t>(end);
     in_.seekg(0, std::ios::beg);
   }
-  std::uint64_t size() const noexcept { return size_; }
-  const std::string& path() const noexcept { return path_; }
+  /// `size` bytes at `data` (not copied; they must outlive the source). Messages call them `name`.
+  byte_source(const void* data, std::uint64_t size, std::string name, const char* fn)
+      : name_(std::move(name)), fn_(fn), memory_(static_cast<const unsigned char*>(data)), in_memory_(true),
+        size_(size) {
+    AQUA_CHECK(data != nullptr || size == 0, fn_, ": ", name_, ": data is null but size is ", size);
+  }
+  /// The name of an in-memory source: "<memory: N bytes>".
+  static std::string memory_name(std::uint64_t size) { return concat("<memory: ", size, " bytes>"); }
 
-  /// Reads bytes [offset, offset + count) into dst; `what` names the part of the file for errors.
+  std::uint64_t size() const noexcept { return size_; }
+  /// The file's path, or the name given to the memory.
+  const std::string& path() const noexcept { return name_; }
+
+  /// Reads bytes [offset, offset + count) into dst; `what` names the part of the data for errors.
   void read(std::uint64_t offset, void* dst, std::uint64_t count, const char* what) {
     std::uint64_t end;
-    AQUA_CHECK(checked_add(offset, count, end) && end <= size_, fn_, ": ", path_, " is truncated: ", what,
-               " needs bytes [", offset, ", ", offset + count, ") but the file has ", size_, " bytes");
+    AQUA_CHECK(checked_add(offset, count, end) && end <= size_, fn_, ": ", name_, " is truncated: ", what,
+               " needs bytes [", offset, ", ", offset + count, ") but the ", in_memory_ ? "data has " : "file has ",
+               size_, " bytes");
     if (count == 0) return;
+    if (in_memory_) {
+      std::memcpy(dst, memory_ + offset, static_cast<std::size_t>(count));
+      return;
+    }
     in_.seekg(static_cast<std::streamoff>(offset), std::ios::beg);
     char* p = static_cast<char*>(dst);
     std::uint64_t left = count;
     while (left > 0) {
       const std::uint64_t chunk = std::min<std::uint64_t>(left, std::uint64_t{1} << 30);
       in_.read(p, static_cast<std::streamsize>(chunk));
-      AQUA_CHECK(static_cast<std::uint64_t>(in_.gcount()) == chunk, fn_, ": reading ", what, " from ", path_,
+      AQUA_CHECK(static_cast<std::uint64_t>(in_.gcount()) == chunk, fn_, ": reading ", what, " from ", name_,
                  " failed after ", count - left + static_cast<std::uint64_t>(in_.gcount()), " of ", count, " bytes");
       p += chunk;
       left -= chunk;
@@ -114,8 +134,10 @@ public:
   }
 
 private:
-  std::string path_;
+  std::string name_;
   const char* fn_;
+  const unsigned char* memory_ = nullptr;
+  bool in_memory_ = false;
   std::ifstream in_;
   std::uint64_t size_ = 0;
 };

@@ -147,8 +147,8 @@ private:
   std::size_t pos_ = 0;
 };
 
-/// Reads and validates the preamble and header of an open .npy file.
-inline npy_header read_npy_header(input_file& in, const char* fn) {
+/// Reads and validates the preamble and header of .npy bytes (a file or memory).
+inline npy_header read_npy_header(byte_source& in, const char* fn) {
   const std::string where = concat(fn, ": ", in.path());
   unsigned char pre[12] = {};
   AQUA_CHECK(in.size() >= 10, where, ": the file has ", in.size(),

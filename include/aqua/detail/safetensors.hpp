@@ -48,9 +48,9 @@ struct safetensors_file {
 /// The largest JSON header accepted (the reference implementation's limit).
 constexpr std::uint64_t safetensors_max_header = 100'000'000;
 
-inline safetensors_file read_safetensors(const std::string& path, const char* fn) {
-  input_file in(path, fn);
-  const std::string where = concat(fn, ": ", path);
+/// Parses and validates safetensors bytes (a file or memory); the data section is copied out.
+inline safetensors_file read_safetensors(byte_source& in, const char* fn) {
+  const std::string where = concat(fn, ": ", in.path());
   AQUA_CHECK(in.size() >= 8, where, ": the file has ", in.size(),
              " bytes, too short for the 8-byte header length of a safetensors file");
   unsigned char len_bytes[8];
