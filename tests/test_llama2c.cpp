@@ -906,6 +906,21 @@ TEST_CASE("llama2c policy: a per-head threshold keeps the target mean count on i
   CHECK(llama2c::threshold_for(cum, d, 3.0) == 1.0);
 }
 
+TEST_CASE("llama2c policy: the error/dims trade-off gives the dims to the head whose error they remove",
+          "[llama2c]") {
+  // d = 2, one query per head, half the energy in each dim: a threshold <= 0.5 keeps 1 dim, above
+  // keeps 2. Head 0 loses error 1 with its second dim, head 1 nothing: at a mean of 1.5 dims the
+  // second dim goes to head 0.
+  const int d = 2;
+  const std::vector<float> cum = {0.5f, 1.0f}, err0 = {1.0f, 0.0f}, err1 = {0.0f, 0.0f};
+  const auto taus = llama2c::lagrange_thresholds({&cum, &cum}, {&err0, &err1}, d, 1.5);
+  REQUIRE(taus.size() == 2);
+  CHECK(llama2c::mean_count(cum, d, taus[0]) == 2.0);
+  CHECK(llama2c::mean_count(cum, d, taus[1]) == 1.0);
+  const auto low = llama2c::lagrange_thresholds({&cum, &cum}, {&err0, &err1}, d, 1.0);
+  CHECK(llama2c::mean_count(cum, d, low[0]) + llama2c::mean_count(cum, d, low[1]) == 2.0);
+}
+
 TEST_CASE("llama2c policy: files round-trip and truncated or corrupt files are rejected", "[llama2c]") {
   temp_dir dir;
   const tiny_model m;

@@ -75,8 +75,9 @@ struct options {
       "            paper's; joint / joint-centered: keys whitened by their second moment /\n"
       "            covariance), --weight of the selection score (key-rms / key-std: |q~_i| times\n"
       "            the RMS / std of projected keys), --budget mean dims per query head, --alloc of\n"
-      "            the budget over heads (dp: minimal calibration error), --rule fixed counts, one\n"
-      "            energy threshold (energy) or one per head (energy-head)\n");
+      "            the budget over heads (dp: minimal calibration error at fixed counts; lagrange:\n"
+      "            per-head thresholds trading calibration error against dims), --rule fixed\n"
+      "            counts, one energy threshold (energy) or one per head (energy-head)\n");
   std::exit(code);
 }
 
@@ -185,7 +186,9 @@ options parse(int argc, char** argv) {
              "aqua_llama: --basis must be identity, queries, joint or joint-centered, got '", o.basis, "'");
   AQUA_CHECK(o.weight == "none" || o.weight == "key-rms" || o.weight == "key-std",
              "aqua_llama: --weight must be none, key-rms or key-std, got '", o.weight, "'");
-  AQUA_CHECK(o.alloc == "uniform" || o.alloc == "dp", "aqua_llama: --alloc must be uniform or dp, got '", o.alloc, "'");
+  AQUA_CHECK(o.alloc == "uniform" || o.alloc == "dp" || o.alloc == "lagrange",
+             "aqua_llama: --alloc must be uniform, dp or lagrange, got '", o.alloc, "'");
+  AQUA_CHECK(o.alloc != "lagrange" || o.rule == "energy-head", "aqua_llama: --alloc lagrange needs --rule energy-head");
   AQUA_CHECK(o.rule == "fixed" || o.rule == "energy" || o.rule == "energy-head",
              "aqua_llama: --rule must be fixed, energy or energy-head, got '", o.rule, "'");
   AQUA_CHECK(!(o.rule == "energy" && o.alloc == "dp"),
@@ -313,7 +316,7 @@ int fit_policy(const options& o, const llama2c::checkpoint& model, const std::ve
                       : o.weight == "key-std" ? llama2c::weight_kind::key_std
                                               : llama2c::weight_kind::none;
   llama2c::selection_policy p = llama2c::make_base_policy(moments, layers, hq, hkv, d, basis, weight);
-  llama2c::error_collector errors(p, model, o.alloc == "dp");
+  llama2c::error_collector errors(p, model, o.alloc != "uniform");
   run_windows(errors);
 
   std::vector<double> target(std::size_t(heads), o.budget);
@@ -339,6 +342,20 @@ int fit_policy(const options& o, const llama2c::checkpoint& model, const std::ve
         calibration_k += llama2c::mean_count(errors.energy(l, h), d, p.tau[i]);
       }
     }
+  if (o.alloc == "lagrange") {
+    std::vector<const std::vector<float>*> cum, err;
+    for (int l = 0; l < layers; ++l)
+      for (int h = 0; h < hq; ++h) cum.push_back(&errors.energy(l, h)), err.push_back(&errors.query_errors(l, h));
+    const auto taus = llama2c::lagrange_thresholds(cum, err, d, o.budget);
+    calibration_k = 0;
+    for (int l = 0; l < layers; ++l)
+      for (int h = 0; h < hq; ++h) {
+        const std::size_t i = p.head_at(l, h);
+        p.k[i] = 0;
+        p.tau[i] = taus[i];
+        calibration_k += llama2c::mean_count(errors.energy(l, h), d, p.tau[i]);
+      }
+  }
   if (o.rule == "energy") {
     std::vector<float> pooled;
     for (int l = 0; l < layers; ++l)

@@ -351,7 +351,7 @@ class error_collector final : public attention_backend {
   /// per query and key; only a per-head allocation needs them).
   error_collector(const selection_policy& p, const checkpoint& model, bool measure_errors = true)
       : measure_(measure_errors), p_(p), keys_(p_, model.cfg().seq_len), err_(std::size_t(p.layers) * p.q_heads * p.d, 0.0),
-        energy_(std::size_t(p.layers) * p.q_heads), queries_(0) {
+        energy_(std::size_t(p.layers) * p.q_heads), query_err_(energy_.size()), queries_(0) {
     const auto& c = model.cfg();
     const int d = p.d;
     // W_o is [dim, dim] row-major (out = att W_o^T): head h owns columns h*d .. h*d+d-1.
@@ -419,7 +419,9 @@ class error_collector final : public attention_backend {
         const Eigen::Map<const Eigen::VectorXd> exact(&outs[std::size_t(d - 1) * d], d);
         for (int c = 0; c < d; ++c) {
           const Eigen::VectorXd diff = Eigen::Map<const Eigen::VectorXd>(&outs[std::size_t(c) * d], d) - exact;
-          err_[head * d + std::size_t(c)] += diff.dot(gram_[head] * diff);
+          const double e = diff.dot(gram_[head] * diff);
+          err_[head * d + std::size_t(c)] += e;
+          query_err_[head].push_back(static_cast<float>(e));
         }
       }
     }
@@ -433,6 +435,8 @@ class error_collector final : public attention_backend {
   }
   /// Cumulative energy fractions of every calibration query of head (l, h): d per query.
   const std::vector<float>& energy(int l, int h) const { return energy_[p_.head_at(l, h)]; }
+  /// Every calibration query's residual error at c = 1..d dims (d per query; measured errors only).
+  const std::vector<float>& query_errors(int l, int h) const { return query_err_[p_.head_at(l, h)]; }
 
  private:
   bool measure_;
@@ -440,7 +444,7 @@ class error_collector final : public attention_backend {
   projected_keys keys_;
   std::vector<Eigen::MatrixXd> gram_;
   std::vector<double> err_;
-  std::vector<std::vector<float>> energy_;
+  std::vector<std::vector<float>> energy_, query_err_;
   double queries_;
   dense_attention dense_;
 };
@@ -496,6 +500,58 @@ inline double threshold_for(const std::vector<float>& cum, int d, double target)
     (mean_count(cum, d, mid) <= target ? lo : hi) = mid;
   }
   return lo;
+}
+
+/// Per-head thresholds by a Lagrangian trade-off: each head takes, from a grid of thresholds, the
+/// one minimising (mean calibration error) + lambda * (mean count), lambda bisected until the mean
+/// count over heads reaches `target`. `cum[h]` and `err[h]` hold d values per calibration query
+/// (cumulative energy fractions; errors at 1..d dims), so a threshold's error is measured query
+/// by query with the count it would keep. Returns tau per head.
+inline std::vector<double> lagrange_thresholds(const std::vector<const std::vector<float>*>& cum,
+                                               const std::vector<const std::vector<float>*>& err, int d,
+                                               double target) {
+  const std::size_t heads = cum.size();
+  std::vector<double> grid;
+  for (int i = 0; i <= 120; ++i) grid.push_back(1.0 - std::pow(10.0, -0.05 * i));  // 0 .. 1 - 1e-6
+  grid.front() = 1e-9;
+  grid.push_back(1.0);
+  // (mean count, mean error) of every head at every grid threshold.
+  std::vector<std::vector<double>> count(heads, std::vector<double>(grid.size())), error(count);
+  for (std::size_t h = 0; h < heads; ++h) {
+    const std::size_t queries = cum[h]->size() / std::size_t(d);
+    for (std::size_t t = 0; t < grid.size(); ++t) {
+      double sc = 0, se = 0;
+      for (std::size_t q = 0; q < queries; ++q) {
+        int c = 0;
+        while (c < d - 1 && double((*cum[h])[q * d + std::size_t(c)]) < grid[t] * (1.0 - 1e-12)) ++c;
+        sc += c + 1;
+        se += (*err[h])[q * d + std::size_t(c)];
+      }
+      count[h][t] = sc / double(std::max<std::size_t>(queries, 1));
+      error[h][t] = se / double(std::max<std::size_t>(queries, 1));
+    }
+  }
+  auto choose = [&](double lambda, std::vector<double>* taus) {
+    double total = 0;
+    for (std::size_t h = 0; h < heads; ++h) {
+      std::size_t best = 0;
+      for (std::size_t t = 1; t < grid.size(); ++t)
+        if (error[h][t] + lambda * count[h][t] < error[h][best] + lambda * count[h][best]) best = t;
+      total += count[h][best];
+      if (taus) (*taus)[h] = grid[best];
+    }
+    return total / double(heads);
+  };
+  // A larger lambda prices dims higher: fewer dims. Bisect (in log space) for the largest mean
+  // count not above the target.
+  double lo = 1e-12, hi = 1e6;
+  for (int it = 0; it < 100; ++it) {
+    const double mid = std::sqrt(lo * hi);
+    (choose(mid, nullptr) > target ? lo : hi) = mid;
+  }
+  std::vector<double> taus(heads);
+  choose(hi, &taus);
+  return taus;
 }
 
 }  // namespace llama2c
