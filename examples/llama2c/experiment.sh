@@ -9,9 +9,10 @@
 # ../shared/data). Calibration uses sentences 1-500 of a file, evaluation sentences 501-1000
 # (disjoint). "single" = the first 512 tokens of those sentences joined by spaces (the issue's
 # reference set-up); "pooled" = every 512-token window of them (--windows 0), far less noisy.
-# Prints Markdown tables. Hindi rows: the model is English-only (TinyStories) and Hindi text is
-# almost entirely byte-fallback tokens, so Hindi perplexities are large and only comparable
-# between rows of this table.
+# Prints Markdown tables. Sections 1-4 take about 1.5 CPU minutes, section 5 (selection policies)
+# about 15 more (a policy fit with error tables costs about 53 CPU s). Hindi rows: the model is
+# English-only (TinyStories) and Hindi text is almost entirely byte-fallback tokens, so Hindi
+# perplexities are large and only comparable between rows of this table.
 set -euo pipefail
 
 BUILD=${1:-build}
