@@ -168,7 +168,8 @@ inline void project_query(const selection_policy& p, int layer, int g, aqua::ten
 class policy_attention final : public attention_backend {
  public:
   policy_attention(const selection_policy& p, int seq_len)
-      : p_(p), keys_(p_, seq_len), scores_(std::size_t(seq_len)) {}
+      : p_(p), keys_(p_, seq_len), scores_(std::size_t(seq_len)), qt_(std::size_t(p.d)), y_(qt_.size()),
+        idx_(qt_.size()) {}
 
   void append(int layer, index_t first, aqua::tensor3_view<const float> keys, aqua::tensor3_view<const float>) override {
     keys_.append(layer, first, keys);
@@ -179,8 +180,9 @@ class policy_attention final : public attention_backend {
     const int d = p_.d, group = p_.q_heads / p_.kv_heads;
     const index_t m = q.extent(1), n = v.extent(1);
     const double scale = 1.0 / std::sqrt(double(d));
-    std::vector<double> qt(static_cast<std::size_t>(d), 0.0), y(qt.size(), 0.0);
-    std::vector<index_t> idx(qt.size());
+    std::vector<double>& qt = qt_;
+    std::vector<double>& y = y_;
+    std::vector<index_t>& idx = idx_;
     for (int h = 0; h < p_.q_heads; ++h) {
       const int g = h / group;
       const std::size_t head = p_.head_at(layer, h);
@@ -218,7 +220,8 @@ class policy_attention final : public attention_backend {
  private:
   selection_policy p_;
   projected_keys keys_;
-  std::vector<double> scores_;
+  std::vector<double> scores_, qt_, y_;  // scratch: no allocation per query
+  std::vector<index_t> idx_;
   double selected_ = 0, queries_ = 0;
 };
 
