@@ -297,6 +297,7 @@ std::string selection_text(const options& o, const llama2c::attention_backend& a
 int fit_policy(const options& o, const llama2c::checkpoint& model, const std::vector<std::vector<int>>& windows) {
   const auto& c = model.cfg();
   const int layers = c.n_layers, hq = c.n_heads, hkv = c.n_kv_heads, d = c.head_dim(), heads = layers * hq;
+  AQUA_CHECK(o.budget <= d, "aqua_llama: --budget ", o.budget, " exceeds the head dimension d = ", d);
   // The reference's 511-position rule: a window's last position predicts nothing, so its query
   // (and key) stay out of the calibration rows.
   auto run_windows = [&](llama2c::attention_backend& a) {
