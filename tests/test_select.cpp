@@ -124,6 +124,91 @@ TEST_CASE("selection rejects bad specs and buffers with a message naming them", 
   CHECK_THROWS_WITH(aqua::select_top<float>(xv, aqua::selection_spec::top_k(2), ov), Contains("values holds a non-finite"));
 }
 
+// Brute-force count: walk a ranking by decreasing weight (stable: ties by lower index) and stop at
+// the first prefix whose summed energy reaches tau of the total.
+index_t brute_energy_count(const std::vector<double>& weight, const std::vector<double>& energy, double tau) {
+  std::vector<index_t> idx(weight.size());
+  std::iota(idx.begin(), idx.end(), index_t{0});
+  std::stable_sort(idx.begin(), idx.end(),
+                   [&](index_t a, index_t b) { return weight[std::size_t(a)] > weight[std::size_t(b)]; });
+  double total = 0, acc = 0;
+  for (double e : energy) total += e;
+  for (std::size_t c = 0; c < idx.size(); ++c) {
+    acc += energy[std::size_t(idx[c])];
+    if (acc >= tau * total * (1 - 1e-12)) return index_t(c + 1);
+  }
+  return index_t(idx.size());
+}
+
+TEST_CASE("select_count returns the number of dims select_top keeps, for every kind of spec", "[select]") {
+  const index_t n = GENERATE(1, 8, 37, 600);
+  const bool ties = GENERATE(false, true);
+  std::vector<float> x = ties ? tied_values(n, 31) : std::vector<float>(static_cast<std::size_t>(n));
+  if (!ties) {
+    std::mt19937 rng(37);
+    std::normal_distribution<float> nd;
+    for (auto& v : x) v = nd(rng);
+  }
+  const auto xv = aqua::make_view(static_cast<const float*>(x.data()), n);
+  std::vector<double> mag(x.size()), sq(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    mag[i] = std::abs(double(x[i]));
+    sq[i] = double(x[i]) * double(x[i]);
+  }
+  CAPTURE(n, ties);
+  CHECK(aqua::select_count<float>(xv, aqua::selection_spec::top_k(n)) == n);
+  CHECK(aqua::select_count<float>(xv, aqua::selection_spec::top_k(1)) == 1);
+  CHECK(aqua::select_count<float>(xv, aqua::selection_spec::fraction(0.5)) == (n + 1) / 2);
+  for (double tau : {0.1, 0.5, 0.9, 0.99, 1.0}) {
+    CAPTURE(tau);
+    CHECK(aqua::select_count<float>(xv, aqua::selection_spec::energy(tau)) == brute_energy_count(mag, sq, tau));
+  }
+}
+
+TEST_CASE("select_count with a separate weight ranks by weight and thresholds the energies", "[select]") {
+  // Ranked by weight 4, 3, 2, 1 -> dims 2, 0, 3, 1 with energies 1, 8, 1, 90: tau 0.05 needs dim 2
+  // and dim 0 (1 + 8 = 9 of 100), tau 0.5 needs all four. The magnitude rule alone would keep dim 1.
+  const std::vector<float> weight = {3, 1, 4, 2}, energy = {8, 90, 1, 1};
+  const auto wv = aqua::make_view(weight.data(), 4), ev = aqua::make_view(energy.data(), 4);
+  CHECK(aqua::select_count<float>(wv, ev, aqua::selection_spec::energy(0.01)) == 1);
+  CHECK(aqua::select_count<float>(wv, ev, aqua::selection_spec::energy(0.05)) == 2);
+  CHECK(aqua::select_count<float>(wv, ev, aqua::selection_spec::energy(0.5)) == 4);
+  CHECK(aqua::select_count<float>(wv, ev, aqua::selection_spec::top_k(3)) == 3);
+  std::mt19937 rng(41);
+  std::uniform_int_distribution<int> small(0, 3);
+  for (int trial = 0; trial < 50; ++trial) {
+    std::vector<float> w(17), e(17);
+    std::vector<double> wd(17), ed(17);
+    for (std::size_t i = 0; i < w.size(); ++i) {
+      w[i] = float(small(rng));  // many ties in the ranking weight
+      e[i] = float(small(rng) + 1);
+      wd[i] = w[i];
+      ed[i] = e[i];
+    }
+    const double tau = 0.05 + 0.9 * trial / 50.0;
+    CAPTURE(trial, tau);
+    CHECK(aqua::select_count<float>(aqua::make_view(w.data(), 17), aqua::make_view(e.data(), 17),
+                                    aqua::selection_spec::energy(tau)) == brute_energy_count(wd, ed, tau));
+  }
+}
+
+TEST_CASE("select_count rejects bad specs and inputs with a message naming them", "[select][errors]") {
+  std::vector<float> x(8, 1.0f), e(7, 1.0f);
+  auto xv = aqua::make_view(static_cast<const float*>(x.data()), 8);
+  CHECK_THROWS_WITH(aqua::select_count<float>(xv, aqua::selection_spec::top_k(9)), Contains("aqua::select_count") && Contains("k = 9"));
+  CHECK_THROWS_WITH(aqua::select_count<float>(xv, aqua::selection_spec::energy(0.0)), Contains("tau = 0"));
+  CHECK_THROWS_WITH(aqua::select_count<float>(xv, aqua::make_view(static_cast<const float*>(e.data()), 7),
+                                              aqua::selection_spec::top_k(2)),
+                    Contains("energy has 7 entries"));
+  std::vector<float> neg(8, 1.0f);
+  neg[5] = -1.0f;
+  CHECK_THROWS_WITH(aqua::select_count<float>(xv, aqua::make_view(static_cast<const float*>(neg.data()), 8),
+                                              aqua::selection_spec::top_k(2)),
+                    Contains("energy[5] = -1"));
+  x[2] = std::numeric_limits<float>::infinity();
+  CHECK_THROWS_WITH(aqua::select_count<float>(xv, aqua::selection_spec::top_k(2)), Contains("values holds a non-finite"));
+}
+
 #include <aqua/detail/aqua_engine.hpp>
 
 TEST_CASE("the kernels' threshold selection picks the same set as the brute-force ranking", "[select]") {

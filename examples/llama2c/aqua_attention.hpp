@@ -43,7 +43,11 @@ class aqua_attention final : public attention_backend {
     const index_t d = projections.d();
     const index_t r = options.rank == 0 ? d : options.rank;
     AQUA_CHECK(r >= 1 && r <= d, fn, ": rank r = ", options.rank, " must lie in [1, d = ", d, "] (0 means d)");
-    aqua::detail::validate_selection(options.select, r, fn);
+    // Validates the spec against r candidates (the count itself is not needed here).
+    {
+      const std::vector<float> ones(static_cast<std::size_t>(r), 1.0f);
+      aqua::select_count<float>(aqua::make_view(ones.data(), r), options.select);
+    }
     aqua::kv_cache_options cache_options;
     // One tile of exactly r dims when truncating (the cache keeps whole tiles), else aqua's default.
     if (r < d) cache_options.tile_dims = r;
@@ -96,19 +100,21 @@ class aqua_attention final : public attention_backend {
     const index_t hq = q.extent(0), m = q.extent(1), r = c.rank(), g = hq / c.kv_heads();
     const bool group = options_.mode != aqua::selection_mode::per_head && m == 1;
     std::vector<float> proj(static_cast<std::size_t>(r)), weight(proj.size()), energy(proj.size());
-    std::vector<index_t> order(proj.size());
     for (index_t t = 0; t < m; ++t)
       for (index_t h0 = 0; h0 < hq; h0 += group ? g : 1) {
         std::fill(weight.begin(), weight.end(), 0.0f);
         std::fill(energy.begin(), energy.end(), 0.0f);
         for (index_t h = h0; h < h0 + (group ? g : 1); ++h) {
           c.project(h / g, &q(h, t, 0), q.stride(2), proj.data());
-          for (index_t i = 0; i < r; ++i) {
-            weight[static_cast<std::size_t>(i)] += std::abs(proj[static_cast<std::size_t>(i)]);
-            energy[static_cast<std::size_t>(i)] += proj[static_cast<std::size_t>(i)] * proj[static_cast<std::size_t>(i)];
+          for (std::size_t i = 0; i < proj.size(); ++i) {
+            weight[i] += std::abs(proj[i]);
+            energy[i] += proj[i] * proj[i];
           }
         }
-        const index_t n = aqua::detail::select_ranked(weight.data(), energy.data(), r, options_.select, order.data());
+        // The kernels' rule: rank by summed magnitudes, threshold the summed energies.
+        const index_t n = aqua::select_count<float>(aqua::make_view(static_cast<const float*>(weight.data()), r),
+                                                    aqua::make_view(static_cast<const float*>(energy.data()), r),
+                                                    options_.select);
         selected_ += static_cast<double>(n) * (group ? g : 1);
         queries_ += group ? g : 1;
       }

@@ -9,9 +9,10 @@
 # ../shared/data). Calibration uses sentences 1-500 of a file, evaluation sentences 501-1000
 # (disjoint). "single" = the first 512 tokens of those sentences joined by spaces (the issue's
 # reference set-up); "pooled" = every 512-token window of them (--windows 0), far less noisy.
-# Prints Markdown tables. Hindi rows: the model is English-only (TinyStories) and Hindi text is
-# almost entirely byte-fallback tokens, so Hindi perplexities are large and only comparable
-# between rows of this table.
+# Prints Markdown tables. Sections 1-4 take about 1.5 CPU minutes, section 5 (selection policies)
+# about 15 more (a policy fit with error tables costs about 53 CPU s). Hindi rows: the model is
+# English-only (TinyStories) and Hindi text is almost entirely byte-fallback tokens, so Hindi
+# perplexities are large and only comparable between rows of this table.
 set -euo pipefail
 
 BUILD=${1:-build}
@@ -153,3 +154,64 @@ for tau in 0.90 0.95 0.96 0.97 0.98 0.99 0.995; do
   p=$(ppl $EN --lines $EVAL --windows 0 --projection "$WORK/en_all.safetensors" --energy $tau)
   echo "| $tau | $s ($(rel "${s%% *}" "$single_dense")) | $p ($(rel "${p%% *}" "$pooled_dense")) |"
 done
+
+# --- 5. Pushing past the reference: selection policies (policy.hpp) at the same mean k
+# Each policy is fitted on every window of English sentences 1-500 with exact attention (the
+# 511-position rule: a window's last position is left out) and evaluated held out on 501-1000.
+# "mean k" is the number of dims actually used per query head and token, averaged over layers,
+# heads and tokens of the evaluation run.
+echo
+echo "### Selection policies at mean k = 4 (and 6): fitted on all windows of English sentences $CAL, evaluated on $EVAL"
+echo
+echo "| variant | basis | weight | budget over heads | rule | mean k (single / pooled) | single | pooled |"
+echo "|---|---|---|---|---|---|---|---|"
+policy() {
+  local label=$1 name=$2
+  shift 2
+  "$LLAMA" --ppl $EN --lines $CAL --windows 0 --fit-policy "$WORK/$name.policy" "$@" >"$WORK/$name.fit" 2>&1
+  local s p
+  s=$("$LLAMA" --ppl $EN --lines $EVAL --policy "$WORK/$name.policy" --json 2>/dev/null | tail -1)
+  p=$("$LLAMA" --ppl $EN --lines $EVAL --windows 0 --policy "$WORK/$name.policy" --json 2>/dev/null | tail -1)
+  local sp pp sk pk
+  sp=$(sed -n 's/.*"perplexity": \([0-9.]*\).*/\1/p' <<<"$s")
+  pp=$(sed -n 's/.*"perplexity": \([0-9.]*\).*/\1/p' <<<"$p")
+  sk=$(sed -n 's/.*"mean_k": \([0-9.]*\).*/\1/p' <<<"$s")
+  pk=$(sed -n 's/.*"mean_k": \([0-9.]*\).*/\1/p' <<<"$p")
+  local basis=queries weight=none alloc=uniform rule=fixed
+  while (($#)); do
+    case $1 in
+      --basis) basis=$2 ;;
+      --weight) weight=$2 ;;
+      --alloc) alloc=$2 ;;
+      --rule) rule=$2 ;;
+    esac
+    shift
+  done
+  printf '| %s | %s | %s | %s | %s | %.2f / %.2f | %.2f (%s) | %.2f (%s) |\n' "$label" "$basis" "$weight" "$alloc" "$rule" \
+    "$sk" "$pk" "$sp" "$(rel "$sp" "$single_dense")" "$pp" "$(rel "$pp" "$pooled_dense")"
+}
+policy "paper's rule (uniform k = 4)" q4 --basis queries --budget 4
+policy "weighted score |q~_i| x key RMS" qrms4 --basis queries --weight key-rms --budget 4
+policy "weighted score |q~_i| x key std" qstd4 --basis queries --weight key-std --budget 4
+policy "joint basis (keys whitened)" joint4 --basis joint --budget 4
+policy "joint basis, centered keys" jc4 --basis joint-centered --budget 4
+policy "one energy threshold (mean k 4 on calibration)" qe4 --basis queries --rule energy --budget 4
+policy "joint basis, one energy threshold" jointe4 --basis joint --rule energy --budget 4
+policy "joint centered, one energy threshold" jce4 --basis joint-centered --rule energy --budget 4
+policy "per-head energy thresholds (each head k 4)" qeh4 --basis queries --rule energy-head --budget 4
+policy "per-head thresholds, weighted score (key RMS)" qrmseh4 --basis queries --weight key-rms --rule energy-head --budget 4
+policy "joint basis, per-head thresholds" jointeh4 --basis joint --rule energy-head --budget 4
+policy "per-head budgets (DP on calibration error)" qdp4 --basis queries --alloc dp --budget 4
+policy "per-head budgets, weighted score (key RMS)" qrmsdp4 --basis queries --weight key-rms --alloc dp --budget 4
+policy "joint basis, per-head budgets" jointdp4 --basis joint --alloc dp --budget 4
+policy "joint centered, per-head budgets" jcdp4 --basis joint-centered --alloc dp --budget 4
+policy "per-head budgets as per-head thresholds" qdpeh4 --basis queries --alloc dp --rule energy-head --budget 4
+policy "joint basis, per-head budgets as thresholds" jointdpeh4 --basis joint --alloc dp --rule energy-head --budget 4
+policy "joint centered, per-head budgets as thresholds" jcdpeh4 --basis joint-centered --alloc dp --rule energy-head --budget 4
+policy "per-head thresholds by error/dims trade-off" qlag4 --basis queries --alloc lagrange --rule energy-head --budget 4
+policy "joint basis, thresholds by error/dims trade-off" jointlag4 --basis joint --alloc lagrange --rule energy-head --budget 4
+policy "joint centered, thresholds by error/dims trade-off" jclag4 --basis joint-centered --alloc lagrange --rule energy-head --budget 4
+policy "paper's rule, k = 6" q6 --basis queries --budget 6
+policy "joint basis, k = 6" joint6 --basis joint --budget 6
+policy "joint centered, k = 6" jc6 --basis joint-centered --budget 6
+policy "joint basis, per-head budgets, mean k = 6" jointdp6 --basis joint --alloc dp --budget 6

@@ -28,6 +28,7 @@
 
 #include "aqua_attention.hpp"
 #include "llama2c.hpp"
+#include "policy.hpp"
 #include "qk_dump.hpp"
 
 #ifndef AQUA_LLAMA2C_REPO_ROOT
@@ -45,6 +46,9 @@ struct options {
   bool identity = false;
   int k = 0, r = 0;
   double energy = 0;
+  // Selection policies (policy.hpp): evaluate one, or fit one on the --ppl text.
+  std::string policy, fit_policy, basis = "queries", weight = "none", alloc = "uniform", rule = "fixed";
+  double budget = 0;
   bool aqua() const { return identity || !projection.empty(); }
 };
 
@@ -64,7 +68,16 @@ struct options {
       "  --k K / --energy TAU: projected dims kept per query: K, or the fewest holding TAU of its energy\n"
       "  --select: per-head (default) or group (one set per KV group; decode only, so perplexity\n"
       "            then runs token by token)\n"
-      "  --r R: keep only the first R projected dims of every key (static truncation)\n");
+      "  --r R: keep only the first R projected dims of every key (static truncation)\n"
+      "  --policy FILE: AQUA attention under a selection policy written by --fit-policy\n"
+      "  --fit-policy OUT: fit a policy on the --ppl text (exact attention, every window minus its\n"
+      "            last position) and write it to OUT: --basis of the projection (queries: the\n"
+      "            paper's; joint / joint-centered: keys whitened by their second moment /\n"
+      "            covariance), --weight of the selection score (key-rms / key-std: |q~_i| times\n"
+      "            the RMS / std of projected keys), --budget mean dims per query head, --alloc of\n"
+      "            the budget over heads (dp: minimal calibration error at fixed counts; lagrange:\n"
+      "            per-head thresholds trading calibration error against dims), --rule fixed\n"
+      "            counts, one energy threshold (energy) or one per head (energy-head)\n");
   std::exit(code);
 }
 
@@ -92,7 +105,7 @@ options parse(int argc, char** argv) {
     static const char* const with_value[] = {
         "--model",   "--tokenizer", "--data-dir", "--prompt",     "--steps", "--ppl",    "--lines", "--max-tokens",
         "--windows", "--dump-qk",   "--threads",  "--projection", "--k",     "--energy", "--select", "--r",
-        "--block"};
+        "--block",   "--policy",    "--fit-policy", "--basis",    "--weight", "--budget", "--alloc", "--rule"};
     if (std::find(std::begin(with_value), std::end(with_value), a) == std::end(with_value)) {
       std::fprintf(stderr, "aqua_llama: unknown argument %s\n", a.c_str());
       usage(2);
@@ -134,7 +147,23 @@ options parse(int argc, char** argv) {
       o.r = to_int("--r", v);
     else if (a == "--select")
       o.select = v;
-    else if (a == "--energy") {
+    else if (a == "--policy")
+      o.policy = v;
+    else if (a == "--fit-policy")
+      o.fit_policy = v, o.generate = false;
+    else if (a == "--basis")
+      o.basis = v;
+    else if (a == "--weight")
+      o.weight = v;
+    else if (a == "--alloc")
+      o.alloc = v;
+    else if (a == "--rule")
+      o.rule = v;
+    else if (a == "--budget") {
+      char* end = nullptr;
+      o.budget = std::strtod(v, &end);
+      AQUA_CHECK(end != v && *end == '\0' && o.budget >= 1, "aqua_llama: --budget needs a number >= 1, got '", v, "'");
+    } else if (a == "--energy") {
       char* end = nullptr;
       o.energy = std::strtod(v, &end);
       AQUA_CHECK(end != v && *end == '\0' && o.energy > 0 && o.energy <= 1,
@@ -149,6 +178,23 @@ options parse(int argc, char** argv) {
   else
     AQUA_CHECK(o.k == 0 && o.energy == 0 && o.r == 0 && o.select == "per-head",
                "aqua_llama: --k, --energy, --select and --r need --projection FILE or --identity");
+  AQUA_CHECK(o.policy.empty() || (!o.aqua() && o.fit_policy.empty()),
+             "aqua_llama: --policy excludes --projection, --identity and --fit-policy");
+  AQUA_CHECK(o.fit_policy.empty() || (!o.ppl.empty() && !o.aqua() && o.budget >= 1),
+             "aqua_llama: --fit-policy needs --ppl TEXT and --budget K, and no --projection/--identity");
+  AQUA_CHECK(o.basis == "identity" || o.basis == "queries" || o.basis == "joint" || o.basis == "joint-centered",
+             "aqua_llama: --basis must be identity, queries, joint or joint-centered, got '", o.basis, "'");
+  AQUA_CHECK(o.weight == "none" || o.weight == "key-rms" || o.weight == "key-std",
+             "aqua_llama: --weight must be none, key-rms or key-std, got '", o.weight, "'");
+  AQUA_CHECK(o.alloc == "uniform" || o.alloc == "dp" || o.alloc == "lagrange",
+             "aqua_llama: --alloc must be uniform, dp or lagrange, got '", o.alloc, "'");
+  AQUA_CHECK(o.alloc != "lagrange" || o.rule == "energy-head", "aqua_llama: --alloc lagrange needs --rule energy-head");
+  AQUA_CHECK(o.rule == "fixed" || o.rule == "energy" || o.rule == "energy-head",
+             "aqua_llama: --rule must be fixed, energy or energy-head, got '", o.rule, "'");
+  AQUA_CHECK(!(o.rule == "energy" && o.alloc == "dp"),
+             "aqua_llama: --rule energy (one threshold) has no per-head budget; use energy-head with --alloc dp");
+  AQUA_CHECK(!(o.rule == "fixed" && o.alloc == "uniform" && o.budget != std::floor(o.budget)),
+             "aqua_llama: --rule fixed with --alloc uniform needs a whole --budget, got ", o.budget);
   AQUA_CHECK(o.block == 0 || !o.generate, "aqua_llama: --block needs --ppl");
   AQUA_CHECK(o.dump_qk.empty() || !o.generate, "aqua_llama: --dump-qk needs --ppl");
   AQUA_CHECK(o.lines.empty() || !o.generate, "aqua_llama: --lines needs --ppl");
@@ -204,6 +250,14 @@ std::string json_string(const std::string& s) {
 
 /// Dense attention, or AQUA over projected caches built from the projection file (or identity).
 std::unique_ptr<llama2c::attention_backend> make_attention(const options& o, const llama2c::config& c) {
+  if (!o.policy.empty()) {
+    llama2c::selection_policy p = llama2c::selection_policy::load(o.policy);
+    AQUA_CHECK(p.layers == c.n_layers && p.q_heads == c.n_heads && p.kv_heads == c.n_kv_heads && p.d == c.head_dim(),
+               "aqua_llama: the policy '", o.policy, "' is for ", p.layers, " layers, ", p.q_heads, "/", p.kv_heads,
+               " heads, d = ", p.d, " but the model has ", c.n_layers, ", ", c.n_heads, "/", c.n_kv_heads, ", ",
+               c.head_dim());
+    return std::make_unique<llama2c::policy_attention>(p, c.seq_len);
+  }
   if (!o.aqua()) return std::make_unique<llama2c::dense_attention>(o.threads);
   const aqua::projection_set projections =
       o.identity ? aqua::projection_set::identity(c.n_layers, c.n_kv_heads, c.head_dim(), c.n_heads / c.n_kv_heads)
@@ -223,6 +277,7 @@ std::unique_ptr<llama2c::attention_backend> make_attention(const options& o, con
 
 /// Mean dims kept per query: k, or the measured mean under energy selection.
 double mean_k(const options& o, const llama2c::attention_backend& attention) {
+  if (!o.policy.empty()) return static_cast<const llama2c::policy_attention&>(attention).mean_selected();
   if (!o.aqua()) return 0;
   if (o.energy > 0) return static_cast<const llama2c::aqua_attention&>(attention).mean_selected();
   return o.k;
@@ -235,6 +290,104 @@ std::string selection_text(const options& o, const llama2c::attention_backend& a
   else
     std::snprintf(buf, sizeof buf, "k = %d", o.k);
   return buf;
+}
+
+/// --fit-policy: two passes of exact attention over the calibration windows (moments, then errors
+/// and energy fractions under the fitted bases), then counts or thresholds per head.
+int fit_policy(const options& o, const llama2c::checkpoint& model, const std::vector<std::vector<int>>& windows) {
+  const auto& c = model.cfg();
+  const int layers = c.n_layers, hq = c.n_heads, hkv = c.n_kv_heads, d = c.head_dim(), heads = layers * hq;
+  AQUA_CHECK(o.budget <= d, "aqua_llama: --budget ", o.budget, " exceeds the head dimension d = ", d);
+  // The reference's 511-position rule: a window's last position predicts nothing, so its query
+  // (and key) stay out of the calibration rows.
+  auto run_windows = [&](llama2c::attention_backend& a) {
+    llama2c::transformer engine(model, a);
+    for (const auto& w : windows) {
+      engine.reset();
+      if (w.size() >= 2) engine.forward(w.data(), aqua::index_t(w.size()) - 1);
+    }
+  };
+  llama2c::moment_collector moments(layers, hq, hkv, d);
+  run_windows(moments);
+  const auto basis = o.basis == "joint"            ? llama2c::basis_kind::joint
+                     : o.basis == "joint-centered" ? llama2c::basis_kind::joint_centered
+                     : o.basis == "queries"        ? llama2c::basis_kind::queries
+                                                   : llama2c::basis_kind::identity;
+  const auto weight = o.weight == "key-rms"   ? llama2c::weight_kind::key_rms
+                      : o.weight == "key-std" ? llama2c::weight_kind::key_std
+                                              : llama2c::weight_kind::none;
+  llama2c::selection_policy p = llama2c::make_base_policy(moments, layers, hq, hkv, d, basis, weight);
+  llama2c::error_collector errors(p, model, o.alloc != "uniform");
+  run_windows(errors);
+
+  std::vector<double> target(std::size_t(heads), o.budget);
+  if (o.alloc == "dp") {
+    std::vector<std::vector<double>> err(static_cast<std::size_t>(heads), std::vector<double>(static_cast<std::size_t>(d)));
+    for (int l = 0; l < layers; ++l)
+      for (int h = 0; h < hq; ++h)
+        for (int k = 1; k <= d; ++k) err[p.head_at(l, h)][std::size_t(k - 1)] = errors.error(l, h, k);
+    const auto counts = llama2c::allocate_counts(err, d, int(std::lround(o.budget * heads)));
+    for (int i = 0; i < heads; ++i) target[std::size_t(i)] = counts[std::size_t(i)];
+  }
+  double predicted = 0, calibration_k = 0;
+  for (int l = 0; l < layers; ++l)
+    for (int h = 0; h < hq; ++h) {
+      const std::size_t i = p.head_at(l, h);
+      if (o.rule == "fixed") {
+        p.k[i] = int(target[i]);
+        predicted += errors.error(l, h, p.k[i]);
+        calibration_k += p.k[i];
+      } else if (o.rule == "energy-head") {
+        p.k[i] = 0;
+        p.tau[i] = llama2c::threshold_for(errors.energy(l, h), d, target[i]);
+        calibration_k += llama2c::mean_count(errors.energy(l, h), d, p.tau[i]);
+      }
+    }
+  if (o.alloc == "lagrange") {
+    std::vector<const std::vector<float>*> cum, err;
+    for (int l = 0; l < layers; ++l)
+      for (int h = 0; h < hq; ++h) cum.push_back(&errors.energy(l, h)), err.push_back(&errors.query_errors(l, h));
+    const auto taus = llama2c::lagrange_thresholds(cum, err, d, o.budget);
+    calibration_k = 0;
+    for (int l = 0; l < layers; ++l)
+      for (int h = 0; h < hq; ++h) {
+        const std::size_t i = p.head_at(l, h);
+        p.k[i] = 0;
+        p.tau[i] = taus[i];
+        calibration_k += llama2c::mean_count(errors.energy(l, h), d, p.tau[i]);
+      }
+  }
+  if (o.rule == "energy") {
+    std::vector<float> pooled;
+    for (int l = 0; l < layers; ++l)
+      for (int h = 0; h < hq; ++h) pooled.insert(pooled.end(), errors.energy(l, h).begin(), errors.energy(l, h).end());
+    const double tau = llama2c::threshold_for(pooled, d, o.budget);
+    for (int i = 0; i < heads; ++i) p.k[std::size_t(i)] = 0, p.tau[std::size_t(i)] = tau;
+    calibration_k = llama2c::mean_count(pooled, d, tau) * heads;
+  }
+  calibration_k /= heads;
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "basis %s, weight %s, budget %g, alloc %s, rule %s, %zu calibration windows",
+                o.basis.c_str(), o.weight.c_str(), o.budget, o.alloc.c_str(), o.rule.c_str(), windows.size());
+  p.description = buf;
+  p.save(o.fit_policy);
+  std::printf("policy %s: %s; mean k on calibration %.3f\n", o.fit_policy.c_str(), buf, calibration_k);
+  for (int l = 0; l < layers; ++l) {
+    std::printf("layer %d:", l);
+    for (int h = 0; h < hq; ++h) {
+      const std::size_t i = p.head_at(l, h);
+      if (p.k[i] > 0)
+        std::printf(" k%d", p.k[i]);
+      else
+        std::printf(" tau%.4f(k%.2f)", p.tau[i], llama2c::mean_count(errors.energy(l, h), d, p.tau[i]));
+    }
+    std::printf("\n");
+  }
+  if (o.alloc == "dp" && o.rule == "fixed") std::printf("calibration residual error (sum over heads): %.6g\n", predicted);
+  if (o.json)
+    std::printf("{\"mode\": \"fit-policy\", \"policy\": %s, \"mean_k\": %.4f, \"windows\": %zu}\n",
+                json_string(o.fit_policy).c_str(), calibration_k, windows.size());
+  return 0;
 }
 
 int run(const options& o) {
@@ -289,6 +442,7 @@ int run(const options& o) {
   }
   const int max_tokens = o.max_tokens > 0 ? std::min(o.max_tokens, c.seq_len) : c.seq_len;
   const auto windows = llama2c::perplexity_windows(tok, text, max_tokens, o.windows);
+  if (!o.fit_policy.empty()) return fit_policy(o, model, windows);
 
   llama2c::qk_dump dump(c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim());
   if (!o.dump_qk.empty())
@@ -308,6 +462,7 @@ int run(const options& o) {
     std::printf("aqua: %s, %s selection, %s, r = %d%s\n", o.identity ? "identity bases" : o.projection.c_str(),
                 o.select.c_str(), selection_text(o, *attention).c_str(), o.r == 0 ? c.head_dim() : o.r,
                 block == 1 ? ", token by token" : "");
+  if (!o.policy.empty()) std::printf("policy: %s, mean k %.4f\n", o.policy.c_str(), mean_k(o, *attention));
   if (!o.dump_qk.empty()) {
     std::filesystem::create_directories(o.dump_qk);
     const aqua::index_t rows = dump.write(o.dump_qk);

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "aqua/config.hpp"
 #include "aqua/detail/validate.hpp"
@@ -145,6 +146,65 @@ index_t select_top(vector_view<const detail::identity_t<T>> values, const select
     if (acc >= spec.value * total * (1.0 - 1e-12)) return c + 1;
   }
   return n;
+}
+
+/// How many dimensions `spec` selects for `values` (what select_top returns), without ranking
+/// them: k or ceil(f * n) for fixed-size specs; for energy specs the smallest prefix, in order of
+/// decreasing magnitude, holding tau of sum values_i^2. For counting dims actually used (mean k
+/// under energy selection). values must be finite (checked: aqua::error).
+template <class T>
+index_t select_count(vector_view<const detail::identity_t<T>> values, const selection_spec& spec) {
+  constexpr const char* fn = "aqua::select_count";
+  const index_t n = values.extent(0);
+  AQUA_CHECK(n >= 1, fn, ": values is empty");
+  detail::require_data(values, fn, "values");
+  detail::validate_selection(spec, n, fn);
+  detail::require_finite(values, fn, "values");
+  if (spec.type != selection_spec::kind::energy) return detail::selection_count(spec, n);
+  // Equal magnitudes carry equal energies, so the count does not depend on how ties are ordered:
+  // sorting the energies themselves gives the same prefix sums as the ranking.
+  std::vector<double> sq(static_cast<std::size_t>(n));
+  double total = 0;
+  for (index_t i = 0; i < n; ++i) {
+    sq[static_cast<std::size_t>(i)] = double(values(i)) * double(values(i));
+    total += sq[static_cast<std::size_t>(i)];
+  }
+  std::sort(sq.begin(), sq.end(), [](double a, double b) { return a > b; });
+  const double target = spec.value * total;
+  double acc = 0;
+  for (index_t c = 0; c < n; ++c) {
+    acc += sq[static_cast<std::size_t>(c)];
+    if (acc >= target * (1.0 - 1e-12)) return c + 1;
+  }
+  return n;
+}
+
+/// The same count for a ranking weight that is not the magnitude itself: candidates ranked by
+/// decreasing `weight` (ties by lower index), the energy threshold summing `energy` (>= 0). This
+/// is the rule of group-shared selection (summed magnitudes ranked, summed energies thresholded)
+/// and of weighted scores. weight and energy must have the same extent and be finite, energy >= 0.
+template <class T>
+index_t select_count(vector_view<const detail::identity_t<T>> weight, vector_view<const detail::identity_t<T>> energy,
+                     const selection_spec& spec) {
+  constexpr const char* fn = "aqua::select_count";
+  const index_t n = weight.extent(0);
+  AQUA_CHECK(n >= 1, fn, ": weight is empty");
+  AQUA_CHECK(energy.extent(0) == n, fn, ": energy has ", energy.extent(0), " entries but weight has ", n);
+  detail::require_data(weight, fn, "weight");
+  detail::require_data(energy, fn, "energy");
+  detail::validate_selection(spec, n, fn);
+  detail::require_finite(weight, fn, "weight");
+  detail::require_finite(energy, fn, "energy");
+  for (index_t i = 0; i < n; ++i)
+    AQUA_CHECK(energy(i) >= 0, fn, ": energy[", i, "] = ", energy(i), " is negative");
+  if (spec.type != selection_spec::kind::energy) return detail::selection_count(spec, n);
+  std::vector<T> w(static_cast<std::size_t>(n)), e(w.size());
+  std::vector<index_t> idx(w.size());
+  for (index_t i = 0; i < n; ++i) {
+    w[static_cast<std::size_t>(i)] = weight(i);
+    e[static_cast<std::size_t>(i)] = energy(i);
+  }
+  return detail::select_ranked(w.data(), e.data(), n, spec, idx.data());
 }
 
 }  // namespace aqua
