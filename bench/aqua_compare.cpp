@@ -88,12 +88,13 @@ struct config {
   std::vector<std::string> select = {"per-head", "group", "tile"};
   double spectrum = 32;
   bool json = false;
-  bool cpu_clock = false;  // --clock cpu: process CPU time / threads (robust on a shared machine)
+  bool cpu_clock = false;     // --clock cpu: process CPU time / threads (robust on a shared machine)
   bool random_basis = false;  // --basis random: queries and keys rotated by a random basis per KV head
-  index_t budget = 0;      // --budget: H2O token budget of the AQUA side (decode); 0: no eviction
-  bool sweep = false;      // --sweep-break-even
+  index_t budget = 0;         // --budget: H2O token budget of the AQUA side (decode); 0: no eviction
+  bool sweep = false;         // --sweep-break-even
   index_t sweep_min = 64, sweep_max = 32768;
-  std::string baseline;  // --baseline: projected | plain | reference (sweep only); default plain (sweep), projected
+  std::string
+      baseline;  // --baseline: projected | plain | reference (sweep only); default plain (sweep), projected
 };
 
 std::vector<std::string> split(const std::string& s, char sep = ',') {
@@ -132,21 +133,36 @@ config parse(int argc, char** argv) {
       return v;
     };
     try {
-      if (a == "--mode") c.mode = next();
-      else if (a == "--n") c.n = ints(next());
-      else if (a == "--m") c.m = std::stoll(next());
-      else if (a == "--d") c.d = std::stoll(next());
-      else if (a == "--k") c.k = ints(next()), k_given = true;
-      else if (a == "--hq") c.hq = std::stoll(next());
-      else if (a == "--hkv") c.hkv = std::stoll(next());
-      else if (a == "--tile") c.tile = std::stoll(next());
-      else if (a == "--threads") c.threads = std::stoi(next());
-      else if (a == "--select") c.select = split(next()), select_given = true;
-      else if (a == "--spectrum") c.spectrum = std::stod(next());
-      else if (a == "--reps") c.reps = std::stoi(next()), reps_given = true;
-      else if (a == "--json") c.json = true;
-      else if (a == "--budget") c.budget = std::stoll(next());
-      else if (a == "--sweep-break-even") c.sweep = true;
+      if (a == "--mode")
+        c.mode = next();
+      else if (a == "--n")
+        c.n = ints(next());
+      else if (a == "--m")
+        c.m = std::stoll(next());
+      else if (a == "--d")
+        c.d = std::stoll(next());
+      else if (a == "--k")
+        c.k = ints(next()), k_given = true;
+      else if (a == "--hq")
+        c.hq = std::stoll(next());
+      else if (a == "--hkv")
+        c.hkv = std::stoll(next());
+      else if (a == "--tile")
+        c.tile = std::stoll(next());
+      else if (a == "--threads")
+        c.threads = std::stoi(next());
+      else if (a == "--select")
+        c.select = split(next()), select_given = true;
+      else if (a == "--spectrum")
+        c.spectrum = std::stod(next());
+      else if (a == "--reps")
+        c.reps = std::stoi(next()), reps_given = true;
+      else if (a == "--json")
+        c.json = true;
+      else if (a == "--budget")
+        c.budget = std::stoll(next());
+      else if (a == "--sweep-break-even")
+        c.sweep = true;
       else if (a == "--sweep-n") {
         const auto v = ints(next(), ':');
         if (v.size() != 2) usage("--sweep-n takes MIN:MAX");
@@ -165,8 +181,10 @@ config parse(int argc, char** argv) {
         const std::string v = next();
         if (v != "cpu" && v != "wall") usage("--clock takes cpu or wall");
         c.cpu_clock = v == "cpu";
-      } else if (a == "--help" || a == "-h") usage("help");
-      else usage(("unknown flag " + a).c_str());
+      } else if (a == "--help" || a == "-h")
+        usage("help");
+      else
+        usage(("unknown flag " + a).c_str());
     } catch (const std::logic_error&) {
       usage(("bad number after " + a).c_str());
     }
@@ -188,7 +206,8 @@ config parse(int argc, char** argv) {
     if (s != "per-head" && s != "group" && s != "tile") usage("--select takes per-head, group or tile");
   if (c.reps < 1 || c.threads < 1) usage("--reps and --threads must be >= 1");
   if (c.budget < 0) usage("--budget must be >= 0");
-  if (c.d < 1 || c.hq < 1 || c.hkv < 1 || c.hq % c.hkv != 0) usage("--hq must be a positive multiple of --hkv");
+  if (c.d < 1 || c.hq < 1 || c.hkv < 1 || c.hq % c.hkv != 0)
+    usage("--hq must be a positive multiple of --hkv");
   for (index_t k : c.k)
     if (k < 1 || k > c.d) usage("--k values must lie in [1, d]");
   return c;
@@ -196,7 +215,8 @@ config parse(int argc, char** argv) {
 
 aqua::selection_mode mode_of(const std::string& s) {
   return s == "per-head" ? aqua::selection_mode::per_head
-                         : s == "group" ? aqua::selection_mode::group : aqua::selection_mode::tile;
+         : s == "group"  ? aqua::selection_mode::group
+                         : aqua::selection_mode::tile;
 }
 
 /// The synthetic layer of one run: the bases (empty: identity) and the key spectrum.
@@ -294,32 +314,35 @@ struct result {
 
 void print(const config& c, const result& r, bool header) {
   if (c.json) {
-    std::printf("{\"mode\":\"%s\",\"n\":%lld,\"d\":%lld,\"k\":%lld,\"hq\":%lld,\"hkv\":%lld,\"threads\":%d,"
-                "\"select\":\"%s\",\"dense_ms\":%.4f,\"aqua_ms\":%.4f,\"speedup\":%.4f,\"dense_gbps\":%.3f,"
-                "\"aqua_gbps\":%.3f,\"bandwidth_gbps\":%.3f,\"rel_err\":%.6g,\"key_fraction_read\":%.4f",
-                r.mode.c_str(), (long long)r.n, (long long)r.d, (long long)r.k, (long long)r.hq, (long long)r.hkv,
-                r.threads, r.select.c_str(), r.dense_ms, r.aqua_ms, r.speedup, r.dense_gbps, r.aqua_gbps, r.bandwidth,
-                r.rel_err, r.key_fraction);
+    std::printf(
+        "{\"mode\":\"%s\",\"n\":%lld,\"d\":%lld,\"k\":%lld,\"hq\":%lld,\"hkv\":%lld,\"threads\":%d,"
+        "\"select\":\"%s\",\"dense_ms\":%.4f,\"aqua_ms\":%.4f,\"speedup\":%.4f,\"dense_gbps\":%.3f,"
+        "\"aqua_gbps\":%.3f,\"bandwidth_gbps\":%.3f,\"rel_err\":%.6g,\"key_fraction_read\":%.4f",
+        r.mode.c_str(), (long long)r.n, (long long)r.d, (long long)r.k, (long long)r.hq, (long long)r.hkv,
+        r.threads, r.select.c_str(), r.dense_ms, r.aqua_ms, r.speedup, r.dense_gbps, r.aqua_gbps, r.bandwidth,
+        r.rel_err, r.key_fraction);
     if (r.mode == "prefill")
-      std::printf(",\"m\":%lld,\"dense_score_ms\":%.4f,\"aqua_score_ms\":%.4f,\"score_speedup\":%.4f", (long long)r.m,
-                  r.dense_score_ms, r.aqua_score_ms, r.score_speedup);
+      std::printf(",\"m\":%lld,\"dense_score_ms\":%.4f,\"aqua_score_ms\":%.4f,\"score_speedup\":%.4f",
+                  (long long)r.m, r.dense_score_ms, r.aqua_score_ms, r.score_speedup);
     if (r.budget > 0) std::printf(",\"budget\":%lld", (long long)r.budget);
-    std::printf(",\"basis\":\"%s\",\"baseline\":\"%s\",\"clock\":\"%s\"}\n", r.basis.c_str(), c.baseline.c_str(),
-                c.cpu_clock ? "cpu" : "wall");
+    std::printf(",\"basis\":\"%s\",\"baseline\":\"%s\",\"clock\":\"%s\"}\n", r.basis.c_str(),
+                c.baseline.c_str(), c.cpu_clock ? "cpu" : "wall");
   } else {
     if (header) {
-      std::printf("%-8s %6s %4s %4s %4s/%-3s %2s %-9s %9s %9s %7s %8s %8s %8s %9s %6s", "mode", "n", "d", "k", "hq",
-                  "hkv", "T", "select", "dense_ms", "aqua_ms", "speedup", "dense_GB", "aqua_GB", "bw_GB/s", "rel_err",
-                  "keyfr");
+      std::printf("%-8s %6s %4s %4s %4s/%-3s %2s %-9s %9s %9s %7s %8s %8s %8s %9s %6s", "mode", "n", "d", "k",
+                  "hq", "hkv", "T", "select", "dense_ms", "aqua_ms", "speedup", "dense_GB", "aqua_GB",
+                  "bw_GB/s", "rel_err", "keyfr");
       if (r.mode == "prefill") std::printf(" %9s %9s %7s", "dscore_ms", "ascore_ms", "s_spdup");
       if (r.budget > 0) std::printf(" %7s", "budget");
       std::printf("\n");
     }
-    std::printf("%-8s %6lld %4lld %4lld %4lld/%-3lld %2d %-9s %9.3f %9.3f %7.3f %8.2f %8.2f %8.2f %9.3g %6.3f",
-                r.mode.c_str(), (long long)r.n, (long long)r.d, (long long)r.k, (long long)r.hq, (long long)r.hkv,
-                r.threads, r.select.c_str(), r.dense_ms, r.aqua_ms, r.speedup, r.dense_gbps, r.aqua_gbps, r.bandwidth,
-                r.rel_err, r.key_fraction);
-    if (r.mode == "prefill") std::printf(" %9.3f %9.3f %7.3f", r.dense_score_ms, r.aqua_score_ms, r.score_speedup);
+    std::printf(
+        "%-8s %6lld %4lld %4lld %4lld/%-3lld %2d %-9s %9.3f %9.3f %7.3f %8.2f %8.2f %8.2f %9.3g %6.3f",
+        r.mode.c_str(), (long long)r.n, (long long)r.d, (long long)r.k, (long long)r.hq, (long long)r.hkv,
+        r.threads, r.select.c_str(), r.dense_ms, r.aqua_ms, r.speedup, r.dense_gbps, r.aqua_gbps, r.bandwidth,
+        r.rel_err, r.key_fraction);
+    if (r.mode == "prefill")
+      std::printf(" %9.3f %9.3f %7.3f", r.dense_score_ms, r.aqua_score_ms, r.score_speedup);
     if (r.budget > 0) std::printf(" %7lld", (long long)r.budget);
     std::printf("\n");
   }
@@ -366,7 +389,9 @@ decode_measurement measure_decode(const config& c, const dense_side& base, const
     else
       aqua::dense_decode(qv, *base.cache, aqua::make_view(dense_out.data(), c.hq, c.d), dopt, &dense_ws);
   };
-  auto run_aqua = [&] { aqua::aqua_decode(qv, acache, k, aqua::make_view(aqua_out.data(), c.hq, c.d), aopt); };
+  auto run_aqua = [&] {
+    aqua::aqua_decode(qv, acache, k, aqua::make_view(aqua_out.data(), c.hq, c.d), aopt);
+  };
   decode_measurement m;
   // Untimed: the fraction of key tiles read, from the profile.
   aqua::attention_profile prof;
@@ -433,7 +458,8 @@ void run_decode(const config& c, double bandwidth) {
           policy.evict(*evicted);
         }
         const aqua::kv_cache& acache = evicted ? *evicted : cache;
-        const decode_measurement m = measure_decode(c, {&dense_cache, nullptr, nullptr, 0}, acache, q, k, sel, 0.0);
+        const decode_measurement m =
+            measure_decode(c, {&dense_cache, nullptr, nullptr, 0}, acache, q, k, sel, 0.0);
         result r;
         r.mode = "decode";
         r.select = sel;
@@ -470,7 +496,8 @@ void run_prefill(const config& c, double bandwidth) {
     // cache projects the same keys.
     auto keys = aqua_examples::spectrum_rows(c.hkv * n, c.d, c.spectrum, 11);
     if (!data.bases.empty())
-      for (index_t h = 0; h < c.hkv; ++h) aqua_examples::rotate_rows_to_raw(data.bases[std::size_t(h)], n, keys.data() + h * n * c.d);
+      for (index_t h = 0; h < c.hkv; ++h)
+        aqua_examples::rotate_rows_to_raw(data.bases[std::size_t(h)], n, keys.data() + h * n * c.d);
     const auto values = aqua_examples::normal_data(std::size_t(c.hkv * n * c.d), 12);
     const auto kview = aqua::make_view(static_cast<const float*>(keys.data()), c.hkv, n, c.d);
     const auto vview = aqua::make_view(values.data(), c.hkv, n, c.d);
@@ -495,13 +522,14 @@ void run_prefill(const config& c, double bandwidth) {
         aopt.workspace = &ws;
         aopt.profile = &aprof;
         auto run_aqua = [&] {
-          aqua::aqua_prefill(qv, cache, aqua::selection_spec::top_k(k), aqua::make_view(aqua_out.data(), c.hq, m, c.d),
-                             aopt);
+          aqua::aqua_prefill(qv, cache, aqua::selection_spec::top_k(k),
+                             aqua::make_view(aqua_out.data(), c.hq, m, c.d), aopt);
         };
         // The score phases, read from the profiles after each timed call (CPU seconds over workers).
         std::vector<double> sd, sa;
         const auto t = aqua_examples::time_interleaved(
-            g_clock, c.reps, 1, 1, dense, run_aqua, [&] { sd.push_back(dprof.score_seconds * 1e3 / c.threads); },
+            g_clock, c.reps, 1, 1, dense, run_aqua,
+            [&] { sd.push_back(dprof.score_seconds * 1e3 / c.threads); },
             [&] { sa.push_back((aprof.score_seconds + aprof.select_seconds) * 1e3 / c.threads); });
         std::vector<double> sratio;
         for (std::size_t i = 0; i < sd.size(); ++i) sratio.push_back(sd[i] / sa[i]);
@@ -620,8 +648,10 @@ int run_sweep(const config& c, double bandwidth) {
         plain.append(aqua::make_view(keys, c.hkv, cnt, c.d), aqua::make_view(values, c.hkv, cnt, c.d));
       if (c.baseline != "reference") return;
       for (index_t h = 0; h < c.hkv; ++h) {
-        std::copy(keys + h * cnt * c.d, keys + (h + 1) * cnt * c.d, raw_k.data() + (h * cap + cache.size()) * c.d);
-        std::copy(values + h * cnt * c.d, values + (h + 1) * cnt * c.d, raw_v.data() + (h * cap + cache.size()) * c.d);
+        std::copy(keys + h * cnt * c.d, keys + (h + 1) * cnt * c.d,
+                  raw_k.data() + (h * cap + cache.size()) * c.d);
+        std::copy(values + h * cnt * c.d, values + (h + 1) * cnt * c.d,
+                  raw_v.data() + (h * cap + cache.size()) * c.d);
       }
     };
     const dense_side base = c.baseline == "reference" ? dense_side{nullptr, raw_k.data(), raw_v.data(), cap}
@@ -629,7 +659,8 @@ int run_sweep(const config& c, double bandwidth) {
                                                       : dense_side{&cache, nullptr, nullptr, 0};
     std::mt19937 rng(1000);
     for (std::size_t i = 0; i < ns.size(); ++i) {
-      aqua_examples::append_spectrum_tokens(rng, data.spectrum, data.bases, ns[i] - cache.size(), {&cache}, keep_raw);
+      aqua_examples::append_spectrum_tokens(rng, data.spectrum, data.bases, ns[i] - cache.size(), {&cache},
+                                            keep_raw);
       for (std::size_t e = 0; e < entries.size(); ++e) {
         if (!wanted[e][i]) continue;
         const auto m = measure_decode(c, base, cache, q, entries[e].k, entries[e].sel, min_sample_ms);
@@ -637,8 +668,8 @@ int run_sweep(const config& c, double bandwidth) {
             {ns[i], m.times.median_a(), m.times.median_b(), m.times.median_ratio(), m.key_fraction, m.inner});
         if (!c.json)
           std::fprintf(stderr, "\r  k = %lld %-8s N = %6lld: speedup %.3f (%d call%s per sample)     ",
-                       (long long)entries[e].k, entries[e].sel.c_str(), (long long)ns[i], m.times.median_ratio(),
-                       m.inner, m.inner == 1 ? "" : "s");
+                       (long long)entries[e].k, entries[e].sel.c_str(), (long long)ns[i],
+                       m.times.median_ratio(), m.inner, m.inner == 1 ? "" : "s");
       }
     }
   };
@@ -673,17 +704,19 @@ int run_sweep(const config& c, double bandwidth) {
   if (!c.json) std::fprintf(stderr, "\r%80s\r", "");
 
   if (!c.json) {
-    std::printf("measured vs modelled decode break-even: d = %lld, Hq = %lld, Hkv = %lld, tile %lld, %d thread%s, "
-                "%s clock, basis %s, dense baseline %s, %d pairs per N, N = %lld..%lld doubling + 3 refinement points\n",
-                (long long)c.d, (long long)c.hq, (long long)c.hkv, (long long)c.tile, c.threads,
-                c.threads == 1 ? "" : "s", c.cpu_clock ? "cpu" : "wall", c.random_basis ? "random" : "identity",
-                c.baseline.c_str(), c.reps,
-                (long long)c.sweep_min, (long long)c.sweep_max);
-    std::printf("%4s %-8s %10s %10s %12s %12s %12s %8s\n", "k", "select", "last_loss", "measured", "model_FLOPs",
-                "model_bytes", "model_D/d", "keyfr");
+    std::printf(
+        "measured vs modelled decode break-even: d = %lld, Hq = %lld, Hkv = %lld, tile %lld, %d thread%s, "
+        "%s clock, basis %s, dense baseline %s, %d pairs per N, N = %lld..%lld doubling + 3 refinement "
+        "points\n",
+        (long long)c.d, (long long)c.hq, (long long)c.hkv, (long long)c.tile, c.threads,
+        c.threads == 1 ? "" : "s", c.cpu_clock ? "cpu" : "wall", c.random_basis ? "random" : "identity",
+        c.baseline.c_str(), c.reps, (long long)c.sweep_min, (long long)c.sweep_max);
+    std::printf("%4s %-8s %10s %10s %12s %12s %12s %8s\n", "k", "select", "last_loss", "measured",
+                "model_FLOPs", "model_bytes", "model_D/d", "keyfr");
   }
   for (auto& e : entries) {
-    std::sort(e.points.begin(), e.points.end(), [](const sweep_point& a, const sweep_point& b) { return a.n < b.n; });
+    std::sort(e.points.begin(), e.points.end(),
+              [](const sweep_point& a, const sweep_point& b) { return a.n < b.n; });
     index_t last_loss = 0;
     const auto win = measured_break_even(e.points, last_loss);
     const aqua::cost_config model = model_of(c, e.k, e.sel);
@@ -691,21 +724,23 @@ int run_sweep(const config& c, double bandwidth) {
     const double d_read = aqua::key_dims_read(model) / double(c.d);
     const double keyfr = e.points.empty() ? 0 : e.points.back().key_fraction;
     if (c.json) {
-      std::printf("{\"mode\":\"break_even\",\"d\":%lld,\"k\":%lld,\"hq\":%lld,\"hkv\":%lld,\"tile\":%lld,"
-                  "\"threads\":%d,\"select\":\"%s\",\"baseline\":\"%s\",\"basis\":\"%s\",\"clock\":\"%s\",\"bandwidth_gbps\":%.3f,"
-                  "\"measured_break_even\":%s,\"last_loss_n\":%lld,\"model_break_even_flops\":%s,"
-                  "\"model_break_even_bytes\":%s,\"model_key_fraction\":%.4f,\"key_fraction_read\":%.4f,"
-                  "\"model_sharing\":\"%s\",\"model_projection_elem_bytes\":%g,\"points\":[",
-                  (long long)c.d, (long long)e.k, (long long)c.hq, (long long)c.hkv, (long long)c.tile, c.threads,
-                  e.sel.c_str(), c.baseline.c_str(), c.random_basis ? "random" : "identity", c.cpu_clock ? "cpu" : "wall", bandwidth,
-                  win ? std::to_string(*win).c_str() : "null", (long long)last_loss, opt_json(flops).c_str(),
-                  opt_json(bytes).c_str(), d_read, keyfr,
-                  model.sharing == aqua::selection_sharing::per_head ? "per_head" : "group_shared",
-                  model.projection_elem_bytes);
+      std::printf(
+          "{\"mode\":\"break_even\",\"d\":%lld,\"k\":%lld,\"hq\":%lld,\"hkv\":%lld,\"tile\":%lld,"
+          "\"threads\":%d,\"select\":\"%s\",\"baseline\":\"%s\",\"basis\":\"%s\",\"clock\":\"%s\","
+          "\"bandwidth_gbps\":%.3f,"
+          "\"measured_break_even\":%s,\"last_loss_n\":%lld,\"model_break_even_flops\":%s,"
+          "\"model_break_even_bytes\":%s,\"model_key_fraction\":%.4f,\"key_fraction_read\":%.4f,"
+          "\"model_sharing\":\"%s\",\"model_projection_elem_bytes\":%g,\"points\":[",
+          (long long)c.d, (long long)e.k, (long long)c.hq, (long long)c.hkv, (long long)c.tile, c.threads,
+          e.sel.c_str(), c.baseline.c_str(), c.random_basis ? "random" : "identity",
+          c.cpu_clock ? "cpu" : "wall", bandwidth, win ? std::to_string(*win).c_str() : "null",
+          (long long)last_loss, opt_json(flops).c_str(), opt_json(bytes).c_str(), d_read, keyfr,
+          model.sharing == aqua::selection_sharing::per_head ? "per_head" : "group_shared",
+          model.projection_elem_bytes);
       for (std::size_t i = 0; i < e.points.size(); ++i)
-        std::printf("%s{\"n\":%lld,\"dense_ms\":%.5f,\"aqua_ms\":%.5f,\"speedup\":%.4f,\"inner\":%d}", i ? "," : "",
-                    (long long)e.points[i].n, e.points[i].dense_ms, e.points[i].aqua_ms, e.points[i].speedup,
-                    e.points[i].inner);
+        std::printf("%s{\"n\":%lld,\"dense_ms\":%.5f,\"aqua_ms\":%.5f,\"speedup\":%.4f,\"inner\":%d}",
+                    i ? "," : "", (long long)e.points[i].n, e.points[i].dense_ms, e.points[i].aqua_ms,
+                    e.points[i].speedup, e.points[i].inner);
       std::printf("]}\n");
     } else {
       std::printf("%4lld %-8s %10lld %10s %12s %12s %12.3f %8.3f\n", (long long)e.k, e.sel.c_str(),
@@ -728,12 +763,14 @@ int main(int argc, char** argv) {
   g_clock.threads = c.threads;
   const double bandwidth = measure_bandwidth(g_clock, c.threads);
   if (!c.json)
-    std::printf("memory-read bandwidth (sum over 1 GiB, best of 5, %d thread%s, %s clock): %.2f GB/s\n", c.threads,
-                c.threads == 1 ? "" : "s", c.cpu_clock ? "cpu" : "wall", bandwidth);
+    std::printf("memory-read bandwidth (sum over 1 GiB, best of 5, %d thread%s, %s clock): %.2f GB/s\n",
+                c.threads, c.threads == 1 ? "" : "s", c.cpu_clock ? "cpu" : "wall", bandwidth);
   try {
     if (c.sweep) return run_sweep(c, bandwidth);
-    if (c.mode == "decode") run_decode(c, bandwidth);
-    else run_prefill(c, bandwidth);
+    if (c.mode == "decode")
+      run_decode(c, bandwidth);
+    else
+      run_prefill(c, bandwidth);
   } catch (const aqua::error& e) {
     std::fprintf(stderr, "aqua_compare: %s\n", e.what());
     return 1;

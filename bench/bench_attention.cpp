@@ -30,7 +30,8 @@ struct decode_fixture {
   index_t hq = 32, hkv = 8, d = 128, n;
   aqua::kv_cache cache;
   std::vector<float> q, out;
-  explicit decode_fixture(index_t n_) : n(n_), cache(8, 128, {32, 0, n_}), q(spectrum(32, 128, 3)), out(32 * 128) {
+  explicit decode_fixture(index_t n_)
+      : n(n_), cache(8, 128, {32, 0, n_}), q(spectrum(32, 128, 3)), out(32 * 128) {
     for (index_t t0 = 0; t0 < n; t0 += 4096) {
       const index_t cnt = std::min<index_t>(4096, n - t0);
       auto k = spectrum(hkv * cnt, d, unsigned(10 + t0)), v = spectrum(hkv * cnt, d, unsigned(20 + t0));
@@ -58,7 +59,8 @@ void set_counters(benchmark::State& state, const decode_fixture& f, double key_f
   c.k = k == 0 ? f.d : k;
   c.hq = f.hq;
   c.hkv = f.hkv;
-  const double flops = k == 0 ? aqua::dense_decode_cost(c, double(f.n)).flops() : aqua::aqua_decode_cost(c, double(f.n)).flops();
+  const double flops = k == 0 ? aqua::dense_decode_cost(c, double(f.n)).flops()
+                              : aqua::aqua_decode_cost(c, double(f.n)).flops();
   state.counters["FLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
   state.counters["tokens/s"] = benchmark::Counter(1, benchmark::Counter::kIsIterationInvariantRate);
 }
@@ -87,13 +89,13 @@ void BM_aqua_decode(benchmark::State& state) {
   opt.workspace = &ws;
   aqua::attention_profile prof;
   for (auto _ : state) {
-    aqua::aqua_decode(aqua::make_view(static_cast<const float*>(f.q.data()), f.hq, f.d), f.cache, state.range(1),
-                      aqua::make_view(f.out.data(), f.hq, f.d), opt);
+    aqua::aqua_decode(aqua::make_view(static_cast<const float*>(f.q.data()), f.hq, f.d), f.cache,
+                      state.range(1), aqua::make_view(f.out.data(), f.hq, f.d), opt);
     benchmark::ClobberMemory();
   }
   opt.profile = &prof;
-  aqua::aqua_decode(aqua::make_view(static_cast<const float*>(f.q.data()), f.hq, f.d), f.cache, state.range(1),
-                    aqua::make_view(f.out.data(), f.hq, f.d), opt);
+  aqua::aqua_decode(aqua::make_view(static_cast<const float*>(f.q.data()), f.hq, f.d), f.cache,
+                    state.range(1), aqua::make_view(f.out.data(), f.hq, f.d), opt);
   set_counters(state, f, prof.key_fraction_read, state.range(1));
   state.counters["key_fraction"] = prof.key_fraction_read;
 }
@@ -115,8 +117,11 @@ void BM_prefill(benchmark::State& state) {
   aqua::aqua_options opt;
   opt.mode = static_cast<aqua::selection_mode>(state.range(2));
   for (auto _ : state) {
-    if (dense) aqua::dense_prefill<float>(qv, kv, vv, aqua::make_view(out.data(), hq, n, d));
-    else aqua::aqua_prefill(qv, cache, aqua::selection_spec::top_k(k), aqua::make_view(out.data(), hq, n, d), opt);
+    if (dense)
+      aqua::dense_prefill<float>(qv, kv, vv, aqua::make_view(out.data(), hq, n, d));
+    else
+      aqua::aqua_prefill(qv, cache, aqua::selection_spec::top_k(k), aqua::make_view(out.data(), hq, n, d),
+                         opt);
     benchmark::ClobberMemory();
   }
   aqua::cost_config c;
@@ -124,11 +129,16 @@ void BM_prefill(benchmark::State& state) {
   c.k = dense ? d : k;
   c.hq = hq;
   c.hkv = hkv;
-  const auto cost = dense ? aqua::dense_prefill_cost(c, double(n), double(n)) : aqua::aqua_prefill_cost(c, double(n), double(n));
+  const auto cost = dense ? aqua::dense_prefill_cost(c, double(n), double(n))
+                          : aqua::aqua_prefill_cost(c, double(n), double(n));
   state.counters["FLOP/s"] = benchmark::Counter(cost.flops(), benchmark::Counter::kIsIterationInvariantRate);
   state.counters["bytes/s"] = benchmark::Counter(cost.bytes(), benchmark::Counter::kIsIterationInvariantRate);
   state.counters["tokens/s"] = benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate);
 }
-BENCHMARK(BM_prefill)->Args({4096, 0, 0})->Args({4096, 32, 0})->Args({4096, 32, 2})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_prefill)
+    ->Args({4096, 0, 0})
+    ->Args({4096, 32, 0})
+    ->Args({4096, 32, 2})
+    ->Unit(benchmark::kMillisecond);
 
 }  // namespace

@@ -29,10 +29,11 @@ void BM_calibrate_accumulate(benchmark::State& state) {
     cal.add_queries(0, 0, view);
     benchmark::ClobberMemory();
   }
-  state.counters["vectors/s"] = benchmark::Counter(double(rows), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["vectors/s"] =
+      benchmark::Counter(double(rows), benchmark::Counter::kIsIterationInvariantRate);
   // X^T X += x^T x per row: d^2 multiply-adds (the full square; the kernel may use the symmetry).
-  state.counters["FLOP/s"] =
-      benchmark::Counter(2.0 * double(rows) * double(d) * double(d), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["FLOP/s"] = benchmark::Counter(2.0 * double(rows) * double(d) * double(d),
+                                                benchmark::Counter::kIsIterationInvariantRate);
   state.counters["bytes/s"] =
       benchmark::Counter(double(rows * d) * sizeof(float), benchmark::Counter::kIsIterationInvariantRate);
   state.SetLabel(opt.allow_simd && aqua::detail::gram_simd_available() ? "avx2+fma" : "portable");
@@ -50,11 +51,12 @@ void BM_calibrate_accumulate_layer(benchmark::State& state) {
     cal.add_queries(0, aqua::make_view(q.data(), hq, rows, d));
     benchmark::ClobberMemory();
   }
-  state.counters["vectors/s"] = benchmark::Counter(double(hq * rows), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["vectors/s"] =
+      benchmark::Counter(double(hq * rows), benchmark::Counter::kIsIterationInvariantRate);
   state.counters["FLOP/s"] = benchmark::Counter(2.0 * double(hq * rows) * double(d) * double(d),
                                                 benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["bytes/s"] =
-      benchmark::Counter(double(hq * rows * d) * sizeof(float), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["bytes/s"] = benchmark::Counter(double(hq * rows * d) * sizeof(float),
+                                                 benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_calibrate_accumulate_layer)->Arg(512)->Unit(benchmark::kMillisecond);
 
@@ -84,7 +86,8 @@ void BM_retention_layer(benchmark::State& state) {
     ev.add_layer(0, aqua::make_view(q.data(), hq, rows, d), aqua::make_view(k.data(), hkv, rows, d));
     benchmark::DoNotOptimize(ev.overall().topk.data());
   }
-  state.counters["queries/s"] = benchmark::Counter(double(hq * rows), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["queries/s"] =
+      benchmark::Counter(double(hq * rows), benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_retention_layer)->Unit(benchmark::kMillisecond);
 

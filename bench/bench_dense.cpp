@@ -35,6 +35,8 @@ void BM_dense_decode_reference(benchmark::State& state) {
   state.counters["FLOP/s"] =
       benchmark::Counter(4.0 * double(hq * n * d), benchmark::Counter::kIsIterationInvariantRate);
 }
-BENCHMARK(BM_dense_decode_reference)->ArgsProduct({{1024, 4096, 32768}, {1, 2}})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_dense_decode_reference)
+    ->ArgsProduct({{1024, 4096, 32768}, {1, 2}})
+    ->Unit(benchmark::kMillisecond);
 
 }  // namespace

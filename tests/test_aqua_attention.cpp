@@ -47,9 +47,15 @@ struct layer {
     return aqua::kv_cache(views, opt);
   }
 
-  layer(index_t hq_, index_t hkv_, index_t d_, index_t n_, index_t tile = 16, bool project = true, index_t rank = 0,
-        unsigned seed = 1)
-      : hq(hq_), hkv(hkv_), d(d_), n(n_), q(std::size_t(hq_ * d_)), k(std::size_t(hkv_ * n_ * d_)), v(k.size()),
+  layer(index_t hq_, index_t hkv_, index_t d_, index_t n_, index_t tile = 16, bool project = true,
+        index_t rank = 0, unsigned seed = 1)
+      : hq(hq_),
+        hkv(hkv_),
+        d(d_),
+        n(n_),
+        q(std::size_t(hq_ * d_)),
+        k(std::size_t(hkv_ * n_ * d_)),
+        v(k.size()),
         cache(make_cache(hkv_, d_, tile, bases, project, rank)) {
     aqua_test::fill_normal(q, seed);
     aqua_test::fill_normal(k, seed + 1);
@@ -65,7 +71,8 @@ struct layer {
     return aqua_test::oracle_row(
         d, visible, 1.0 / std::sqrt(double(d)), [&](index_t c) { return qrow[c]; },
         [&](index_t j, index_t c) { return k[std::size_t((kv * n + j) * d + c)]; },
-        [&](index_t j, index_t c) { return v[std::size_t((kv * n + j) * d + c)]; }, [](index_t) { return 0.0; });
+        [&](index_t j, index_t c) { return v[std::size_t((kv * n + j) * d + c)]; },
+        [](index_t) { return 0.0; });
   }
   std::vector<double> oracle_decode() const {
     std::vector<double> ref;
@@ -79,7 +86,8 @@ struct layer {
 
 double rel_error(const std::vector<float>& out, const std::vector<double>& ref) {
   return aqua_test::normalized_error(
-      index_t(ref.size()), [&](index_t i) { return out[std::size_t(i)]; }, [&](index_t i) { return ref[std::size_t(i)]; });
+      index_t(ref.size()), [&](index_t i) { return out[std::size_t(i)]; },
+      [&](index_t i) { return ref[std::size_t(i)]; });
 }
 
 // Runs the block with the AVX2 kernels (when the CPU has them) and with the portable ones.
@@ -94,7 +102,9 @@ void both_paths(F&& f) {
 }
 
 const char* mode_name(aqua::selection_mode m) {
-  return m == aqua::selection_mode::per_head ? "per_head" : m == aqua::selection_mode::group ? "group" : "tile";
+  return m == aqua::selection_mode::per_head ? "per_head"
+         : m == aqua::selection_mode::group  ? "group"
+                                             : "tile";
 }
 
 }  // namespace
@@ -103,7 +113,8 @@ TEST_CASE("AQUA decode with k = d reproduces exact attention in every selection 
   const index_t d = GENERATE(40, 64, 128);
   const index_t group = GENERATE(1, 4);
   const index_t n = GENERATE(1, 37, 300);
-  const auto mode = GENERATE(aqua::selection_mode::per_head, aqua::selection_mode::group, aqua::selection_mode::tile);
+  const auto mode =
+      GENERATE(aqua::selection_mode::per_head, aqua::selection_mode::group, aqua::selection_mode::tile);
   CAPTURE(d, group, n, mode_name(mode));
   layer L(2 * group, 2, d, n);
   const auto ref = L.oracle_decode();
@@ -149,7 +160,8 @@ TEST_CASE("AQUA prefill with k = d reproduces exact causal and full attention", 
 TEST_CASE("on a decaying spectrum the AQUA error falls as k grows", "[aqua][quality]") {
   // Queries and keys in projected coordinates with per-dim stddev exp(-i / 16), like calibrated heads.
   const index_t hq = 8, hkv = 2, d = 64, n = 512;
-  const auto mode = GENERATE(aqua::selection_mode::per_head, aqua::selection_mode::group, aqua::selection_mode::tile);
+  const auto mode =
+      GENERATE(aqua::selection_mode::per_head, aqua::selection_mode::group, aqua::selection_mode::tile);
   CAPTURE(mode_name(mode));
   layer L(hq, hkv, d, n, 16, false);
   for (std::size_t i = 0; i < L.q.size(); ++i) L.q[i] *= std::exp(-float(i % std::size_t(d)) / 16.0f) * 3.0f;
@@ -184,7 +196,8 @@ TEST_CASE("selection by fraction equals the same fixed k", "[aqua][decode]") {
   std::vector<float> a(std::size_t(8 * 64)), b(a.size());
   aqua::aqua_options opt;
   opt.mode = aqua::selection_mode::per_head;
-  aqua::aqua_decode(L.qv(), L.cache, aqua::selection_spec::fraction(0.25), aqua::make_view(a.data(), 8, 64), opt);
+  aqua::aqua_decode(L.qv(), L.cache, aqua::selection_spec::fraction(0.25), aqua::make_view(a.data(), 8, 64),
+                    opt);
   aqua::aqua_decode(L.qv(), L.cache, 16, aqua::make_view(b.data(), 8, 64), opt);
   CHECK(a == b);
 }
@@ -208,18 +221,20 @@ TEST_CASE("AQUA decode of the last token equals the last row of AQUA prefill", "
     for (index_t h = 0; h < hq; ++h)
       for (index_t c = 0; c < d; ++c)
         worst = std::max(worst, double(std::abs(decode[std::size_t(h * d + c)] -
-                                                 prefill[std::size_t((h * n + n - 1) * d + c)])));
+                                                prefill[std::size_t((h * n + n - 1) * d + c)])));
     CHECK(worst < 1e-5);
   }
 }
 
-TEST_CASE("thread counts 1, 2 and 3 agree within float rounding, with and without segment merging", "[aqua][threads]") {
+TEST_CASE("thread counts 1, 2 and 3 agree within float rounding, with and without segment merging",
+          "[aqua][threads]") {
   const index_t hkv = GENERATE(1, 2, 3);
   const index_t n = 1000, d = 64, hq = hkv * 2;
   CAPTURE(hkv);
   layer L(hq, hkv, d, n);
   const auto ref = L.oracle_decode();
-  for (auto mode : {aqua::selection_mode::per_head, aqua::selection_mode::group, aqua::selection_mode::tile}) {
+  for (auto mode :
+       {aqua::selection_mode::per_head, aqua::selection_mode::group, aqua::selection_mode::tile}) {
     std::vector<float> one(std::size_t(hq * d));
     aqua::aqua_options opt;
     opt.mode = mode;
@@ -230,7 +245,8 @@ TEST_CASE("thread counts 1, 2 and 3 agree within float rounding, with and withou
       opt.threads = threads;
       aqua::aqua_decode(L.qv(), L.cache, 24, aqua::make_view(many.data(), hq, d), opt);
       double worst = 0;
-      for (std::size_t i = 0; i < one.size(); ++i) worst = std::max(worst, double(std::abs(one[i] - many[i])));
+      for (std::size_t i = 0; i < one.size(); ++i)
+        worst = std::max(worst, double(std::abs(one[i] - many[i])));
       CHECK(worst < 1e-5);
       aqua::attention_options dopt;
       dopt.threads = threads;
@@ -247,7 +263,8 @@ TEST_CASE("token probabilities sum over the group's heads and match the oracle a
   std::vector<float> out(std::size_t(hq * d)), probs(std::size_t(hkv * n), -1.0f);
   aqua::aqua_options opt;
   opt.threads = 2;
-  aqua::aqua_decode(L.qv(), L.cache, d, aqua::make_view(out.data(), hq, d), opt, aqua::make_view(probs.data(), hkv, n));
+  aqua::aqua_decode(L.qv(), L.cache, d, aqua::make_view(out.data(), hq, d), opt,
+                    aqua::make_view(probs.data(), hkv, n));
   for (index_t kv = 0; kv < hkv; ++kv) {
     std::vector<double> expected(static_cast<std::size_t>(n), 0.0);
     for (index_t h = kv * 4; h < kv * 4 + 4; ++h) {
@@ -255,7 +272,8 @@ TEST_CASE("token probabilities sum over the group's heads and match the oracle a
       double mx = -1e300, sum = 0;
       for (index_t j = 0; j < n; ++j) {
         double dot = 0;
-        for (index_t c = 0; c < d; ++c) dot += double(L.q[std::size_t(h * d + c)]) * double(L.k[std::size_t((kv * n + j) * d + c)]);
+        for (index_t c = 0; c < d; ++c)
+          dot += double(L.q[std::size_t(h * d + c)]) * double(L.k[std::size_t((kv * n + j) * d + c)]);
         logits[std::size_t(j)] = dot / std::sqrt(double(d));
         mx = std::max(mx, logits[std::size_t(j)]);
       }
@@ -294,7 +312,8 @@ TEST_CASE("AQUA entry points reject bad input with a message naming it", "[aqua]
   layer L(4, 2, d, 10);
   std::vector<float> out(std::size_t(4 * d));
   auto ov = aqua::make_view(out.data(), 4, d);
-  CHECK_THROWS_WITH(aqua::aqua_decode(L.qv(), L.cache, 0, ov), Contains("aqua::aqua_decode") && Contains("k = 0"));
+  CHECK_THROWS_WITH(aqua::aqua_decode(L.qv(), L.cache, 0, ov),
+                    Contains("aqua::aqua_decode") && Contains("k = 0"));
   CHECK_THROWS_WITH(aqua::aqua_decode(L.qv(), L.cache, d + 1, ov), Contains("k = 17"));
   auto q3 = aqua::make_view(static_cast<const float*>(L.q.data()), 3, d);
   CHECK_THROWS_WITH(aqua::aqua_decode(q3, L.cache, 4, aqua::make_view(out.data(), 3, d)),
@@ -304,7 +323,8 @@ TEST_CASE("AQUA entry points reject bad input with a message naming it", "[aqua]
                     Contains("head dim 8") && Contains("head dim 16"));
   aqua::kv_cache empty(2, d, {});
   CHECK_THROWS_WITH(aqua::aqua_decode(L.qv(), empty, 4, ov), Contains("cache is empty"));
-  CHECK_THROWS_WITH(aqua::aqua_decode(L.qv(), L.cache, 4, aqua::make_view(out.data(), 2, d)), Contains("out has shape [2, 16]"));
+  CHECK_THROWS_WITH(aqua::aqua_decode(L.qv(), L.cache, 4, aqua::make_view(out.data(), 2, d)),
+                    Contains("out has shape [2, 16]"));
   std::vector<float> probs(5);
   CHECK_THROWS_WITH(aqua::aqua_decode(L.qv(), L.cache, 4, ov, {}, aqua::make_view(probs.data(), 1, 5)),
                     Contains("token_probs has shape [1, 5]"));
@@ -314,13 +334,16 @@ TEST_CASE("AQUA entry points reject bad input with a message naming it", "[aqua]
   // A NaN in a query is rejected (never silently propagated).
   std::vector<float> qnan(L.q);
   qnan[5] = std::numeric_limits<float>::quiet_NaN();
-  CHECK_THROWS_WITH(aqua::aqua_decode(aqua::make_view(static_cast<const float*>(qnan.data()), 4, d), L.cache, 4, ov),
-                    Contains("q holds a non-finite value"));
+  CHECK_THROWS_WITH(
+      aqua::aqua_decode(aqua::make_view(static_cast<const float*>(qnan.data()), 4, d), L.cache, 4, ov),
+      Contains("q holds a non-finite value"));
   std::vector<float> qp(std::size_t(4 * 11 * d)), op(qp.size());
-  CHECK_THROWS_WITH(aqua::aqua_prefill(aqua::make_view(static_cast<const float*>(qp.data()), 4, 11, d), L.cache,
-                                       aqua::selection_spec::top_k(4), aqua::make_view(op.data(), 4, 11, d)),
-                    Contains("M = 11") && Contains("N = 10"));
-  CHECK_THROWS_WITH(aqua::aqua_prefill(aqua::make_view(static_cast<const float*>(qp.data()), 4, 2, d), L.cache,
-                                       aqua::selection_spec::top_k(0), aqua::make_view(op.data(), 4, 2, d)),
-                    Contains("aqua::aqua_prefill") && Contains("k = 0"));
+  CHECK_THROWS_WITH(
+      aqua::aqua_prefill(aqua::make_view(static_cast<const float*>(qp.data()), 4, 11, d), L.cache,
+                         aqua::selection_spec::top_k(4), aqua::make_view(op.data(), 4, 11, d)),
+      Contains("M = 11") && Contains("N = 10"));
+  CHECK_THROWS_WITH(
+      aqua::aqua_prefill(aqua::make_view(static_cast<const float*>(qp.data()), 4, 2, d), L.cache,
+                         aqua::selection_spec::top_k(0), aqua::make_view(op.data(), 4, 2, d)),
+      Contains("aqua::aqua_prefill") && Contains("k = 0"));
 }

@@ -26,14 +26,16 @@ double decode_error_against_oracle(index_t d, index_t n, index_t group, bool str
   if (n > 2) mask[1] = -std::numeric_limits<T>::infinity();
   aqua::attention_options opt;
   opt.threads = threads;
-  aqua::dense_decode<T>(q.view[0], k.view, v.view, aqua::make_view(out.data(), hq, d), opt,
-                        with_mask ? aqua::make_view(static_cast<const T*>(mask.data()), n) : aqua::vector_view<const T>{});
+  aqua::dense_decode<T>(
+      q.view[0], k.view, v.view, aqua::make_view(out.data(), hq, d), opt,
+      with_mask ? aqua::make_view(static_cast<const T*>(mask.data()), n) : aqua::vector_view<const T>{});
   std::vector<double> ref;
   for (index_t h = 0; h < hq; ++h) {
     const index_t kv = h / group;
     auto row = aqua_test::oracle_row(
         d, n, 1.0 / std::sqrt(double(d)), [&](index_t c) { return q.view(0, h, c); },
-        [&](index_t j, index_t c) { return k.view(kv, j, c); }, [&](index_t j, index_t c) { return v.view(kv, j, c); },
+        [&](index_t j, index_t c) { return k.view(kv, j, c); },
+        [&](index_t j, index_t c) { return v.view(kv, j, c); },
         [&](index_t j) { return with_mask ? double(mask[std::size_t(j)]) : 0.0; });
     ref.insert(ref.end(), row.begin(), row.end());
   }
@@ -62,7 +64,8 @@ double prefill_error_against_oracle(index_t d, index_t n, index_t m, index_t gro
       ref.insert(ref.end(), row.begin(), row.end());
     }
   return aqua_test::normalized_error(
-      hq * m * d, [&](index_t i) { return out[std::size_t(i)]; }, [&](index_t i) { return ref[std::size_t(i)]; });
+      hq * m * d, [&](index_t i) { return out[std::size_t(i)]; },
+      [&](index_t i) { return ref[std::size_t(i)]; });
 }
 
 }  // namespace
@@ -78,7 +81,8 @@ TEST_CASE("dense decode matches the double oracle for every head dim, length, gr
   CHECK(decode_error_against_oracle<double>(d, n, group, strided, 1, false) < 1e-12);
 }
 
-TEST_CASE("dense prefill matches the double oracle with and without the causal mask", "[attention][prefill]") {
+TEST_CASE("dense prefill matches the double oracle with and without the causal mask",
+          "[attention][prefill]") {
   const index_t d = GENERATE(8, 64, 128);
   const index_t n = GENERATE(1, 7, 513);
   const index_t group = GENERATE(1, 4);
@@ -112,9 +116,12 @@ TEST_CASE("dense prefill mask of shape [M, N] is added to the logits", "[attenti
                               aqua::make_view(static_cast<const double*>(mask.data()), m, n));
   for (index_t i = 0; i < m; ++i) {
     auto row = aqua_test::oracle_row(
-        d, n, 0.25, [&](index_t c) { return q.view(0, i, c); }, [&](index_t j, index_t c) { return k.view(0, j, c); },
-        [&](index_t j, index_t c) { return v.view(0, j, c); }, [&](index_t j) { return mask[std::size_t(i * n + j)]; });
-    for (index_t c = 0; c < d; ++c) CHECK(out[std::size_t(i * d + c)] == Approx(row[std::size_t(c)]).margin(1e-12));
+        d, n, 0.25, [&](index_t c) { return q.view(0, i, c); },
+        [&](index_t j, index_t c) { return k.view(0, j, c); },
+        [&](index_t j, index_t c) { return v.view(0, j, c); },
+        [&](index_t j) { return mask[std::size_t(i * n + j)]; });
+    for (index_t c = 0; c < d; ++c)
+      CHECK(out[std::size_t(i * d + c)] == Approx(row[std::size_t(c)]).margin(1e-12));
   }
 }
 
@@ -149,14 +156,16 @@ TEST_CASE("logits of magnitude 1e4 produce finite outputs", "[attention][numeric
       for (index_t c = 0; c < d; ++c) dot += double(q.view(0, h, c)) * double(k.view(0, j, c));
       if (dot > best_logit) best_logit = dot, best = j;
     }
-    for (index_t c = 0; c < d; ++c) CHECK(out[std::size_t(h * d + c)] == Approx(v.view(0, best, c)).margin(1e-4));
+    for (index_t c = 0; c < d; ++c)
+      CHECK(out[std::size_t(h * d + c)] == Approx(v.view(0, best, c)).margin(1e-4));
   }
 }
 
 TEST_CASE("thread counts 1, 2 and 3 give bitwise identical dense results", "[attention][threads]") {
   const index_t d = 64, n = 300, hkv = 2, hq = 8, m = 130;
   buffer3<float> q(hq, m, d, false, 51), k(hkv, n, d, false, 52), v(hkv, n, d, false, 53);
-  std::vector<float> reference(static_cast<std::size_t>(hq * m * d)), decode_ref(static_cast<std::size_t>(hq * d));
+  std::vector<float> reference(static_cast<std::size_t>(hq * m * d)),
+      decode_ref(static_cast<std::size_t>(hq * d));
   aqua::dense_prefill<float>(q.view, k.view, v.view, aqua::make_view(reference.data(), hq, m, d));
   aqua::matrix_view<const float> q_last(q.storage.data() + (m - 1) * d, {hq, d}, {m * d, 1});
   aqua::dense_decode<float>(q_last, k.view, v.view, aqua::make_view(decode_ref.data(), hq, d));
@@ -179,7 +188,8 @@ TEST_CASE("a caller-chosen scale replaces 1/sqrt(d)", "[attention]") {
   opt.scale = 0.7;
   aqua::dense_decode<double>(q.view[0], k.view, v.view, aqua::make_view(out.data(), 1, d), opt);
   auto ref = aqua_test::oracle_row(
-      d, n, 0.7, [&](index_t c) { return q.view(0, 0, c); }, [&](index_t j, index_t c) { return k.view(0, j, c); },
+      d, n, 0.7, [&](index_t c) { return q.view(0, 0, c); },
+      [&](index_t j, index_t c) { return k.view(0, j, c); },
       [&](index_t j, index_t c) { return v.view(0, j, c); }, [](index_t) { return 0.0; });
   for (index_t c = 0; c < d; ++c) CHECK(out[std::size_t(c)] == Approx(ref[std::size_t(c)]).margin(1e-12));
 }
@@ -193,7 +203,8 @@ TEST_CASE("decode of the last query equals the last row of causal prefill", "[at
   aqua::dense_decode<double>(q_last, k.view, v.view, aqua::make_view(decode.data(), hq, d));
   for (index_t h = 0; h < hq; ++h)
     for (index_t c = 0; c < d; ++c)
-      CHECK(decode[std::size_t(h * d + c)] == Approx(prefill[std::size_t((h * n + n - 1) * d + c)]).margin(1e-12));
+      CHECK(decode[std::size_t(h * d + c)] ==
+            Approx(prefill[std::size_t((h * n + n - 1) * d + c)]).margin(1e-12));
 }
 
 TEST_CASE("dense attention rejects bad arguments with a message naming them", "[attention][errors]") {
@@ -212,7 +223,8 @@ TEST_CASE("dense attention rejects bad arguments with a message naming them", "[
   }
   SECTION("head dim of k differs from q") {
     auto k6 = aqua::make_view(static_cast<const float*>(kb.data()), 2, n, 6);
-    CHECK_THROWS_WITH(aqua::dense_decode<float>(q, k6, v, out), Contains("k has shape [2, 4, 6]") && Contains("8"));
+    CHECK_THROWS_WITH(aqua::dense_decode<float>(q, k6, v, out),
+                      Contains("k has shape [2, 4, 6]") && Contains("8"));
   }
   SECTION("v shape differs from k") {
     auto v6 = aqua::make_view(static_cast<const float*>(vb.data()), 2, n, 6);
@@ -243,20 +255,23 @@ TEST_CASE("dense attention rejects bad arguments with a message naming them", "[
   }
   SECTION("mask of the wrong length") {
     std::vector<float> mask(3);
-    CHECK_THROWS_WITH(aqua::dense_decode<float>(q, k, v, out, {}, aqua::make_view(static_cast<const float*>(mask.data()), 3)),
+    CHECK_THROWS_WITH(aqua::dense_decode<float>(q, k, v, out, {},
+                                                aqua::make_view(static_cast<const float*>(mask.data()), 3)),
                       Contains("mask has length 3"));
   }
   SECTION("NaN or +inf in a mask") {
     std::vector<float> mask(n, 0.0f);
     mask[2] = std::numeric_limits<float>::infinity();
-    CHECK_THROWS_WITH(aqua::dense_decode<float>(q, k, v, out, {}, aqua::make_view(static_cast<const float*>(mask.data()), n)),
+    CHECK_THROWS_WITH(aqua::dense_decode<float>(q, k, v, out, {},
+                                                aqua::make_view(static_cast<const float*>(mask.data()), n)),
                       Contains("mask holds inf at index [2]"));
   }
   SECTION("non-finite query") {
     std::vector<float> qnan(qb);
     qnan[9] = std::numeric_limits<float>::quiet_NaN();
-    CHECK_THROWS_WITH(aqua::dense_decode<float>(aqua::make_view(static_cast<const float*>(qnan.data()), 4, d), k, v, out),
-                      Contains("q holds a non-finite value") && Contains("[1, 1]"));
+    CHECK_THROWS_WITH(
+        aqua::dense_decode<float>(aqua::make_view(static_cast<const float*>(qnan.data()), 4, d), k, v, out),
+        Contains("q holds a non-finite value") && Contains("[1, 1]"));
   }
   SECTION("threads < 1 and non-finite scale") {
     aqua::attention_options opt;

@@ -12,8 +12,8 @@
 #include <thread>
 #include <vector>
 
-using Catch::Matchers::Contains;
 using aqua::index_t;
+using Catch::Matchers::Contains;
 
 namespace {
 
@@ -35,7 +35,9 @@ rowf planted_rows(index_t rows, index_t d, index_t rank, const Eigen::MatrixXd& 
   return (scaled * a + noise.cast<double>()).cast<float>();
 }
 
-aqua::matrix_view<const float> view(const rowf& m) { return aqua::view_of(m); }
+aqua::matrix_view<const float> view(const rowf& m) {
+  return aqua::view_of(m);
+}
 
 /// Independent oracle: the SVD of X (in double) gives V and S directly.
 struct svd_oracle {
@@ -49,7 +51,9 @@ struct svd_oracle {
   }
 };
 
-double max_abs_diff(const Eigen::MatrixXd& a, const Eigen::MatrixXd& b) { return (a - b).cwiseAbs().maxCoeff(); }
+double max_abs_diff(const Eigen::MatrixXd& a, const Eigen::MatrixXd& b) {
+  return (a - b).cwiseAbs().maxCoeff();
+}
 
 }  // namespace
 
@@ -82,7 +86,8 @@ TEST_CASE("the calibrated basis and singular values equal an independent SVD of 
 TEST_CASE("the leading singular vectors recover a planted low-rank subspace", "[calibrate]") {
   const index_t d = 64, rank = 4, rows = 2000;
   const auto frame = aqua::head_projection::random_orthogonal(d, 99);
-  const Eigen::MatrixXd a = frame.basis().leftCols(rank).transpose().cast<double>();  // rank x d, orthonormal rows
+  const Eigen::MatrixXd a =
+      frame.basis().leftCols(rank).transpose().cast<double>();  // rank x d, orthonormal rows
   const rowf x = planted_rows(rows, d, rank, a, 5);
   aqua::calibrator cal(1, 1, 1, d);
   cal.add_queries(0, 0, view(x));
@@ -334,7 +339,8 @@ TEST_CASE("merging shard calibrators equals calibrating everything in one", "[ca
 
 TEST_CASE("the calibrator rejects bad shapes, non-finite vectors and empty heads with clear messages",
           "[calibrate]") {
-  CHECK_THROWS_WITH(aqua::calibrator(1, 3, 2, 8), Contains("query_heads (3) must be a positive multiple of kv_heads (2)"));
+  CHECK_THROWS_WITH(aqua::calibrator(1, 3, 2, 8),
+                    Contains("query_heads (3) must be a positive multiple of kv_heads (2)"));
   CHECK_THROWS_WITH(aqua::calibrator(0, 1, 1, 8), Contains("layers must be at least 1"));
   aqua::calibrator cal(2, 4, 2, 8);
   std::vector<float> q(4 * 3 * 8, 0.5f);
@@ -344,7 +350,8 @@ TEST_CASE("the calibrator rejects bad shapes, non-finite vectors and empty heads
                     Contains("layer 2 is outside [0, 2)"));
   CHECK_THROWS_WITH(cal.add_queries(0, 4, aqua::make_view<const float>(q.data(), 3, 8)),
                     Contains("query head 4 is outside [0, 4)"));
-  CHECK_THROWS_WITH(cal.add_keys(0, 0, aqua::make_view<const float>(q.data(), 3, 7)), Contains("k has shape [3, 7]"));
+  CHECK_THROWS_WITH(cal.add_keys(0, 0, aqua::make_view<const float>(q.data(), 3, 7)),
+                    Contains("k has shape [3, 7]"));
   q[5] = std::numeric_limits<float>::quiet_NaN();
   CHECK_THROWS_WITH(cal.add_queries(0, aqua::make_view<const float>(q.data(), 4, 3, 8)),
                     Contains("non-finite value"));
@@ -379,8 +386,9 @@ struct retention_oracle {
       // Kept set for each k: the k largest |q~|.
       std::vector<index_t> order(static_cast<std::size_t>(d));
       std::iota(order.begin(), order.end(), 0);
-      std::stable_sort(order.begin(), order.end(),
-                       [&](index_t a, index_t b) { return std::abs(qt[std::size_t(a)]) > std::abs(qt[std::size_t(b)]); });
+      std::stable_sort(order.begin(), order.end(), [&](index_t a, index_t b) {
+        return std::abs(qt[std::size_t(a)]) > std::abs(qt[std::size_t(b)]);
+      });
       std::vector<double> exact(std::size_t(k.rows()), 0.0);
       double ref = 0;
       for (index_t n = 0; n < k.rows(); ++n) {
@@ -414,12 +422,14 @@ struct retention_oracle {
 
 }  // namespace
 
-TEST_CASE("retention figures equal an independent oracle written with plain loops", "[calibrate][retention]") {
+TEST_CASE("retention figures equal an independent oracle written with plain loops",
+          "[calibrate][retention]") {
   const index_t d = 6, nq = 7, nk = 9;
   auto set = aqua::projection_set::random_orthogonal(1, 1, d, 1, 4);
   const rowf q = random_rows(nq, d, 1), k = random_rows(nk, d, 2);
   aqua::retention_evaluator ev(set);
-  ev.add_layer(0, aqua::make_view<const float>(q.data(), 1, nq, d), aqua::make_view<const float>(k.data(), 1, nk, d));
+  ev.add_layer(0, aqua::make_view<const float>(q.data(), 1, nq, d),
+               aqua::make_view<const float>(k.data(), 1, nk, d));
   const auto c = ev.head(0, 0);
   const retention_oracle ref(q, k, set.head(0, 0).basis());
   CHECK(c.queries == std::uint64_t(nq));
@@ -437,7 +447,8 @@ TEST_CASE("retention is 1 at k = d, never decreases with k, and top-k is at leas
   const auto set = aqua::projection_set::random_orthogonal(layers, hkv, d, hq / hkv, 8);
   aqua::retention_evaluator ev(set);
   for (index_t l = 0; l < layers; ++l) {
-    std::vector<float> q(static_cast<std::size_t>(hq * rows * d)), k(static_cast<std::size_t>(hkv * rows * d));
+    std::vector<float> q(static_cast<std::size_t>(hq * rows * d)),
+        k(static_cast<std::size_t>(hkv * rows * d));
     aqua_test::fill_normal(q, std::uint32_t(10 + l));
     aqua_test::fill_normal(k, std::uint32_t(20 + l));
     ev.add_layer(l, aqua::make_view<const float>(q.data(), hq, rows, d),
@@ -495,7 +506,8 @@ TEST_CASE("retention results do not depend on the thread count, and sampling cap
     opt.max_queries = cap;
     opt.max_keys = cap;
     aqua::retention_evaluator ev(set, opt);
-    ev.add_layer(0, aqua::make_view<const float>(q.data(), hq, rows, d), aqua::make_view<const float>(k.data(), hkv, rows, d));
+    ev.add_layer(0, aqua::make_view<const float>(q.data(), hq, rows, d),
+                 aqua::make_view<const float>(k.data(), hkv, rows, d));
     return ev.overall();
   };
   const auto a = run(1, 0), b = run(3, 0), c = run(1, 10);
@@ -509,9 +521,10 @@ TEST_CASE("the retention evaluator checks shapes against the projection set", "[
   const auto set = aqua::projection_set::identity(2, 2, 4, 2);
   aqua::retention_evaluator ev(set);
   std::vector<float> buf(64, 1.0f);
-  CHECK_THROWS_WITH(ev.add_layer(0, aqua::make_view<const float>(buf.data(), 2, 2, 4),
-                                 aqua::make_view<const float>(buf.data(), 2, 2, 4)),
-                    Contains("q has shape [2, 2, 4] but the projection set needs [4 (query heads), rows, 4]"));
+  CHECK_THROWS_WITH(
+      ev.add_layer(0, aqua::make_view<const float>(buf.data(), 2, 2, 4),
+                   aqua::make_view<const float>(buf.data(), 2, 2, 4)),
+      Contains("q has shape [2, 2, 4] but the projection set needs [4 (query heads), rows, 4]"));
   CHECK_THROWS_WITH(ev.add_layer(0, aqua::make_view<const float>(buf.data(), 4, 2, 4),
                                  aqua::make_view<const float>(buf.data(), 2, 2, 3)),
                     Contains("k has shape [2, 2, 3]"));

@@ -17,7 +17,8 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-cost_config make_config(std::int64_t d, std::int64_t k, key_projection_cost kp = key_projection_cost::amortised) {
+cost_config make_config(std::int64_t d, std::int64_t k,
+                        key_projection_cost kp = key_projection_cost::amortised) {
   cost_config c;
   c.d = d;
   c.k = k;
@@ -51,17 +52,17 @@ TEST_CASE("cost model counts the hand-computed FLOPs and bytes of a tiny decode"
   cost_config c = make_config(4, 2);
   c.tile = 1;
   const auto dense = aqua::dense_decode_cost(c, 10), aqua_cost = aqua::aqua_decode_cost(c, 10);
-  CHECK(dense.score_flops == 80);   // 2 * 10 * 4
+  CHECK(dense.score_flops == 80);  // 2 * 10 * 4
   CHECK(dense.value_flops == 80);
   CHECK(dense.flops() == 160);
-  CHECK(dense.bytes() == 320);       // 2 * 10 * 4 * 4
+  CHECK(dense.bytes() == 320);              // 2 * 10 * 4 * 4
   CHECK(aqua_cost.projection_flops == 32);  // 2 * 4 * 4 (q~ = q P)
   CHECK(aqua_cost.score_flops == 40);       // 2 * 10 * 2
   CHECK(aqua_cost.value_flops == 80);
   CHECK(aqua_cost.flops() == 152);
-  CHECK(aqua_cost.key_bytes == 80);          // 10 tokens * 2 dims * 4 bytes
+  CHECK(aqua_cost.key_bytes == 80);  // 10 tokens * 2 dims * 4 bytes
   CHECK(aqua_cost.value_bytes == 160);
-  CHECK(aqua_cost.projection_bytes == 64);   // 4 * 4 * 4
+  CHECK(aqua_cost.projection_bytes == 64);  // 4 * 4 * 4
   CHECK(aqua_cost.bytes() == 304);
   CHECK(aqua::decode_flop_ratio(c, 10) == Approx(160.0 / 152.0));
   CHECK(aqua::decode_byte_ratio(c, 10) == Approx(320.0 / 304.0));
@@ -128,8 +129,8 @@ TEST_CASE("numeric FLOP break-even agrees with the paper's closed forms", "[cost
         Approx(1024).epsilon(1e-12));
   for (std::int64_t d : {8, 64, 128, 256})
     for (std::int64_t k = 1; k < d; k += (d / 8 > 1 ? d / 8 - 1 : 1))
-      for (auto kp : {key_projection_cost::amortised, key_projection_cost::per_query,
-                      key_projection_cost::per_new_key})
+      for (auto kp :
+           {key_projection_cost::amortised, key_projection_cost::per_query, key_projection_cost::per_new_key})
         for (std::int64_t group : {1, 4}) {
           CAPTURE(d, k, static_cast<int>(kp), group);
           cost_config c = make_config(d, k, kp);
@@ -197,12 +198,16 @@ TEST_CASE("break-even is where the cost curves cross", "[cost_model]") {
   c.selection_flops_per_dim = aqua::selection_flops_topk;
   c.tile = 16;
   const double flops_at = *aqua::break_even_decode_flops(c);
-  CHECK(aqua::aqua_decode_cost(c, flops_at * 0.999).flops() > aqua::dense_decode_cost(c, flops_at * 0.999).flops());
-  CHECK(aqua::aqua_decode_cost(c, flops_at * 1.001).flops() < aqua::dense_decode_cost(c, flops_at * 1.001).flops());
+  CHECK(aqua::aqua_decode_cost(c, flops_at * 0.999).flops() >
+        aqua::dense_decode_cost(c, flops_at * 0.999).flops());
+  CHECK(aqua::aqua_decode_cost(c, flops_at * 1.001).flops() <
+        aqua::dense_decode_cost(c, flops_at * 1.001).flops());
   c.sharing = selection_sharing::group_shared;
   const double bytes_at = *aqua::break_even_decode_bytes(c);
-  CHECK(aqua::aqua_decode_cost(c, bytes_at * 0.999).bytes() > aqua::dense_decode_cost(c, bytes_at * 0.999).bytes());
-  CHECK(aqua::aqua_decode_cost(c, bytes_at * 1.001).bytes() < aqua::dense_decode_cost(c, bytes_at * 1.001).bytes());
+  CHECK(aqua::aqua_decode_cost(c, bytes_at * 0.999).bytes() >
+        aqua::dense_decode_cost(c, bytes_at * 0.999).bytes());
+  CHECK(aqua::aqua_decode_cost(c, bytes_at * 1.001).bytes() <
+        aqua::dense_decode_cost(c, bytes_at * 1.001).bytes());
 }
 
 TEST_CASE("modelled speedup grows with N and AQUA cost grows with N", "[cost_model]") {
@@ -252,8 +257,8 @@ TEST_CASE("break-even grows and speedup shrinks as more dims are kept", "[cost_m
 
 TEST_CASE("k = d never breaks even, in FLOPs, bytes or prefill", "[cost_model]") {
   for (std::int64_t d : {1, 64, 128, 256})
-    for (auto kp : {key_projection_cost::amortised, key_projection_cost::per_query,
-                    key_projection_cost::per_new_key})
+    for (auto kp :
+         {key_projection_cost::amortised, key_projection_cost::per_query, key_projection_cost::per_new_key})
       for (std::int64_t tile : {1, 32}) {
         CAPTURE(d, static_cast<int>(kp), tile);
         cost_config c = make_config(d, d, kp);
@@ -309,35 +314,114 @@ TEST_CASE("cost model rejects invalid arguments naming the argument and value", 
     CHECK_THROWS_WITH(aqua::break_even_decode_flops(c), Contains(text));
   };
   cost_config c = make_config(128, 32);
-  { auto b = c; b.d = 0; rejects(b, "aqua::break_even_decode_flops: d = 0"); }
-  { auto b = c; b.k = 0; rejects(b, "k = 0 must be in [1, 128]"); }
-  { auto b = c; b.k = 129; rejects(b, "k = 129"); }
-  { auto b = c; b.r = 16; rejects(b, "k = 32 must be in [1, 16]"); }
-  { auto b = c; b.r = 200; rejects(b, "r = 200"); }
-  { auto b = c; b.r = -1; rejects(b, "r = -1"); }
-  { auto b = c; b.hq = 0; rejects(b, "hq = 0"); }
-  { auto b = c; b.hkv = 0; rejects(b, "hkv = 0"); }
-  { auto b = c; b.hq = 6; b.hkv = 4; rejects(b, "hq = 6 must be a multiple of hkv = 4"); }
-  { auto b = c; b.tile = 0; rejects(b, "tile = 0"); }
-  { auto b = c; b.elem_bytes = 0; rejects(b, "elem_bytes = 0"); }
-  { auto b = c; b.elem_bytes = std::numeric_limits<double>::infinity(); rejects(b, "elem_bytes = inf"); }
-  { auto b = c; b.projection_elem_bytes = -1; rejects(b, "projection_elem_bytes = -1"); }
-  { auto b = c; b.union_spread = 1.5; rejects(b, "union_spread = 1.5"); }
-  { auto b = c; b.union_spread = std::numeric_limits<double>::quiet_NaN(); rejects(b, "union_spread = nan"); }
-  { auto b = c; b.selection_flops_per_dim = -2; rejects(b, "selection_flops_per_dim = -2"); }
-  { auto b = c; b.token_budget = -5; rejects(b, "token_budget = -5"); }
-  { auto b = c; b.key_projection = static_cast<key_projection_cost>(7); rejects(b, "key_projection = 7"); }
-  { auto b = c; b.sharing = static_cast<selection_sharing>(9); rejects(b, "sharing = 9"); }
+  {
+    auto b = c;
+    b.d = 0;
+    rejects(b, "aqua::break_even_decode_flops: d = 0");
+  }
+  {
+    auto b = c;
+    b.k = 0;
+    rejects(b, "k = 0 must be in [1, 128]");
+  }
+  {
+    auto b = c;
+    b.k = 129;
+    rejects(b, "k = 129");
+  }
+  {
+    auto b = c;
+    b.r = 16;
+    rejects(b, "k = 32 must be in [1, 16]");
+  }
+  {
+    auto b = c;
+    b.r = 200;
+    rejects(b, "r = 200");
+  }
+  {
+    auto b = c;
+    b.r = -1;
+    rejects(b, "r = -1");
+  }
+  {
+    auto b = c;
+    b.hq = 0;
+    rejects(b, "hq = 0");
+  }
+  {
+    auto b = c;
+    b.hkv = 0;
+    rejects(b, "hkv = 0");
+  }
+  {
+    auto b = c;
+    b.hq = 6;
+    b.hkv = 4;
+    rejects(b, "hq = 6 must be a multiple of hkv = 4");
+  }
+  {
+    auto b = c;
+    b.tile = 0;
+    rejects(b, "tile = 0");
+  }
+  {
+    auto b = c;
+    b.elem_bytes = 0;
+    rejects(b, "elem_bytes = 0");
+  }
+  {
+    auto b = c;
+    b.elem_bytes = std::numeric_limits<double>::infinity();
+    rejects(b, "elem_bytes = inf");
+  }
+  {
+    auto b = c;
+    b.projection_elem_bytes = -1;
+    rejects(b, "projection_elem_bytes = -1");
+  }
+  {
+    auto b = c;
+    b.union_spread = 1.5;
+    rejects(b, "union_spread = 1.5");
+  }
+  {
+    auto b = c;
+    b.union_spread = std::numeric_limits<double>::quiet_NaN();
+    rejects(b, "union_spread = nan");
+  }
+  {
+    auto b = c;
+    b.selection_flops_per_dim = -2;
+    rejects(b, "selection_flops_per_dim = -2");
+  }
+  {
+    auto b = c;
+    b.token_budget = -5;
+    rejects(b, "token_budget = -5");
+  }
+  {
+    auto b = c;
+    b.key_projection = static_cast<key_projection_cost>(7);
+    rejects(b, "key_projection = 7");
+  }
+  {
+    auto b = c;
+    b.sharing = static_cast<selection_sharing>(9);
+    rejects(b, "sharing = 9");
+  }
 
   CHECK_THROWS_WITH(aqua::dense_decode_cost(c, -1), Contains("aqua::dense_decode_cost: n = -1"));
   CHECK_THROWS_WITH(aqua::aqua_decode_cost(c, std::numeric_limits<double>::quiet_NaN()),
                     Contains("aqua::aqua_decode_cost: n = nan"));
-  CHECK_THROWS_WITH(aqua::aqua_prefill_cost(c, 10, 20), Contains("m = 20 new queries exceed the context n = 10"));
+  CHECK_THROWS_WITH(aqua::aqua_prefill_cost(c, 10, 20),
+                    Contains("m = 20 new queries exceed the context n = 10"));
   CHECK_THROWS_WITH(aqua::dense_prefill_cost(c, 10, -1), Contains("m = -1"));
   CHECK_THROWS_WITH(aqua::kv_cache_bytes(c, -3), Contains("aqua::kv_cache_bytes: n = -3"));
   CHECK_THROWS_WITH(aqua::break_even_flops_closed_form(64, 65, key_projection_cost::amortised),
                     Contains("k = 65 must be in [1, d = 64]"));
-  CHECK_THROWS_WITH(aqua::break_even_flops_closed_form(0, 1, key_projection_cost::amortised), Contains("d = 0"));
+  CHECK_THROWS_WITH(aqua::break_even_flops_closed_form(0, 1, key_projection_cost::amortised),
+                    Contains("d = 0"));
   CHECK_THROWS_WITH(aqua::break_even_flops_closed_form(64, 8, key_projection_cost::per_new_key, 0),
                     Contains("group = 0"));
 }
@@ -379,7 +463,8 @@ TEST_CASE("a truncated cache charges d x r projections, not d x d", "[cost_model
   t.r = 64;
   const double expected = 128.0 * 64 / (128 - 32);
   CHECK(*aqua::break_even_decode_flops(t) == Approx(expected).epsilon(1e-9));
-  CHECK(*aqua::break_even_flops_closed_form(128, 32, key_projection_cost::amortised, 1, 64) == Approx(expected));
+  CHECK(*aqua::break_even_flops_closed_form(128, 32, key_projection_cost::amortised, 1, 64) ==
+        Approx(expected));
   t.key_projection = key_projection_cost::per_query;
   CHECK(*aqua::break_even_decode_flops(t) == Approx(2 * expected).epsilon(1e-9));
   // Bytes: d r e_P / ((d - D) e) with D = 32 (k = 32 in one tile of 32).

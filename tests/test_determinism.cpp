@@ -62,8 +62,14 @@ struct fixture {
   }
 
   fixture(index_t hq_, index_t hkv_, index_t d_, index_t n_, index_t m_queries = 1, unsigned seed = 7)
-      : hq(hq_), hkv(hkv_), d(d_), n(n_), q(std::size_t(hq_ * m_queries * d_)), k(std::size_t(hkv_ * n_ * d_)),
-        v(k.size()), cache(make_cache(hkv_, d_, bases)) {
+      : hq(hq_),
+        hkv(hkv_),
+        d(d_),
+        n(n_),
+        q(std::size_t(hq_ * m_queries * d_)),
+        k(std::size_t(hkv_ * n_ * d_)),
+        v(k.size()),
+        cache(make_cache(hkv_, d_, bases)) {
     aqua_test::fill_normal(q, seed);
     aqua_test::fill_normal(k, seed + 1);
     aqua_test::fill_normal(v, seed + 2);
@@ -82,7 +88,8 @@ struct fixture {
       const index_t kv = h / (hq / hkv);
       for (index_t c = 0; c < d; ++c) {
         double vmax = 0;
-        for (index_t j = 0; j < n; ++j) vmax = std::max(vmax, double(std::abs(v[std::size_t((kv * n + j) * d + c)])));
+        for (index_t j = 0; j < n; ++j)
+          vmax = std::max(vmax, double(std::abs(v[std::size_t((kv * n + j) * d + c)])));
         eps[std::size_t(h * d + c)] = factor * vmax;
       }
     }
@@ -95,7 +102,9 @@ bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
 }
 
 const char* mode_name(aqua::selection_mode m) {
-  return m == aqua::selection_mode::per_head ? "per_head" : m == aqua::selection_mode::group ? "group" : "tile";
+  return m == aqua::selection_mode::per_head ? "per_head"
+         : m == aqua::selection_mode::group  ? "group"
+                                             : "tile";
 }
 
 constexpr aqua::selection_mode all_modes[] = {aqua::selection_mode::per_head, aqua::selection_mode::group,
@@ -168,7 +177,8 @@ TEST_CASE("AQUA decode repeats bitwise for a fixed thread count, with fresh and 
   });
 }
 
-TEST_CASE("dense decode over the cache repeats bitwise for a fixed thread count", "[determinism][aqua][threads]") {
+TEST_CASE("dense decode over the cache repeats bitwise for a fixed thread count",
+          "[determinism][aqua][threads]") {
   const index_t hq = 6, hkv = 3, d = 48, n = 333;
   fixture F(hq, hkv, d, n);
   for (int threads : {1, 2, 3, 4}) {

@@ -38,8 +38,10 @@ struct stream {
     std::vector<float> kt, vt;
     layer.tokens(count, rng, kt, vt);
     for (index_t h = 0; h < layer.hkv; ++h) {
-      k[std::size_t(h)].insert(k[std::size_t(h)].end(), kt.begin() + h * count * d, kt.begin() + (h + 1) * count * d);
-      v[std::size_t(h)].insert(v[std::size_t(h)].end(), vt.begin() + h * count * d, vt.begin() + (h + 1) * count * d);
+      k[std::size_t(h)].insert(k[std::size_t(h)].end(), kt.begin() + h * count * d,
+                               kt.begin() + (h + 1) * count * d);
+      v[std::size_t(h)].insert(v[std::size_t(h)].end(), vt.begin() + h * count * d,
+                               vt.begin() + (h + 1) * count * d);
     }
     cache.append(aqua::make_view(static_cast<const float*>(kt.data()), layer.hkv, count, d),
                  aqua::make_view(static_cast<const float*>(vt.data()), layer.hkv, count, d));
@@ -79,7 +81,7 @@ TEST_CASE("retain_per_head keeps each head's own tokens, values and positions", 
   aqua::kv_cache cache(hkv, d, cache_options());
   aqua_test::buffer3<float> k(hkv, n, d, false, 9), v(hkv, n, d, false, 10);
   cache.append(k.view, v.view);
-  const std::vector<index_t> keep = {0, 3, 17, 39,  /* head 1 */ 5, 6, 20, 38};
+  const std::vector<index_t> keep = {0, 3, 17, 39, /* head 1 */ 5, 6, 20, 38};
   cache.retain_per_head(aqua::make_view(keep.data(), hkv, 4));
   REQUIRE(cache.size() == 4);
   for (index_t h = 0; h < hkv; ++h)
@@ -121,7 +123,8 @@ TEST_CASE("scores accumulate the group-summed probabilities of every decode step
       double mx = -1e300, sum = 0;
       for (index_t j = 0; j < n; ++j) {
         double dot = 0;
-        for (index_t c = 0; c < d; ++c) dot += double(q(h, c)) * double(s.k[std::size_t(kv)][std::size_t(j * d + c)]);
+        for (index_t c = 0; c < d; ++c)
+          dot += double(q(h, c)) * double(s.k[std::size_t(kv)][std::size_t(j * d + c)]);
         logit[std::size_t(j)] = dot / std::sqrt(double(d));
         mx = std::max(mx, logit[std::size_t(j)]);
       }
@@ -131,7 +134,8 @@ TEST_CASE("scores accumulate the group-summed probabilities of every decode step
   }
   REQUIRE(policy.tokens() == n0 + steps);
   for (index_t h = 0; h < hkv; ++h)
-    for (index_t j = 0; j < n0 + steps; ++j) CHECK(policy.score(h, j) == Approx(expected[std::size_t(h)][std::size_t(j)]).margin(1e-5));
+    for (index_t j = 0; j < n0 + steps; ++j)
+      CHECK(policy.score(h, j) == Approx(expected[std::size_t(h)][std::size_t(j)]).margin(1e-5));
 }
 
 TEST_CASE("with B >= N nothing is evicted and the output equals decode without eviction", "[h2o]") {
@@ -139,7 +143,8 @@ TEST_CASE("with B >= N nothing is evicted and the output equals decode without e
   for (index_t budget : {n0 + steps, n0 + steps + 37}) {
     CAPTURE(budget);
     stream s(hq, hkv, d, 21), twin(hq, hkv, d, 21);
-    aqua::kv_cache cache = s.layer.make_cache(cache_options()), plain = twin.layer.make_cache(cache_options());
+    aqua::kv_cache cache = s.layer.make_cache(cache_options()),
+                   plain = twin.layer.make_cache(cache_options());
     aqua::h2o_policy policy(hkv, {budget, 8, 0, true});
     s.append(cache, n0);
     twin.append(plain, n0);
@@ -147,8 +152,10 @@ TEST_CASE("with B >= N nothing is evicted and the output equals decode without e
     for (index_t step = 0; step < steps; ++step) {
       s.append(cache, 1);
       twin.append(plain, 1);
-      policy.decode(s.next_query(), cache, aqua::selection_spec::top_k(d / 2), aqua::make_view(out.data(), hq, d));
-      aqua::aqua_decode(twin.next_query(), plain, aqua::selection_spec::top_k(d / 2), aqua::make_view(ref.data(), hq, d));
+      policy.decode(s.next_query(), cache, aqua::selection_spec::top_k(d / 2),
+                    aqua::make_view(out.data(), hq, d));
+      aqua::aqua_decode(twin.next_query(), plain, aqua::selection_spec::top_k(d / 2),
+                        aqua::make_view(ref.data(), hq, d));
       CHECK(policy.evict(cache) == 0);
       CHECK(cache.size() == n0 + step + 1);
       CHECK(out == ref);
@@ -178,7 +185,8 @@ TEST_CASE("the last W tokens are never evicted, even when they have the lowest s
     REQUIRE(cache.size() <= budget + slack);
     const index_t m = cache.size();
     for (index_t h = 0; h < hkv; ++h) {
-      for (index_t i = 0; i < std::min(recent, m); ++i) CHECK(cache.position(h, m - 1 - i) == appended - 1 - i);
+      for (index_t i = 0; i < std::min(recent, m); ++i)
+        CHECK(cache.position(h, m - 1 - i) == appended - 1 - i);
       for (index_t i = 1; i < m; ++i) CHECK(cache.position(h, i) > cache.position(h, i - 1));  // order kept
     }
   }
@@ -286,8 +294,10 @@ TEST_CASE("decode after eviction equals decode on a cache built from the kept to
   CHECK(policy.evictions() > 0);
 }
 
-TEST_CASE("the policy rejects bad options and mismatched inputs with a message naming them", "[h2o][errors]") {
-  CHECK_THROWS_WITH(aqua::h2o_policy(2, {0, 0, 0, true}), Contains("aqua::h2o_policy") && Contains("budget B"));
+TEST_CASE("the policy rejects bad options and mismatched inputs with a message naming them",
+          "[h2o][errors]") {
+  CHECK_THROWS_WITH(aqua::h2o_policy(2, {0, 0, 0, true}),
+                    Contains("aqua::h2o_policy") && Contains("budget B"));
   CHECK_THROWS_WITH(aqua::h2o_policy(2, {8, 9, 0, true}), Contains("recent window W = 9"));
   CHECK_THROWS_WITH(aqua::h2o_policy(0, {8, 0, 0, true}), Contains("kv_heads"));
   CHECK_THROWS_WITH(aqua::h2o_policy(2, {8, 0, -1, true}), Contains("slack"));

@@ -14,8 +14,8 @@
 #include <string>
 #include <vector>
 
-using Catch::Matchers::Contains;
 using aqua::index_t;
+using Catch::Matchers::Contains;
 namespace fs = std::filesystem;
 
 namespace {
@@ -63,13 +63,18 @@ struct tiny_file {
   nlohmann::json header;
   std::string data;
   tiny_file() {
-    header["__metadata__"] = {{"aqua.format", "projection_set"}, {"aqua.format_version", "1"},
-                              {"aqua.layers", "1"},              {"aqua.kv_heads", "1"},
-                              {"aqua.d", "2"},                   {"aqua.group_size", "1"},
-                              {"aqua.source", "queries"},        {"aqua.centered", "false"},
+    header["__metadata__"] = {{"aqua.format", "projection_set"},
+                              {"aqua.format_version", "1"},
+                              {"aqua.layers", "1"},
+                              {"aqua.kv_heads", "1"},
+                              {"aqua.d", "2"},
+                              {"aqua.group_size", "1"},
+                              {"aqua.source", "queries"},
+                              {"aqua.centered", "false"},
                               {"aqua.vectors_seen", "10"}};
     header["layers.0.kv_heads.0.basis"] = {{"dtype", "F32"}, {"shape", {2, 2}}, {"data_offsets", {0, 16}}};
-    header["layers.0.kv_heads.0.singular_values"] = {{"dtype", "F64"}, {"shape", {2}}, {"data_offsets", {16, 32}}};
+    header["layers.0.kv_heads.0.singular_values"] = {
+        {"dtype", "F64"}, {"shape", {2}}, {"data_offsets", {16, 32}}};
     data = raw(std::vector<float>{0, 1, 1, 0}) + raw(std::vector<double>{2, 1});
   }
   void write(const std::string& path) const { write_safetensors(path, header.dump(), data); }
@@ -106,8 +111,8 @@ TEST_CASE("a projection set survives a safetensors round trip bit for bit", "[io
   for (index_t l = 0; l < 3; ++l)
     for (index_t h = 0; h < 2; ++h) {
       CHECK(std::memcmp(back.head(l, h).basis().data(), set.head(l, h).basis().data(), 16 * 16 * 4) == 0);
-      CHECK(std::memcmp(back.head(l, h).singular_values().data(), set.head(l, h).singular_values().data(), 16 * 8) ==
-            0);
+      CHECK(std::memcmp(back.head(l, h).singular_values().data(), set.head(l, h).singular_values().data(),
+                        16 * 8) == 0);
     }
   // Saving what was loaded reproduces the file byte for byte.
   aqua::save_projection_set(dir.file("q.safetensors"), back);
@@ -128,7 +133,7 @@ TEST_CASE("the projection file follows the safetensors byte layout", "[io]") {
   std::uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | static_cast<unsigned char>(bytes[std::size_t(i)]);
   REQUIRE(8 + n + 32 == bytes.size());  // header length, header, 16 + 16 data bytes
-  CHECK((8 + n) % 8 == 0);               // data section aligned
+  CHECK((8 + n) % 8 == 0);              // data section aligned
   const std::string header = bytes.substr(8, n);
   CHECK(header.front() == '{');
   const auto j = nlohmann::json::parse(header);
@@ -147,8 +152,9 @@ TEST_CASE("the projection file follows the safetensors byte layout", "[io]") {
         nlohmann::json({{"dtype", "F64"}, {"shape", {2}}, {"data_offsets", {16, 32}}}));
   // Little-endian IEEE bytes: float 0, 1, 1, 0 then double 2, 1.
   const std::string data = bytes.substr(8 + n);
-  const std::string expected = std::string("\x00\x00\x00\x00\x00\x00\x80\x3f\x00\x00\x80\x3f\x00\x00\x00\x00", 16) +
-                               std::string("\x00\x00\x00\x00\x00\x00\x00\x40\x00\x00\x00\x00\x00\x00\xf0\x3f", 16);
+  const std::string expected =
+      std::string("\x00\x00\x00\x00\x00\x00\x80\x3f\x00\x00\x80\x3f\x00\x00\x00\x00", 16) +
+      std::string("\x00\x00\x00\x00\x00\x00\x00\x40\x00\x00\x00\x00\x00\x00\xf0\x3f", 16);
   CHECK(data == expected);
   // And a file written by hand with this layout loads.
   tiny_file hand;
@@ -258,8 +264,10 @@ TEST_CASE("saving rejects reserved metadata keys and empty sets", "[io]") {
   auto set = aqua::projection_set::identity(1, 1, 2);
   set.metadata()["aqua.d"] = "7";
   CHECK_THROWS_WITH(aqua::save_projection_set(dir.file("x.safetensors"), set), Contains("reserved prefix"));
-  CHECK_THROWS_WITH(aqua::save_projection_set(dir.file("x.safetensors"), aqua::projection_set()), Contains("empty"));
-  CHECK_THROWS_WITH(aqua::save_projection_set(dir.file("no/such/dir/x.safetensors"), aqua::projection_set::identity(1, 1, 2)),
+  CHECK_THROWS_WITH(aqua::save_projection_set(dir.file("x.safetensors"), aqua::projection_set()),
+                    Contains("empty"));
+  CHECK_THROWS_WITH(aqua::save_projection_set(dir.file("no/such/dir/x.safetensors"),
+                                              aqua::projection_set::identity(1, 1, 2)),
                     Contains("cannot create"));
 }
 
@@ -286,7 +294,8 @@ std::string npy_bytes(int major, const std::string& dict, const std::string& dat
 }
 
 std::string big_endian(std::string little, std::size_t item) {
-  for (std::size_t i = 0; i < little.size(); i += item) std::reverse(little.begin() + long(i), little.begin() + long(i + item));
+  for (std::size_t i = 0; i < little.size(); i += item)
+    std::reverse(little.begin() + long(i), little.begin() + long(i + item));
   return little;
 }
 
@@ -297,7 +306,8 @@ TEST_CASE(".npy versions 1, 2 and 3 load with their shapes and values", "[io][np
   const std::vector<float> values = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
   for (int major : {1, 2, 3}) {
     const std::string path = dir.file("v" + std::to_string(major) + ".npy");
-    write_bytes(path, npy_bytes(major, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3, 2), }", raw(values)));
+    write_bytes(path, npy_bytes(major, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3, 2), }",
+                                raw(values)));
     const auto a = aqua::read_npy(path);
     CHECK(a.dtype() == aqua::npy_dtype::float32);
     CHECK(a.shape() == std::vector<index_t>{2, 3, 2});
@@ -312,7 +322,8 @@ TEST_CASE(".npy float64, big-endian and Fortran-order files load in C order", "[
   temp_dir dir;
   const std::string path = dir.file("a.npy");
   const std::vector<double> d64 = {0.5, -1.25, 3e300, 4};
-  write_bytes(path, npy_bytes(1, "{\"descr\": \"<f8\", \"fortran_order\": False, \"shape\": (4,)}", raw(d64)));
+  write_bytes(path,
+              npy_bytes(1, "{\"descr\": \"<f8\", \"fortran_order\": False, \"shape\": (4,)}", raw(d64)));
   auto a = aqua::read_npy(path);
   CHECK(a.dtype() == aqua::npy_dtype::float64);
   CHECK(a.double_data() == d64);
@@ -321,9 +332,11 @@ TEST_CASE(".npy float64, big-endian and Fortran-order files load in C order", "[
   CHECK(a.convert_to_float().dtype() == aqua::npy_dtype::float32);
 
   const std::vector<float> f = {1.5f, 2.5f, -3.5f};
-  write_bytes(path, npy_bytes(1, "{'descr': '>f4', 'fortran_order': False, 'shape': (3,), }", big_endian(raw(f), 4)));
+  write_bytes(
+      path, npy_bytes(1, "{'descr': '>f4', 'fortran_order': False, 'shape': (3,), }", big_endian(raw(f), 4)));
   CHECK(aqua::read_npy(path).float_data() == f);
-  write_bytes(path, npy_bytes(1, "{'descr': '>f8', 'fortran_order': False, 'shape': (4,), }", big_endian(raw(d64), 8)));
+  write_bytes(path, npy_bytes(1, "{'descr': '>f8', 'fortran_order': False, 'shape': (4,), }",
+                              big_endian(raw(d64), 8)));
   CHECK(aqua::read_npy(path).double_data() == d64);
 
   // Fortran order: element (i, j) of a 2 x 3 array is stored at i + 2 j.
@@ -346,7 +359,8 @@ TEST_CASE("corrupt or unsupported .npy files throw, never reading past the end",
     INFO("expecting: " << what);
     CHECK_THROWS_WITH(aqua::read_npy(path), Contains(path) && Contains(what));
   };
-  expect_error(npy_bytes(1, ok_dict, data.substr(0, 20)), "truncated: the shape needs 24 bytes of data but 20 remain");
+  expect_error(npy_bytes(1, ok_dict, data.substr(0, 20)),
+               "truncated: the shape needs 24 bytes of data but 20 remain");
   expect_error(npy_bytes(1, ok_dict, data + "xx"), "2 unexpected bytes follow");
   expect_error("\x93NUMPY", "too short for a .npy preamble");
   expect_error("PK\x03\x04 this is a zip file", "not a .npy file");
@@ -359,11 +373,15 @@ TEST_CASE("corrupt or unsupported .npy files throw, never reading past the end",
                "expected True or False");
   expect_error(npy_bytes(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, -3), }", data),
                "expected a non-negative integer");
-  expect_error(npy_bytes(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999, 99999999999, 99999999999), }", data),
-               "overflows 64 bits");
+  expect_error(
+      npy_bytes(
+          1, "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999, 99999999999, 99999999999), }",
+          data),
+      "overflows 64 bits");
   expect_error(npy_bytes(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), 'x': 1}", data),
                "unexpected key 'x'");
-  expect_error(npy_bytes(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3)", data), "expected ',' or '}'");
+  expect_error(npy_bytes(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3)", data),
+               "expected ',' or '}'");
   CHECK_THROWS_WITH(aqua::read_npy(dir.file("nope.npy")), Contains("cannot open"));
   CHECK_THROWS_WITH(aqua::read_npy(dir.path.string()), Contains(dir.path.string()));
 }
@@ -377,7 +395,8 @@ TEST_CASE("save_npy writes a version 1 little-endian C-order file that read_npy 
   const std::string bytes = read_bytes(path);
   REQUIRE(bytes.size() > 10);
   CHECK(bytes.substr(0, 8) == std::string("\x93NUMPY\x01\x00", 8));
-  const std::size_t len = std::size_t(static_cast<unsigned char>(bytes[8])) | (std::size_t(static_cast<unsigned char>(bytes[9])) << 8);
+  const std::size_t len = std::size_t(static_cast<unsigned char>(bytes[8])) |
+                          (std::size_t(static_cast<unsigned char>(bytes[9])) << 8);
   CHECK((10 + len) % 64 == 0);
   const std::string header = bytes.substr(10, len);
   CHECK(header.rfind("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3, 4), }", 0) == 0);
@@ -390,7 +409,8 @@ TEST_CASE("save_npy writes a version 1 little-endian C-order file that read_npy 
   // One-dimensional shapes are Python one-element tuples; double data is '<f8'.
   const std::vector<double> d = {1, 2, 3};
   aqua::save_npy(path, d.data(), {3});
-  CHECK(read_bytes(path).find("'descr': '<f8', 'fortran_order': False, 'shape': (3,), }") != std::string::npos);
+  CHECK(read_bytes(path).find("'descr': '<f8', 'fortran_order': False, 'shape': (3,), }") !=
+        std::string::npos);
   CHECK(aqua::read_npy(path).double_data() == d);
 
   // A strided view is written in logical C order.
@@ -405,7 +425,8 @@ TEST_CASE("npy arrays hand out views of the rank asked for and refuse others", "
   CHECK(a.float_view<2>()(1, 0) == 4.0f);
   CHECK_THROWS_WITH(a.float_view<3>(), Contains("shape [2, 3] (rank 2) but a rank-3 view"));
   CHECK_THROWS_WITH(a.double_view<2>(), Contains("float32"));
-  CHECK_THROWS_WITH(aqua::npy_array({2, 2}, std::vector<float>{1}), Contains("holds 4 elements but the data has 1"));
+  CHECK_THROWS_WITH(aqua::npy_array({2, 2}, std::vector<float>{1}),
+                    Contains("holds 4 elements but the data has 1"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -422,7 +443,8 @@ std::string le32(std::uint32_t v) {
 
 }  // namespace
 
-TEST_CASE("projection sets and .npy arrays load from bytes in memory exactly as from the file", "[io][memory]") {
+TEST_CASE("projection sets and .npy arrays load from bytes in memory exactly as from the file",
+          "[io][memory]") {
   temp_dir dir;
   const auto set = aqua::projection_set::random_orthogonal(2, 3, 8, 2, 5);
   const std::string path = dir.file("p.safetensors");
@@ -461,20 +483,26 @@ TEST_CASE("corrupt bytes in memory give the file loaders' errors, naming the mem
   const std::string cut = bytes.substr(0, bytes.size() - 1);
   write_bytes(path, cut);
   CHECK_THROWS_WITH(aqua::load_projection_set(path), Contains(path) && Contains("data_offsets"));
-  CHECK_THROWS_WITH(aqua::load_projection_set(cut.data(), cut.size()),
-                    Contains("aqua::load_projection_set: <memory: " + std::to_string(cut.size()) + " bytes>") &&
-                        Contains("data_offsets"));
-  CHECK_THROWS_WITH(aqua::load_projection_set(nullptr, 0), Contains("<memory: 0 bytes>") && Contains("too short"));
+  CHECK_THROWS_WITH(
+      aqua::load_projection_set(cut.data(), cut.size()),
+      Contains("aqua::load_projection_set: <memory: " + std::to_string(cut.size()) + " bytes>") &&
+          Contains("data_offsets"));
+  CHECK_THROWS_WITH(aqua::load_projection_set(nullptr, 0),
+                    Contains("<memory: 0 bytes>") && Contains("too short"));
   CHECK_THROWS_WITH(aqua::load_projection_set(nullptr, 16), Contains("data is null but size is 16"));
 
-  const std::string npy = npy_bytes(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }", std::string(8, '\0'));
+  const std::string npy =
+      npy_bytes(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (3,), }", std::string(8, '\0'));
   CHECK_THROWS_WITH(aqua::read_npy(npy.data(), npy.size()),
-                    Contains("aqua::read_npy: <memory: ") && Contains("truncated: the shape needs 12 bytes of data but 8 remain"));
+                    Contains("aqua::read_npy: <memory: ") &&
+                        Contains("truncated: the shape needs 12 bytes of data but 8 remain"));
   CHECK_THROWS_WITH(aqua::read_npy(npy.data(), 5), Contains("too short for a .npy preamble"));
-  CHECK_THROWS_WITH(aqua::read_npy(nullptr, 3), Contains("aqua::read_npy") && Contains("data is null but size is 3"));
+  CHECK_THROWS_WITH(aqua::read_npy(nullptr, 3),
+                    Contains("aqua::read_npy") && Contains("data is null but size is 3"));
 }
 
-TEST_CASE("llama2c checkpoints and tokenizers load from bytes in memory exactly as from the file", "[llama2c][memory]") {
+TEST_CASE("llama2c checkpoints and tokenizers load from bytes in memory exactly as from the file",
+          "[llama2c][memory]") {
   temp_dir dir;
   // dim 4, hidden 8, 1 layer, 2 heads, 1 KV head, vocab 5 (shared classifier), seq_len 3.
   llama2c::config c;
@@ -503,7 +531,8 @@ TEST_CASE("llama2c checkpoints and tokenizers load from bytes in memory exactly 
   CHECK(std::memcmp(from_memory.rms_final(), from_file.rms_final(), 4 * sizeof(float)) == 0);
   CHECK_THROWS_WITH(llama2c::checkpoint::load(ck_bytes.data(), ck_bytes.size() - 4, "model in RAM"),
                     Contains("llama2c checkpoint 'model in RAM': truncated"));
-  CHECK_THROWS_WITH(llama2c::checkpoint::load(nullptr, 0), Contains("'<memory>'") && Contains("less than the 28-byte header"));
+  CHECK_THROWS_WITH(llama2c::checkpoint::load(nullptr, 0),
+                    Contains("'<memory>'") && Contains("less than the 28-byte header"));
   CHECK_THROWS_WITH(llama2c::checkpoint::load(nullptr, 28), Contains("data is null but size is 28"));
 
   const char* pieces[] = {"<unk>", "<s>", "</s>", " ", "a"};

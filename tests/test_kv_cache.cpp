@@ -77,7 +77,8 @@ TEST_CASE("growth one token at a time never loses data", "[kv_cache]") {
   CHECK(same);
 }
 
-TEST_CASE("static truncation keeps the first r projected dims in whole tiles and cuts key memory", "[kv_cache]") {
+TEST_CASE("static truncation keeps the first r projected dims in whole tiles and cuts key memory",
+          "[kv_cache]") {
   const index_t d = 128, n = 64;
   aqua::kv_cache_options full_opt, cut_opt;
   full_opt.capacity = cut_opt.capacity = n;
@@ -116,17 +117,20 @@ TEST_CASE("retain keeps the listed tokens, their values and positions", "[kv_cac
   CHECK(cache.position(5) == n);  // positions continue after the last appended one
 }
 
-TEST_CASE("the cache rejects bad construction and bad appends with a message naming them", "[kv_cache][errors]") {
+TEST_CASE("the cache rejects bad construction and bad appends with a message naming them",
+          "[kv_cache][errors]") {
   aqua::kv_cache_options opt;
   opt.rank = 40;
-  CHECK_THROWS_WITH(aqua::kv_cache(2, 128, opt), Contains("rank r = 40") && Contains("multiple of tile_dims = 32"));
+  CHECK_THROWS_WITH(aqua::kv_cache(2, 128, opt),
+                    Contains("rank r = 40") && Contains("multiple of tile_dims = 32"));
   opt.rank = 160;
   CHECK_THROWS_WITH(aqua::kv_cache(2, 128, opt), Contains("rank r = 160"));
   opt.rank = 0;
   CHECK_NOTHROW(aqua::kv_cache(2, 40, opt));  // r = d = 40: the last tile is narrower
   Eigen::MatrixXf wrong(8, 6);
   wrong.setZero();
-  CHECK_THROWS_WITH(aqua::kv_cache(std::vector<aqua::matrix_view<const float>>{aqua::view_of(wrong)}), Contains("[8, 6]"));
+  CHECK_THROWS_WITH(aqua::kv_cache(std::vector<aqua::matrix_view<const float>>{aqua::view_of(wrong)}),
+                    Contains("[8, 6]"));
 
   aqua::kv_cache cache(2, 8, {});
   std::vector<float> buf(2 * 3 * 8, 1.0f);

@@ -693,13 +693,15 @@ namespace {
 
 /// Logits of `tokens` through `attention`: one prefill of 3 then token-by-token decoding, or one
 /// prefill over everything when `whole` is set.
-std::vector<std::vector<float>> run_logits(const llama2c::checkpoint& ck, llama2c::attention_backend& attention,
+std::vector<std::vector<float>> run_logits(const llama2c::checkpoint& ck,
+                                           llama2c::attention_backend& attention,
                                            const std::vector<int>& tokens, bool whole) {
   llama2c::transformer engine(ck, attention);
   std::vector<std::vector<float>> rows;
   auto keep = [&](aqua::matrix_view<const float> logits) {
     for (aqua::index_t t = 0; t < logits.extent(0); ++t)
-      rows.emplace_back(logits.data() + t * logits.stride(0), logits.data() + t * logits.stride(0) + logits.extent(1));
+      rows.emplace_back(logits.data() + t * logits.stride(0),
+                        logits.data() + t * logits.stride(0) + logits.extent(1));
   };
   if (whole) {
     keep(engine.forward(tokens.data(), static_cast<aqua::index_t>(tokens.size())));
@@ -735,9 +737,9 @@ TEST_CASE("llama2c aqua backend: with k = d and r = d the logits equal dense att
   const auto want = run_logits(ck, dense, tokens, true);
   const aqua::index_t d = m.head_dim();
   for (const bool identity : {true, false}) {
-    const auto set = identity ? aqua::projection_set::identity(m.layers, m.kv_heads, d, m.heads / m.kv_heads)
-                              : aqua::projection_set::random_orthogonal(m.layers, m.kv_heads, d,
-                                                                        m.heads / m.kv_heads, 11);
+    const auto set =
+        identity ? aqua::projection_set::identity(m.layers, m.kv_heads, d, m.heads / m.kv_heads)
+                 : aqua::projection_set::random_orthogonal(m.layers, m.kv_heads, d, m.heads / m.kv_heads, 11);
     for (const auto mode : {aqua::selection_mode::per_head, aqua::selection_mode::group}) {
       for (const bool whole : {true, false}) {
         llama2c::aqua_attention_options o;
@@ -790,7 +792,8 @@ TEST_CASE("llama2c aqua backend: fewer dims change the result, and bad k or r ar
 namespace {
 
 /// A policy with the given transforms for every (layer, KV head), unit weights and k = d.
-llama2c::selection_policy policy_for(const tiny_model& m, const Eigen::MatrixXd& tq, const Eigen::MatrixXd& tk) {
+llama2c::selection_policy policy_for(const tiny_model& m, const Eigen::MatrixXd& tq,
+                                     const Eigen::MatrixXd& tk) {
   llama2c::selection_policy p;
   const int d = m.head_dim();
   p.resize(m.layers, m.heads, m.kv_heads, d);
@@ -806,8 +809,9 @@ llama2c::selection_policy policy_for(const tiny_model& m, const Eigen::MatrixXd&
 
 }  // namespace
 
-TEST_CASE("llama2c policy: every dim kept is exact attention, for orthogonal and non-orthogonal transform pairs",
-          "[llama2c]") {
+TEST_CASE(
+    "llama2c policy: every dim kept is exact attention, for orthogonal and non-orthogonal transform pairs",
+    "[llama2c]") {
   temp_dir dir;
   const tiny_model m;
   const auto ck = llama2c::checkpoint::load(write_model(dir, m));
@@ -821,8 +825,9 @@ TEST_CASE("llama2c policy: every dim kept is exact attention, for orthogonal and
     for (int j = 0; j < d; ++j) a(i, j) = (i == j ? 2.0 : 0.0) + 0.3 * std::sin(1.0 + i * 3 + j);
   const Eigen::MatrixXd a_inv_t = a.inverse().transpose();
   for (const bool joint : {false, true}) {
-    llama2c::selection_policy p = joint ? policy_for(m, a, a_inv_t)
-                                        : policy_for(m, Eigen::MatrixXd::Identity(d, d), Eigen::MatrixXd::Identity(d, d));
+    llama2c::selection_policy p =
+        joint ? policy_for(m, a, a_inv_t)
+              : policy_for(m, Eigen::MatrixXd::Identity(d, d), Eigen::MatrixXd::Identity(d, d));
     for (double& w : p.weight) w = 0.5 + 0.1 * double(&w - p.weight.data());  // weights only rank
     for (const bool whole : {true, false}) {
       llama2c::policy_attention attention(p, m.seq_len);
@@ -833,8 +838,9 @@ TEST_CASE("llama2c policy: every dim kept is exact attention, for orthogonal and
   }
 }
 
-TEST_CASE("llama2c policy: a uniform k with identity bases equals the aqua backend; per-head counts are counted",
-          "[llama2c]") {
+TEST_CASE(
+    "llama2c policy: a uniform k with identity bases equals the aqua backend; per-head counts are counted",
+    "[llama2c]") {
   temp_dir dir;
   const tiny_model m;
   const auto ck = llama2c::checkpoint::load(write_model(dir, m));
@@ -845,9 +851,11 @@ TEST_CASE("llama2c policy: a uniform k with identity bases equals the aqua backe
   for (int& k : p.k) k = 2;
   llama2c::aqua_attention_options o;
   o.select = aqua::selection_spec::top_k(2);
-  llama2c::aqua_attention reference(aqua::projection_set::identity(m.layers, m.kv_heads, d, m.heads / m.kv_heads), o);
+  llama2c::aqua_attention reference(
+      aqua::projection_set::identity(m.layers, m.kv_heads, d, m.heads / m.kv_heads), o);
   llama2c::policy_attention attention(p, m.seq_len);
-  CHECK(max_rel_diff(run_logits(ck, attention, tokens, true), run_logits(ck, reference, tokens, true)) < 1e-5);
+  CHECK(max_rel_diff(run_logits(ck, attention, tokens, true), run_logits(ck, reference, tokens, true)) <
+        1e-5);
   // Counts 1 and 3 on alternate heads average to 2; a threshold head counts what it keeps.
   for (std::size_t i = 0; i < p.k.size(); ++i) p.k[i] = i % 2 ? 3 : 1;
   llama2c::policy_attention mixed(p, m.seq_len);
@@ -875,20 +883,23 @@ TEST_CASE("llama2c policy: the budget allocation is the brute-force optimum", "[
       for (int code = 0; code < 256; ++code) {  // every (k_0..k_3) in [1, 4]^4
         int sum = 0;
         double e = 0;
-        for (int h = 0, c = code; h < heads; ++h, c /= 4) sum += c % 4 + 1, e += err[std::size_t(h)][std::size_t(c % 4)];
+        for (int h = 0, c = code; h < heads; ++h, c /= 4)
+          sum += c % 4 + 1, e += err[std::size_t(h)][std::size_t(c % 4)];
         if (sum == total) best = std::min(best, e);
       }
       const auto k = llama2c::allocate_counts(err, d, total);
       double e = 0;
       int sum = 0;
-      for (int h = 0; h < heads; ++h) sum += k[std::size_t(h)], e += err[std::size_t(h)][std::size_t(k[std::size_t(h)] - 1)];
+      for (int h = 0; h < heads; ++h)
+        sum += k[std::size_t(h)], e += err[std::size_t(h)][std::size_t(k[std::size_t(h)] - 1)];
       CAPTURE(trial, total);
       CHECK(sum == total);
       CHECK(e == Approx(best).epsilon(1e-12));
     }
   }
-  REQUIRE_THROWS_WITH(llama2c::allocate_counts(std::vector<std::vector<double>>(2, std::vector<double>(4)), 4, 9),
-                      Contains("a budget of 9 dims for 2 heads"));
+  REQUIRE_THROWS_WITH(
+      llama2c::allocate_counts(std::vector<std::vector<double>>(2, std::vector<double>(4)), 4, 9),
+      Contains("a budget of 9 dims for 2 heads"));
 }
 
 TEST_CASE("llama2c policy: a per-head threshold keeps the target mean count on its calibration queries",
@@ -925,7 +936,8 @@ TEST_CASE("llama2c policy: files round-trip and truncated or corrupt files are r
   temp_dir dir;
   const tiny_model m;
   const int d = m.head_dim();
-  llama2c::selection_policy p = policy_for(m, Eigen::MatrixXd::Identity(d, d) * 0.5, Eigen::MatrixXd::Identity(d, d) * 2.0);
+  llama2c::selection_policy p =
+      policy_for(m, Eigen::MatrixXd::Identity(d, d) * 0.5, Eigen::MatrixXd::Identity(d, d) * 2.0);
   p.k[1] = 0;
   p.tau[1] = 0.875;
   p.weight[3] = 1.0 / 3.0;
@@ -940,11 +952,13 @@ TEST_CASE("llama2c policy: files round-trip and truncated or corrupt files are r
   CHECK(q.tau == p.tau);
   CHECK(q.description == "test policy");
   const std::vector<char> bytes = read_bytes(path);
-  write_bytes(dir.file("short.policy"), std::vector<char>(bytes.begin(), bytes.begin() + std::ptrdiff_t(bytes.size() / 2)));
+  write_bytes(dir.file("short.policy"),
+              std::vector<char>(bytes.begin(), bytes.begin() + std::ptrdiff_t(bytes.size() / 2)));
   CHECK_THROWS_WITH(llama2c::selection_policy::load(dir.file("short.policy")), Contains("truncated"));
   std::string text(bytes.begin(), bytes.end());
   write_bytes(dir.file("magic.policy"), std::vector<char>({'x', 'y', '\n'}));
-  CHECK_THROWS_WITH(llama2c::selection_policy::load(dir.file("magic.policy")), Contains("not an aqua_llama policy"));
+  CHECK_THROWS_WITH(llama2c::selection_policy::load(dir.file("magic.policy")),
+                    Contains("not an aqua_llama policy"));
   const std::string bad_k = text.substr(0, text.rfind('\n', text.size() - 2) + 1) + "9 1\n";
   write_bytes(dir.file("k.policy"), std::vector<char>(bad_k.begin(), bad_k.end()));
   CHECK_THROWS_WITH(llama2c::selection_policy::load(dir.file("k.policy")), Contains("k = 9"));
@@ -1082,8 +1096,8 @@ TEST_CASE("llama2c stories260K: a projection calibrated on English queries beats
     return llama2c::perplexity(model, held_out).perplexity;
   };
   const double with_calibration = ppl_k4(calibrated);
-  const double with_identity = ppl_k4(aqua::projection_set::identity(c.n_layers, c.n_kv_heads, c.head_dim(),
-                                                                     c.n_heads / c.n_kv_heads));
+  const double with_identity = ppl_k4(
+      aqua::projection_set::identity(c.n_layers, c.n_kv_heads, c.head_dim(), c.n_heads / c.n_kv_heads));
   // Issue 7's reference: identity 98.63, calibrated 86.04 (2%).
   CHECK(with_identity == Approx(98.63).epsilon(0.02));
   CHECK(with_calibration < 0.95 * with_identity);

@@ -82,20 +82,24 @@ TEST_CASE("a NaN or Inf query is rejected by every AQUA entry point with its ind
     for (auto mode : all_modes) {
       aqua::aqua_options opt;
       opt.mode = mode;
-      CHECK_THROWS_WITH(aqua::aqua_decode(qv, C.cache, 4, ov, opt),
-                        Contains("aqua::aqua_decode: q holds a non-finite value") && Contains("at index [1, 3]"));
+      CHECK_THROWS_WITH(
+          aqua::aqua_decode(qv, C.cache, 4, ov, opt),
+          Contains("aqua::aqua_decode: q holds a non-finite value") && Contains("at index [1, 3]"));
     }
-    CHECK_THROWS_WITH(aqua::dense_decode(qv, C.cache, ov),
-                      Contains("aqua::dense_decode(cache): q holds a non-finite value") && Contains("[1, 3]"));
+    CHECK_THROWS_WITH(
+        aqua::dense_decode(qv, C.cache, ov),
+        Contains("aqua::dense_decode(cache): q holds a non-finite value") && Contains("[1, 3]"));
     std::vector<float> qp(std::size_t(hq * m * d), 0.5f), op(qp.size());
     qp[std::size_t((2 * m + 1) * d + 5)] = bad;
-    CHECK_THROWS_WITH(aqua::aqua_prefill(aqua::make_view(static_cast<const float*>(qp.data()), hq, m, d), C.cache,
-                                         aqua::selection_spec::top_k(4), aqua::make_view(op.data(), hq, m, d)),
-                      Contains("aqua::aqua_prefill: q holds a non-finite value") && Contains("at index [2, 1, 5]"));
+    CHECK_THROWS_WITH(
+        aqua::aqua_prefill(aqua::make_view(static_cast<const float*>(qp.data()), hq, m, d), C.cache,
+                           aqua::selection_spec::top_k(4), aqua::make_view(op.data(), hq, m, d)),
+        Contains("aqua::aqua_prefill: q holds a non-finite value") && Contains("at index [2, 1, 5]"));
   }
 }
 
-TEST_CASE("a non-finite key or value is rejected on append before anything is stored", "[faults][aqua][kv_cache]") {
+TEST_CASE("a non-finite key or value is rejected on append before anything is stored",
+          "[faults][aqua][kv_cache]") {
   const index_t hkv = 2, n = 20, d = 16, hq = 4, t = 5;
   filled_cache C(hkv, n, d);
   std::vector<float> q(std::size_t(hq * d));
@@ -114,10 +118,11 @@ TEST_CASE("a non-finite key or value is rejected on append before anything is st
   };
   // The bad element sits in the last head's last token: a partial store would have written the
   // first head (and the first tokens) before the check.
-  for (const fault& f : {fault{true, nan_f, "aqua::kv_cache::append: keys holds a non-finite value (nan) at index [1, 4, 9]"},
-                         fault{true, -inf_f, "keys holds a non-finite value (-inf) at index [1, 4, 9]"},
-                         fault{false, inf_f, "values holds a non-finite value (inf) at index [1, 4, 9]"},
-                         fault{false, nan_f, "values holds a non-finite value (nan) at index [1, 4, 9]"}}) {
+  for (const fault& f :
+       {fault{true, nan_f, "aqua::kv_cache::append: keys holds a non-finite value (nan) at index [1, 4, 9]"},
+        fault{true, -inf_f, "keys holds a non-finite value (-inf) at index [1, 4, 9]"},
+        fault{false, inf_f, "values holds a non-finite value (inf) at index [1, 4, 9]"},
+        fault{false, nan_f, "values holds a non-finite value (nan) at index [1, 4, 9]"}}) {
     CAPTURE(f.message);
     std::vector<float> kb(k), vb(v);
     (f.in_keys ? kb : vb)[std::size_t((1 * t + 4) * d + 9)] = f.value;
@@ -172,14 +177,17 @@ TEST_CASE("attention over an empty cache is an error, also after every token was
   for (const aqua::kv_cache* cache : {&fresh, &evicted.cache}) {
     CHECK_THROWS_WITH(aqua::aqua_decode(qv, *cache, 4, ov),
                       Contains("aqua::aqua_decode: the KV cache is empty; attention needs at least one key"));
-    CHECK_THROWS_WITH(aqua::dense_decode(qv, *cache, ov), Contains("aqua::dense_decode(cache): the KV cache is empty"));
-    CHECK_THROWS_WITH(aqua::aqua_prefill(aqua::make_view(static_cast<const float*>(q.data()), hq, 1, d), *cache,
-                                         aqua::selection_spec::top_k(4), aqua::make_view(out.data(), hq, 1, d)),
-                      Contains("aqua::aqua_prefill: the KV cache is empty"));
+    CHECK_THROWS_WITH(aqua::dense_decode(qv, *cache, ov),
+                      Contains("aqua::dense_decode(cache): the KV cache is empty"));
+    CHECK_THROWS_WITH(
+        aqua::aqua_prefill(aqua::make_view(static_cast<const float*>(q.data()), hq, 1, d), *cache,
+                           aqua::selection_spec::top_k(4), aqua::make_view(out.data(), hq, 1, d)),
+        Contains("aqua::aqua_prefill: the KV cache is empty"));
   }
 }
 
-TEST_CASE("logits near the float limit saturate the softmax to one-hot, as in the dense path", "[faults][aqua]") {
+TEST_CASE("logits near the float limit saturate the softmax to one-hot, as in the dense path",
+          "[faults][aqua]") {
   // q = +-s e_0 and key j = a_j s e_0 with s = 1e19 and scale 1: logits a_j * 1e38 (FLT_MAX is
   // 3.4e38). Neighbouring logits differ by >= 4e36, so every weight but the largest underflows to
   // 0 and the output is the value row of the arg-max token, exactly, for head 0 (largest a_j: token
@@ -235,8 +243,9 @@ TEST_CASE("logits near the float limit saturate the softmax to one-hot, as in th
   }
 }
 
-TEST_CASE("logits beyond the float range are an overflow error on the cache path, NaN on the dense views path",
-          "[faults][aqua]") {
+TEST_CASE(
+    "logits beyond the float range are an overflow error on the cache path, NaN on the dense views path",
+    "[faults][aqua]") {
   // s = 1e20: the top logit 1e40 is not a float. The cache kernels know their inputs are finite,
   // so a non-finite result is reported; the dense view kernels do not scan keys (a NaN key must
   // propagate there), so they return what float arithmetic gives: inf - inf = NaN.
@@ -251,8 +260,9 @@ TEST_CASE("logits beyond the float range are an overflow error on the cache path
     aqua::aqua_options opt;
     opt.mode = mode;
     opt.scale = 1.0;
-    CHECK_THROWS_WITH(aqua::aqua_decode(qv, L.cache, 2, aqua::make_view(out.data(), 2, d), opt),
-                      Contains("aqua::aqua_decode: float overflow: out[0, 0] = ") && Contains("exceed the float range"));
+    CHECK_THROWS_WITH(
+        aqua::aqua_decode(qv, L.cache, 2, aqua::make_view(out.data(), 2, d), opt),
+        Contains("aqua::aqua_decode: float overflow: out[0, 0] = ") && Contains("exceed the float range"));
   }
   aqua::attention_options dopt;
   dopt.scale = 1.0;
@@ -261,9 +271,10 @@ TEST_CASE("logits beyond the float range are an overflow error on the cache path
   aqua::aqua_options popt;
   popt.scale = 1.0;
   popt.causal = false;
-  CHECK_THROWS_WITH(aqua::aqua_prefill(aqua::make_view(static_cast<const float*>(q.data()), 1, 2, d), L.cache,
-                                       aqua::selection_spec::top_k(2), aqua::make_view(out.data(), 1, 2, d), popt),
-                    Contains("aqua::aqua_prefill: float overflow"));
+  CHECK_THROWS_WITH(
+      aqua::aqua_prefill(aqua::make_view(static_cast<const float*>(q.data()), 1, 2, d), L.cache,
+                         aqua::selection_spec::top_k(2), aqua::make_view(out.data(), 1, 2, d), popt),
+      Contains("aqua::aqua_prefill: float overflow"));
   aqua::dense_decode<float>(qv, aqua::make_view(static_cast<const float*>(L.k.data()), 1, n, d),
                             aqua::make_view(static_cast<const float*>(L.v.data()), 1, n, d),
                             aqua::make_view(out.data(), 2, d), dopt);
@@ -288,8 +299,9 @@ TEST_CASE("AQUA decode of values whose weighted sum exceeds float range matches 
   for (index_t c = 0; c < d; ++c) CHECK(out[std::size_t(c)] == Approx(1e37).epsilon(1e-5));
 }
 
-TEST_CASE("AQUA prefill and dense decode return values near the float limit exactly where AQUA decode overflows",
-          "[faults][aqua]") {
+TEST_CASE(
+    "AQUA prefill and dense decode return values near the float limit exactly where AQUA decode overflows",
+    "[faults][aqua]") {
   const index_t n = 40, d = 16;
   std::vector<float> k(std::size_t(n * d), 0.0f), v(k.size(), 1e37f);
   aqua::kv_cache cache(1, d);
@@ -304,7 +316,8 @@ TEST_CASE("AQUA prefill and dense decode return values near the float limit exac
   std::vector<float> dv(static_cast<std::size_t>(d));
   aqua::dense_decode<float>(aqua::make_view(static_cast<const float*>(q.data()), 1, d),
                             aqua::make_view(static_cast<const float*>(k.data()), 1, n, d),
-                            aqua::make_view(static_cast<const float*>(v.data()), 1, n, d), aqua::make_view(dv.data(), 1, d));
+                            aqua::make_view(static_cast<const float*>(v.data()), 1, n, d),
+                            aqua::make_view(dv.data(), 1, d));
   for (float x : dv) CHECK(x == Approx(1e37).epsilon(1e-5));
   // Today's AQUA decode: a reported overflow, never a silent inf (see the [!mayfail] case above).
   std::vector<float> od(static_cast<std::size_t>(d));
@@ -358,11 +371,13 @@ TEST_CASE("selection sizes, fractions, energies, ranks and tiles out of range ar
       CHECK_THROWS_WITH(aqua::aqua_decode(qv, truncated, b.spec, ov, opt),
                         Contains("aqua::aqua_decode") && Contains(b.message));
     }
-    CHECK_THROWS_WITH(aqua::aqua_prefill(qp, truncated, b.spec, op), Contains("aqua::aqua_prefill") && Contains(b.message));
+    CHECK_THROWS_WITH(aqua::aqua_prefill(qp, truncated, b.spec, op),
+                      Contains("aqua::aqua_prefill") && Contains(b.message));
   }
   aqua::aqua_options nan_scale;
   nan_scale.scale = std::nan("");
-  CHECK_THROWS_WITH(aqua::aqua_decode(qv, truncated, 4, ov, nan_scale), Contains("scale must be finite, got nan"));
+  CHECK_THROWS_WITH(aqua::aqua_decode(qv, truncated, 4, ov, nan_scale),
+                    Contains("scale must be finite, got nan"));
   nan_scale.scale = std::numeric_limits<double>::infinity();
   CHECK_THROWS_WITH(aqua::aqua_prefill(qp, truncated, aqua::selection_spec::top_k(4), op, nan_scale),
                     Contains("aqua::aqua_prefill: scale must be finite, got inf"));
@@ -386,6 +401,8 @@ TEST_CASE("selection sizes, fractions, energies, ranks and tiles out of range ar
   std::vector<float> basis(std::size_t(d * d), 0.0f);
   for (index_t i = 0; i < d; ++i) basis[std::size_t(i * d + i)] = 1.0f;
   basis[std::size_t(3 * d + 5)] = nan_f;
-  std::vector<aqua::matrix_view<const float>> bases = {aqua::make_view(static_cast<const float*>(basis.data()), d, d)};
-  CHECK_THROWS_WITH(aqua::kv_cache(bases), Contains("projections[h] holds a non-finite value (nan) at index [3, 5]"));
+  std::vector<aqua::matrix_view<const float>> bases = {
+      aqua::make_view(static_cast<const float*>(basis.data()), d, d)};
+  CHECK_THROWS_WITH(aqua::kv_cache(bases),
+                    Contains("projections[h] holds a non-finite value (nan) at index [3, 5]"));
 }

@@ -6,8 +6,8 @@
 
 #include <vector>
 
-using Catch::Matchers::Contains;
 using aqua::index_t;
+using Catch::Matchers::Contains;
 
 namespace {
 
@@ -65,7 +65,8 @@ TEST_CASE("projecting one vector computes x P with column j as projected dimensi
   // Strided input and output views give the same numbers.
   std::vector<float> xs(static_cast<std::size_t>(2 * d)), os(static_cast<std::size_t>(3 * d), -1.0f);
   for (index_t i = 0; i < d; ++i) xs[std::size_t(2 * i)] = x[std::size_t(i)];
-  p.project(aqua::vector_view<const float>(xs.data(), {d}, {2}), aqua::vector_view<float>(os.data(), {d}, {3}));
+  p.project(aqua::vector_view<const float>(xs.data(), {d}, {2}),
+            aqua::vector_view<float>(os.data(), {d}, {3}));
   for (index_t j = 0; j < d; ++j) CHECK(os[std::size_t(3 * j)] == Approx(ref[std::size_t(j)]).margin(1e-5));
 }
 
@@ -87,7 +88,8 @@ TEST_CASE("projecting a batch of rows equals projecting each row", "[projection]
 TEST_CASE("projection preserves dot products because the basis is orthogonal", "[projection]") {
   const index_t d = 64;
   const auto p = aqua::head_projection::random_orthogonal(d, 9);
-  std::vector<float> q(static_cast<std::size_t>(d)), k(static_cast<std::size_t>(d)), qp(q.size()), kp(k.size());
+  std::vector<float> q(static_cast<std::size_t>(d)), k(static_cast<std::size_t>(d)), qp(q.size()),
+      kp(k.size());
   aqua_test::fill_normal(q, 1);
   aqua_test::fill_normal(k, 2);
   p.project(q.data(), qp.data());
@@ -117,10 +119,12 @@ TEST_CASE("a head projection rejects non-orthogonal bases and bad singular value
 TEST_CASE("projecting a batch checks shapes and names the argument", "[projection]") {
   const auto p = aqua::head_projection::identity(4);
   std::vector<float> x(12), out(12);
-  CHECK_THROWS_WITH(p.project_rows(aqua::make_view<const float>(x.data(), 4, 3), aqua::make_view(out.data(), 4, 3)),
-                    Contains("x has shape [4, 3]"));
-  CHECK_THROWS_WITH(p.project_rows(aqua::make_view<const float>(x.data(), 3, 4), aqua::make_view(out.data(), 2, 4)),
-                    Contains("out has shape [2, 4]"));
+  CHECK_THROWS_WITH(
+      p.project_rows(aqua::make_view<const float>(x.data(), 4, 3), aqua::make_view(out.data(), 4, 3)),
+      Contains("x has shape [4, 3]"));
+  CHECK_THROWS_WITH(
+      p.project_rows(aqua::make_view<const float>(x.data(), 3, 4), aqua::make_view(out.data(), 2, 4)),
+      Contains("out has shape [2, 4]"));
   CHECK_THROWS_WITH(aqua::head_projection().project_rows(aqua::make_view<const float>(x.data(), 3, 4),
                                                          aqua::make_view(out.data(), 3, 4)),
                     Contains("empty"));

@@ -57,7 +57,8 @@ TEST_CASE("top-k selection equals a brute-force sort, ties broken by lower index
     if (k > n) continue;
     CAPTURE(n, ties, k);
     REQUIRE(run(x, aqua::selection_spec::top_k(k), out) == k);
-    CHECK(std::vector<index_t>(out.begin(), out.begin() + k) == std::vector<index_t>(ref.begin(), ref.begin() + k));
+    CHECK(std::vector<index_t>(out.begin(), out.begin() + k) ==
+          std::vector<index_t>(ref.begin(), ref.begin() + k));
   }
 }
 
@@ -90,7 +91,8 @@ TEST_CASE("energy selection keeps the smallest prefix reaching tau of the square
     index_t expected = 0;
     double acc = 0;
     while (expected < 96 && acc < tau * total * (1 - 1e-12)) {
-      acc += double(x[std::size_t(ref[std::size_t(expected)])]) * double(x[std::size_t(ref[std::size_t(expected)])]);
+      acc += double(x[std::size_t(ref[std::size_t(expected)])]) *
+             double(x[std::size_t(ref[std::size_t(expected)])]);
       ++expected;
     }
     CAPTURE(ties, tau);
@@ -115,13 +117,18 @@ TEST_CASE("selection rejects bad specs and buffers with a message naming them", 
   auto xv = aqua::make_view(static_cast<const float*>(x.data()), 8);
   auto ov = aqua::make_view(out.data(), 8);
   CHECK_THROWS_WITH(aqua::select_top<float>(xv, aqua::selection_spec::top_k(0), ov), Contains("k = 0"));
-  CHECK_THROWS_WITH(aqua::select_top<float>(xv, aqua::selection_spec::top_k(9), ov), Contains("k = 9") && Contains("[1, 8]"));
-  CHECK_THROWS_WITH(aqua::select_top<float>(xv, aqua::selection_spec::fraction(0.0), ov), Contains("fraction"));
-  CHECK_THROWS_WITH(aqua::select_top<float>(xv, aqua::selection_spec::energy(1.5), ov), Contains("tau = 1.5"));
-  CHECK_THROWS_WITH(aqua::select_top<float>(xv, aqua::selection_spec::top_k(2), aqua::make_view(small.data(), 4)),
-                    Contains("indices has room for 4"));
+  CHECK_THROWS_WITH(aqua::select_top<float>(xv, aqua::selection_spec::top_k(9), ov),
+                    Contains("k = 9") && Contains("[1, 8]"));
+  CHECK_THROWS_WITH(aqua::select_top<float>(xv, aqua::selection_spec::fraction(0.0), ov),
+                    Contains("fraction"));
+  CHECK_THROWS_WITH(aqua::select_top<float>(xv, aqua::selection_spec::energy(1.5), ov),
+                    Contains("tau = 1.5"));
+  CHECK_THROWS_WITH(
+      aqua::select_top<float>(xv, aqua::selection_spec::top_k(2), aqua::make_view(small.data(), 4)),
+      Contains("indices has room for 4"));
   x[3] = std::numeric_limits<float>::quiet_NaN();
-  CHECK_THROWS_WITH(aqua::select_top<float>(xv, aqua::selection_spec::top_k(2), ov), Contains("values holds a non-finite"));
+  CHECK_THROWS_WITH(aqua::select_top<float>(xv, aqua::selection_spec::top_k(2), ov),
+                    Contains("values holds a non-finite"));
 }
 
 // Brute-force count: walk a ranking by decreasing weight (stable: ties by lower index) and stop at
@@ -161,7 +168,8 @@ TEST_CASE("select_count returns the number of dims select_top keeps, for every k
   CHECK(aqua::select_count<float>(xv, aqua::selection_spec::fraction(0.5)) == (n + 1) / 2);
   for (double tau : {0.1, 0.5, 0.9, 0.99, 1.0}) {
     CAPTURE(tau);
-    CHECK(aqua::select_count<float>(xv, aqua::selection_spec::energy(tau)) == brute_energy_count(mag, sq, tau));
+    CHECK(aqua::select_count<float>(xv, aqua::selection_spec::energy(tau)) ==
+          brute_energy_count(mag, sq, tau));
   }
 }
 
@@ -195,7 +203,8 @@ TEST_CASE("select_count with a separate weight ranks by weight and thresholds th
 TEST_CASE("select_count rejects bad specs and inputs with a message naming them", "[select][errors]") {
   std::vector<float> x(8, 1.0f), e(7, 1.0f);
   auto xv = aqua::make_view(static_cast<const float*>(x.data()), 8);
-  CHECK_THROWS_WITH(aqua::select_count<float>(xv, aqua::selection_spec::top_k(9)), Contains("aqua::select_count") && Contains("k = 9"));
+  CHECK_THROWS_WITH(aqua::select_count<float>(xv, aqua::selection_spec::top_k(9)),
+                    Contains("aqua::select_count") && Contains("k = 9"));
   CHECK_THROWS_WITH(aqua::select_count<float>(xv, aqua::selection_spec::energy(0.0)), Contains("tau = 0"));
   CHECK_THROWS_WITH(aqua::select_count<float>(xv, aqua::make_view(static_cast<const float*>(e.data()), 7),
                                               aqua::selection_spec::top_k(2)),
@@ -206,7 +215,8 @@ TEST_CASE("select_count rejects bad specs and inputs with a message naming them"
                                               aqua::selection_spec::top_k(2)),
                     Contains("energy[5] = -1"));
   x[2] = std::numeric_limits<float>::infinity();
-  CHECK_THROWS_WITH(aqua::select_count<float>(xv, aqua::selection_spec::top_k(2)), Contains("values holds a non-finite"));
+  CHECK_THROWS_WITH(aqua::select_count<float>(xv, aqua::selection_spec::top_k(2)),
+                    Contains("values holds a non-finite"));
 }
 
 #include <aqua/detail/aqua_engine.hpp>

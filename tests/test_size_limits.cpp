@@ -17,8 +17,8 @@
 #include <string>
 #include <vector>
 
-using Catch::Matchers::Contains;
 using aqua::index_t;
+using Catch::Matchers::Contains;
 namespace fs = std::filesystem;
 
 namespace {
@@ -70,12 +70,15 @@ TEST_CASE(".npy: a shape that claims more data than the file holds is a truncati
   temp_dir dir;
   const std::string path = dir.file("big.npy");
   // 2^40 floats = 4 TiB: must be reported from the header, never allocated.
-  write_bytes(path, npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776,), }", std::string(8, '\0')));
-  CHECK_THROWS_WITH(aqua::read_npy(path),
-                    Contains(path) && Contains("truncated: the shape needs 4398046511104 bytes of data but 8 remain"));
+  write_bytes(path, npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776,), }",
+                        std::string(8, '\0')));
+  CHECK_THROWS_WITH(
+      aqua::read_npy(path),
+      Contains(path) && Contains("truncated: the shape needs 4398046511104 bytes of data but 8 remain"));
   // The header length itself (v2: 32-bit) may not run past the end either.
   write_bytes(path, std::string("\x93NUMPY\x02\x00", 8) + le(0xFFFFFFF0u, 4) + "{}");
-  CHECK_THROWS_WITH(aqua::read_npy(path), Contains(path) && Contains("header length 4294967280 runs past the end"));
+  CHECK_THROWS_WITH(aqua::read_npy(path),
+                    Contains(path) && Contains("header length 4294967280 runs past the end"));
 }
 
 TEST_CASE(".npy: element counts and byte counts that overflow 64 bits are errors", "[io][npy][size_limits]") {
@@ -88,7 +91,8 @@ TEST_CASE(".npy: element counts and byte counts that overflow 64 bits are errors
   write_bytes(path, npy("{'descr': '<f8', 'fortran_order': False, 'shape': (4611686018427387904,), }", ""));
   CHECK_THROWS_WITH(aqua::read_npy(path), Contains(path) && Contains("data size overflows 64 bits"));
   // A zero extent makes the product 0 whatever the others are: an empty array, not an error.
-  write_bytes(path, npy("{'descr': '<f4', 'fortran_order': False, 'shape': (0, 4294967296, 4294967296), }", ""));
+  write_bytes(path,
+              npy("{'descr': '<f4', 'fortran_order': False, 'shape': (0, 4294967296, 4294967296), }", ""));
   CHECK(aqua::read_npy(path).size() == 0);
 }
 
@@ -98,7 +102,8 @@ TEST_CASE("npy_array rejects a shape whose element count overflows instead of wr
   // 2^32 x 2^32 wraps to 0 in 64 bits, which an empty buffer would match.
   CHECK_THROWS_WITH(aqua::npy_array({big, big}, std::vector<float>{}),
                     Contains("aqua::npy_array") && Contains("more elements than 64 bits count"));
-  CHECK_THROWS_WITH(aqua::npy_array({2, 3}, std::vector<double>(5)), Contains("holds 6 elements but the data has 5"));
+  CHECK_THROWS_WITH(aqua::npy_array({2, 3}, std::vector<double>(5)),
+                    Contains("holds 6 elements but the data has 5"));
 }
 
 TEST_CASE("safetensors: shapes that overflow or claim more data than the file holds are errors",
@@ -106,29 +111,36 @@ TEST_CASE("safetensors: shapes that overflow or claim more data than the file ho
   temp_dir dir;
   const std::string path = dir.file("big.safetensors");
   // 2^62 x 8 F64 elements: bytes = 8 x 2^65, which wraps.
-  write_bytes(path, safetensors(R"({"x": {"dtype": "F64", "shape": [4611686018427387904, 8], "data_offsets": [0, 0]}})", ""));
+  write_bytes(
+      path, safetensors(
+                R"({"x": {"dtype": "F64", "shape": [4611686018427387904, 8], "data_offsets": [0, 0]}})", ""));
   CHECK_THROWS_WITH(aqua::load_projection_set(path), Contains(path) && Contains("overflows 64 bits"));
   // 2^40 F32 elements that fit 64 bits but not the 8-byte data section.
-  write_bytes(path, safetensors(R"({"x": {"dtype": "F32", "shape": [1099511627776], "data_offsets": [0, 4398046511104]}})",
-                                std::string(8, '\0')));
+  write_bytes(
+      path,
+      safetensors(R"({"x": {"dtype": "F32", "shape": [1099511627776], "data_offsets": [0, 4398046511104]}})",
+                  std::string(8, '\0')));
   CHECK_THROWS_WITH(aqua::load_projection_set(path),
                     Contains(path) && Contains("run past the end of the data section (8 bytes)"));
   // A header length near 2^64 neither wraps the bounds check nor allocates.
   write_bytes(path, le(~std::uint64_t{0} - 4, 8) + "{}");
   CHECK_THROWS_WITH(aqua::load_projection_set(path), Contains(path) && Contains("exceeds the limit"));
   write_bytes(path, le(99'999'999, 8) + "{}");
-  CHECK_THROWS_WITH(aqua::load_projection_set(path), Contains(path) && Contains("runs past the end of the file"));
+  CHECK_THROWS_WITH(aqua::load_projection_set(path),
+                    Contains(path) && Contains("runs past the end of the file"));
 }
 
-TEST_CASE("projection metadata that promises more heads than the file holds is an error before any allocation",
-          "[io][size_limits]") {
+TEST_CASE(
+    "projection metadata that promises more heads than the file holds is an error before any allocation",
+    "[io][size_limits]") {
   temp_dir dir;
   const std::string path = dir.file("heads.safetensors");
   // 2^20 layers x 2^20 KV heads (the maxima) would be 2^41 tensors: the file holds none.
-  write_bytes(path, safetensors(R"({"__metadata__": {"aqua.format": "projection_set", "aqua.format_version": "1",
+  write_bytes(path,
+              safetensors(R"({"__metadata__": {"aqua.format": "projection_set", "aqua.format_version": "1",
       "aqua.layers": "1048576", "aqua.kv_heads": "1048576", "aqua.d": "65536", "aqua.group_size": "1",
       "aqua.source": "keys", "aqua.centered": "false", "aqua.vectors_seen": "0"}})",
-                                ""));
+                          ""));
   CHECK_THROWS_WITH(aqua::load_projection_set(path),
                     Contains(path) && Contains("tensor \"layers.0.kv_heads.0.basis\" is missing"));
 }
@@ -138,8 +150,9 @@ TEST_CASE("llama2c checkpoint: the largest header the limits allow on a tiny fil
   temp_dir dir;
   const std::string path = dir.file("big.bin");
   using ck = llama2c::checkpoint;
-  write_bytes(path, i32s({ck::max_dim, 16 * ck::max_dim, ck::max_layers, 2, 2, -ck::max_vocab, ck::max_seq_len}) +
-                        std::string(64, '\0'));
+  write_bytes(path,
+              i32s({ck::max_dim, 16 * ck::max_dim, ck::max_layers, 2, 2, -ck::max_vocab, ck::max_seq_len}) +
+                  std::string(64, '\0'));
   CHECK_THROWS_WITH(ck::load(path), Contains(path) && Contains("truncated") && Contains("the file has 92"));
 }
 
@@ -149,17 +162,19 @@ TEST_CASE("llama2c checkpoint: expected_file_size throws on 64-bit overflow inst
   c.dim = c.hidden_dim = c.n_layers = c.vocab_size = c.seq_len = std::numeric_limits<std::int32_t>::max() - 1;
   c.n_heads = c.n_kv_heads = 1;  // kv_dim = dim: stays in int
   // layers x dim x dim is about 2^93.
-  CHECK_THROWS_WITH(llama2c::checkpoint::expected_file_size(c, "x.bin"), Contains("x.bin") && Contains("overflow"));
+  CHECK_THROWS_WITH(llama2c::checkpoint::expected_file_size(c, "x.bin"),
+                    Contains("x.bin") && Contains("overflow"));
 }
 
-TEST_CASE("llama2c tokenizer: a vocab_size the file cannot hold is a truncation error before sizing any table",
-          "[llama2c][size_limits]") {
+TEST_CASE(
+    "llama2c tokenizer: a vocab_size the file cannot hold is a truncation error before sizing any table",
+    "[llama2c][size_limits]") {
   temp_dir dir;
   const std::string path = dir.file("tok.bin");
   write_bytes(path, i32s({8}) + i32s({0, 1}) + "a");  // one token
-  CHECK_THROWS_WITH(llama2c::tokenizer::load(path, 1 << 22),
-                    Contains(path) && Contains("truncated") && Contains("vocab_size is 4194304") &&
-                        Contains("needs at least 33554436 bytes"));
+  CHECK_THROWS_WITH(llama2c::tokenizer::load(path, 1 << 22), Contains(path) && Contains("truncated") &&
+                                                                 Contains("vocab_size is 4194304") &&
+                                                                 Contains("needs at least 33554436 bytes"));
   CHECK_THROWS_WITH(llama2c::tokenizer::load(path, std::numeric_limits<int>::max()),
                     Contains(path) && Contains("truncated"));
 }
@@ -174,7 +189,9 @@ namespace {
 constexpr index_t big_n = (index_t{1} << 22) + 1, big_d = 128, big_hq = 4;
 constexpr index_t big_targets[big_hq] = {0, index_t{1} << 21, (index_t{1} << 22) - 1, index_t{1} << 22};
 
-float big_value(index_t j, index_t c) { return float((j * 37 + c * 11) % 4093) - 2046.0f; }
+float big_value(index_t j, index_t c) {
+  return float((j * 37 + c * 11) % 4093) - 2046.0f;
+}
 float big_key(index_t j, index_t c) {
   for (index_t h = 0; h < big_hq; ++h)
     if (j == big_targets[h] && c == h) return 10.0f;
@@ -215,7 +232,8 @@ TEST_CASE("attention over N = 2^22 + 1 tokens at d = 128 (over 2^31 bytes per ar
         kv[static_cast<std::size_t>(j * 2 * big_d + big_d + c)] = big_value(j, c);
       }
     const aqua::tensor3_view<const float> k(kv.data(), {1, big_n, big_d}, {big_n * 2 * big_d, 2 * big_d, 1});
-    const aqua::tensor3_view<const float> v(kv.data() + big_d, {1, big_n, big_d}, {big_n * 2 * big_d, 2 * big_d, 1});
+    const aqua::tensor3_view<const float> v(kv.data() + big_d, {1, big_n, big_d},
+                                            {big_n * 2 * big_d, 2 * big_d, 1});
     std::vector<float> out(static_cast<std::size_t>(big_hq * big_d), -1.0f);
     aqua::attention_options opt;
     opt.scale = 1.0;
@@ -244,7 +262,8 @@ TEST_CASE("attention over N = 2^22 + 1 tokens at d = 128 (over 2^31 bytes per ar
   CHECK(cache.key(0, big_n - 1, 3) == 10.0f);
   CHECK(cache.value(0, big_n - 1, 5) == big_value(big_n - 1, 5));
   std::vector<float> probs(static_cast<std::size_t>(big_n));
-  for (auto mode : {aqua::selection_mode::per_head, aqua::selection_mode::group, aqua::selection_mode::tile}) {
+  for (auto mode :
+       {aqua::selection_mode::per_head, aqua::selection_mode::group, aqua::selection_mode::tile}) {
     for (int threads : {1, 2}) {
       CAPTURE(int(mode), threads);
       std::vector<float> out(static_cast<std::size_t>(big_hq * big_d), -1.0f);

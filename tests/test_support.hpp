@@ -52,7 +52,8 @@ std::vector<double> oracle_row(index_t d, index_t visible, double scale, Q q_at,
   for (auto& l : logits) sum += (l = std::exp(l - row_max));
   for (index_t j = 0; j < visible; ++j)
     for (index_t c = 0; c < d; ++c)
-      out[static_cast<std::size_t>(c)] += logits[static_cast<std::size_t>(j)] / sum * static_cast<double>(v_at(j, c));
+      out[static_cast<std::size_t>(c)] +=
+          logits[static_cast<std::size_t>(j)] / sum * static_cast<double>(v_at(j, c));
   return out;
 }
 

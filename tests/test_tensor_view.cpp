@@ -36,7 +36,8 @@ TEST_CASE("a mutable view converts to a const view but not the reverse", "[tenso
   aqua::matrix_view<const double> const_view = mutable_view;
   CHECK(const_view.data() == data.data());
   STATIC_REQUIRE(std::is_convertible<aqua::matrix_view<double>, aqua::matrix_view<const double>>::value);
-  STATIC_REQUIRE_FALSE(std::is_convertible<aqua::matrix_view<const double>, aqua::matrix_view<double>>::value);
+  STATIC_REQUIRE_FALSE(
+      std::is_convertible<aqua::matrix_view<const double>, aqua::matrix_view<double>>::value);
 }
 
 TEST_CASE("views of Eigen matrices, maps and blocks alias the Eigen storage", "[tensor_view][eigen]") {
@@ -54,7 +55,8 @@ TEST_CASE("views of Eigen matrices, maps and blocks alias the Eigen storage", "[
   STATIC_REQUIRE(std::is_const<std::remove_pointer_t<decltype(vr.data())>>::value);
   CHECK(vr(1, 4) == row_major(1, 4));
 
-  Eigen::Map<Eigen::MatrixXf, 0, Eigen::OuterStride<>> block(col_major.data() + 1, 2, 3, Eigen::OuterStride<>(4));
+  Eigen::Map<Eigen::MatrixXf, 0, Eigen::OuterStride<>> block(col_major.data() + 1, 2, 3,
+                                                             Eigen::OuterStride<>(4));
   auto vb = aqua::view_of(block);
   CHECK(vb(1, 2) == col_major(2, 2));
   vb(0, 0) = 9.0f;

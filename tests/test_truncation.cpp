@@ -77,7 +77,8 @@ TEST_CASE("on a decaying spectrum the truncation error falls as r grows and r = 
     auto row = aqua_test::oracle_row(
         d, n, 1.0 / std::sqrt(double(d)), [&](index_t c) { return q[std::size_t(h * d + c)]; },
         [&](index_t j, index_t c) { return k[std::size_t((kv * n + j) * d + c)]; },
-        [&](index_t j, index_t c) { return v[std::size_t((kv * n + j) * d + c)]; }, [](index_t) { return 0.0; });
+        [&](index_t j, index_t c) { return v[std::size_t((kv * n + j) * d + c)]; },
+        [](index_t) { return 0.0; });
     ref.insert(ref.end(), row.begin(), row.end());
   }
   double previous = 1e300;
@@ -92,7 +93,8 @@ TEST_CASE("on a decaying spectrum the truncation error falls as r grows and r = 
     aqua::aqua_decode(aqua::make_view(static_cast<const float*>(q.data()), hq, d), cache,
                       aqua::selection_spec::top_k(r), aqua::make_view(out.data(), hq, d));
     const double err = aqua_test::normalized_error(
-        index_t(ref.size()), [&](index_t i) { return out[std::size_t(i)]; }, [&](index_t i) { return ref[std::size_t(i)]; });
+        index_t(ref.size()), [&](index_t i) { return out[std::size_t(i)]; },
+        [&](index_t i) { return ref[std::size_t(i)]; });
     CAPTURE(r, err);
     CHECK(err < previous);
     previous = err;

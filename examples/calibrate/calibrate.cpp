@@ -80,22 +80,33 @@ options parse_args(int argc, char** argv) {
       if (i + 1 >= argc) throw usage_error{flag + " needs a value"};
       return argv[++i];
     };
-    if (flag == "--dumps") o.dumps = value();
-    else if (flag == "--out") o.out = value();
-    else if (flag == "--projection") o.projection = value();
-    else if (flag == "--eval") o.eval = value();
-    else if (flag == "--model") o.model = value();
+    if (flag == "--dumps")
+      o.dumps = value();
+    else if (flag == "--out")
+      o.out = value();
+    else if (flag == "--projection")
+      o.projection = value();
+    else if (flag == "--eval")
+      o.eval = value();
+    else if (flag == "--model")
+      o.model = value();
     else if (flag == "--source") {
       const std::string s = value();
       if (s != "queries" && s != "keys" && s != "queries_and_keys")
         throw usage_error{"--source must be queries, keys or queries_and_keys, got \"" + s + "\""};
       o.source = aqua::parse_calibration_source(s);
-    } else if (flag == "--center") o.center = true;
-    else if (flag == "--json") o.json = true;
-    else if (flag == "--threads") o.threads = static_cast<int>(parse_count(flag, value(), 1));
-    else if (flag == "--max-queries") o.max_queries = parse_count(flag, value(), 0);
-    else if (flag == "--max-keys") o.max_keys = parse_count(flag, value(), 0);
-    else throw usage_error{"unknown argument \"" + flag + "\""};
+    } else if (flag == "--center")
+      o.center = true;
+    else if (flag == "--json")
+      o.json = true;
+    else if (flag == "--threads")
+      o.threads = static_cast<int>(parse_count(flag, value(), 1));
+    else if (flag == "--max-queries")
+      o.max_queries = parse_count(flag, value(), 0);
+    else if (flag == "--max-keys")
+      o.max_keys = parse_count(flag, value(), 0);
+    else
+      throw usage_error{"unknown argument \"" + flag + "\""};
   }
   if (!o.projection.empty()) {
     if (!o.dumps.empty() || !o.out.empty())
@@ -108,7 +119,9 @@ options parse_args(int argc, char** argv) {
   return o;
 }
 
-[[noreturn]] void fail(const std::string& message) { throw std::runtime_error(message); }
+[[noreturn]] void fail(const std::string& message) {
+  throw std::runtime_error(message);
+}
 
 /// The shape of a dump directory, taken from its files.
 struct dump_shape {
@@ -129,7 +142,8 @@ index_t count_layers(const std::string& dir) {
   while (fs::exists(q_path(dir, layers), ec)) ++layers;
   if (layers == 0) fail("dump directory \"" + dir + "\" has no q_layer0.npy");
   for (index_t l = 0; l < layers; ++l)
-    if (!fs::exists(k_path(dir, l), ec)) fail(k_path(dir, l) + " is missing (there is a " + q_path(dir, l) + ")");
+    if (!fs::exists(k_path(dir, l), ec))
+      fail(k_path(dir, l) + " is missing (there is a " + q_path(dir, l) + ")");
   if (fs::exists(k_path(dir, layers), ec))
     fail(k_path(dir, layers) + " exists but " + q_path(dir, layers) + " does not");
   return layers;
@@ -150,8 +164,8 @@ layer_data read_layer(const std::string& dir, index_t l, dump_shape& shape) {
     fail(q_path(dir, l) + " " + q.shape_string() + " / " + k_path(dir, l) + " " + k.shape_string() +
          ": heads and d must be positive");
   if (k.extent(2) != q.extent(2))
-    fail(k_path(dir, l) + " has d = " + std::to_string(k.extent(2)) + " but " + q_path(dir, l) + " has d = " +
-         std::to_string(q.extent(2)));
+    fail(k_path(dir, l) + " has d = " + std::to_string(k.extent(2)) + " but " + q_path(dir, l) +
+         " has d = " + std::to_string(q.extent(2)));
   if (q.extent(0) % k.extent(0) != 0)
     fail(q_path(dir, l) + " has " + std::to_string(q.extent(0)) + " query heads, not a multiple of the " +
          std::to_string(k.extent(0)) + " KV heads of " + k_path(dir, l));
@@ -160,14 +174,17 @@ layer_data read_layer(const std::string& dir, index_t l, dump_shape& shape) {
     shape.hkv = k.extent(0);
     shape.d = q.extent(2);
   } else if (q.extent(0) != shape.hq || k.extent(0) != shape.hkv || q.extent(2) != shape.d) {
-    fail("layer " + std::to_string(l) + " of " + dir + " has Hq = " + std::to_string(q.extent(0)) + ", Hkv = " +
-         std::to_string(k.extent(0)) + ", d = " + std::to_string(q.extent(2)) + " but the dumps need Hq = " +
-         std::to_string(shape.hq) + ", Hkv = " + std::to_string(shape.hkv) + ", d = " + std::to_string(shape.d));
+    fail("layer " + std::to_string(l) + " of " + dir + " has Hq = " + std::to_string(q.extent(0)) +
+         ", Hkv = " + std::to_string(k.extent(0)) + ", d = " + std::to_string(q.extent(2)) +
+         " but the dumps need Hq = " + std::to_string(shape.hq) + ", Hkv = " + std::to_string(shape.hkv) +
+         ", d = " + std::to_string(shape.d));
   }
   return out;
 }
 
-void progress(const std::string& message) { std::cerr << "aqua_calibrate: " << message << std::endl; }
+void progress(const std::string& message) {
+  std::cerr << "aqua_calibrate: " << message << std::endl;
+}
 
 /// k = d/8, 2d/8, ..., d (rounded, at least 1, no repeats).
 std::vector<index_t> table_ks(index_t d) {
@@ -227,8 +244,8 @@ void report(const std::string& dataset, const std::string& dir, const aqua::rete
   const auto all = ev.overall();
   std::cout << "Retention on the " << dataset << " dumps " << dir << " (" << set.layers() << " layers, "
             << set.query_heads() << " query heads, " << set.kv_heads() << " KV heads, d = " << d << "; "
-            << all.queries << " queries; max " << o.max_queries << " queries per head and layer, " << o.max_keys
-            << " keys per KV head and layer, 0 = all)\n\n";
+            << all.queries << " queries; max " << o.max_queries << " queries per head and layer, "
+            << o.max_keys << " keys per KV head and layer, 0 = all)\n\n";
   print_table("Fraction of query energy in the top-k |q~| dimensions (AQUA selection)", ev, set.layers(),
               &aqua::retention_curve::topk_at);
   print_table("Fraction of query energy in the first k dimensions (static truncation)", ev, set.layers(),

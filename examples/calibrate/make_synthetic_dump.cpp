@@ -22,7 +22,8 @@ long parse_positive(const std::string& flag, const char* text) {
   char* end = nullptr;
   const long v = std::strtol(text, &end, 10);
   if (end == text || *end != '\0' || v < 1) {
-    std::cerr << "aqua_make_synthetic_dump: " << flag << " needs a positive integer, got \"" << text << "\"\n";
+    std::cerr << "aqua_make_synthetic_dump: " << flag << " needs a positive integer, got \"" << text
+              << "\"\n";
     std::exit(2);
   }
   return v;
@@ -44,9 +45,14 @@ int main(int argc, char** argv) {
       std::cerr << "aqua_make_synthetic_dump: " << flag << " needs a value\n";
       return 2;
     }
-    long* target = flag == "--layers" ? &layers : flag == "--query-heads" ? &hq : flag == "--kv-heads" ? &hkv
-                 : flag == "--rows" ? &rows : flag == "--d" ? &d : flag == "--rank" ? &rank
-                 : flag == "--seed" ? &seed : nullptr;
+    long* target = flag == "--layers"        ? &layers
+                   : flag == "--query-heads" ? &hq
+                   : flag == "--kv-heads"    ? &hkv
+                   : flag == "--rows"        ? &rows
+                   : flag == "--d"           ? &d
+                   : flag == "--rank"        ? &rank
+                   : flag == "--seed"        ? &seed
+                                             : nullptr;
     if (!target) {
       std::cerr << "aqua_make_synthetic_dump: unknown option " << flag << "\n";
       return 2;
@@ -62,11 +68,13 @@ int main(int argc, char** argv) {
     std::mt19937 rng(static_cast<std::uint32_t>(seed));
     std::normal_distribution<float> normal(0.0f, 1.0f);
     for (long l = 0; l < layers; ++l) {
-      std::vector<float> q(static_cast<std::size_t>(hq * rows * d)), k(static_cast<std::size_t>(hkv * rows * d));
+      std::vector<float> q(static_cast<std::size_t>(hq * rows * d)),
+          k(static_cast<std::size_t>(hkv * rows * d));
       for (long h = 0; h < hkv; ++h) {
         // The subspace depends on (layer, head) only, not on --seed: two dumps with different
         // seeds are held-out samples of the same "model".
-        const auto frame = aqua::head_projection::random_orthogonal(d, static_cast<std::uint64_t>(1000 + l * hkv + h));
+        const auto frame =
+            aqua::head_projection::random_orthogonal(d, static_cast<std::uint64_t>(1000 + l * hkv + h));
         auto fill = [&](float* out) {
           for (long r = 0; r < rows; ++r) {
             for (long c = 0; c < d; ++c) out[r * d + c] = 0.05f * normal(rng);

@@ -124,8 +124,8 @@ options parse(int argc, char** argv) {
       c.union_spread = parse_number("--union-spread", value());
     } else if (flag == "--selection-flops") {
       const char* text = value();
-      c.selection_flops_per_dim =
-          std::strcmp(text, "topk") == 0 ? aqua::selection_flops_topk : parse_number("--selection-flops", text);
+      c.selection_flops_per_dim = std::strcmp(text, "topk") == 0 ? aqua::selection_flops_topk
+                                                                 : parse_number("--selection-flops", text);
     } else if (flag == "--budget") {
       c.token_budget = parse_integer("--budget", value());
     } else if (flag == "--no-values") {
@@ -145,9 +145,12 @@ options parse(int argc, char** argv) {
 
 const char* key_projection_name(aqua::key_projection_cost kp) {
   switch (kp) {
-    case aqua::key_projection_cost::per_query: return "per_query";
-    case aqua::key_projection_cost::per_new_key: return "per_new_key";
-    case aqua::key_projection_cost::amortised: break;
+    case aqua::key_projection_cost::per_query:
+      return "per_query";
+    case aqua::key_projection_cost::per_new_key:
+      return "per_new_key";
+    case aqua::key_projection_cost::amortised:
+      break;
   }
   return "amortised";
 }
@@ -170,7 +173,9 @@ std::string json_value(const std::optional<double>& n) {
   return buffer;
 }
 
-std::string json_number(double x) { return json_value(x); }
+std::string json_number(double x) {
+  return json_value(x);
+}
 
 std::string bytes_text(double bytes) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -186,17 +191,18 @@ std::string bytes_text(double bytes) {
 
 std::string describe(const aqua::cost_config& c) {
   char buffer[512];
-  std::snprintf(buffer, sizeof buffer,
-                "Hq=%lld Hkv=%lld (g=%lld), T=%lld, e=%g B, e_P=%g B, key projection %s, selection %g FLOPs/dim, "
-                "%s selection%s, values %s%s",
-                static_cast<long long>(c.hq), static_cast<long long>(c.hkv), static_cast<long long>(c.hq / c.hkv),
-                static_cast<long long>(c.tile), c.elem_bytes, c.projection_elem_bytes,
-                key_projection_name(c.key_projection), c.selection_flops_per_dim, sharing_name(c.sharing),
-                c.sharing == aqua::selection_sharing::per_head && c.hq != c.hkv
-                    ? (" (union spread " + std::to_string(c.union_spread).substr(0, 4) + ")").c_str()
-                    : "",
-                c.include_values ? "counted" : "not counted",
-                c.token_budget > 0 ? (", H2O budget " + std::to_string(c.token_budget)).c_str() : "");
+  std::snprintf(
+      buffer, sizeof buffer,
+      "Hq=%lld Hkv=%lld (g=%lld), T=%lld, e=%g B, e_P=%g B, key projection %s, selection %g FLOPs/dim, "
+      "%s selection%s, values %s%s",
+      static_cast<long long>(c.hq), static_cast<long long>(c.hkv), static_cast<long long>(c.hq / c.hkv),
+      static_cast<long long>(c.tile), c.elem_bytes, c.projection_elem_bytes,
+      key_projection_name(c.key_projection), c.selection_flops_per_dim, sharing_name(c.sharing),
+      c.sharing == aqua::selection_sharing::per_head && c.hq != c.hkv
+          ? (" (union spread " + std::to_string(c.union_spread).substr(0, 4) + ")").c_str()
+          : "",
+      c.include_values ? "counted" : "not counted",
+      c.token_budget > 0 ? (", H2O budget " + std::to_string(c.token_budget)).c_str() : "");
   return buffer;
 }
 
@@ -214,7 +220,8 @@ break_evens solve(const aqua::cost_config& c) {
   b.flops = aqua::break_even_decode_flops(c);
   b.amortised = aqua::break_even_decode_flops(with_key_projection(c, aqua::key_projection_cost::amortised));
   b.per_query = aqua::break_even_decode_flops(with_key_projection(c, aqua::key_projection_cost::per_query));
-  b.per_new_key = aqua::break_even_decode_flops(with_key_projection(c, aqua::key_projection_cost::per_new_key));
+  b.per_new_key =
+      aqua::break_even_decode_flops(with_key_projection(c, aqua::key_projection_cost::per_new_key));
   b.prefill = aqua::break_even_prefill_flops(c);
   b.bytes = aqua::break_even_decode_bytes(c);
   return b;
@@ -236,24 +243,30 @@ std::string json_config_fields(const aqua::cost_config& c) {
 }
 
 std::string json_break_even_fields(const aqua::cost_config& c, const break_evens& b) {
-  return ",\"key_dims_read\":" + json_number(aqua::key_dims_read(c)) + ",\"break_even_flops\":" + json_value(b.flops) +
+  return ",\"key_dims_read\":" + json_number(aqua::key_dims_read(c)) +
+         ",\"break_even_flops\":" + json_value(b.flops) +
          ",\"break_even_flops_amortised\":" + json_value(b.amortised) +
          ",\"break_even_flops_per_query\":" + json_value(b.per_query) +
          ",\"break_even_flops_per_new_key\":" + json_value(b.per_new_key) +
-         ",\"break_even_prefill_flops\":" + json_value(b.prefill) + ",\"break_even_bytes\":" + json_value(b.bytes);
+         ",\"break_even_prefill_flops\":" + json_value(b.prefill) +
+         ",\"break_even_bytes\":" + json_value(b.bytes);
 }
 
 void print_table(const options& o) {
-  const std::vector<std::int64_t> dims = o.d_given ? std::vector<std::int64_t>{o.config.d}
-                                                   : std::vector<std::int64_t>{64, 128, 256};
+  const std::vector<std::int64_t> dims =
+      o.d_given ? std::vector<std::int64_t>{o.config.d} : std::vector<std::int64_t>{64, 128, 256};
   if (!o.json) {
     std::printf("Modelled break-even context length N* in tokens: AQUA is cheaper for N > N*.\n");
     std::printf("Assumptions: %s.\n", describe(o.config).c_str());
-    std::printf("Decode columns are per step; prefill is a whole causal prompt (M = N), key projection as above.\n\n");
-    std::printf("|   d |   k | k/d | decode FLOPs, amortised | decode FLOPs, per query | decode FLOPs, per new key "
-                "| prefill FLOPs | key dims read | decode bytes |\n");
-    std::printf("|----:|----:|:---:|------------------------:|------------------------:|--------------------------:"
-                "|--------------:|--------------:|-------------:|\n");
+    std::printf(
+        "Decode columns are per step; prefill is a whole causal prompt (M = N), key projection as "
+        "above.\n\n");
+    std::printf(
+        "|   d |   k | k/d | decode FLOPs, amortised | decode FLOPs, per query | decode FLOPs, per new key "
+        "| prefill FLOPs | key dims read | decode bytes |\n");
+    std::printf(
+        "|----:|----:|:---:|------------------------:|------------------------:|--------------------------:"
+        "|--------------:|--------------:|-------------:|\n");
   }
   for (std::int64_t d : dims)
     for (std::int64_t eighth = 1; eighth <= 7; ++eighth) {
@@ -284,17 +297,19 @@ void print_configuration(const options& o) {
   const double flop_ratio = dense.flops() / fast.flops(), byte_ratio = dense.bytes() / fast.bytes();
   const double prefill_ratio = pre_dense.flops() / pre_fast.flops();
   if (o.json) {
-    std::printf("{%s,\"n\":%s%s,\"dense_flops\":%s,\"aqua_flops\":%s,\"flop_ratio\":%s,\"dense_bytes\":%s,"
-                "\"aqua_bytes\":%s,\"byte_ratio\":%s,\"prefill_flop_ratio\":%s,\"kv_tokens_kept\":%s,"
-                "\"kv_dense_bytes\":%s,\"kv_aqua_bytes\":%s,\"kv_projection_bytes\":%s,"
-                "\"kv_dense_bytes_per_token\":%s,\"kv_aqua_bytes_per_token\":%s}\n",
-                json_config_fields(c).c_str(), json_number(n).c_str(), json_break_even_fields(c, b).c_str(),
-                json_number(dense.flops()).c_str(), json_number(fast.flops()).c_str(), json_number(flop_ratio).c_str(),
-                json_number(dense.bytes()).c_str(), json_number(fast.bytes()).c_str(), json_number(byte_ratio).c_str(),
-                json_number(prefill_ratio).c_str(), json_number(cache.tokens_kept).c_str(),
-                json_number(cache.dense_bytes).c_str(), json_number(cache.aqua_bytes).c_str(),
-                json_number(cache.projection_bytes).c_str(), json_number(aqua::dense_kv_bytes_per_token(c)).c_str(),
-                json_number(aqua::aqua_kv_bytes_per_token(c)).c_str());
+    std::printf(
+        "{%s,\"n\":%s%s,\"dense_flops\":%s,\"aqua_flops\":%s,\"flop_ratio\":%s,\"dense_bytes\":%s,"
+        "\"aqua_bytes\":%s,\"byte_ratio\":%s,\"prefill_flop_ratio\":%s,\"kv_tokens_kept\":%s,"
+        "\"kv_dense_bytes\":%s,\"kv_aqua_bytes\":%s,\"kv_projection_bytes\":%s,"
+        "\"kv_dense_bytes_per_token\":%s,\"kv_aqua_bytes_per_token\":%s}\n",
+        json_config_fields(c).c_str(), json_number(n).c_str(), json_break_even_fields(c, b).c_str(),
+        json_number(dense.flops()).c_str(), json_number(fast.flops()).c_str(),
+        json_number(flop_ratio).c_str(), json_number(dense.bytes()).c_str(),
+        json_number(fast.bytes()).c_str(), json_number(byte_ratio).c_str(),
+        json_number(prefill_ratio).c_str(), json_number(cache.tokens_kept).c_str(),
+        json_number(cache.dense_bytes).c_str(), json_number(cache.aqua_bytes).c_str(),
+        json_number(cache.projection_bytes).c_str(), json_number(aqua::dense_kv_bytes_per_token(c)).c_str(),
+        json_number(aqua::aqua_kv_bytes_per_token(c)).c_str());
     return;
   }
   const double stored = double(c.r == 0 ? c.d : c.r);
@@ -306,7 +321,8 @@ void print_configuration(const options& o) {
   std::printf("  %-34s %14.4g %14.4g %10.3f\n", "FLOPs", dense.flops(), fast.flops(), flop_ratio);
   std::printf("  %-34s %14.4g %14.4g %10.3f\n", "  scores", dense.score_flops, fast.score_flops,
               dense.score_flops / fast.score_flops);
-  std::printf("  %-34s %14.4g %14.4g\n", "  projections + selection", 0.0, fast.projection_flops + fast.selection_flops);
+  std::printf("  %-34s %14.4g %14.4g\n", "  projections + selection", 0.0,
+              fast.projection_flops + fast.selection_flops);
   std::printf("  %-34s %14s %14s %10.3f\n", "bytes read", bytes_text(dense.bytes()).c_str(),
               bytes_text(fast.bytes()).c_str(), byte_ratio);
   std::printf("  %-34s %14s %14s\n", "  keys / projected key tiles", bytes_text(dense.key_bytes).c_str(),
@@ -317,16 +333,20 @@ void print_configuration(const options& o) {
   std::printf("  key dims read per KV head: %.0f of %.0f stored\n\n", aqua::key_dims_read(c), stored);
   std::printf("Whole causal prefill of N tokens: FLOPs dense/AQUA = %.3f\n\n", prefill_ratio);
   std::printf("Break-even N* (AQUA cheaper for N > N*):\n");
-  std::printf("  decode FLOPs, key projection %-12s %s\n", key_projection_name(c.key_projection), text_value(b.flops).c_str());
-  std::printf("  decode FLOPs, amortised / per query / per new key: %s / %s / %s\n", text_value(b.amortised).c_str(),
-              text_value(b.per_query).c_str(), text_value(b.per_new_key).c_str());
+  std::printf("  decode FLOPs, key projection %-12s %s\n", key_projection_name(c.key_projection),
+              text_value(b.flops).c_str());
+  std::printf("  decode FLOPs, amortised / per query / per new key: %s / %s / %s\n",
+              text_value(b.amortised).c_str(), text_value(b.per_query).c_str(),
+              text_value(b.per_new_key).c_str());
   std::printf("  prefill FLOPs (M = N):                  %s\n", text_value(b.prefill).c_str());
   std::printf("  decode bytes:                           %s\n\n", text_value(b.bytes).c_str());
-  std::printf("KV cache, one layer: dense %s/token, AQUA %s/token (r = %.0f); for N = %.0f (%.0f kept): dense %s, "
-              "AQUA %s, plus %s of projections\n",
-              bytes_text(aqua::dense_kv_bytes_per_token(c)).c_str(), bytes_text(aqua::aqua_kv_bytes_per_token(c)).c_str(),
-              stored, n, cache.tokens_kept, bytes_text(cache.dense_bytes).c_str(), bytes_text(cache.aqua_bytes).c_str(),
-              bytes_text(cache.projection_bytes).c_str());
+  std::printf(
+      "KV cache, one layer: dense %s/token, AQUA %s/token (r = %.0f); for N = %.0f (%.0f kept): dense %s, "
+      "AQUA %s, plus %s of projections\n",
+      bytes_text(aqua::dense_kv_bytes_per_token(c)).c_str(),
+      bytes_text(aqua::aqua_kv_bytes_per_token(c)).c_str(), stored, n, cache.tokens_kept,
+      bytes_text(cache.dense_bytes).c_str(), bytes_text(cache.aqua_bytes).c_str(),
+      bytes_text(cache.projection_bytes).c_str());
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -336,19 +356,20 @@ namespace svg = aqua_examples::svg;
 
 void draw_panel(std::FILE* f, const svg::panel& p, const std::string& title, const std::string& subtitle,
                 const std::vector<aqua::cost_config>& configs, bool bytes, double y_step) {
-  svg::draw_axes(f, p, title, subtitle, "context length N (tokens, log scale)", "modelled speedup, dense / AQUA",
-                 y_step);
+  svg::draw_axes(f, p, title, subtitle, "context length N (tokens, log scale)",
+                 "modelled speedup, dense / AQUA", y_step);
   // Top left of the line: at small N every curve is well below 1x, so the label stays clear.
   svg::draw_reference_line(f, p, 1, "1× (break-even)");
   // Curves, and a dot where each crosses 1x. Alternate solid and dashed strokes: curves that
   // coincide (same tiles read) stay visible.
   for (std::size_t i = 0; i < configs.size(); ++i) {
     const auto& c = configs[i];
-    svg::draw_curve(f, p,
-                    svg::sample_curve(p, [&](double n) {
-                      return bytes ? aqua::decode_byte_ratio(c, n) : aqua::decode_flop_ratio(c, n);
-                    }),
-                    svg::color(i), i % 2 == 1);
+    svg::draw_curve(
+        f, p,
+        svg::sample_curve(
+            p,
+            [&](double n) { return bytes ? aqua::decode_byte_ratio(c, n) : aqua::decode_flop_ratio(c, n); }),
+        svg::color(i), i % 2 == 1);
     const auto crossing = bytes ? aqua::break_even_decode_bytes(c) : aqua::break_even_decode_flops(c);
     if (crossing) svg::draw_marker(f, p, std::max(*crossing, 1.0), 1, svg::color(i));
   }
@@ -367,7 +388,8 @@ std::string legend_label(const aqua::cost_config& c, bool bytes) {
   return buffer;
 }
 
-void draw_legend(std::FILE* f, const svg::panel& p, const std::vector<aqua::cost_config>& configs, bool bytes) {
+void draw_legend(std::FILE* f, const svg::panel& p, const std::vector<aqua::cost_config>& configs,
+                 bool bytes) {
   // Bottom right: every curve is below 1x at small N and above it (or flat at 1x) at large N.
   std::vector<svg::legend_entry> entries;
   for (std::size_t i = 0; i < configs.size(); ++i)
@@ -379,7 +401,8 @@ void write_plot(const options& o) {
   const aqua::cost_config& base = o.config;
   std::vector<std::int64_t> ks;
   for (std::int64_t eighth : {1, 2, 4, 6, 7}) ks.push_back(std::max<std::int64_t>(1, base.d * eighth / 8));
-  if (o.k_given && base.k < base.d && std::find(ks.begin(), ks.end(), base.k) == ks.end()) ks.push_back(base.k);
+  if (o.k_given && base.k < base.d && std::find(ks.begin(), ks.end(), base.k) == ks.end())
+    ks.push_back(base.k);
   std::sort(ks.begin(), ks.end());
   ks.erase(std::unique(ks.begin(), ks.end()), ks.end());
   const std::int64_t stored = base.r == 0 ? base.d : base.r;
@@ -401,24 +424,29 @@ void write_plot(const options& o) {
   if (!f) usage_error("cannot write '" + o.plot + "'");
   const double width = 1100, height = 560;
   char title[256];
-  std::snprintf(title, sizeof title, "aqua cost model: modelled decode speedup of AQUA over dense attention, d = %lld%s",
-                static_cast<long long>(base.d), stored < base.d ? (", r = " + std::to_string(stored)).c_str() : "");
+  std::snprintf(title, sizeof title,
+                "aqua cost model: modelled decode speedup of AQUA over dense attention, d = %lld%s",
+                static_cast<long long>(base.d),
+                stored < base.d ? (", r = " + std::to_string(stored)).c_str() : "");
   svg::begin_document(f, width, height, title, describe(base));
 
   const svg::panel left{80, 110, 440, 360, log_n_min, log_n_max, y_max};
   const svg::panel right{630, 110, 440, 360, log_n_min, log_n_max, y_max};
   char flop_subtitle[160], byte_subtitle[160];
-  std::snprintf(flop_subtitle, sizeof flop_subtitle, "key projection %s%s", key_projection_name(base.key_projection),
+  std::snprintf(flop_subtitle, sizeof flop_subtitle, "key projection %s%s",
+                key_projection_name(base.key_projection),
                 base.include_values ? ", values counted (limit 2d/(d+k))" : ", scores only");
-  std::snprintf(byte_subtitle, sizeof byte_subtitle, "whole %lld-dim tiles, e = %g B, P read each step (e_P = %g B)",
+  std::snprintf(byte_subtitle, sizeof byte_subtitle,
+                "whole %lld-dim tiles, e = %g B, P read each step (e_P = %g B)",
                 static_cast<long long>(base.tile), base.elem_bytes, base.projection_elem_bytes);
   draw_panel(f, left, "FLOPs per decode step", flop_subtitle, configs, false, y_step);
   draw_panel(f, right, "Bytes read per decode step", byte_subtitle, configs, true, y_step);
   draw_legend(f, left, configs, false);
   draw_legend(f, right, configs, true);
-  svg::note(f, width / 2, height - 14,
-            "Dots mark the break-even length N*; generated by aqua_cost from include/aqua/cost_model.hpp (a model, "
-            "not a measurement).");
+  svg::note(
+      f, width / 2, height - 14,
+      "Dots mark the break-even length N*; generated by aqua_cost from include/aqua/cost_model.hpp (a model, "
+      "not a measurement).");
   svg::end_document(f);
   std::fclose(f);
 }

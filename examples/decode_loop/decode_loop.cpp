@@ -23,7 +23,8 @@
 // Usage: aqua_decode [--n 8192] [--steps 128] [--interval 16] [--hq 32] [--hkv 8] [--d 128]
 //                    [--k 64] [--rank 0] [--budget B | --budget-fraction F] [--recent W]
 //                    [--slack S] [--warmup 32] [--select group|per-head|tile] [--tile 32] [--threads 1]
-//                    [--spectrum 32] [--amplitude 2.7] [--query-noise 0.5] [--seed 1] [--clock wall|cpu] [--json]
+//                    [--spectrum 32] [--amplitude 2.7] [--query-noise 0.5] [--seed 1] [--clock wall|cpu]
+//                    [--json]
 //                    [--sweep-rank]
 #include <aqua/attention.hpp>
 #include <aqua/cost_model.hpp>
@@ -63,12 +64,14 @@ struct config {
 };
 
 [[noreturn]] void usage(const std::string& msg) {
-  std::fprintf(stderr,
-               "aqua_decode: %s\nusage: aqua_decode [--n N] [--steps S] [--interval I] [--hq HQ] [--hkv HKV] [--d D] "
-               "[--k K] [--rank R] [--budget B | --budget-fraction F] [--recent W] [--slack S] [--warmup STEPS] "
-               "[--select group|per-head|tile] [--tile T] [--threads T] [--spectrum TAU] [--amplitude A] [--query-noise NOISE] [--seed S] "
-               "[--clock wall|cpu] [--json] [--sweep-rank]\n",
-               msg.c_str());
+  std::fprintf(
+      stderr,
+      "aqua_decode: %s\nusage: aqua_decode [--n N] [--steps S] [--interval I] [--hq HQ] [--hkv HKV] [--d D] "
+      "[--k K] [--rank R] [--budget B | --budget-fraction F] [--recent W] [--slack S] [--warmup STEPS] "
+      "[--select group|per-head|tile] [--tile T] [--threads T] [--spectrum TAU] [--amplitude A] "
+      "[--query-noise NOISE] [--seed S] "
+      "[--clock wall|cpu] [--json] [--sweep-rank]\n",
+      msg.c_str());
   std::exit(2);
 }
 
@@ -81,41 +84,67 @@ config parse(int argc, char** argv) {
       return argv[++i];
     };
     try {
-      if (a == "--n") c.n = std::stoll(next());
-      else if (a == "--steps") c.steps = std::stoll(next());
-      else if (a == "--interval") c.interval = std::stoll(next());
-      else if (a == "--hq") c.hq = std::stoll(next());
-      else if (a == "--hkv") c.hkv = std::stoll(next());
-      else if (a == "--d") c.d = std::stoll(next());
-      else if (a == "--k") c.k = std::stoll(next());
-      else if (a == "--rank") c.rank = std::stoll(next());
-      else if (a == "--tile") c.tile = std::stoll(next());
-      else if (a == "--budget") c.budget = std::stoll(next());
-      else if (a == "--budget-fraction") c.budget_fraction = std::stod(next());
-      else if (a == "--recent") c.recent = std::stoll(next());
-      else if (a == "--slack") c.slack = std::stoll(next());
-      else if (a == "--warmup") c.warmup = std::stoll(next());
-      else if (a == "--select") c.select = next();
-      else if (a == "--threads") c.threads = std::stoi(next());
-      else if (a == "--spectrum") c.spectrum = std::stod(next());
-      else if (a == "--amplitude") c.amplitude = std::stod(next());
-      else if (a == "--query-noise") c.query_noise = std::stod(next());
-      else if (a == "--seed") c.seed = unsigned(std::stoul(next()));
+      if (a == "--n")
+        c.n = std::stoll(next());
+      else if (a == "--steps")
+        c.steps = std::stoll(next());
+      else if (a == "--interval")
+        c.interval = std::stoll(next());
+      else if (a == "--hq")
+        c.hq = std::stoll(next());
+      else if (a == "--hkv")
+        c.hkv = std::stoll(next());
+      else if (a == "--d")
+        c.d = std::stoll(next());
+      else if (a == "--k")
+        c.k = std::stoll(next());
+      else if (a == "--rank")
+        c.rank = std::stoll(next());
+      else if (a == "--tile")
+        c.tile = std::stoll(next());
+      else if (a == "--budget")
+        c.budget = std::stoll(next());
+      else if (a == "--budget-fraction")
+        c.budget_fraction = std::stod(next());
+      else if (a == "--recent")
+        c.recent = std::stoll(next());
+      else if (a == "--slack")
+        c.slack = std::stoll(next());
+      else if (a == "--warmup")
+        c.warmup = std::stoll(next());
+      else if (a == "--select")
+        c.select = next();
+      else if (a == "--threads")
+        c.threads = std::stoi(next());
+      else if (a == "--spectrum")
+        c.spectrum = std::stod(next());
+      else if (a == "--amplitude")
+        c.amplitude = std::stod(next());
+      else if (a == "--query-noise")
+        c.query_noise = std::stod(next());
+      else if (a == "--seed")
+        c.seed = unsigned(std::stoul(next()));
       else if (a == "--clock") {
         const std::string v = next();
         if (v != "cpu" && v != "wall") usage("--clock takes cpu or wall");
         c.cpu_clock = v == "cpu";
-      } else if (a == "--json") c.json = true;
-      else if (a == "--sweep-rank") c.sweep_rank = true;
-      else if (a == "--help" || a == "-h") usage("help");
-      else usage("unknown flag " + a);
+      } else if (a == "--json")
+        c.json = true;
+      else if (a == "--sweep-rank")
+        c.sweep_rank = true;
+      else if (a == "--help" || a == "-h")
+        usage("help");
+      else
+        usage("unknown flag " + a);
     } catch (const std::logic_error&) {
       usage("bad number after " + a);
     }
   }
-  if (c.select != "group" && c.select != "per-head" && c.select != "tile") usage("--select takes group, per-head or tile");
+  if (c.select != "group" && c.select != "per-head" && c.select != "tile")
+    usage("--select takes group, per-head or tile");
   if (c.warmup < 0 || c.warmup >= c.n) usage("--warmup must lie in [0, N)");
-  if (c.n < 1 || c.steps < 0 || c.interval < 1 || c.threads < 1) usage("--n, --interval, --threads must be >= 1");
+  if (c.n < 1 || c.steps < 0 || c.interval < 1 || c.threads < 1)
+    usage("--n, --interval, --threads must be >= 1");
   if (c.budget_fraction < 0 || c.budget_fraction > 1) usage("--budget-fraction must lie in [0, 1]");
   if (c.budget_fraction > 0) c.budget = std::max<index_t>(1, index_t(c.budget_fraction * double(c.n)));
   if (c.recent < 0) c.recent = c.budget / 2;  // H2O's split: half heavy hitters, half recent
@@ -125,7 +154,8 @@ config parse(int argc, char** argv) {
 
 aqua::selection_mode mode_of(const std::string& s) {
   return s == "per-head" ? aqua::selection_mode::per_head
-                         : s == "group" ? aqua::selection_mode::group : aqua::selection_mode::tile;
+         : s == "group"  ? aqua::selection_mode::group
+                         : aqua::selection_mode::tile;
 }
 
 int g_threads = 1;
@@ -137,13 +167,16 @@ double now_ms() {
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
     return (double(ts.tv_sec) * 1e3 + double(ts.tv_nsec) * 1e-6) / g_threads;
   }
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
 }
 
 using aqua_examples::median;
 using aqua_examples::rel_l2;
 
-double mib(double bytes) { return bytes / (1024.0 * 1024.0); }
+double mib(double bytes) {
+  return bytes / (1024.0 * 1024.0);
+}
 
 // The synthetic layer: bases, the per-dim spectrum, query means; raw keys and values of every
 // token (token-major, [Hkv, capacity, d]) for the exact reference.
@@ -167,7 +200,9 @@ struct synthetic_layer {
     v.assign(k.size(), 0.0f);
   }
 
-  std::vector<aqua::matrix_view<const float>> basis_views() const { return aqua_examples::basis_views(bases); }
+  std::vector<aqua::matrix_view<const float>> basis_views() const {
+    return aqua_examples::basis_views(bases);
+  }
 
   // Appends `count` tokens to the raw store and to the caches (keys with the decaying spectrum in
   // projected coordinates, rotated to raw ones; the caches project them back; values N(0, 1)).
@@ -188,7 +223,8 @@ struct synthetic_layer {
     q.resize(std::size_t(c.hq * c.d));
     Eigen::VectorXf z(c.d);
     for (index_t h = 0; h < c.hq; ++h) {
-      for (index_t i = 0; i < c.d; ++i) z(i) = spectrum(i) * (query_mean(i, h) + float(c.query_noise) * normal(rng));
+      for (index_t i = 0; i < c.d; ++i)
+        z(i) = spectrum(i) * (query_mean(i, h) + float(c.query_noise) * normal(rng));
       Eigen::VectorXf raw = bases[std::size_t(h / (c.hq / c.hkv))] * z;
       for (index_t i = 0; i < c.d; ++i) q[std::size_t(h * c.d + i)] = raw(i);
     }
@@ -253,9 +289,11 @@ int sweep_rank(const config& c) {
     const auto qv = aqua::make_view(static_cast<const float*>(q.data()), c.hq, c.d);
     aqua::attention_options dopt;
     dopt.threads = c.threads;
-    aqua::dense_decode<float>(qv, layer.keys(), layer.values(), aqua::make_view(exact.data(), c.hq, c.d), dopt);
+    aqua::dense_decode<float>(qv, layer.keys(), layer.values(), aqua::make_view(exact.data(), c.hq, c.d),
+                              dopt);
     for (std::size_t i = 0; i < ranks.size(); ++i) {
-      aqua::aqua_decode(qv, caches[i], aqua::selection_spec::top_k(ranks[i]), aqua::make_view(out.data(), c.hq, c.d), aopt);
+      aqua::aqua_decode(qv, caches[i], aqua::selection_spec::top_k(ranks[i]),
+                        aqua::make_view(out.data(), c.hq, c.d), aopt);
       err_all[i].push_back(rel_l2(out, exact));
       aqua::aqua_decode(qv, caches[i], aqua::selection_spec::top_k(std::max<index_t>(1, ranks[i] / 2)),
                         aqua::make_view(out.data(), c.hq, c.d), aopt);
@@ -263,22 +301,24 @@ int sweep_rank(const config& c) {
     }
   }
   if (!c.json)
-    std::printf("key truncation: N = %lld, Hq = %lld, Hkv = %lld, d = %lld, spectrum exp(-i/%g), %d queries\n"
-                "%6s %12s %12s %12s %14s %14s\n",
-                (long long)c.n, (long long)c.hq, (long long)c.hkv, (long long)c.d, c.spectrum, queries, "r",
-                "cache_MiB", "model_MiB", "dense_MiB", "err(k=r)", "err(k=r/2)");
+    std::printf(
+        "key truncation: N = %lld, Hq = %lld, Hkv = %lld, d = %lld, spectrum exp(-i/%g), %d queries\n"
+        "%6s %12s %12s %12s %14s %14s\n",
+        (long long)c.n, (long long)c.hq, (long long)c.hkv, (long long)c.d, c.spectrum, queries, "r",
+        "cache_MiB", "model_MiB", "dense_MiB", "err(k=r)", "err(k=r/2)");
   for (std::size_t i = 0; i < ranks.size(); ++i) {
     const auto model = aqua::kv_cache_bytes(cost_of(c, ranks[i]), double(c.n));
     const double model_bytes = model.aqua_bytes + model.projection_bytes;
     const double e1 = median(err_all[i]), e2 = median(err_half[i]);
     if (c.json)
-      std::printf("{\"r\":%lld,\"n\":%lld,\"d\":%lld,\"cache_bytes\":%zu,\"model_bytes\":%.0f,\"dense_bytes\":%.0f,"
-                  "\"rel_err_k_eq_r\":%.6g,\"rel_err_k_half_r\":%.6g}\n",
-                  (long long)ranks[i], (long long)c.n, (long long)c.d, caches[i].bytes(), model_bytes,
-                  model.dense_bytes, e1, e2);
+      std::printf(
+          "{\"r\":%lld,\"n\":%lld,\"d\":%lld,\"cache_bytes\":%zu,\"model_bytes\":%.0f,\"dense_bytes\":%.0f,"
+          "\"rel_err_k_eq_r\":%.6g,\"rel_err_k_half_r\":%.6g}\n",
+          (long long)ranks[i], (long long)c.n, (long long)c.d, caches[i].bytes(), model_bytes,
+          model.dense_bytes, e1, e2);
     else
-      std::printf("%6lld %12.2f %12.2f %12.2f %14.3e %14.3e\n", (long long)ranks[i], mib(double(caches[i].bytes())),
-                  mib(model_bytes), mib(model.dense_bytes), e1, e2);
+      std::printf("%6lld %12.2f %12.2f %12.2f %14.3e %14.3e\n", (long long)ranks[i],
+                  mib(double(caches[i].bytes())), mib(model_bytes), mib(model.dense_bytes), e1, e2);
   }
   return 0;
 }
@@ -313,24 +353,29 @@ int run(const config& c) {
   const auto select = aqua::selection_spec::top_k(std::min(c.k, cache.rank()));
   const double dense_bytes_per_token = aqua::dense_kv_bytes_per_token(cost_of(c, 0));
   if (!c.json) {
-    std::printf("aqua_decode: prompt N = %lld, %lld steps, Hq = %lld, Hkv = %lld, d = %lld, k = %lld, r = %lld, "
-                "select %s, tile %lld, %d thread%s, %s clock\n",
-                (long long)c.n, (long long)c.steps, (long long)c.hq, (long long)c.hkv, (long long)c.d,
-                (long long)select.k, (long long)cache.rank(), c.select.c_str(), (long long)c.tile, c.threads,
-                c.threads == 1 ? "" : "s", c.cpu_clock ? "cpu" : "wall");
+    std::printf(
+        "aqua_decode: prompt N = %lld, %lld steps, Hq = %lld, Hkv = %lld, d = %lld, k = %lld, r = %lld, "
+        "select %s, tile %lld, %d thread%s, %s clock\n",
+        (long long)c.n, (long long)c.steps, (long long)c.hq, (long long)c.hkv, (long long)c.d,
+        (long long)select.k, (long long)cache.rank(), c.select.c_str(), (long long)c.tile, c.threads,
+        c.threads == 1 ? "" : "s", c.cpu_clock ? "cpu" : "wall");
     if (evicting)
-      std::printf("H2O: budget B = %lld tokens per KV head (%lld heavy hitters + %lld recent), evict when > B + %lld; "
-                  "scores accumulated over the last %lld prompt tokens before the first eviction\n",
-                  (long long)c.budget, (long long)(c.budget - hopt.recent), (long long)hopt.recent, (long long)c.slack,
-                  (long long)c.warmup);
+      std::printf(
+          "H2O: budget B = %lld tokens per KV head (%lld heavy hitters + %lld recent), evict when > B + "
+          "%lld; "
+          "scores accumulated over the last %lld prompt tokens before the first eviction\n",
+          (long long)c.budget, (long long)(c.budget - hopt.recent), (long long)hopt.recent,
+          (long long)c.slack, (long long)c.warmup);
     else
       std::printf("H2O: off (no budget)\n");
-    std::printf("synthetic data: decaying spectrum exp(-i/%g), amplitude %g, query = mean + %g noise; reference: exact "
-                "attention over the full context (never evicted)\n"
-                "baseline (dense_ms): dense decode over a full cache (all %lld tokens kept, every dim read)\n",
-                c.spectrum, c.amplitude, c.query_noise, (long long)total);
-    std::printf("%6s %8s %10s %10s %9s %9s %9s %8s %10s %10s\n", "step", "tokens", "KV_MiB", "full_MiB", "aqua_ms",
-                "evict_ms", "dense_ms", "speedup", "err_mean", "err_max");
+    std::printf(
+        "synthetic data: decaying spectrum exp(-i/%g), amplitude %g, query = mean + %g noise; reference: "
+        "exact "
+        "attention over the full context (never evicted)\n"
+        "baseline (dense_ms): dense decode over a full cache (all %lld tokens kept, every dim read)\n",
+        c.spectrum, c.amplitude, c.query_noise, (long long)total);
+    std::printf("%6s %8s %10s %10s %9s %9s %9s %8s %10s %10s\n", "step", "tokens", "KV_MiB", "full_MiB",
+                "aqua_ms", "evict_ms", "dense_ms", "speedup", "err_mean", "err_max");
   }
   std::vector<float> q, exact(std::size_t(c.hq * c.d)), out(exact.size()), dense_out(exact.size());
   aqua::aqua_workspace dense_ws;
@@ -373,7 +418,8 @@ int run(const config& c) {
     t_dense.push_back(td);
     t_ratio.push_back(td / (ta + te));
     // The reference: exact attention on the raw keys and values of the whole context (untimed).
-    aqua::dense_decode<float>(qv, layer.keys(), layer.values(), aqua::make_view(exact.data(), c.hq, c.d), dopt);
+    aqua::dense_decode<float>(qv, layer.keys(), layer.values(), aqua::make_view(exact.data(), c.hq, c.d),
+                              dopt);
     errs.push_back(rel_l2(out, exact));
     dense_errs.push_back(rel_l2(dense_out, exact));
     if (step % c.interval == 0 || step == c.steps) {
@@ -388,16 +434,17 @@ int run(const config& c) {
       if (isatty(2)) std::fprintf(stderr, "\r%70s\r", "");
       const double full_bytes = double(layer.n) * dense_bytes_per_token;
       if (c.json)
-        std::printf("{\"step\":%lld,\"tokens\":%lld,\"context\":%lld,\"kv_bytes\":%zu,\"full_kv_bytes\":%.0f,"
-                    "\"aqua_ms\":%.4f,\"evict_ms\":%.4f,\"dense_ms\":%.4f,\"speedup\":%.4f,\"rel_err_mean\":%.6g,"
-                    "\"rel_err_max\":%.6g,\"dense_rel_err\":%.3g,\"budget\":%lld,\"k\":%lld,\"r\":%lld}\n",
-                    (long long)step, (long long)cache.size(), (long long)layer.n, cache.bytes(), full_bytes,
-                    median(t_aqua), evict_mean, median(t_dense), median(t_ratio), mean, mx, median(dense_errs), (long long)c.budget,
-                    (long long)select.k, (long long)cache.rank());
+        std::printf(
+            "{\"step\":%lld,\"tokens\":%lld,\"context\":%lld,\"kv_bytes\":%zu,\"full_kv_bytes\":%.0f,"
+            "\"aqua_ms\":%.4f,\"evict_ms\":%.4f,\"dense_ms\":%.4f,\"speedup\":%.4f,\"rel_err_mean\":%.6g,"
+            "\"rel_err_max\":%.6g,\"dense_rel_err\":%.3g,\"budget\":%lld,\"k\":%lld,\"r\":%lld}\n",
+            (long long)step, (long long)cache.size(), (long long)layer.n, cache.bytes(), full_bytes,
+            median(t_aqua), evict_mean, median(t_dense), median(t_ratio), mean, mx, median(dense_errs),
+            (long long)c.budget, (long long)select.k, (long long)cache.rank());
       else
         std::printf("%6lld %8lld %10.2f %10.2f %9.3f %9.3f %9.3f %8.2f %10.3e %10.3e\n", (long long)step,
-                    (long long)cache.size(), mib(double(cache.bytes())), mib(full_bytes), median(t_aqua), evict_mean,
-                    median(t_dense), median(t_ratio), mean, mx);
+                    (long long)cache.size(), mib(double(cache.bytes())), mib(full_bytes), median(t_aqua),
+                    evict_mean, median(t_dense), median(t_ratio), mean, mx);
       std::fflush(stdout);
       t_aqua.clear();
       t_evict.clear();
@@ -412,8 +459,9 @@ int run(const config& c) {
     }
   }
   if (!c.json)
-    std::printf("speedup = dense ms / (aqua ms + evict ms), median per interval; errors are relative L2 over all "
-                "query heads against exact full attention\n");
+    std::printf(
+        "speedup = dense ms / (aqua ms + evict ms), median per interval; errors are relative L2 over all "
+        "query heads against exact full attention\n");
   return 0;
 }
 

@@ -34,7 +34,7 @@ struct aqua_attention_options {
 };
 
 class aqua_attention final : public attention_backend {
- public:
+public:
   /// One cache per layer of `projections` (layers x Hkv bases of dimension d).
   aqua_attention(const aqua::projection_set& projections, const aqua_attention_options& options)
       : options_(options) {
@@ -42,7 +42,8 @@ class aqua_attention final : public attention_backend {
     AQUA_CHECK(!projections.empty(), fn, ": the projection set is empty");
     const index_t d = projections.d();
     const index_t r = options.rank == 0 ? d : options.rank;
-    AQUA_CHECK(r >= 1 && r <= d, fn, ": rank r = ", options.rank, " must lie in [1, d = ", d, "] (0 means d)");
+    AQUA_CHECK(r >= 1 && r <= d, fn, ": rank r = ", options.rank, " must lie in [1, d = ", d,
+               "] (0 means d)");
     // Validates the spec against r candidates (the count itself is not needed here).
     {
       const std::vector<float> ones(static_cast<std::size_t>(r), 1.0f);
@@ -54,7 +55,8 @@ class aqua_attention final : public attention_backend {
     cache_options.rank = r;
     for (index_t l = 0; l < projections.layers(); ++l) {
       std::vector<aqua::matrix_view<const float>> bases;
-      for (index_t h = 0; h < projections.kv_heads(); ++h) bases.push_back(projections.head(l, h).basis_view());
+      for (index_t h = 0; h < projections.kv_heads(); ++h)
+        bases.push_back(projections.head(l, h).basis_view());
       caches_.emplace_back(bases, cache_options);
     }
     aqua_options_.mode = options.mode;
@@ -73,7 +75,8 @@ class aqua_attention final : public attention_backend {
     if (options_.select.type == aqua::selection_spec::kind::energy) count_selected(c, q);
     if (q.extent(1) == 1) {
       aqua::matrix_view<const float> q1(q.data(), {q.extent(0), q.extent(2)}, {q.stride(0), q.stride(2)});
-      aqua::matrix_view<float> out1(out.data(), {out.extent(0), out.extent(2)}, {out.stride(0), out.stride(2)});
+      aqua::matrix_view<float> out1(out.data(), {out.extent(0), out.extent(2)},
+                                    {out.stride(0), out.stride(2)});
       aqua::aqua_decode(q1, c, options_.select, out1, aqua_options_);
     } else {
       aqua::aqua_prefill(q, c, options_.select, out, aqua_options_);
@@ -92,7 +95,7 @@ class aqua_attention final : public attention_backend {
 
   const aqua::kv_cache& cache(int layer) const { return caches_[static_cast<std::size_t>(layer)]; }
 
- private:
+private:
   aqua::kv_cache& mutable_cache(int layer) { return caches_[static_cast<std::size_t>(layer)]; }
 
   // Energy selection keeps a data-dependent number of dims; count them for the report.
@@ -112,9 +115,9 @@ class aqua_attention final : public attention_backend {
           }
         }
         // The kernels' rule: rank by summed magnitudes, threshold the summed energies.
-        const index_t n = aqua::select_count<float>(aqua::make_view(static_cast<const float*>(weight.data()), r),
-                                                    aqua::make_view(static_cast<const float*>(energy.data()), r),
-                                                    options_.select);
+        const index_t n = aqua::select_count<float>(
+            aqua::make_view(static_cast<const float*>(weight.data()), r),
+            aqua::make_view(static_cast<const float*>(energy.data()), r), options_.select);
         selected_ += static_cast<double>(n) * (group ? g : 1);
         queries_ += group ? g : 1;
       }

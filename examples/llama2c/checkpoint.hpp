@@ -75,7 +75,7 @@ inline std::vector<char> read_file_bytes(const std::string& path, const char* wh
 
 /// A loaded checkpoint: the config and one float buffer the weight accessors point into.
 class checkpoint {
- public:
+public:
   /// Header limits: far above any llama2.c model, low enough that a corrupt header is reported
   /// as such rather than as an allocation failure.
   static constexpr int max_dim = 1 << 16;
@@ -94,7 +94,8 @@ class checkpoint {
   /// errors call them `name`. The file overload reads the file and calls this one.
   static checkpoint load(const void* data, std::size_t size, const std::string& name = "<memory>") {
     const std::string& path = name;
-    AQUA_CHECK(data != nullptr || size == 0, "llama2c checkpoint '", path, "': data is null but size is ", size);
+    AQUA_CHECK(data != nullptr || size == 0, "llama2c checkpoint '", path, "': data is null but size is ",
+               size);
     const char* bytes = static_cast<const char*>(data);
     const auto file_size = static_cast<std::uint64_t>(size);
     AQUA_CHECK(file_size >= header_bytes, "llama2c checkpoint '", path, "': the file has ", file_size,
@@ -159,7 +160,7 @@ class checkpoint {
   const float* rms_final() const { return at(off_.rms_final); }
   const float* classifier() const { return at(off_.classifier); }
 
- private:
+private:
   struct offsets {
     std::size_t embedding = 0, rms_att = 0, wq = 0, wk = 0, wv = 0, wo = 0, rms_ffn = 0, w1 = 0, w2 = 0,
                 w3 = 0, rms_final = 0, classifier = 0;

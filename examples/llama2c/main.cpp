@@ -16,11 +16,11 @@
 // A relative --ppl path that does not exist is looked up in the data directory too, so
 // `--ppl text/en_pud.txt` works from anywhere.
 #include <algorithm>
+#include <aqua/io.hpp>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <aqua/io.hpp>
 #include <filesystem>
 #include <iterator>
 #include <memory>
@@ -103,9 +103,10 @@ options parse(int argc, char** argv) {
       continue;
     }
     static const char* const with_value[] = {
-        "--model",   "--tokenizer", "--data-dir", "--prompt",     "--steps", "--ppl",    "--lines", "--max-tokens",
-        "--windows", "--dump-qk",   "--threads",  "--projection", "--k",     "--energy", "--select", "--r",
-        "--block",   "--policy",    "--fit-policy", "--basis",    "--weight", "--budget", "--alloc", "--rule"};
+        "--model",      "--tokenizer",  "--data-dir", "--prompt",  "--steps",   "--ppl",
+        "--lines",      "--max-tokens", "--windows",  "--dump-qk", "--threads", "--projection",
+        "--k",          "--energy",     "--select",   "--r",       "--block",   "--policy",
+        "--fit-policy", "--basis",      "--weight",   "--budget",  "--alloc",   "--rule"};
     if (std::find(std::begin(with_value), std::end(with_value), a) == std::end(with_value)) {
       std::fprintf(stderr, "aqua_llama: unknown argument %s\n", a.c_str());
       usage(2);
@@ -162,7 +163,8 @@ options parse(int argc, char** argv) {
     else if (a == "--budget") {
       char* end = nullptr;
       o.budget = std::strtod(v, &end);
-      AQUA_CHECK(end != v && *end == '\0' && o.budget >= 1, "aqua_llama: --budget needs a number >= 1, got '", v, "'");
+      AQUA_CHECK(end != v && *end == '\0' && o.budget >= 1, "aqua_llama: --budget needs a number >= 1, got '",
+                 v, "'");
     } else if (a == "--energy") {
       char* end = nullptr;
       o.energy = std::strtod(v, &end);
@@ -170,11 +172,13 @@ options parse(int argc, char** argv) {
                  "aqua_llama: --energy needs a fraction in (0, 1], got '", v, "'");
     }
   }
-  AQUA_CHECK(!(o.identity && !o.projection.empty()), "aqua_llama: --identity and --projection exclude each other");
-  AQUA_CHECK(o.select == "per-head" || o.select == "group", "aqua_llama: --select must be per-head or group, got '",
-             o.select, "'");
+  AQUA_CHECK(!(o.identity && !o.projection.empty()),
+             "aqua_llama: --identity and --projection exclude each other");
+  AQUA_CHECK(o.select == "per-head" || o.select == "group",
+             "aqua_llama: --select must be per-head or group, got '", o.select, "'");
   if (o.aqua())
-    AQUA_CHECK((o.k > 0) != (o.energy > 0), "aqua_llama: AQUA attention needs exactly one of --k K and --energy TAU");
+    AQUA_CHECK((o.k > 0) != (o.energy > 0),
+               "aqua_llama: AQUA attention needs exactly one of --k K and --energy TAU");
   else
     AQUA_CHECK(o.k == 0 && o.energy == 0 && o.r == 0 && o.select == "per-head",
                "aqua_llama: --k, --energy, --select and --r need --projection FILE or --identity");
@@ -182,17 +186,20 @@ options parse(int argc, char** argv) {
              "aqua_llama: --policy excludes --projection, --identity and --fit-policy");
   AQUA_CHECK(o.fit_policy.empty() || (!o.ppl.empty() && !o.aqua() && o.budget >= 1),
              "aqua_llama: --fit-policy needs --ppl TEXT and --budget K, and no --projection/--identity");
-  AQUA_CHECK(o.basis == "identity" || o.basis == "queries" || o.basis == "joint" || o.basis == "joint-centered",
-             "aqua_llama: --basis must be identity, queries, joint or joint-centered, got '", o.basis, "'");
+  AQUA_CHECK(
+      o.basis == "identity" || o.basis == "queries" || o.basis == "joint" || o.basis == "joint-centered",
+      "aqua_llama: --basis must be identity, queries, joint or joint-centered, got '", o.basis, "'");
   AQUA_CHECK(o.weight == "none" || o.weight == "key-rms" || o.weight == "key-std",
              "aqua_llama: --weight must be none, key-rms or key-std, got '", o.weight, "'");
   AQUA_CHECK(o.alloc == "uniform" || o.alloc == "dp" || o.alloc == "lagrange",
              "aqua_llama: --alloc must be uniform, dp or lagrange, got '", o.alloc, "'");
-  AQUA_CHECK(o.alloc != "lagrange" || o.rule == "energy-head", "aqua_llama: --alloc lagrange needs --rule energy-head");
+  AQUA_CHECK(o.alloc != "lagrange" || o.rule == "energy-head",
+             "aqua_llama: --alloc lagrange needs --rule energy-head");
   AQUA_CHECK(o.rule == "fixed" || o.rule == "energy" || o.rule == "energy-head",
              "aqua_llama: --rule must be fixed, energy or energy-head, got '", o.rule, "'");
-  AQUA_CHECK(!(o.rule == "energy" && o.alloc == "dp"),
-             "aqua_llama: --rule energy (one threshold) has no per-head budget; use energy-head with --alloc dp");
+  AQUA_CHECK(
+      !(o.rule == "energy" && o.alloc == "dp"),
+      "aqua_llama: --rule energy (one threshold) has no per-head budget; use energy-head with --alloc dp");
   AQUA_CHECK(!(o.rule == "fixed" && o.alloc == "uniform" && o.budget != std::floor(o.budget)),
              "aqua_llama: --rule fixed with --alloc uniform needs a whole --budget, got ", o.budget);
   AQUA_CHECK(o.block == 0 || !o.generate, "aqua_llama: --block needs --ppl");
@@ -252,21 +259,23 @@ std::string json_string(const std::string& s) {
 std::unique_ptr<llama2c::attention_backend> make_attention(const options& o, const llama2c::config& c) {
   if (!o.policy.empty()) {
     llama2c::selection_policy p = llama2c::selection_policy::load(o.policy);
-    AQUA_CHECK(p.layers == c.n_layers && p.q_heads == c.n_heads && p.kv_heads == c.n_kv_heads && p.d == c.head_dim(),
-               "aqua_llama: the policy '", o.policy, "' is for ", p.layers, " layers, ", p.q_heads, "/", p.kv_heads,
-               " heads, d = ", p.d, " but the model has ", c.n_layers, ", ", c.n_heads, "/", c.n_kv_heads, ", ",
-               c.head_dim());
+    AQUA_CHECK(
+        p.layers == c.n_layers && p.q_heads == c.n_heads && p.kv_heads == c.n_kv_heads && p.d == c.head_dim(),
+        "aqua_llama: the policy '", o.policy, "' is for ", p.layers, " layers, ", p.q_heads, "/", p.kv_heads,
+        " heads, d = ", p.d, " but the model has ", c.n_layers, ", ", c.n_heads, "/", c.n_kv_heads, ", ",
+        c.head_dim());
     return std::make_unique<llama2c::policy_attention>(p, c.seq_len);
   }
   if (!o.aqua()) return std::make_unique<llama2c::dense_attention>(o.threads);
   const aqua::projection_set projections =
-      o.identity ? aqua::projection_set::identity(c.n_layers, c.n_kv_heads, c.head_dim(), c.n_heads / c.n_kv_heads)
-                 : aqua::load_projection_set(o.projection);
+      o.identity
+          ? aqua::projection_set::identity(c.n_layers, c.n_kv_heads, c.head_dim(), c.n_heads / c.n_kv_heads)
+          : aqua::load_projection_set(o.projection);
   AQUA_CHECK(projections.layers() == c.n_layers && projections.kv_heads() == c.n_kv_heads &&
                  projections.d() == c.head_dim(),
-             "aqua_llama: the projection file '", o.projection, "' holds ", projections.layers(), " layers x ",
-             projections.kv_heads(), " KV heads of d = ", projections.d(), " but the model has ", c.n_layers, " x ",
-             c.n_kv_heads, " of d = ", c.head_dim());
+             "aqua_llama: the projection file '", o.projection, "' holds ", projections.layers(),
+             " layers x ", projections.kv_heads(), " KV heads of d = ", projections.d(),
+             " but the model has ", c.n_layers, " x ", c.n_kv_heads, " of d = ", c.head_dim());
   llama2c::aqua_attention_options a;
   a.select = o.energy > 0 ? aqua::selection_spec::energy(o.energy) : aqua::selection_spec::top_k(o.k);
   a.mode = o.select == "group" ? aqua::selection_mode::group : aqua::selection_mode::per_head;
@@ -294,7 +303,8 @@ std::string selection_text(const options& o, const llama2c::attention_backend& a
 
 /// --fit-policy: two passes of exact attention over the calibration windows (moments, then errors
 /// and energy fractions under the fitted bases), then counts or thresholds per head.
-int fit_policy(const options& o, const llama2c::checkpoint& model, const std::vector<std::vector<int>>& windows) {
+int fit_policy(const options& o, const llama2c::checkpoint& model,
+               const std::vector<std::vector<int>>& windows) {
   const auto& c = model.cfg();
   const int layers = c.n_layers, hq = c.n_heads, hkv = c.n_kv_heads, d = c.head_dim(), heads = layers * hq;
   AQUA_CHECK(o.budget <= d, "aqua_llama: --budget ", o.budget, " exceeds the head dimension d = ", d);
@@ -322,7 +332,8 @@ int fit_policy(const options& o, const llama2c::checkpoint& model, const std::ve
 
   std::vector<double> target(std::size_t(heads), o.budget);
   if (o.alloc == "dp") {
-    std::vector<std::vector<double>> err(static_cast<std::size_t>(heads), std::vector<double>(static_cast<std::size_t>(d)));
+    std::vector<std::vector<double>> err(static_cast<std::size_t>(heads),
+                                         std::vector<double>(static_cast<std::size_t>(d)));
     for (int l = 0; l < layers; ++l)
       for (int h = 0; h < hq; ++h)
         for (int k = 1; k <= d; ++k) err[p.head_at(l, h)][std::size_t(k - 1)] = errors.error(l, h, k);
@@ -346,7 +357,8 @@ int fit_policy(const options& o, const llama2c::checkpoint& model, const std::ve
   if (o.alloc == "lagrange") {
     std::vector<const std::vector<float>*> cum, err;
     for (int l = 0; l < layers; ++l)
-      for (int h = 0; h < hq; ++h) cum.push_back(&errors.energy(l, h)), err.push_back(&errors.query_errors(l, h));
+      for (int h = 0; h < hq; ++h)
+        cum.push_back(&errors.energy(l, h)), err.push_back(&errors.query_errors(l, h));
     const auto taus = llama2c::lagrange_thresholds(cum, err, d, o.budget);
     calibration_k = 0;
     for (int l = 0; l < layers; ++l)
@@ -360,7 +372,8 @@ int fit_policy(const options& o, const llama2c::checkpoint& model, const std::ve
   if (o.rule == "energy") {
     std::vector<float> pooled;
     for (int l = 0; l < layers; ++l)
-      for (int h = 0; h < hq; ++h) pooled.insert(pooled.end(), errors.energy(l, h).begin(), errors.energy(l, h).end());
+      for (int h = 0; h < hq; ++h)
+        pooled.insert(pooled.end(), errors.energy(l, h).begin(), errors.energy(l, h).end());
     const double tau = llama2c::threshold_for(pooled, d, o.budget);
     for (int i = 0; i < heads; ++i) p.k[std::size_t(i)] = 0, p.tau[std::size_t(i)] = tau;
     calibration_k = llama2c::mean_count(pooled, d, tau) * heads;
@@ -383,7 +396,8 @@ int fit_policy(const options& o, const llama2c::checkpoint& model, const std::ve
     }
     std::printf("\n");
   }
-  if (o.alloc == "dp" && o.rule == "fixed") std::printf("calibration residual error (sum over heads): %.6g\n", predicted);
+  if (o.alloc == "dp" && o.rule == "fixed")
+    std::printf("calibration residual error (sum over heads): %.6g\n", predicted);
   if (o.json)
     std::printf("{\"mode\": \"fit-policy\", \"policy\": %s, \"mean_k\": %.4f, \"windows\": %zu}\n",
                 json_string(o.fit_policy).c_str(), calibration_k, windows.size());
@@ -459,8 +473,9 @@ int run(const options& o) {
       o.lines.empty() ? "" : " lines ", o.lines.c_str());
   std::fprintf(stderr, "%.3f s (%.0f tok/s)\n", s, r.tokens / s);
   if (o.aqua())
-    std::printf("aqua: %s, %s selection, %s, r = %d%s\n", o.identity ? "identity bases" : o.projection.c_str(),
-                o.select.c_str(), selection_text(o, *attention).c_str(), o.r == 0 ? c.head_dim() : o.r,
+    std::printf("aqua: %s, %s selection, %s, r = %d%s\n",
+                o.identity ? "identity bases" : o.projection.c_str(), o.select.c_str(),
+                selection_text(o, *attention).c_str(), o.r == 0 ? c.head_dim() : o.r,
                 block == 1 ? ", token by token" : "");
   if (!o.policy.empty()) std::printf("policy: %s, mean k %.4f\n", o.policy.c_str(), mean_k(o, *attention));
   if (!o.dump_qk.empty()) {

@@ -73,7 +73,8 @@ struct selection_policy {
     f << "aqua_llama_policy 1 " << layers << ' ' << q_heads << ' ' << kv_heads << ' ' << d << '\n';
     f << "# " << description << '\n';
     for (const auto* v : {&tq, &tk, &weight}) {
-      for (std::size_t i = 0; i < v->size(); ++i) f << (*v)[i] << ((i + 1) % std::size_t(d) == 0 ? '\n' : ' ');
+      for (std::size_t i = 0; i < v->size(); ++i)
+        f << (*v)[i] << ((i + 1) % std::size_t(d) == 0 ? '\n' : ' ');
     }
     for (std::size_t i = 0; i < k.size(); ++i) f << k[i] << ' ' << tau[i] << '\n';
     AQUA_CHECK(f.good(), "llama2c::selection_policy::save: writing '", path, "' failed");
@@ -89,10 +90,11 @@ struct selection_policy {
     f >> magic >> version >> p.layers >> p.q_heads >> p.kv_heads >> p.d;
     AQUA_CHECK(f.good() && magic == "aqua_llama_policy" && version == 1, fn, ": '", path,
                "' is not an aqua_llama policy file (version 1)");
-    AQUA_CHECK(p.layers >= 1 && p.layers <= 1024 && p.kv_heads >= 1 && p.kv_heads <= 1024 && p.q_heads >= p.kv_heads &&
-                   p.q_heads % p.kv_heads == 0 && p.q_heads <= 4096 && p.d >= 1 && p.d <= 1024,
-               fn, ": '", path, "' declares ", p.layers, " layers, ", p.q_heads, "/", p.kv_heads, " heads, d = ", p.d,
-               " (out of range)");
+    AQUA_CHECK(p.layers >= 1 && p.layers <= 1024 && p.kv_heads >= 1 && p.kv_heads <= 1024 &&
+                   p.q_heads >= p.kv_heads && p.q_heads % p.kv_heads == 0 && p.q_heads <= 4096 && p.d >= 1 &&
+                   p.d <= 1024,
+               fn, ": '", path, "' declares ", p.layers, " layers, ", p.q_heads, "/", p.kv_heads,
+               " heads, d = ", p.d, " (out of range)");
     std::string line;
     std::getline(f, line);
     std::getline(f, line);
@@ -102,15 +104,17 @@ struct selection_policy {
     for (auto* v : {&p.tq, &p.tk, &p.weight})
       for (double& x : *v) {
         f >> x;
-        AQUA_CHECK(f.good() && std::isfinite(x), fn, ": '", path, "' is truncated or holds a non-finite number");
+        AQUA_CHECK(f.good() && std::isfinite(x), fn, ": '", path,
+                   "' is truncated or holds a non-finite number");
       }
     for (std::size_t i = 0; i < p.k.size(); ++i) {
       f >> p.k[i] >> p.tau[i];
-      AQUA_CHECK(!f.fail() && p.k[i] >= 0 && p.k[i] <= d && (p.k[i] > 0 || (p.tau[i] > 0 && p.tau[i] <= 1)), fn,
-                 ": '", path, "' head ", i, ": k = ", p.k[i], ", tau = ", p.tau[i],
+      AQUA_CHECK(!f.fail() && p.k[i] >= 0 && p.k[i] <= d && (p.k[i] > 0 || (p.tau[i] > 0 && p.tau[i] <= 1)),
+                 fn, ": '", path, "' head ", i, ": k = ", p.k[i], ", tau = ", p.tau[i],
                  " (k must lie in [1, d], or be 0 with tau in (0, 1])");
     }
-    for (double w : p.weight) AQUA_CHECK(w > 0, fn, ": '", path, "' holds a non-positive selection weight ", w);
+    for (double w : p.weight)
+      AQUA_CHECK(w > 0, fn, ": '", path, "' holds a non-positive selection weight ", w);
     f >> line;
     AQUA_CHECK(f.eof(), fn, ": '", path, "' has trailing data after the last head");
     return p;
@@ -119,7 +123,7 @@ struct selection_policy {
 
 /// The keys of every layer, projected with the policy's key transforms as they enter.
 class projected_keys {
- public:
+public:
   projected_keys(const selection_policy& p, int seq_len)
       : p_(p), seq_len_(seq_len), keys_(std::size_t(p.layers) * p.kv_heads * seq_len * p.d) {}
 
@@ -141,7 +145,7 @@ class projected_keys {
     return &keys_[((std::size_t(layer) * p_.kv_heads + g) * seq_len_ + std::size_t(pos)) * p_.d];
   }
 
- private:
+private:
   double* mutable_row(int layer, int g, index_t pos) {
     return &keys_[((std::size_t(layer) * p_.kv_heads + g) * seq_len_ + std::size_t(pos)) * p_.d];
   }
@@ -151,8 +155,8 @@ class projected_keys {
 };
 
 /// q~ = q Tq for query head h (row t of q) and its selection values y_i = q~_i s_i.
-inline void project_query(const selection_policy& p, int layer, int g, aqua::tensor3_view<const float> q, index_t h,
-                          index_t t, double* qt, double* y) {
+inline void project_query(const selection_policy& p, int layer, int g, aqua::tensor3_view<const float> q,
+                          index_t h, index_t t, double* qt, double* y) {
   const int d = p.d;
   const double* tr = &p.tq[p.transform_at(layer, g)];
   const double* w = &p.weight[p.weight_at(layer, g)];
@@ -166,12 +170,17 @@ inline void project_query(const selection_policy& p, int layer, int g, aqua::ten
 
 /// AQUA attention under a selection_policy (see the file comment), counting dims actually used.
 class policy_attention final : public attention_backend {
- public:
+public:
   policy_attention(const selection_policy& p, int seq_len)
-      : p_(p), keys_(p_, seq_len), scores_(std::size_t(seq_len)), qt_(std::size_t(p.d)), y_(qt_.size()),
+      : p_(p),
+        keys_(p_, seq_len),
+        scores_(std::size_t(seq_len)),
+        qt_(std::size_t(p.d)),
+        y_(qt_.size()),
         idx_(qt_.size()) {}
 
-  void append(int layer, index_t first, aqua::tensor3_view<const float> keys, aqua::tensor3_view<const float>) override {
+  void append(int layer, index_t first, aqua::tensor3_view<const float> keys,
+              aqua::tensor3_view<const float>) override {
     keys_.append(layer, first, keys);
   }
 
@@ -186,12 +195,13 @@ class policy_attention final : public attention_backend {
     for (int h = 0; h < p_.q_heads; ++h) {
       const int g = h / group;
       const std::size_t head = p_.head_at(layer, h);
-      const aqua::selection_spec spec =
-          p_.k[head] > 0 ? aqua::selection_spec::top_k(p_.k[head]) : aqua::selection_spec::energy(p_.tau[head]);
+      const aqua::selection_spec spec = p_.k[head] > 0 ? aqua::selection_spec::top_k(p_.k[head])
+                                                       : aqua::selection_spec::energy(p_.tau[head]);
       for (index_t t = 0; t < m; ++t) {
         project_query(p_, layer, g, q, h, t, qt.data(), y.data());
-        const index_t count = aqua::select_top<double>(aqua::make_view(static_cast<const double*>(y.data()), index_t(d)),
-                                                       spec, aqua::make_view(idx.data(), index_t(d)));
+        const index_t count =
+            aqua::select_top<double>(aqua::make_view(static_cast<const double*>(y.data()), index_t(d)), spec,
+                                     aqua::make_view(idx.data(), index_t(d)));
         selected_ += double(count);
         queries_ += 1;
         const index_t last = n - m + t;  // causal: positions 0 .. last
@@ -199,12 +209,14 @@ class policy_attention final : public attention_backend {
         for (index_t j = 0; j <= last; ++j) {
           const double* kr = keys_.row(layer, g, j);
           double s = 0;
-          for (index_t c = 0; c < count; ++c) s += qt[std::size_t(idx[std::size_t(c)])] * kr[idx[std::size_t(c)]];
+          for (index_t c = 0; c < count; ++c)
+            s += qt[std::size_t(idx[std::size_t(c)])] * kr[idx[std::size_t(c)]];
           scores_[std::size_t(j)] = s * scale;
           mx = std::max(mx, s * scale);
         }
         double z = 0;
-        for (index_t j = 0; j <= last; ++j) z += scores_[std::size_t(j)] = std::exp(scores_[std::size_t(j)] - mx);
+        for (index_t j = 0; j <= last; ++j)
+          z += scores_[std::size_t(j)] = std::exp(scores_[std::size_t(j)] - mx);
         for (int i = 0; i < d; ++i) {
           double o = 0;
           for (index_t j = 0; j <= last; ++j) o += scores_[std::size_t(j)] * v(g, j, i);
@@ -217,7 +229,7 @@ class policy_attention final : public attention_backend {
   const char* name() const override { return "aqua-policy"; }
   double mean_selected() const { return queries_ == 0 ? 0.0 : selected_ / queries_; }
 
- private:
+private:
   selection_policy p_;
   projected_keys keys_;
   std::vector<double> scores_, qt_, y_;  // scratch: no allocation per query
@@ -231,13 +243,18 @@ class policy_attention final : public attention_backend {
 /// Exact attention that records the uncentered second moments of queries (all heads of a KV group
 /// stacked) and keys per layer and KV head.
 class moment_collector final : public attention_backend {
- public:
+public:
   moment_collector(int layers, int q_heads, int kv_heads, int d)
-      : q_heads_(q_heads), kv_heads_(kv_heads),
-        sq_(std::size_t(layers) * kv_heads, Eigen::MatrixXd::Zero(d, d)), sk_(sq_),
-        mk_(sq_.size(), Eigen::VectorXd::Zero(d)), nq_(sq_.size()), nk_(sq_.size()) {}
+      : q_heads_(q_heads),
+        kv_heads_(kv_heads),
+        sq_(std::size_t(layers) * kv_heads, Eigen::MatrixXd::Zero(d, d)),
+        sk_(sq_),
+        mk_(sq_.size(), Eigen::VectorXd::Zero(d)),
+        nq_(sq_.size()),
+        nk_(sq_.size()) {}
 
-  void append(int layer, index_t, aqua::tensor3_view<const float> keys, aqua::tensor3_view<const float>) override {
+  void append(int layer, index_t, aqua::tensor3_view<const float> keys,
+              aqua::tensor3_view<const float>) override {
     for (int g = 0; g < kv_heads_; ++g)
       for (index_t m = 0; m < keys.extent(1); ++m) {
         add(sk_, nk_, layer, g, keys, g, m);
@@ -261,10 +278,10 @@ class moment_collector final : public attention_backend {
     return keys(l, g) - mean * mean.transpose();
   }
 
- private:
+private:
   std::size_t at(int l, int g) const { return std::size_t(l) * kv_heads_ + g; }
-  void add(std::vector<Eigen::MatrixXd>& s, std::vector<double>& n, int l, int g, aqua::tensor3_view<const float> x,
-           index_t h, index_t m) {
+  void add(std::vector<Eigen::MatrixXd>& s, std::vector<double>& n, int l, int g,
+           aqua::tensor3_view<const float> x, index_t h, index_t m) {
     Eigen::MatrixXd& a = s[at(l, g)];
     for (index_t i = 0; i < a.rows(); ++i)
       for (index_t j = 0; j < a.cols(); ++j) a(i, j) += double(x(h, m, i)) * double(x(h, m, j));
@@ -304,8 +321,8 @@ inline Eigen::MatrixXd descending_eigenvectors(const Eigen::MatrixXd& m, Eigen::
 ///            expected size of q~_i k~_i rather than by |q~_i| alone.
 ///   key_std: s_i = standard deviation of the projected keys along dim i (their spread, which is
 ///            what moves the softmax).
-inline selection_policy make_base_policy(const moment_collector& m, int layers, int q_heads, int kv_heads, int d,
-                                         basis_kind basis, weight_kind weight) {
+inline selection_policy make_base_policy(const moment_collector& m, int layers, int q_heads, int kv_heads,
+                                         int d, basis_kind basis, weight_kind weight) {
   selection_policy p;
   p.resize(layers, q_heads, kv_heads, d);
   for (int l = 0; l < layers; ++l)
@@ -349,12 +366,17 @@ inline selection_policy make_base_policy(const moment_collector& m, int layers, 
 /// stream (out_c - out) W_o,h^T, and keeps every query's cumulative energy fractions (for
 /// thresholds).
 class error_collector final : public attention_backend {
- public:
+public:
   /// measure_errors = false records only the energy fractions (the error tables cost 8 softmaxes
   /// per query and key; only a per-head allocation needs them).
   error_collector(const selection_policy& p, const checkpoint& model, bool measure_errors = true)
-      : measure_(measure_errors), p_(p), keys_(p_, model.cfg().seq_len), err_(std::size_t(p.layers) * p.q_heads * p.d, 0.0),
-        energy_(std::size_t(p.layers) * p.q_heads), query_err_(energy_.size()), queries_(0) {
+      : measure_(measure_errors),
+        p_(p),
+        keys_(p_, model.cfg().seq_len),
+        err_(std::size_t(p.layers) * p.q_heads * p.d, 0.0),
+        energy_(std::size_t(p.layers) * p.q_heads),
+        query_err_(energy_.size()),
+        queries_(0) {
     const auto& c = model.cfg();
     const int d = p.d;
     // W_o is [dim, dim] row-major (out = att W_o^T): head h owns columns h*d .. h*d+d-1.
@@ -370,7 +392,8 @@ class error_collector final : public attention_backend {
       }
   }
 
-  void append(int layer, index_t first, aqua::tensor3_view<const float> keys, aqua::tensor3_view<const float>) override {
+  void append(int layer, index_t first, aqua::tensor3_view<const float> keys,
+              aqua::tensor3_view<const float>) override {
     keys_.append(layer, first, keys);
   }
 
@@ -380,8 +403,9 @@ class error_collector final : public attention_backend {
     const int d = p_.d, group = p_.q_heads / p_.kv_heads;
     const index_t m = q.extent(1), n = v.extent(1);
     const double scale = 1.0 / std::sqrt(double(d));
-    std::vector<double> qt(static_cast<std::size_t>(d)), y(qt.size()), partial(static_cast<std::size_t>(n * d)),
-        outs(static_cast<std::size_t>(d * d)), prob(static_cast<std::size_t>(n));
+    std::vector<double> qt(static_cast<std::size_t>(d)), y(qt.size()),
+        partial(static_cast<std::size_t>(n * d)), outs(static_cast<std::size_t>(d * d)),
+        prob(static_cast<std::size_t>(n));
     std::vector<index_t> idx(qt.size());
     for (int h = 0; h < p_.q_heads; ++h) {
       const int g = h / group;
@@ -411,7 +435,8 @@ class error_collector final : public attention_backend {
         for (int c = 0; c < d; ++c) {
           double mx = -std::numeric_limits<double>::infinity(), z = 0;
           for (index_t j = 0; j <= last; ++j) mx = std::max(mx, partial[std::size_t(j) * d + c]);
-          for (index_t j = 0; j <= last; ++j) z += prob[std::size_t(j)] = std::exp(partial[std::size_t(j) * d + c] - mx);
+          for (index_t j = 0; j <= last; ++j)
+            z += prob[std::size_t(j)] = std::exp(partial[std::size_t(j) * d + c] - mx);
           for (int i = 0; i < d; ++i) {
             double o = 0;
             for (index_t j = 0; j <= last; ++j) o += prob[std::size_t(j)] * v(g, j, i);
@@ -421,7 +446,8 @@ class error_collector final : public attention_backend {
         // c = d - 1 (every dim) is exact attention, the reference for the others.
         const Eigen::Map<const Eigen::VectorXd> exact(&outs[std::size_t(d - 1) * d], d);
         for (int c = 0; c < d; ++c) {
-          const Eigen::VectorXd diff = Eigen::Map<const Eigen::VectorXd>(&outs[std::size_t(c) * d], d) - exact;
+          const Eigen::VectorXd diff =
+              Eigen::Map<const Eigen::VectorXd>(&outs[std::size_t(c) * d], d) - exact;
           const double e = diff.dot(gram_[head] * diff);
           err_[head * d + std::size_t(c)] += e;
           query_err_[head].push_back(static_cast<float>(e));
@@ -441,7 +467,7 @@ class error_collector final : public attention_backend {
   /// Every calibration query's residual error at c = 1..d dims (d per query; measured errors only).
   const std::vector<float>& query_errors(int l, int h) const { return query_err_[p_.head_at(l, h)]; }
 
- private:
+private:
   bool measure_;
   const selection_policy& p_;
   projected_keys keys_;
@@ -456,10 +482,11 @@ class error_collector final : public attention_backend {
 /// dynamic programming over heads; err[h][c-1] is head h's error with c dims).
 inline std::vector<int> allocate_counts(const std::vector<std::vector<double>>& err, int d, int total) {
   const int heads = int(err.size());
-  AQUA_CHECK(total >= heads && total <= heads * d, "llama2c::allocate_counts: a budget of ", total, " dims for ",
-             heads, " heads needs 1 .. ", d, " per head");
+  AQUA_CHECK(total >= heads && total <= heads * d, "llama2c::allocate_counts: a budget of ", total,
+             " dims for ", heads, " heads needs 1 .. ", d, " per head");
   const double inf = std::numeric_limits<double>::infinity();
-  std::vector<std::vector<double>> best(std::size_t(heads + 1), std::vector<double>(std::size_t(total + 1), inf));
+  std::vector<std::vector<double>> best(std::size_t(heads + 1),
+                                        std::vector<double>(std::size_t(total + 1), inf));
   std::vector<std::vector<int>> choice(best.size(), std::vector<int>(std::size_t(total + 1), 0));
   best[0][0] = 0;
   for (int h = 0; h < heads; ++h)

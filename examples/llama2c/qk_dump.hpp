@@ -12,7 +12,7 @@ namespace llama2c {
 
 /// Writes q_layer{l}.npy [Hq, rows, d] and k_layer{l}.npy [Hkv, rows, d].
 class qk_dump {
- public:
+public:
   qk_dump(int layers, int hq, int hkv, int d)
       : hq_(hq),
         hkv_(hkv),
@@ -37,7 +37,7 @@ class qk_dump {
     return rows;
   }
 
- private:
+private:
   // Storage is token-major [rows, H, d], the order rows arrive in.
   static void append(std::vector<float>& store, aqua::tensor3_view<const float> t) {
     for (aqua::index_t r = 0; r < t.extent(1); ++r)

@@ -30,7 +30,7 @@
 namespace llama2c {
 
 class tokenizer {
- public:
+public:
   static constexpr int unk_id = 0, bos_id = 1, eos_id = 2, first_byte_id = 3;
   /// Scores at or below this never merge (run.c's initial best score).
   static constexpr float no_merge_score = -1e10f;
@@ -46,10 +46,12 @@ class tokenizer {
 
   /// The same from the bytes of a tokenizer file in memory (`size` bytes at `data`, copied);
   /// errors call them `name`. The file overload reads the file and calls this one.
-  static tokenizer load(const void* data, std::size_t size, int vocab_size, const std::string& name = "<memory>") {
+  static tokenizer load(const void* data, std::size_t size, int vocab_size,
+                        const std::string& name = "<memory>") {
     const std::string& path = name;
     check_vocab_size(vocab_size, path);
-    AQUA_CHECK(data != nullptr || size == 0, "llama2c tokenizer '", path, "': data is null but size is ", size);
+    AQUA_CHECK(data != nullptr || size == 0, "llama2c tokenizer '", path, "': data is null but size is ",
+               size);
     const std::string_view bytes(static_cast<const char*>(data), size);
     std::size_t pos = 0;
     auto read_i32 = [&](const char* what, int token) {
@@ -69,9 +71,9 @@ class tokenizer {
     // Every token takes at least 8 bytes (score and length): a vocab_size the file cannot hold is
     // reported before the vectors are sized from it.
     const std::uint64_t min_bytes = 4 + 8 * static_cast<std::uint64_t>(vocab_size);
-    AQUA_CHECK(bytes.size() >= min_bytes, "llama2c tokenizer '", path, "': truncated: the model's vocab_size is ",
-               vocab_size, ", which needs at least ", min_bytes, " bytes, but the file has ", bytes.size(),
-               " (a smaller tokenizer does not fit the model)");
+    AQUA_CHECK(bytes.size() >= min_bytes, "llama2c tokenizer '", path,
+               "': truncated: the model's vocab_size is ", vocab_size, ", which needs at least ", min_bytes,
+               " bytes, but the file has ", bytes.size(), " (a smaller tokenizer does not fit the model)");
     t.pieces_.resize(static_cast<std::size_t>(vocab_size));
     t.scores_.resize(static_cast<std::size_t>(vocab_size));
     for (int i = 0; i < vocab_size; ++i) {
@@ -141,7 +143,7 @@ class tokenizer {
     return out;
   }
 
- private:
+private:
   static void check_vocab_size(int vocab_size, const std::string& path) {
     AQUA_CHECK(vocab_size >= 3, "llama2c tokenizer '", path, "': vocab_size = ", vocab_size,
                " but the format needs at least <unk>, BOS and EOS");

@@ -27,7 +27,7 @@ using aqua::index_t;
 /// keys and values of the new positions to `append` (after they are written to its own cache),
 /// then asks `attend` for the outputs of the new queries.
 class attention_backend {
- public:
+public:
   virtual ~attention_backend() = default;
 
   /// New post-RoPE keys and values [Hkv, M, d] at positions first_position .. first_position+M-1.
@@ -49,7 +49,7 @@ class attention_backend {
 
 /// Exact attention: aqua::dense_decode for one new token, aqua::dense_prefill for a block.
 class dense_attention final : public attention_backend {
- public:
+public:
   explicit dense_attention(int threads = 1) { options_.threads = threads; }
 
   void attend(int, aqua::tensor3_view<const float> q, aqua::tensor3_view<const float> k,
@@ -67,7 +67,7 @@ class dense_attention final : public attention_backend {
 
   const char* name() const override { return "dense"; }
 
- private:
+private:
   aqua::attention_options options_;  // scale 1/sqrt(d), causal
 };
 
@@ -76,7 +76,7 @@ using qk_observer = std::function<void(int layer, index_t first_position, aqua::
                                        aqua::tensor3_view<const float> k)>;
 
 class transformer {
- public:
+public:
   /// `max_block` bounds the tokens of one forward call (default: the whole context).
   transformer(const checkpoint& model, attention_backend& attention, int max_block = 0)
       : w_(model), attention_(attention), c_(model.cfg()) {
@@ -155,7 +155,7 @@ class transformer {
     return aqua::matrix_view<const float>(logits_.data(), {m, static_cast<index_t>(c_.vocab_size)});
   }
 
- private:
+private:
   using matrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using map_rows = Eigen::Map<matrix>;
   using const_map = Eigen::Map<const matrix>;

@@ -49,15 +49,17 @@ int main(int argc, char** argv) {
   options.threads = threads;
   try {
     const auto start = std::chrono::steady_clock::now();
-    aqua::dense_decode<float>(aqua::make_view(q.data(), hq, d), keys, values, aqua::make_view(out.data(), hq, d),
-                              options);
-    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    aqua::dense_decode<float>(aqua::make_view(q.data(), hq, d), keys, values,
+                              aqua::make_view(out.data(), hq, d), options);
+    const double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     double norm = 0;
     for (float x : out) norm += double(x) * x;
     const double mib = 2.0 * double(n) * hkv * d * sizeof(float) / (1024.0 * 1024.0);
     std::printf("aqua %s quick start: exact dense decode\n", AQUA_VERSION_STRING);
-    std::printf("  shape: Hq=%ld Hkv=%ld (group %ld) d=%ld N=%ld, token-major cache read through strided views\n",
-                hq, hkv, hq / hkv, d, n);
+    std::printf(
+        "  shape: Hq=%ld Hkv=%ld (group %ld) d=%ld N=%ld, token-major cache read through strided views\n", hq,
+        hkv, hq / hkv, d, n);
     std::printf("  read %.1f MiB of keys and values in %.3f ms (%.2f GB/s, %d thread%s)\n", mib, ms,
                 mib * 1.048576 / ms, threads, threads == 1 ? "" : "s");
     std::printf("  output norm %.4f (one attention row per query head, written to the caller's buffer)\n",

@@ -85,16 +85,20 @@ void validate_kv(const tensor3_view<const T>& k, const tensor3_view<const T>& v,
 }
 
 /// Vectorised for float (same semantics as softmax_inplace), generic otherwise.
-inline void softmax_row(float* row, index_t n) { softmax_inplace_fast(row, n); }
-inline void softmax_row(double* row, index_t n) { softmax_inplace(row, n); }
+inline void softmax_row(float* row, index_t n) {
+  softmax_inplace_fast(row, n);
+}
+inline void softmax_row(double* row, index_t n) {
+  softmax_inplace(row, n);
+}
 
 /// Output rows = softmax(scale * Q K^T + mask) V for one block of queries against the first
 /// `visible` keys of one KV head. `first_query_position` is the sequence position of the block's
 /// first row (causal prefill); pass a negative value for no causal mask.
 template <class T>
 void dense_block(const strided_map<const T>& q_rows, const strided_map<const T>& keys,
-                 const strided_map<const T>& values, strided_map<T>& out_rows, index_t visible,
-                 double scale, const T* mask, index_t mask_row_stride, index_t mask_col_stride,
+                 const strided_map<const T>& values, strided_map<T>& out_rows, index_t visible, double scale,
+                 const T* mask, index_t mask_row_stride, index_t mask_col_stride,
                  index_t first_query_position, row_matrix<T>& logits, attention_profile* prof = nullptr) {
   const index_t rows = q_rows.rows();
   auto t_score = prof ? profile_clock::now() : profile_clock::time_point();
@@ -136,8 +140,7 @@ strided_map<const T> head_rows(const tensor3_view<const T>& t, index_t head, ind
 template <class T>
 void dense_decode(matrix_view<const detail::identity_t<T>> q, tensor3_view<const detail::identity_t<T>> k,
                   tensor3_view<const detail::identity_t<T>> v, matrix_view<T> out,
-                  const attention_options& options = {},
-                  vector_view<const detail::identity_t<T>> mask = {}) {
+                  const attention_options& options = {}, vector_view<const detail::identity_t<T>> mask = {}) {
   static_assert(std::is_floating_point<T>::value, "aqua::dense_decode: T must be float or double");
   constexpr const char* fn = "aqua::dense_decode";
   detail::require_data(q, fn, "q");
@@ -149,8 +152,8 @@ void dense_decode(matrix_view<const detail::identity_t<T>> q, tensor3_view<const
   AQUA_CHECK(s.hq >= 1 && s.d >= 1, fn, ": q has shape ", detail::shape_string(q),
              "; it must be [Hq, d] with Hq >= 1 and d >= 1");
   detail::validate_kv<T>(k, v, s.hq, s.d, fn, s);
-  AQUA_CHECK(out.extent(0) == s.hq && out.extent(1) == s.d, fn, ": out has shape ",
-             detail::shape_string(out), " but q has shape ", detail::shape_string(q));
+  AQUA_CHECK(out.extent(0) == s.hq && out.extent(1) == s.d, fn, ": out has shape ", detail::shape_string(out),
+             " but q has shape ", detail::shape_string(q));
   AQUA_CHECK(mask.size() == 0 || (mask.extent(0) == s.n), fn, ": mask has length ", mask.extent(0),
              " but the cache holds N = ", s.n, " keys");
   detail::require_data(mask, fn, "mask");
@@ -195,10 +198,10 @@ void dense_prefill(tensor3_view<const detail::identity_t<T>> q, tensor3_view<con
   detail::validate_kv<T>(k, v, s.hq, s.d, fn, s);
   AQUA_CHECK(s.m <= s.n, fn, ": M = ", s.m, " queries but only N = ", s.n,
              " keys; prefill needs N >= M (the queries are the last M positions)");
-  AQUA_CHECK(out.extent(0) == s.hq && out.extent(1) == s.m && out.extent(2) == s.d, fn,
-             ": out has shape ", detail::shape_string(out), " but q has shape ", detail::shape_string(q));
-  AQUA_CHECK(mask.size() == 0 || (mask.extent(0) == s.m && mask.extent(1) == s.n), fn,
-             ": mask has shape ", detail::shape_string(mask), " but must be [M, N] = [", s.m, ", ", s.n, "]");
+  AQUA_CHECK(out.extent(0) == s.hq && out.extent(1) == s.m && out.extent(2) == s.d, fn, ": out has shape ",
+             detail::shape_string(out), " but q has shape ", detail::shape_string(q));
+  AQUA_CHECK(mask.size() == 0 || (mask.extent(0) == s.m && mask.extent(1) == s.n), fn, ": mask has shape ",
+             detail::shape_string(mask), " but must be [M, N] = [", s.m, ", ", s.n, "]");
   detail::require_data(mask, fn, "mask");
   detail::require_finite(q, fn, "q");
   detail::require_mask_values(mask, fn, "mask");
@@ -223,8 +226,8 @@ void dense_prefill(tensor3_view<const detail::identity_t<T>> q, tensor3_view<con
       const T* mask_rows = mask.size() ? mask.data() + i0 * mask.stride(0) : nullptr;
       detail::dense_block<T>(q_rows, detail::head_rows(k, kv, 0, s.n), detail::head_rows(v, kv, 0, s.n),
                              out_rows, visible, s.scale, mask_rows, mask.size() ? mask.stride(0) : 0,
-                             mask.size() ? mask.stride(1) : 0, options.causal ? first_position : -1,
-                             logits, prof);
+                             mask.size() ? mask.stride(1) : 0, options.causal ? first_position : -1, logits,
+                             prof);
     }
   });
   if (options.profile) {
@@ -303,7 +306,8 @@ void require_no_overflow(const tensor_view<float, Rank>& out, const char* fn) {
                  "value sums exceed the float range (3.4e38): scale the inputs down");
     }
     int d = Rank - 1;
-    while (d >= 0 && ++idx[static_cast<std::size_t>(d)] == out.extent(d)) idx[static_cast<std::size_t>(d--)] = 0;
+    while (d >= 0 && ++idx[static_cast<std::size_t>(d)] == out.extent(d))
+      idx[static_cast<std::size_t>(d--)] = 0;
     if (d < 0) return;
   }
 }
@@ -315,9 +319,9 @@ inline double resolve_scale(const std::optional<double>& scale, index_t d, const
 }
 
 inline void decode_on_cache(matrix_view<const float> q, const kv_cache& cache, const selection_spec* select,
-                            selection_mode mode, matrix_view<float> out, const std::optional<double>& scale_opt,
-                            int threads, aqua_workspace* workspace, attention_profile* profile,
-                            matrix_view<float> token_probs, const char* fn) {
+                            selection_mode mode, matrix_view<float> out,
+                            const std::optional<double>& scale_opt, int threads, aqua_workspace* workspace,
+                            attention_profile* profile, matrix_view<float> token_probs, const char* fn) {
   require_data(q, fn, "q");
   require_data(out, fn, "out");
   require_threads(threads, fn);
@@ -336,8 +340,8 @@ inline void decode_on_cache(matrix_view<const float> q, const kv_cache& cache, c
   aqua_workspace& ws = workspace ? *workspace : local;
   decode_plan plan;
   auto t0 = profile ? profile_clock::now() : profile_clock::time_point();
-  plan_decode(q, cache, select ? *select : selection_spec::top_k(cache.rank()), mode, select == nullptr, scale, ws,
-              plan);
+  plan_decode(q, cache, select ? *select : selection_spec::top_k(cache.rank()), mode, select == nullptr,
+              scale, ws, plan);
   const double select_seconds = profile ? seconds_since(t0) : 0.0;
   run_decode(cache, plan, threads, ws, out, token_probs, profile);
   if (profile) profile->select_seconds = select_seconds;
@@ -352,8 +356,8 @@ inline void decode_on_cache(matrix_view<const float> q, const kv_cache& cache, c
 inline void aqua_decode(matrix_view<const float> q, const kv_cache& cache, const selection_spec& select,
                         matrix_view<float> out, const aqua_options& options = {},
                         matrix_view<float> token_probs = {}) {
-  detail::decode_on_cache(q, cache, &select, options.mode, out, options.scale, options.threads, options.workspace,
-                          options.profile, token_probs, "aqua::aqua_decode");
+  detail::decode_on_cache(q, cache, &select, options.mode, out, options.scale, options.threads,
+                          options.workspace, options.profile, token_probs, "aqua::aqua_decode");
 }
 
 /// AQUA decode keeping a fixed k dims per query head (or group, or in whole tiles).
@@ -367,8 +371,8 @@ inline void aqua_decode(matrix_view<const float> q, const kv_cache& cache, index
 inline void dense_decode(matrix_view<const float> q, const kv_cache& cache, matrix_view<float> out,
                          const attention_options& options = {}, aqua_workspace* workspace = nullptr,
                          matrix_view<float> token_probs = {}) {
-  detail::decode_on_cache(q, cache, nullptr, selection_mode::group, out, options.scale, options.threads, workspace,
-                          options.profile, token_probs, "aqua::dense_decode(cache)");
+  detail::decode_on_cache(q, cache, nullptr, selection_mode::group, out, options.scale, options.threads,
+                          workspace, options.profile, token_probs, "aqua::dense_decode(cache)");
 }
 
 /// AQUA prefill: q [Hq, M, d] are the queries of the cache's last M tokens; out [Hq, M, d].
@@ -388,8 +392,8 @@ inline void aqua_prefill(tensor3_view<const float> q, const kv_cache& cache, con
   detail::require_finite(q, fn, "q");
   const double scale = detail::resolve_scale(options.scale, q.extent(2), fn);
   aqua_workspace local;
-  detail::run_prefill(q, cache, select, options.mode == selection_mode::tile, options.causal, scale, options.threads,
-                      options.workspace ? *options.workspace : local, out, options.profile);
+  detail::run_prefill(q, cache, select, options.mode == selection_mode::tile, options.causal, scale,
+                      options.threads, options.workspace ? *options.workspace : local, out, options.profile);
   detail::require_no_overflow(out, fn);
 }
 

@@ -162,8 +162,13 @@ public:
   /// Rows converted to double and accumulated per kernel call.
   static constexpr index_t block_rows = 256;
 
-  calibrator(index_t layers, index_t query_heads, index_t kv_heads, index_t d, calibrator_options options = {})
-      : layers_(layers), query_heads_(query_heads), kv_heads_(kv_heads), d_(d), ld_(detail::gram_ld(d)),
+  calibrator(index_t layers, index_t query_heads, index_t kv_heads, index_t d,
+             calibrator_options options = {})
+      : layers_(layers),
+        query_heads_(query_heads),
+        kv_heads_(kv_heads),
+        d_(d),
+        ld_(detail::gram_ld(d)),
         options_(std::move(options)) {
     constexpr const char* fn = "aqua::calibrator";
     AQUA_CHECK(layers >= 1, fn, ": layers must be at least 1, got ", layers);
@@ -191,7 +196,9 @@ public:
   /// head h / group_size(). Shapes are checked in any case; returns false (and reads no element)
   /// when the source excludes queries.
   bool add_queries(index_t layer, tensor3_view<const float> q) { return add3(layer, q, true, "add_queries"); }
-  bool add_queries(index_t layer, tensor3_view<const double> q) { return add3(layer, q, true, "add_queries"); }
+  bool add_queries(index_t layer, tensor3_view<const double> q) {
+    return add3(layer, q, true, "add_queries");
+  }
   /// Queries of one query head: q [rows, d].
   bool add_queries(index_t layer, index_t query_head, matrix_view<const float> q) {
     return add2(layer, query_head, q, true, "add_queries");
@@ -237,8 +244,8 @@ public:
     {
       std::lock_guard<std::mutex> guard(h.lock);
       count = h.count;
-      AQUA_CHECK(count > 0, fn, ": layer ", layer, " KV head ", kv_head,
-                 " has received no vectors (source ", to_string(options_.source), ")");
+      AQUA_CHECK(count > 0, fn, ": layer ", layer, " KV head ", kv_head, " has received no vectors (source ",
+                 to_string(options_.source), ")");
       g = full_gram(h);
       if (options_.center) sum = Eigen::Map<const Eigen::VectorXd>(h.sum.data(), d_);
     }
@@ -290,11 +297,11 @@ public:
   void merge(const calibrator& other) {
     constexpr const char* fn = "aqua::calibrator::merge";
     AQUA_CHECK(&other != this, fn, ": cannot merge a calibrator into itself");
-    AQUA_CHECK(other.layers_ == layers_ && other.query_heads_ == query_heads_ && other.kv_heads_ == kv_heads_ &&
-                   other.d_ == d_,
+    AQUA_CHECK(other.layers_ == layers_ && other.query_heads_ == query_heads_ &&
+                   other.kv_heads_ == kv_heads_ && other.d_ == d_,
                fn, ": shapes differ (layers ", layers_, " vs ", other.layers_, ", query heads ", query_heads_,
-               " vs ", other.query_heads_, ", KV heads ", kv_heads_, " vs ", other.kv_heads_, ", d ", d_, " vs ",
-               other.d_, ")");
+               " vs ", other.query_heads_, ", KV heads ", kv_heads_, " vs ", other.kv_heads_, ", d ", d_,
+               " vs ", other.d_, ")");
     AQUA_CHECK(other.options_.source == options_.source && other.options_.center == options_.center, fn,
                ": source/centering differ (", to_string(options_.source), "/", options_.center, " vs ",
                to_string(other.options_.source), "/", other.options_.center, ")");
@@ -346,7 +353,8 @@ private:
 
   head_projection decompose(const Eigen::MatrixXd& g) const {
     Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> solver(g, Eigen::ComputeEigenvectors);
-    AQUA_CHECK(solver.info() == Eigen::Success, "aqua::calibrator::finalize: the eigendecomposition did not converge");
+    AQUA_CHECK(solver.info() == Eigen::Success,
+               "aqua::calibrator::finalize: the eigendecomposition did not converge");
     // Eigen returns ascending eigenvalues; projected dimension 0 is the largest.
     Eigen::MatrixXd v = solver.eigenvectors().rowwise().reverse();
     Eigen::VectorXd s = solver.eigenvalues().reverse();
@@ -372,8 +380,7 @@ private:
     detail::require_finite_rows(x, fn.c_str(), queries ? "q" : "k");
     const index_t rows = x.extent(1);
     if (rows == 0) return true;
-    for (index_t h = 0; h < heads; ++h)
-      accumulate(layer, queries ? h / group_ : h, x[h]);
+    for (index_t h = 0; h < heads; ++h) accumulate(layer, queries ? h / group_ : h, x[h]);
     report(layer, -1, static_cast<std::uint64_t>(heads * rows));
     return true;
   }
@@ -383,8 +390,8 @@ private:
     const std::string fn = std::string("aqua::calibrator::") + name;
     const index_t heads = queries ? query_heads_ : kv_heads_;
     AQUA_CHECK(layer >= 0 && layer < layers_, fn, ": layer ", layer, " is outside [0, ", layers_, ")");
-    AQUA_CHECK(head >= 0 && head < heads, fn, ": ", queries ? "query head " : "KV head ", head, " is outside [0, ",
-               heads, ")");
+    AQUA_CHECK(head >= 0 && head < heads, fn, ": ", queries ? "query head " : "KV head ", head,
+               " is outside [0, ", heads, ")");
     detail::require_data(x, fn.c_str(), queries ? "q" : "k");
     detail::require_extent(x, 1, d_, fn.c_str(), queries ? "q" : "k", "row length (the calibrator's d)");
     if (!(queries ? accepts_queries() : accepts_keys())) return false;
@@ -402,7 +409,8 @@ private:
     const index_t rows = x.extent(0);
     const index_t block = std::min(rows, block_rows);
     std::vector<double>& scratch = detail::calibration_scratch();
-    if (scratch.size() < static_cast<std::size_t>(block * ld_)) scratch.resize(static_cast<std::size_t>(block * ld_));
+    if (scratch.size() < static_cast<std::size_t>(block * ld_))
+      scratch.resize(static_cast<std::size_t>(block * ld_));
     const index_t rs = x.stride(0), cs = x.stride(1);
     std::lock_guard<std::mutex> guard(h.lock);
     double* AQUA_RESTRICT sum = h.sum.data();
@@ -531,7 +539,8 @@ inline std::vector<index_t> sample_rows(index_t rows, index_t take) {
 inline Eigen::MatrixXd gather_rows(const matrix_view<const float>& x, const std::vector<index_t>& rows) {
   Eigen::MatrixXd out(static_cast<index_t>(rows.size()), x.extent(1));
   for (std::size_t r = 0; r < rows.size(); ++r)
-    for (index_t c = 0; c < x.extent(1); ++c) out(static_cast<index_t>(r), c) = static_cast<double>(x(rows[r], c));
+    for (index_t c = 0; c < x.extent(1); ++c)
+      out(static_cast<index_t>(r), c) = static_cast<double>(x(rows[r], c));
   return out;
 }
 
@@ -556,7 +565,8 @@ public:
   /// scored against the keys of their KV head). May be called several times per layer.
   void add_layer(index_t layer, tensor3_view<const float> q, tensor3_view<const float> k) {
     constexpr const char* fn = "aqua::retention_evaluator::add_layer";
-    AQUA_CHECK(layer >= 0 && layer < set_.layers(), fn, ": layer ", layer, " is outside [0, ", set_.layers(), ")");
+    AQUA_CHECK(layer >= 0 && layer < set_.layers(), fn, ": layer ", layer, " is outside [0, ", set_.layers(),
+               ")");
     detail::require_data(q, fn, "q");
     detail::require_data(k, fn, "k");
     const index_t d = set_.d(), hq = set_.query_heads(), hkv = set_.kv_heads();
@@ -580,7 +590,8 @@ public:
         const Eigen::MatrixXd kx = detail::gather_rows(k[kv], krows);
         const Eigen::MatrixXd qp = qx * p;
         // Projected keys transposed: row i = projected dim i of every key, contiguous.
-        const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> kpt = (kx * p).transpose();
+        const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> kpt =
+            (kx * p).transpose();
         const Eigen::MatrixXd exact = qx * kx.transpose();  // from the unprojected vectors
         score_head(qp, kpt, exact, order, e, part[static_cast<std::size_t>(h)]);
         part[static_cast<std::size_t>(h)].keys += static_cast<std::uint64_t>(krows.size());
@@ -594,15 +605,16 @@ public:
   /// Figures of one query head.
   retention_curve query_head(index_t layer, index_t query_head) const {
     check_layer(layer, "aqua::retention_evaluator::query_head");
-    AQUA_CHECK(query_head >= 0 && query_head < set_.query_heads(), "aqua::retention_evaluator::query_head: query head ",
-               query_head, " is outside [0, ", set_.query_heads(), ")");
+    AQUA_CHECK(query_head >= 0 && query_head < set_.query_heads(),
+               "aqua::retention_evaluator::query_head: query head ", query_head, " is outside [0, ",
+               set_.query_heads(), ")");
     return sums_[static_cast<std::size_t>(layer * set_.query_heads() + query_head)].curve();
   }
   /// Figures of one KV head: the queries of its group pooled.
   retention_curve head(index_t layer, index_t kv_head) const {
     check_layer(layer, "aqua::retention_evaluator::head");
-    AQUA_CHECK(kv_head >= 0 && kv_head < set_.kv_heads(), "aqua::retention_evaluator::head: KV head ", kv_head,
-               " is outside [0, ", set_.kv_heads(), ")");
+    AQUA_CHECK(kv_head >= 0 && kv_head < set_.kv_heads(), "aqua::retention_evaluator::head: KV head ",
+               kv_head, " is outside [0, ", set_.kv_heads(), ")");
     detail::retention_sums s;
     s.init(set_.d());
     for (index_t g = 0; g < set_.group_size(); ++g)
@@ -633,7 +645,8 @@ public:
 
 private:
   void check_layer(index_t layer, const char* fn) const {
-    AQUA_CHECK(layer >= 0 && layer < set_.layers(), fn, ": layer ", layer, " is outside [0, ", set_.layers(), ")");
+    AQUA_CHECK(layer >= 0 && layer < set_.layers(), fn, ": layer ", layer, " is outside [0, ", set_.layers(),
+               ")");
   }
 
   static void score_head(const Eigen::MatrixXd& qp,

@@ -75,21 +75,19 @@ std::string concat(Args&&... args) {
 #define AQUA_THROW(...) ::aqua::detail::raise(::aqua::detail::concat(__VA_ARGS__))
 
 /// Validates a precondition at an API boundary; the message arguments are only evaluated on failure.
-#define AQUA_CHECK(condition, ...)   \
-  do {                               \
-    if (AQUA_UNLIKELY(!(condition))) \
-      AQUA_THROW(__VA_ARGS__);       \
+#define AQUA_CHECK(condition, ...)                            \
+  do {                                                        \
+    if (AQUA_UNLIKELY(!(condition))) AQUA_THROW(__VA_ARGS__); \
   } while (0)
 
 /// Internal invariant: compiled out with NDEBUG unless AQUA_ENABLE_ASSERTS is defined.
 #if !defined(NDEBUG) || defined(AQUA_ENABLE_ASSERTS)
-#define AQUA_ASSERT(condition)                                                                  \
-  do {                                                                                          \
-    if (AQUA_UNLIKELY(!(condition))) {                                                          \
-      std::fprintf(stderr, "%s:%d: aqua internal assertion failed: %s\n", __FILE__, __LINE__, \
-                   #condition);                                                                 \
-      std::abort();                                                                             \
-    }                                                                                           \
+#define AQUA_ASSERT(condition)                                                                             \
+  do {                                                                                                     \
+    if (AQUA_UNLIKELY(!(condition))) {                                                                     \
+      std::fprintf(stderr, "%s:%d: aqua internal assertion failed: %s\n", __FILE__, __LINE__, #condition); \
+      std::abort();                                                                                        \
+    }                                                                                                      \
   } while (0)
 #else
 #define AQUA_ASSERT(condition) ((void)0)

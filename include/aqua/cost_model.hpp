@@ -90,17 +90,17 @@ inline constexpr double break_even_search_limit = 1099511627776.0;  // 2^40
 /// One attention configuration. Defaults: MHA with one head, d = 128, k = d (exact), no truncation,
 /// fp32 cache and projection, T = 32, key projection amortised, selection free, values counted.
 struct cost_config {
-  std::int64_t d = 128;   ///< head dimension
-  std::int64_t k = 128;   ///< kept (selected) projected dims per query, 1..r
-  std::int64_t r = 0;     ///< stored projected key dims (truncation); 0 means d
-  std::int64_t hq = 1;    ///< query heads
-  std::int64_t hkv = 1;   ///< KV heads; hq must be a multiple of hkv
+  std::int64_t d = 128;                   ///< head dimension
+  std::int64_t k = 128;                   ///< kept (selected) projected dims per query, 1..r
+  std::int64_t r = 0;                     ///< stored projected key dims (truncation); 0 means d
+  std::int64_t hq = 1;                    ///< query heads
+  std::int64_t hkv = 1;                   ///< KV heads; hq must be a multiple of hkv
   std::int64_t tile = default_tile_dims;  ///< T: projected dims per key tile (reads are whole tiles)
   double elem_bytes = 4.0;                ///< bytes per cached key/value element
   double projection_elem_bytes = 4.0;     ///< bytes per element of P (0: P assumed cache-resident)
   key_projection_cost key_projection = key_projection_cost::amortised;
   selection_sharing sharing = selection_sharing::per_head;
-  double union_spread = union_spread_disjoint;       ///< in [0, 1], per_head selection only
+  double union_spread = union_spread_disjoint;            ///< in [0, 1], per_head selection only
   double selection_flops_per_dim = selection_flops_free;  ///< s: selection FLOPs per dim per query head
   std::int64_t token_budget = 0;  ///< H2O budget B (tokens kept per sequence); 0 means no eviction
   bool include_values = true;     ///< count the value aggregation (2 N d FLOPs per head; same for both)
@@ -130,7 +130,9 @@ struct kv_cache_footprint {
 
 namespace detail {
 
-constexpr double cost_min(double a, double b) { return a < b ? a : b; }
+constexpr double cost_min(double a, double b) {
+  return a < b ? a : b;
+}
 
 /// ceil for the non-negative, modest values the model uses (constexpr, unlike std::ceil).
 constexpr double cost_ceil(double x) {
@@ -138,7 +140,9 @@ constexpr double cost_ceil(double x) {
   return truncated < x ? truncated + 1 : truncated;
 }
 
-constexpr bool cost_finite_nonnegative(double x) { return x >= 0 && x <= 1.7976931348623157e308; }
+constexpr bool cost_finite_nonnegative(double x) {
+  return x >= 0 && x <= 1.7976931348623157e308;
+}
 
 /// Validates every field; `fn` names the public entry point in the message.
 constexpr void check_cost_config(const cost_config& c, const char* fn) {
@@ -172,31 +176,37 @@ constexpr void check_length(double n, const char* fn, const char* name) {
   AQUA_CHECK(cost_finite_nonnegative(n), fn, ": ", name, " = ", n, " must be non-negative and finite");
 }
 
-constexpr double stored_dims(const cost_config& c) { return static_cast<double>(c.r == 0 ? c.d : c.r); }
+constexpr double stored_dims(const cost_config& c) {
+  return static_cast<double>(c.r == 0 ? c.d : c.r);
+}
 
 constexpr double effective_tokens(const cost_config& c, double n) {
   return c.token_budget > 0 ? cost_min(n, static_cast<double>(c.token_budget)) : n;
 }
 
 /// FLOPs of projecting one vector onto the stored dims: 2 d r (P is d x r under truncation).
-constexpr double projection_flops_per_vector(const cost_config& c) { return 2.0 * double(c.d) * stored_dims(c); }
+constexpr double projection_flops_per_vector(const cost_config& c) {
+  return 2.0 * double(c.d) * stored_dims(c);
+}
 
 /// Key-projection FLOPs per step (decode) or per new token (prefill), over the layer.
 constexpr double key_projection_flops(const cost_config& c) {
   const double dd = projection_flops_per_vector(c);
   switch (c.key_projection) {
-    case key_projection_cost::per_query: return double(c.hq) * dd;
-    case key_projection_cost::per_new_key: return double(c.hkv) * dd;
-    case key_projection_cost::amortised: break;
+    case key_projection_cost::per_query:
+      return double(c.hq) * dd;
+    case key_projection_cost::per_new_key:
+      return double(c.hkv) * dd;
+    case key_projection_cost::amortised:
+      break;
   }
   return 0.0;
 }
 
 constexpr double key_dims_read_unchecked(const cost_config& c) {
   const double stored = stored_dims(c), k = double(c.k), g = double(c.hq / c.hkv);
-  const double selected = c.sharing == selection_sharing::group_shared
-                              ? k
-                              : k + c.union_spread * (cost_min(stored, g * k) - k);
+  const double selected =
+      c.sharing == selection_sharing::group_shared ? k : k + c.union_spread * (cost_min(stored, g * k) - k);
   const double tile = double(c.tile);
   return cost_min(stored, cost_ceil(selected / tile) * tile);
 }
@@ -367,9 +377,12 @@ constexpr std::optional<double> break_even_flops_closed_form(std::int64_t d, std
   if (k == d) return std::nullopt;
   const double base = double(d) * double(stored) / double(d - k);
   switch (key_projection) {
-    case key_projection_cost::per_query: return 2.0 * base;
-    case key_projection_cost::per_new_key: return (1.0 + 1.0 / double(group)) * base;
-    case key_projection_cost::amortised: break;
+    case key_projection_cost::per_query:
+      return 2.0 * base;
+    case key_projection_cost::per_new_key:
+      return (1.0 + 1.0 / double(group)) * base;
+    case key_projection_cost::amortised:
+      break;
   }
   return base;
 }

@@ -65,8 +65,8 @@ public:
     constexpr const char* fn = "aqua::h2o_policy";
     AQUA_CHECK(kv_heads >= 1, fn, ": kv_heads must be at least 1, got ", kv_heads);
     AQUA_CHECK(options.budget >= 1, fn, ": budget B must be at least 1, got ", options.budget);
-    AQUA_CHECK(options.recent >= 0 && options.recent <= options.budget, fn, ": recent window W = ", options.recent,
-               " must lie in [0, B = ", options.budget, "]");
+    AQUA_CHECK(options.recent >= 0 && options.recent <= options.budget, fn,
+               ": recent window W = ", options.recent, " must lie in [0, B = ", options.budget, "]");
     AQUA_CHECK(options.slack >= 0, fn, ": slack must be >= 0, got ", options.slack);
     scores_.resize(static_cast<std::size_t>(hkv_));
   }
@@ -90,22 +90,23 @@ public:
   void accumulate(matrix_view<const float> token_probs) {
     constexpr const char* fn = "aqua::h2o_policy::accumulate";
     detail::require_data(token_probs, fn, "token_probs");
-    AQUA_CHECK(token_probs.extent(0) == hkv_, fn, ": token_probs has shape ", detail::shape_string(token_probs),
-               " but the policy has Hkv = ", hkv_, " KV heads");
+    AQUA_CHECK(token_probs.extent(0) == hkv_, fn, ": token_probs has shape ",
+               detail::shape_string(token_probs), " but the policy has Hkv = ", hkv_, " KV heads");
     const index_t n = token_probs.extent(1);
     AQUA_CHECK(n >= tokens(), fn, ": token_probs covers ", n, " tokens but the policy tracks ", tokens(),
                "; was the cache compacted behind the policy's back?");
     for (index_t h = 0; h < hkv_; ++h) {
       auto& s = scores_[static_cast<std::size_t>(h)];
       s.resize(static_cast<std::size_t>(n), 0.0);
-      for (index_t j = 0; j < n; ++j) s[static_cast<std::size_t>(j)] += static_cast<double>(token_probs(h, j));
+      for (index_t j = 0; j < n; ++j)
+        s[static_cast<std::size_t>(j)] += static_cast<double>(token_probs(h, j));
     }
   }
 
   /// One AQUA decode step that also feeds the policy: aqua_decode(q, cache, select, out, options)
   /// with its token probabilities written to the policy's buffer and accumulated.
-  void decode(matrix_view<const float> q, const kv_cache& cache, const selection_spec& select, matrix_view<float> out,
-              const aqua_options& options = {}) {
+  void decode(matrix_view<const float> q, const kv_cache& cache, const selection_spec& select,
+              matrix_view<float> out, const aqua_options& options = {}) {
     AQUA_CHECK(cache.kv_heads() == hkv_, "aqua::h2o_policy::decode: the cache has ", cache.kv_heads(),
                " KV heads but the policy has ", hkv_);
     probs_.resize(static_cast<std::size_t>(hkv_ * cache.size()));
@@ -133,8 +134,8 @@ public:
   /// head. Returns the tokens evicted per head (0 when not due).
   index_t evict(kv_cache& cache) {
     constexpr const char* fn = "aqua::h2o_policy::evict";
-    AQUA_CHECK(cache.kv_heads() == hkv_, fn, ": the cache has ", cache.kv_heads(), " KV heads but the policy has ",
-               hkv_);
+    AQUA_CHECK(cache.kv_heads() == hkv_, fn, ": the cache has ", cache.kv_heads(),
+               " KV heads but the policy has ", hkv_);
     const index_t n = cache.size();
     AQUA_CHECK(n >= tokens(), fn, ": the cache holds ", n, " tokens but the policy tracks ", tokens(),
                "; was the cache compacted behind the policy's back?");
@@ -147,7 +148,8 @@ public:
       std::copy(row.begin(), row.end(), keep_.begin() + h * b);
       auto& s = scores_[static_cast<std::size_t>(h)];
       s.resize(static_cast<std::size_t>(n), 0.0);
-      for (index_t i = 0; i < b; ++i) s[static_cast<std::size_t>(i)] = s[static_cast<std::size_t>(row[std::size_t(i)])];
+      for (index_t i = 0; i < b; ++i)
+        s[static_cast<std::size_t>(i)] = s[static_cast<std::size_t>(row[std::size_t(i)])];
       s.resize(static_cast<std::size_t>(b));
     }
     cache.retain_per_head(make_view(static_cast<const index_t*>(keep_.data()), hkv_, b));

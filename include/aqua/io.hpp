@@ -25,14 +25,14 @@
 
 #include <array>
 #include <cmath>
-#include <cstring>
-#include <limits>
-#include <set>
-#include <type_traits>
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
+#include <limits>
 #include <map>
+#include <set>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -95,8 +95,9 @@ inline std::string concat_shape(const std::vector<std::uint64_t>& shape) {
   return s + "]";
 }
 
-inline std::uint64_t parse_metadata_uint(const std::map<std::string, std::string>& meta, const std::string& key,
-                                         const std::string& where, std::uint64_t max_value) {
+inline std::uint64_t parse_metadata_uint(const std::map<std::string, std::string>& meta,
+                                         const std::string& key, const std::string& where,
+                                         std::uint64_t max_value) {
   const auto it = meta.find(key);
   AQUA_CHECK(it != meta.end(), where, ": metadata key \"", key, "\" is missing");
   const std::string& s = it->second;
@@ -123,14 +124,14 @@ inline projection_set load_projection_set(byte_source& in) {
                "\" is missing (is this a projection file written by aqua?)");
     return it->second;
   };
-  AQUA_CHECK(get("aqua.format") == "projection_set", where, ": metadata aqua.format is \"", get("aqua.format"),
-             "\", expected \"projection_set\"");
+  AQUA_CHECK(get("aqua.format") == "projection_set", where, ": metadata aqua.format is \"",
+             get("aqua.format"), "\", expected \"projection_set\"");
   AQUA_CHECK(get("aqua.format_version") == std::to_string(projection_format_version), where,
              ": unsupported format version \"", get("aqua.format_version"), "\" (this library reads version ",
              projection_format_version, ")");
-  static const char* const known[] = {"aqua.format", "aqua.format_version", "aqua.layers", "aqua.kv_heads",
-                                      "aqua.d", "aqua.group_size", "aqua.source", "aqua.centered",
-                                      "aqua.vectors_seen"};
+  static const char* const known[] = {
+      "aqua.format",     "aqua.format_version", "aqua.layers",   "aqua.kv_heads",    "aqua.d",
+      "aqua.group_size", "aqua.source",         "aqua.centered", "aqua.vectors_seen"};
   for (const auto& kv : meta) {
     if (kv.first.compare(0, 5, "aqua.") != 0) continue;
     bool ok = false;
@@ -138,23 +139,26 @@ inline projection_set load_projection_set(byte_source& in) {
     AQUA_CHECK(ok, where, ": unknown reserved metadata key \"", kv.first, "\"");
   }
   const auto layers = static_cast<index_t>(detail::parse_metadata_uint(meta, "aqua.layers", where, 1u << 20));
-  const auto kv_heads = static_cast<index_t>(detail::parse_metadata_uint(meta, "aqua.kv_heads", where, 1u << 20));
+  const auto kv_heads =
+      static_cast<index_t>(detail::parse_metadata_uint(meta, "aqua.kv_heads", where, 1u << 20));
   const auto d = static_cast<index_t>(detail::parse_metadata_uint(meta, "aqua.d", where, 1u << 16));
-  const auto group = static_cast<index_t>(detail::parse_metadata_uint(meta, "aqua.group_size", where, 1u << 20));
+  const auto group =
+      static_cast<index_t>(detail::parse_metadata_uint(meta, "aqua.group_size", where, 1u << 20));
   const std::uint64_t seen = detail::parse_metadata_uint(meta, "aqua.vectors_seen", where, ~std::uint64_t{0});
   AQUA_CHECK(layers >= 1 && kv_heads >= 1 && d >= 1 && group >= 1, where,
-             ": layers, kv_heads, d and group_size must be positive (got ", layers, ", ", kv_heads, ", ", d, ", ",
-             group, ")");
+             ": layers, kv_heads, d and group_size must be positive (got ", layers, ", ", kv_heads, ", ", d,
+             ", ", group, ")");
   const std::string& src = get("aqua.source");
-  AQUA_CHECK(src == "queries" || src == "keys" || src == "queries_and_keys", where, ": metadata aqua.source is \"",
-             src, "\", expected queries, keys or queries_and_keys");
+  AQUA_CHECK(src == "queries" || src == "keys" || src == "queries_and_keys", where,
+             ": metadata aqua.source is \"", src, "\", expected queries, keys or queries_and_keys");
   const calibration_source source = parse_calibration_source(src);
   const std::string& centered = get("aqua.centered");
   AQUA_CHECK(centered == "true" || centered == "false", where, ": metadata aqua.centered is \"", centered,
              "\", expected true or false");
 
   // The tensor count is bounded by the file, so check it before trusting layers x kv_heads.
-  const std::uint64_t expected = 2 * static_cast<std::uint64_t>(layers) * static_cast<std::uint64_t>(kv_heads);
+  const std::uint64_t expected =
+      2 * static_cast<std::uint64_t>(layers) * static_cast<std::uint64_t>(kv_heads);
   if (file.tensors.size() != expected) {
     // Name the first missing tensor; the loop ends early because the file holds few tensors.
     for (index_t l = 0; l < layers; ++l)
@@ -191,8 +195,8 @@ inline projection_set load_projection_set(byte_source& in) {
                  "\" has shape ", detail::concat_shape(b->second.shape), ", expected [", d, ", ", d, "]");
       AQUA_CHECK(s->second.dtype == "F64", where, ": tensor \"", sname, "\" has dtype ", s->second.dtype,
                  ", expected F64");
-      AQUA_CHECK(s->second.shape == std::vector<std::uint64_t>({du}), where, ": tensor \"", sname, "\" has shape ",
-                 detail::concat_shape(s->second.shape), ", expected [", d, "]");
+      AQUA_CHECK(s->second.shape == std::vector<std::uint64_t>({du}), where, ": tensor \"", sname,
+                 "\" has shape ", detail::concat_shape(s->second.shape), ", expected [", d, "]");
       row_matrix<float> basis(d, d);
       std::memcpy(basis.data(), file.data.data() + b->second.begin, static_cast<std::size_t>(du * du * 4));
       detail::to_host_order(basis.data(), du * du, 4, true);
@@ -205,10 +209,10 @@ inline projection_set load_projection_set(byte_source& in) {
                  "\" is not orthogonal: max |P^T P - I| = ", err, " exceeds ",
                  head_projection::orthogonality_tolerance);
       for (index_t j = 0; j < d; ++j) {
-        AQUA_CHECK(std::isfinite(sv[j]) && sv[j] >= 0, where, ": tensor \"", sname, "\" entry ", j, " is ", sv[j],
-                   "; singular values must be finite and non-negative");
-        AQUA_CHECK(j == 0 || sv[j] <= sv[j - 1], where, ": tensor \"", sname, "\" increases at entry ", j, " (",
-                   sv[j - 1], " then ", sv[j], "); singular values must not increase");
+        AQUA_CHECK(std::isfinite(sv[j]) && sv[j] >= 0, where, ": tensor \"", sname, "\" entry ", j, " is ",
+                   sv[j], "; singular values must be finite and non-negative");
+        AQUA_CHECK(j == 0 || sv[j] <= sv[j - 1], where, ": tensor \"", sname, "\" increases at entry ", j,
+                   " (", sv[j - 1], " then ", sv[j], "); singular values must not increase");
       }
       set.set_head(l, h, detail::make_head_projection_unchecked(std::move(basis), std::move(sv)));
     }
@@ -244,7 +248,8 @@ enum class npy_dtype { float32, float64 };
 class npy_array {
 public:
   npy_array() = default;
-  npy_array(std::vector<index_t> shape, std::vector<float> data) : shape_(std::move(shape)), f32_(std::move(data)) {
+  npy_array(std::vector<index_t> shape, std::vector<float> data)
+      : shape_(std::move(shape)), f32_(std::move(data)) {
     check_size("aqua::npy_array", f32_.size());
   }
   npy_array(std::vector<index_t> shape, std::vector<double> data)
@@ -268,7 +273,8 @@ public:
 
   /// The elements; throws unless the dtype matches.
   const std::vector<float>& float_data() const {
-    AQUA_CHECK(dtype_ == npy_dtype::float32, "aqua::npy_array::float_data: the array holds float64 (use to_float)");
+    AQUA_CHECK(dtype_ == npy_dtype::float32,
+               "aqua::npy_array::float_data: the array holds float64 (use to_float)");
     return f32_;
   }
   const std::vector<double>& double_data() const {
@@ -314,8 +320,8 @@ private:
   }
   template <int Rank, class T>
   tensor_view<const T, Rank> view_impl(const T* data, const char* what) const {
-    AQUA_CHECK(rank() == Rank, "aqua::npy_array::", what, ": the array has shape ", shape_string(), " (rank ", rank(),
-               ") but a rank-", Rank, " view was asked for");
+    AQUA_CHECK(rank() == Rank, "aqua::npy_array::", what, ": the array has shape ", shape_string(), " (rank ",
+               rank(), ") but a rank-", Rank, " view was asked for");
     std::array<index_t, Rank> e{};
     for (int i = 0; i < Rank; ++i) e[static_cast<std::size_t>(i)] = shape_[static_cast<std::size_t>(i)];
     return tensor_view<const T, Rank>(data, e);
@@ -403,7 +409,8 @@ inline npy_array read_npy_float(const void* data, std::size_t size) {
 namespace detail {
 
 template <class T>
-void save_npy_impl(const std::string& path, const T* data, const std::vector<index_t>& shape, const char* fn) {
+void save_npy_impl(const std::string& path, const T* data, const std::vector<index_t>& shape,
+                   const char* fn) {
   std::vector<std::uint64_t> ushape;
   std::uint64_t count = 1, bytes;
   for (index_t e : shape) {

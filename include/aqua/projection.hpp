@@ -36,9 +36,12 @@ enum class calibration_source {
 
 inline const char* to_string(calibration_source s) noexcept {
   switch (s) {
-    case calibration_source::queries: return "queries";
-    case calibration_source::keys: return "keys";
-    case calibration_source::queries_and_keys: return "queries_and_keys";
+    case calibration_source::queries:
+      return "queries";
+    case calibration_source::keys:
+      return "keys";
+    case calibration_source::queries_and_keys:
+      return "queries_and_keys";
   }
   return "unknown";
 }
@@ -115,8 +118,8 @@ public:
   head_projection(row_matrix<float> basis, Eigen::VectorXd singular_values)
       : basis_(std::move(basis)), singular_values_(std::move(singular_values)) {
     constexpr const char* fn = "aqua::head_projection";
-    AQUA_CHECK(basis_.rows() >= 1 && basis_.rows() == basis_.cols(), fn, ": basis is ", basis_.rows(),
-               " x ", basis_.cols(), "; it must be square with d >= 1");
+    AQUA_CHECK(basis_.rows() >= 1 && basis_.rows() == basis_.cols(), fn, ": basis is ", basis_.rows(), " x ",
+               basis_.cols(), "; it must be square with d >= 1");
     AQUA_CHECK(singular_values_.size() == basis_.rows(), fn, ": ", singular_values_.size(),
                " singular values for a basis of dimension ", basis_.rows());
     AQUA_CHECK(basis_.allFinite(), fn, ": basis holds a non-finite value");
@@ -124,8 +127,9 @@ public:
       const double s = singular_values_[j];
       AQUA_CHECK(std::isfinite(s) && s >= 0, fn, ": singular value ", j, " is ", s,
                  "; singular values must be finite and non-negative");
-      AQUA_CHECK(j == 0 || s <= singular_values_[j - 1], fn, ": singular values must not increase, but value ",
-                 j, " (", s, ") exceeds value ", j - 1, " (", singular_values_[j - 1], ")");
+      AQUA_CHECK(j == 0 || s <= singular_values_[j - 1], fn,
+                 ": singular values must not increase, but value ", j, " (", s, ") exceeds value ", j - 1,
+                 " (", singular_values_[j - 1], ")");
     }
     const double err = detail::orthogonality_error(basis_);
     AQUA_CHECK(err <= orthogonality_tolerance, fn, ": basis is not orthogonal: max |P^T P - I| = ", err,
@@ -135,7 +139,8 @@ public:
   /// The identity projection (projected dimension j is input dimension j), singular values 1.
   static head_projection identity(index_t d) {
     AQUA_CHECK(d >= 1, "aqua::head_projection::identity: d must be at least 1, got ", d);
-    return detail::make_head_projection_unchecked(row_matrix<float>::Identity(d, d), Eigen::VectorXd::Ones(d));
+    return detail::make_head_projection_unchecked(row_matrix<float>::Identity(d, d),
+                                                  Eigen::VectorXd::Ones(d));
   }
 
   /// A random orthogonal basis (the Q factor of a seeded Gaussian matrix, with the signs that make
@@ -180,7 +185,8 @@ public:
     check_vector(x, "x", fn);
     check_vector(out, "out", fn);
     using stride = Eigen::InnerStride<Eigen::Dynamic>;
-    Eigen::Map<Eigen::RowVectorXf, Eigen::Unaligned, stride>(out.data(), d(), stride(out.stride(0))).noalias() =
+    Eigen::Map<Eigen::RowVectorXf, Eigen::Unaligned, stride>(out.data(), d(), stride(out.stride(0)))
+        .noalias() =
         Eigen::Map<const Eigen::RowVectorXf, Eigen::Unaligned, stride>(x.data(), d(), stride(x.stride(0))) *
         basis_;
   }
@@ -230,7 +236,8 @@ private:
 };
 
 namespace detail {
-inline head_projection make_head_projection_unchecked(row_matrix<float> basis, Eigen::VectorXd singular_values) {
+inline head_projection make_head_projection_unchecked(row_matrix<float> basis,
+                                                      Eigen::VectorXd singular_values) {
   AQUA_ASSERT(basis.rows() == basis.cols() && singular_values.size() == basis.rows());
   return head_projection(std::move(basis), std::move(singular_values), head_projection::unchecked_tag{});
 }
@@ -295,7 +302,8 @@ public:
   void set_head(index_t layer, index_t kv_head, head_projection projection) {
     constexpr const char* fn = "aqua::projection_set::set_head";
     const std::size_t i = index_of(layer, kv_head, fn);
-    AQUA_CHECK(projection.d() == d_, fn, ": the projection has d = ", projection.d(), " but the set has d = ", d_);
+    AQUA_CHECK(projection.d() == d_, fn, ": the projection has d = ", projection.d(),
+               " but the set has d = ", d_);
     heads_[i] = std::move(projection);
   }
 

@@ -52,8 +52,8 @@ inline attention_quality aqua_decode_quality(matrix_view<const float> q, const k
   std::vector<float> probs(static_cast<std::size_t>(cache.kv_heads() * n));
   auto probs_view = make_view(probs.data(), cache.kv_heads(), n);
   // The probability hook makes each call keep its per-head logits in the workspace.
-  detail::decode_on_cache(q, cache, nullptr, selection_mode::group, make_view(exact.data(), hq, d), options.scale,
-                          options.threads, &ws_exact, nullptr, probs_view, fn);
+  detail::decode_on_cache(q, cache, nullptr, selection_mode::group, make_view(exact.data(), hq, d),
+                          options.scale, options.threads, &ws_exact, nullptr, probs_view, fn);
   detail::decode_on_cache(q, cache, &select, options.mode, make_view(approx.data(), hq, d), options.scale,
                           options.threads, &ws_approx, nullptr, probs_view, fn);
   attention_quality result;

@@ -28,8 +28,8 @@ namespace aqua {
 struct selection_spec {
   enum class kind { top_k, fraction, energy };
   kind type = kind::top_k;
-  index_t k = 0;        // top_k
-  double value = 0.0;   // fraction f or energy tau
+  index_t k = 0;       // top_k
+  double value = 0.0;  // fraction f or energy tau
 
   static selection_spec top_k(index_t k) { return {kind::top_k, k, 0.0}; }
   static selection_spec fraction(double f) { return {kind::fraction, 0, f}; }
@@ -59,10 +59,13 @@ inline void validate_selection(const selection_spec& spec, index_t n, const char
 /// The number of dimensions a fixed-size spec keeps out of n (energy specs: n, an upper bound).
 inline index_t selection_count(const selection_spec& spec, index_t n) {
   switch (spec.type) {
-    case selection_spec::kind::top_k: return std::min(spec.k, n);
+    case selection_spec::kind::top_k:
+      return std::min(spec.k, n);
     case selection_spec::kind::fraction:
-      return std::max<index_t>(1, std::min<index_t>(n, static_cast<index_t>(std::ceil(spec.value * double(n) - 1e-9))));
-    case selection_spec::kind::energy: return n;
+      return std::max<index_t>(
+          1, std::min<index_t>(n, static_cast<index_t>(std::ceil(spec.value * double(n) - 1e-9))));
+    case selection_spec::kind::energy:
+      return n;
   }
   return n;
 }
@@ -76,8 +79,10 @@ index_t select_ranked(const W* weight, const E* energy, index_t n, const selecti
   auto before = [weight](I a, I b) { return weight[a] > weight[b] || (weight[a] == weight[b] && a < b); };
   if (spec.type != selection_spec::kind::energy) {
     const index_t count = selection_count(spec, n);
-    if (count < n) std::partial_sort(idx, idx + count, idx + n, before);
-    else std::sort(idx, idx + n, before);
+    if (count < n)
+      std::partial_sort(idx, idx + count, idx + n, before);
+    else
+      std::sort(idx, idx + n, before);
     return count;
   }
   std::sort(idx, idx + n, before);
@@ -184,8 +189,8 @@ index_t select_count(vector_view<const detail::identity_t<T>> values, const sele
 /// is the rule of group-shared selection (summed magnitudes ranked, summed energies thresholded)
 /// and of weighted scores. weight and energy must have the same extent and be finite, energy >= 0.
 template <class T>
-index_t select_count(vector_view<const detail::identity_t<T>> weight, vector_view<const detail::identity_t<T>> energy,
-                     const selection_spec& spec) {
+index_t select_count(vector_view<const detail::identity_t<T>> weight,
+                     vector_view<const detail::identity_t<T>> energy, const selection_spec& spec) {
   constexpr const char* fn = "aqua::select_count";
   const index_t n = weight.extent(0);
   AQUA_CHECK(n >= 1, fn, ": weight is empty");

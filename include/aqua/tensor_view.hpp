@@ -51,8 +51,7 @@ public:
   }
 
   /// A view of mutable data converts to a view of const data, never the other way round.
-  template <class U, class = std::enable_if_t<std::is_same<const U, T>::value &&
-                                              !std::is_same<U, T>::value>>
+  template <class U, class = std::enable_if_t<std::is_same<const U, T>::value && !std::is_same<U, T>::value>>
   tensor_view(const tensor_view<U, Rank>& other) noexcept  // NOLINT(google-explicit-constructor)
       : data_(other.data()), extents_(other.extents()), strides_(other.strides()) {}
 
@@ -132,17 +131,17 @@ template <class Derived>
 auto view_of(Eigen::PlainObjectBase<Derived>& m) {
   using scalar = typename Derived::Scalar;
   const index_t inner = m.innerStride(), outer = m.outerStride();
-  return matrix_view<scalar>(m.data(), {m.rows(), m.cols()},
-                             Derived::IsRowMajor ? std::array<index_t, 2>{outer, inner}
-                                                 : std::array<index_t, 2>{inner, outer});
+  return matrix_view<scalar>(
+      m.data(), {m.rows(), m.cols()},
+      Derived::IsRowMajor ? std::array<index_t, 2>{outer, inner} : std::array<index_t, 2>{inner, outer});
 }
 template <class Derived>
 auto view_of(const Eigen::PlainObjectBase<Derived>& m) {
   using scalar = const typename Derived::Scalar;
   const index_t inner = m.innerStride(), outer = m.outerStride();
-  return matrix_view<scalar>(m.data(), {m.rows(), m.cols()},
-                             Derived::IsRowMajor ? std::array<index_t, 2>{outer, inner}
-                                                 : std::array<index_t, 2>{inner, outer});
+  return matrix_view<scalar>(
+      m.data(), {m.rows(), m.cols()},
+      Derived::IsRowMajor ? std::array<index_t, 2>{outer, inner} : std::array<index_t, 2>{inner, outer});
 }
 /// Same for Eigen::Map and Blocks with direct access (const-ness follows the Eigen object).
 template <class Derived, int Level>
@@ -151,9 +150,9 @@ auto view_of(const Eigen::MapBase<Derived, Level>& m) {
                                     const typename Derived::Scalar>;
   const index_t inner = m.innerStride(), outer = m.outerStride();
   auto* data = const_cast<scalar*>(m.data());
-  return matrix_view<scalar>(data, {m.rows(), m.cols()},
-                             Derived::IsRowMajor ? std::array<index_t, 2>{outer, inner}
-                                                 : std::array<index_t, 2>{inner, outer});
+  return matrix_view<scalar>(
+      data, {m.rows(), m.cols()},
+      Derived::IsRowMajor ? std::array<index_t, 2>{outer, inner} : std::array<index_t, 2>{inner, outer});
 }
 
 /// A row-major dynamic matrix type and the Eigen::Map type that aliases a strided matrix view.

@@ -23,8 +23,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     sink = sink + ck.w1(L)[static_cast<std::size_t>(c.hidden_dim) * c.dim - 1];
     sink = sink + ck.w2(L)[static_cast<std::size_t>(c.hidden_dim) * c.dim - 1];
     sink = sink + ck.w3(L)[static_cast<std::size_t>(c.hidden_dim) * c.dim - 1];
-    sink = sink + ck.rms_final()[c.dim - 1] + ck.classifier()[static_cast<std::size_t>(c.vocab_size) * c.dim - 1];
-    if (!std::isfinite(sink)) { /* finite weights may still sum to inf: not an error */ }
+    sink = sink + ck.rms_final()[c.dim - 1] +
+           ck.classifier()[static_cast<std::size_t>(c.vocab_size) * c.dim - 1];
+    if (!std::isfinite(sink)) { /* finite weights may still sum to inf: not an error */
+    }
   } catch (const aqua::error&) {
   }
   return 0;

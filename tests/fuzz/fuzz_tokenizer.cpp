@@ -13,7 +13,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const llama2c::tokenizer t = llama2c::tokenizer::load(data + 1, size - 1, vocab_size);
     if (t.vocab_size() != vocab_size) std::abort();
     try {
-      const std::vector<int> ids = t.encode("Once upon a time, \xc3\xa9t\xc3\xa9 \xf0\x9f\x99\x82!", true, true);
+      const std::vector<int> ids =
+          t.encode("Once upon a time, \xc3\xa9t\xc3\xa9 \xf0\x9f\x99\x82!", true, true);
       for (int id : ids)
         if (id < 0 || id >= vocab_size) std::abort();
       (void)t.decode_all(ids);

@@ -62,7 +62,8 @@ inline std::uint64_t read_le_u64(const unsigned char* p) noexcept {
   return v;
 }
 inline std::uint32_t read_le_u32(const unsigned char* p) noexcept {
-  return std::uint32_t(p[0]) | (std::uint32_t(p[1]) << 8) | (std::uint32_t(p[2]) << 16) | (std::uint32_t(p[3]) << 24);
+  return std::uint32_t(p[0]) | (std::uint32_t(p[1]) << 8) | (std::uint32_t(p[2]) << 16) |
+         (std::uint32_t(p[3]) << 24);
 }
 inline std::uint16_t read_le_u16(const unsigned char* p) noexcept {
   return static_cast<std::uint16_t>(p[0] | (p[1] << 8));
@@ -92,13 +93,17 @@ public:
     AQUA_CHECK(in_.is_open(), fn_, ": cannot open ", name_);
     in_.seekg(0, std::ios::end);
     const std::streamoff end = in_.tellg();
-    AQUA_CHECK(in_.good() && end >= 0, fn_, ": cannot determine the size of ", name_, " (is it a regular file?)");
+    AQUA_CHECK(in_.good() && end >= 0, fn_, ": cannot determine the size of ", name_,
+               " (is it a regular file?)");
     size_ = static_cast<std::uint64_t>(end);
     in_.seekg(0, std::ios::beg);
   }
   /// `size` bytes at `data` (not copied; they must outlive the source). Messages call them `name`.
   byte_source(const void* data, std::uint64_t size, std::string name, const char* fn)
-      : name_(std::move(name)), fn_(fn), memory_(static_cast<const unsigned char*>(data)), in_memory_(true),
+      : name_(std::move(name)),
+        fn_(fn),
+        memory_(static_cast<const unsigned char*>(data)),
+        in_memory_(true),
         size_(size) {
     AQUA_CHECK(data != nullptr || size == 0, fn_, ": ", name_, ": data is null but size is ", size);
   }
@@ -113,8 +118,8 @@ public:
   void read(std::uint64_t offset, void* dst, std::uint64_t count, const char* what) {
     std::uint64_t end;
     AQUA_CHECK(checked_add(offset, count, end) && end <= size_, fn_, ": ", name_, " is truncated: ", what,
-               " needs bytes [", offset, ", ", offset + count, ") but the ", in_memory_ ? "data has " : "file has ",
-               size_, " bytes");
+               " needs bytes [", offset, ", ", offset + count, ") but the ",
+               in_memory_ ? "data has " : "file has ", size_, " bytes");
     if (count == 0) return;
     if (in_memory_) {
       std::memcpy(dst, memory_ + offset, static_cast<std::size_t>(count));
@@ -127,7 +132,8 @@ public:
       const std::uint64_t chunk = std::min<std::uint64_t>(left, std::uint64_t{1} << 30);
       in_.read(p, static_cast<std::streamsize>(chunk));
       AQUA_CHECK(static_cast<std::uint64_t>(in_.gcount()) == chunk, fn_, ": reading ", what, " from ", name_,
-                 " failed after ", count - left + static_cast<std::uint64_t>(in_.gcount()), " of ", count, " bytes");
+                 " failed after ", count - left + static_cast<std::uint64_t>(in_.gcount()), " of ", count,
+                 " bytes");
       p += chunk;
       left -= chunk;
     }

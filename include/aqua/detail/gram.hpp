@@ -27,12 +27,14 @@ namespace aqua {
 namespace detail {
 
 /// Row stride of the padded blocks and of C: d rounded up to a multiple of 8.
-inline index_t gram_ld(index_t d) noexcept { return (d + 7) / 8 * 8; }
+inline index_t gram_ld(index_t d) noexcept {
+  return (d + 7) / 8 * 8;
+}
 
 /// Portable kernel: Eigen's symmetric rank-k update of the lower triangle.
 inline void gram_update_portable(const double* a, index_t rows, index_t d, index_t ld, double* c) {
-  using map_t = Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>, Eigen::Unaligned,
-                           Eigen::OuterStride<>>;
+  using map_t = Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>,
+                           Eigen::Unaligned, Eigen::OuterStride<>>;
   using cmap_t = Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>,
                             Eigen::Unaligned, Eigen::OuterStride<>>;
   map_t cm(c, d, d, Eigen::OuterStride<>(ld));
@@ -100,8 +102,9 @@ __attribute__((target("avx2,fma"))) inline bool all_finite_avx2(const float* x, 
 
 /// Rows of float (unit column stride) widened to double into ld-strided rows, columns d..ld-1
 /// zeroed, and added to the column sums.
-__attribute__((target("avx2,fma"))) inline void widen_rows_avx2(const float* x, index_t rows, index_t d, index_t rs,
-                                                                index_t ld, double* dst, double* sum) {
+__attribute__((target("avx2,fma"))) inline void widen_rows_avx2(const float* x, index_t rows, index_t d,
+                                                                index_t rs, index_t ld, double* dst,
+                                                                double* sum) {
   for (index_t r = 0; r < rows; ++r) {
     const float* src = x + r * rs;
     double* out = dst + r * ld;
@@ -127,11 +130,15 @@ inline bool cpu_has_avx2_fma() noexcept {
   return supported;
 }
 #else
-inline bool cpu_has_avx2_fma() noexcept { return false; }
+inline bool cpu_has_avx2_fma() noexcept {
+  return false;
+}
 #endif
 
 /// True when gram_update with allow_simd takes the AVX2/FMA kernel on this CPU.
-inline bool gram_simd_available() noexcept { return cpu_has_avx2_fma(); }
+inline bool gram_simd_available() noexcept {
+  return cpu_has_avx2_fma();
+}
 
 /// C += A^T A (see the top of this file for the layout). allow_simd = false forces the portable
 /// kernel (tests compare the two; benchmarks measure both).

@@ -70,9 +70,12 @@ public:
     skip_space();
     AQUA_CHECK(pos_ == s_.size(), where_, ": unexpected text after the header dict at offset ", pos_);
     AQUA_CHECK(have_descr && have_order && have_shape, where_, ": the header lacks ",
-               !have_descr ? "'descr'" : !have_order ? "'fortran_order'" : "'shape'");
+               !have_descr   ? "'descr'"
+               : !have_order ? "'fortran_order'"
+                             : "'shape'");
     for (std::uint64_t e : h.shape)
-      AQUA_CHECK(checked_mul(h.elements, e, h.elements), where_, ": the shape's element count overflows 64 bits");
+      AQUA_CHECK(checked_mul(h.elements, e, h.elements), where_,
+                 ": the shape's element count overflows 64 bits");
     return h;
   }
 
@@ -134,8 +137,8 @@ private:
     return shape;
   }
   void parse_descr(const std::string& d, npy_header& h) const {
-    const bool known = d.size() == 3 && (d[0] == '<' || d[0] == '>' || d[0] == '=' || d[0] == '|') && d[1] == 'f' &&
-                       (d[2] == '4' || d[2] == '8');
+    const bool known = d.size() == 3 && (d[0] == '<' || d[0] == '>' || d[0] == '=' || d[0] == '|') &&
+                       d[1] == 'f' && (d[2] == '4' || d[2] == '8');
     AQUA_CHECK(known, where_, ": unsupported dtype '", d,
                "' (aqua reads float32 and float64: '<f4', '<f8', or big-endian '>f4', '>f8')");
     h.little_endian = d[0] == '<' || ((d[0] == '=' || d[0] == '|') && host_is_little_endian());
@@ -155,17 +158,18 @@ inline npy_header read_npy_header(byte_source& in, const char* fn) {
              " bytes, too short for a .npy preamble (magic, version, header length)");
   in.read(0, pre, in.size() >= 12 ? 12 : 10, "the preamble");
   static const unsigned char magic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
-  AQUA_CHECK(std::memcmp(pre, magic, 6) == 0, where, ": not a .npy file (the magic string \\x93NUMPY is missing)");
+  AQUA_CHECK(std::memcmp(pre, magic, 6) == 0, where,
+             ": not a .npy file (the magic string \\x93NUMPY is missing)");
   const int major = pre[6], minor = pre[7];
-  AQUA_CHECK((major == 1 || major == 2 || major == 3) && minor == 0, where, ": unsupported .npy format version ",
-             major, ".", minor, " (aqua reads 1.0, 2.0 and 3.0)");
+  AQUA_CHECK((major == 1 || major == 2 || major == 3) && minor == 0, where,
+             ": unsupported .npy format version ", major, ".", minor, " (aqua reads 1.0, 2.0 and 3.0)");
   std::uint64_t header_len, header_start;
   if (major == 1) {
     header_len = read_le_u16(pre + 8);
     header_start = 10;
   } else {
-    AQUA_CHECK(in.size() >= 12, where, ": the file has ", in.size(), " bytes, too short for a version ", major,
-               " preamble");
+    AQUA_CHECK(in.size() >= 12, where, ": the file has ", in.size(), " bytes, too short for a version ",
+               major, " preamble");
     header_len = read_le_u32(pre + 8);
     header_start = 12;
   }
@@ -178,8 +182,8 @@ inline npy_header read_npy_header(byte_source& in, const char* fn) {
   std::uint64_t bytes;
   AQUA_CHECK(checked_mul(h.elements, h.item_size, bytes), where, ": the data size overflows 64 bits");
   const std::uint64_t available = in.size() - h.data_offset;
-  AQUA_CHECK(bytes <= available, where, ": the file is truncated: the shape needs ", bytes, " bytes of data but ",
-             available, " remain");
+  AQUA_CHECK(bytes <= available, where, ": the file is truncated: the shape needs ", bytes,
+             " bytes of data but ", available, " remain");
   AQUA_CHECK(bytes == available, where, ": ", available - bytes, " unexpected bytes follow the ", bytes,
              " bytes of data");
   return h;
@@ -188,7 +192,8 @@ inline npy_header read_npy_header(byte_source& in, const char* fn) {
 /// Builds a version 1.0 (or 2.0 when the header does not fit 65535 bytes) preamble and header
 /// for little-endian C-order data, padded so the data starts at a multiple of 64 bytes.
 inline std::string make_npy_header(const std::vector<std::uint64_t>& shape, std::size_t item_size) {
-  std::string dict = std::string("{'descr': '<f") + (item_size == 4 ? "4" : "8") + "', 'fortran_order': False, 'shape': (";
+  std::string dict =
+      std::string("{'descr': '<f") + (item_size == 4 ? "4" : "8") + "', 'fortran_order': False, 'shape': (";
   for (std::size_t i = 0; i < shape.size(); ++i) dict += (i ? ", " : "") + std::to_string(shape[i]);
   if (shape.size() == 1) dict += ",";  // Python's one-element tuple
   dict += "), }";

@@ -26,9 +26,8 @@ namespace detail {
 /// Bytes per element of a safetensors dtype, 0 when unknown.
 inline std::size_t safetensors_dtype_size(const std::string& dtype) {
   static const std::map<std::string, std::size_t> sizes = {
-      {"BOOL", 1}, {"U8", 1},  {"I8", 1},   {"F8_E4M3", 1}, {"F8_E5M2", 1}, {"I16", 2}, {"U16", 2},
-      {"F16", 2},  {"BF16", 2}, {"I32", 4}, {"U32", 4},     {"F32", 4},     {"I64", 8}, {"U64", 8},
-      {"F64", 8}};
+      {"BOOL", 1}, {"U8", 1},  {"I8", 1},  {"F8_E4M3", 1}, {"F8_E5M2", 1}, {"I16", 2}, {"U16", 2}, {"F16", 2},
+      {"BF16", 2}, {"I32", 4}, {"U32", 4}, {"F32", 4},     {"I64", 8},     {"U64", 8}, {"F64", 8}};
   const auto it = sizes.find(dtype);
   return it == sizes.end() ? 0 : it->second;
 }
@@ -59,8 +58,8 @@ inline safetensors_file read_safetensors(byte_source& in, const char* fn) {
   AQUA_CHECK(n >= 2, where, ": the header length is ", n, "; a safetensors header is a JSON object");
   AQUA_CHECK(n <= safetensors_max_header, where, ": the header length ", n, " exceeds the limit of ",
              safetensors_max_header, " bytes");
-  AQUA_CHECK(n <= in.size() - 8, where, ": the header length ", n, " runs past the end of the file (", in.size(),
-             " bytes)");
+  AQUA_CHECK(n <= in.size() - 8, where, ": the header length ", n, " runs past the end of the file (",
+             in.size(), " bytes)");
   std::string text(static_cast<std::size_t>(n), '\0');
   in.read(8, &text[0], n, "the JSON header");
   AQUA_CHECK(text[0] == '{', where, ": the JSON header does not start with '{'");
@@ -97,9 +96,11 @@ inline safetensors_file read_safetensors(byte_source& in, const char* fn) {
     AQUA_CHECK(shape.is_array(), tw, ": shape is not an array");
     std::uint64_t bytes = item;
     for (const auto& s : shape) {
-      AQUA_CHECK(s.is_number_unsigned(), tw, ": shape ", shape.dump(), " holds a value that is not a non-negative integer");
+      AQUA_CHECK(s.is_number_unsigned(), tw, ": shape ", shape.dump(),
+                 " holds a value that is not a non-negative integer");
       e.shape.push_back(s.get<std::uint64_t>());
-      AQUA_CHECK(checked_mul(bytes, e.shape.back(), bytes), tw, ": shape ", shape.dump(), " overflows 64 bits");
+      AQUA_CHECK(checked_mul(bytes, e.shape.back(), bytes), tw, ": shape ", shape.dump(),
+                 " overflows 64 bits");
     }
     AQUA_CHECK(offsets.is_array() && offsets.size() == 2 && offsets[0].is_number_unsigned() &&
                    offsets[1].is_number_unsigned(),
@@ -109,8 +110,8 @@ inline safetensors_file read_safetensors(byte_source& in, const char* fn) {
     AQUA_CHECK(e.begin <= e.end, tw, ": data_offsets [", e.begin, ", ", e.end, "] are reversed");
     AQUA_CHECK(e.end <= data_size, tw, ": data_offsets [", e.begin, ", ", e.end,
                "] run past the end of the data section (", data_size, " bytes)");
-    AQUA_CHECK(e.end - e.begin == bytes, tw, ": data_offsets [", e.begin, ", ", e.end, "] span ", e.end - e.begin,
-               " bytes but dtype ", e.dtype, " and shape ", shape.dump(), " need ", bytes);
+    AQUA_CHECK(e.end - e.begin == bytes, tw, ": data_offsets [", e.begin, ", ", e.end, "] span ",
+               e.end - e.begin, " bytes but dtype ", e.dtype, " and shape ", shape.dump(), " need ", bytes);
     file.tensors.emplace(name, std::move(e));
   }
 
@@ -118,14 +119,15 @@ inline safetensors_file read_safetensors(byte_source& in, const char* fn) {
   std::vector<std::pair<const std::string*, const safetensors_entry*>> order;
   for (const auto& t : file.tensors) order.emplace_back(&t.first, &t.second);
   std::sort(order.begin(), order.end(), [](const auto& a, const auto& b) {
-    return a.second->begin != b.second->begin ? a.second->begin < b.second->begin : a.second->end < b.second->end;
+    return a.second->begin != b.second->begin ? a.second->begin < b.second->begin
+                                              : a.second->end < b.second->end;
   });
   std::uint64_t cursor = 0;
   const std::string* previous = nullptr;
   for (const auto& t : order) {
-    AQUA_CHECK(t.second->begin >= cursor, where, ": tensor \"", *t.first, "\" (bytes [", t.second->begin, ", ",
-               t.second->end, ")) overlaps tensor \"", previous ? *previous : std::string(), "\" (ends at ", cursor,
-               ")");
+    AQUA_CHECK(t.second->begin >= cursor, where, ": tensor \"", *t.first, "\" (bytes [", t.second->begin,
+               ", ", t.second->end, ")) overlaps tensor \"", previous ? *previous : std::string(),
+               "\" (ends at ", cursor, ")");
     AQUA_CHECK(t.second->begin == cursor, where, ": the data section has a hole: bytes [", cursor, ", ",
                t.second->begin, ") belong to no tensor");
     cursor = t.second->end;

@@ -40,8 +40,8 @@ void require_data(const tensor_view<T, Rank>& v, const char* fn, const char* nam
 template <class T, int Rank>
 void require_extent(const tensor_view<T, Rank>& v, int dim, index_t expected, const char* fn,
                     const char* name, const char* what) {
-  AQUA_CHECK(v.extent(dim) == expected, fn, ": ", name, " has shape ", shape_string(v), " but its ",
-             what, " (dimension ", dim, ") must be ", expected);
+  AQUA_CHECK(v.extent(dim) == expected, fn, ": ", name, " has shape ", shape_string(v), " but its ", what,
+             " (dimension ", dim, ") must be ", expected);
 }
 
 /// Every element of `v` must be finite (NaN and +-Inf are rejected with their position).
@@ -59,7 +59,8 @@ void require_finite(const tensor_view<T, Rank>& v, const char* fn, const char* n
       AQUA_THROW(fn, ": ", name, " holds a non-finite value (", x, ") at index [", pos.str(), "]");
     }
     int d = Rank - 1;
-    while (d >= 0 && ++idx[static_cast<std::size_t>(d)] == v.extent(d)) idx[static_cast<std::size_t>(d--)] = 0;
+    while (d >= 0 && ++idx[static_cast<std::size_t>(d)] == v.extent(d))
+      idx[static_cast<std::size_t>(d--)] = 0;
     if (d < 0) return;
   }
 }
@@ -80,7 +81,8 @@ void require_mask_values(const tensor_view<T, Rank>& v, const char* fn, const ch
                  "]; an additive mask takes finite values or -inf");
     }
     int d = Rank - 1;
-    while (d >= 0 && ++idx[static_cast<std::size_t>(d)] == v.extent(d)) idx[static_cast<std::size_t>(d--)] = 0;
+    while (d >= 0 && ++idx[static_cast<std::size_t>(d)] == v.extent(d))
+      idx[static_cast<std::size_t>(d--)] = 0;
     if (d < 0) return;
   }
 }
