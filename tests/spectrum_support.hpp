@@ -6,8 +6,6 @@
 #include <aqua/kv_cache.hpp>
 #include <aqua/tensor_view.hpp>
 
-#include <Eigen/QR>
-
 #include <cmath>
 #include <random>
 #include <vector>
@@ -15,14 +13,6 @@
 #include "test_support.hpp"
 
 namespace aqua_test {
-
-inline Eigen::MatrixXf random_orthogonal_basis(index_t d, unsigned seed) {
-  std::vector<double> r(static_cast<std::size_t>(d * d));
-  fill_normal(r, seed);
-  Eigen::Map<Eigen::MatrixXd> m(r.data(), d, d);
-  Eigen::MatrixXd q = Eigen::HouseholderQR<Eigen::MatrixXd>(m).householderQ();
-  return q.cast<float>();
-}
 
 /// Rows of `count` raw vectors (row-major [count, d]) whose coordinates in basis p decay: x = z P^T
 /// with z_i ~ N(0, (amplitude exp(-i / tau))^2).

@@ -4,7 +4,6 @@
 #include <aqua/attention.hpp>
 #include <aqua/quality.hpp>
 
-#include <Eigen/QR>
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -17,14 +16,6 @@ using aqua::index_t;
 using Catch::Matchers::Contains;
 
 namespace {
-
-Eigen::MatrixXf random_orthogonal(index_t d, unsigned seed) {
-  std::vector<double> r(static_cast<std::size_t>(d * d));
-  aqua_test::fill_normal(r, seed);
-  Eigen::Map<Eigen::MatrixXd> m(r.data(), d, d);
-  Eigen::MatrixXd q = Eigen::HouseholderQR<Eigen::MatrixXd>(m).householderQ();
-  return q.cast<float>();
-}
 
 // Raw data of one layer plus a cache built from it with random orthogonal bases.
 struct layer {
@@ -41,7 +32,7 @@ struct layer {
     if (!project) return aqua::kv_cache(hkv, d, opt);
     std::vector<aqua::matrix_view<const float>> views;
     for (index_t h = 0; h < hkv; ++h) {
-      bases.push_back(random_orthogonal(d, unsigned(100 + h)));
+      bases.push_back(aqua_test::random_orthogonal_basis(d, unsigned(100 + h)));
       views.push_back(aqua::view_of(bases.back()));
     }
     return aqua::kv_cache(views, opt);

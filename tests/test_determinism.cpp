@@ -24,7 +24,6 @@
 // with -s), but unlike a picked tolerance it cannot be exceeded by a correct kernel.
 #include <aqua/attention.hpp>
 
-#include <Eigen/QR>
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -37,14 +36,6 @@ using aqua::index_t;
 
 namespace {
 
-Eigen::MatrixXf orthogonal_basis(index_t d, unsigned seed) {
-  std::vector<double> r(static_cast<std::size_t>(d * d));
-  aqua_test::fill_normal(r, seed);
-  Eigen::Map<Eigen::MatrixXd> m(r.data(), d, d);
-  Eigen::MatrixXd q = Eigen::HouseholderQR<Eigen::MatrixXd>(m).householderQ();
-  return q.cast<float>();
-}
-
 // One layer of random data and a projected cache holding it (tiles of 16 dims).
 struct fixture {
   index_t hq, hkv, d, n;
@@ -54,7 +45,8 @@ struct fixture {
 
   static aqua::kv_cache make_cache(index_t hkv, index_t d, std::vector<Eigen::MatrixXf>& bases) {
     std::vector<aqua::matrix_view<const float>> views;
-    for (index_t h = 0; h < hkv; ++h) bases.push_back(orthogonal_basis(d, unsigned(300 + h)));
+    for (index_t h = 0; h < hkv; ++h)
+      bases.push_back(aqua_test::random_orthogonal_basis(d, unsigned(300 + h)));
     for (const auto& b : bases) views.push_back(aqua::view_of(b));
     aqua::kv_cache_options opt;
     opt.tile_dims = 16;

@@ -2,7 +2,6 @@
 // growth keeps data, truncation keeps whole tiles, bad input is rejected.
 #include <aqua/kv_cache.hpp>
 
-#include <Eigen/QR>
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -14,22 +13,11 @@
 using aqua::index_t;
 using Catch::Matchers::Contains;
 
-namespace {
-
-Eigen::MatrixXf random_orthogonal(index_t d, unsigned seed) {
-  std::vector<double> r(static_cast<std::size_t>(d * d));
-  aqua_test::fill_normal(r, seed);
-  Eigen::Map<Eigen::MatrixXd> m(r.data(), d, d);
-  Eigen::MatrixXd q = Eigen::HouseholderQR<Eigen::MatrixXd>(m).householderQ();
-  return q.cast<float>();
-}
-
-}  // namespace
-
 TEST_CASE("appended keys are stored projected (k P) and values verbatim, one or many tokens at a time",
           "[kv_cache]") {
   const index_t hkv = 2, d = 40, tile = GENERATE(16, 32);
-  std::vector<Eigen::MatrixXf> bases = {random_orthogonal(d, 1), random_orthogonal(d, 2)};
+  std::vector<Eigen::MatrixXf> bases = {aqua_test::random_orthogonal_basis(d, 1),
+                                        aqua_test::random_orthogonal_basis(d, 2)};
   std::vector<aqua::matrix_view<const float>> views = {aqua::view_of(bases[0]), aqua::view_of(bases[1])};
   aqua::kv_cache_options opt;
   opt.tile_dims = tile;

@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "file_support.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -31,30 +32,11 @@ namespace {
 namespace fs = std::filesystem;
 using Catch::Matchers::Contains;
 
-/// A fresh directory under the system temp dir, removed with its contents at scope exit.
-struct temp_dir {
-  fs::path path;
-  temp_dir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("aqua_llama2c_test_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::create_directories(path);
-  }
-  ~temp_dir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
-
-void write_bytes(const std::string& path, const std::vector<char>& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
+using aqua_test::temp_dir;
+using aqua_test::write_bytes;
 
 std::vector<char> read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::vector<char>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  return aqua_test::read_bytes<std::vector<char>>(path);
 }
 
 template <class T>
@@ -397,7 +379,7 @@ TEST_CASE("llama2c checkpoint: truncated, padded and headerless files are reject
   write_bytes(path, std::vector<char>(20, 0));
   REQUIRE_THROWS_WITH(llama2c::checkpoint::load(path), Contains("less than the 28-byte header"));
 
-  write_bytes(path, {});
+  write_bytes(path, std::string());
   REQUIRE_THROWS_WITH(llama2c::checkpoint::load(path), Contains("less than the 28-byte header"));
 
   REQUIRE_THROWS_WITH(llama2c::checkpoint::load(dir.file("missing.bin")), Contains("cannot open"));

@@ -4,6 +4,9 @@
 
 #include <aqua/tensor_view.hpp>
 
+#include <Eigen/Core>
+#include <Eigen/QR>
+
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -20,6 +23,19 @@ void fill_normal(std::vector<T>& data, std::uint32_t seed, double stddev = 1.0) 
   std::mt19937 rng(seed);
   std::normal_distribution<double> dist(0.0, stddev);
   for (auto& x : data) x = static_cast<T>(dist(rng));
+}
+
+/// A random d x d orthogonal matrix (the Q factor of a seeded Gaussian matrix), in float. A
+/// template only so that Eigen's QR is instantiated by the test files that call it, not by every
+/// file that includes this header (it costs seconds of compile time per file).
+template <class Scalar = double>
+Eigen::MatrixXf random_orthogonal_basis(index_t d, unsigned seed) {
+  using matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  std::vector<Scalar> r(static_cast<std::size_t>(d * d));
+  fill_normal(r, seed);
+  Eigen::Map<matrix> m(r.data(), d, d);
+  matrix q = Eigen::HouseholderQR<matrix>(m).householderQ();
+  return q.template cast<float>();
 }
 
 /// ||a - b||_2 / max(||b||_2, tiny) over two equally sized ranges read through accessors.
