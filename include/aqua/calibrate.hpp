@@ -235,6 +235,10 @@ public:
 
   /// The projection of one head from what it has accumulated so far. Throws when the head has
   /// received no vectors.
+  // finalize_head and finalize are templates only so that Eigen's eigensolver is instantiated in
+  // the translation units that finalize, not in every one that includes this header (it costs
+  // each of them seconds of compile time). Call them as plain functions.
+  template <class Scalar = double>
   head_projection finalize_head(index_t layer, index_t kv_head) const {
     constexpr const char* fn = "aqua::calibrator::finalize_head";
     auto& h = head_at(layer, kv_head, fn);
@@ -250,11 +254,12 @@ public:
       if (options_.center) sum = Eigen::Map<const Eigen::VectorXd>(h.sum.data(), d_);
     }
     if (options_.center) g -= sum * sum.transpose() / static_cast<double>(count);
-    return decompose(g);
+    return decompose<Scalar>(g);
   }
 
   /// The projection set of every head, finalizing heads on `threads` workers. Throws when a head
   /// has received no vectors. The calibrator keeps its state: more vectors may follow.
+  template <class Scalar = double>
   projection_set finalize(int threads = 1) const {
     constexpr const char* fn = "aqua::calibrator::finalize";
     detail::require_threads(threads, fn);
@@ -269,7 +274,7 @@ public:
     detail::parallel_for(total, threads, [&](index_t begin, index_t end, int) {
       for (index_t i = begin; i < end; ++i) {
         const index_t l = i / kv_heads_, h = i % kv_heads_;
-        head_projection p = finalize_head(l, h);
+        head_projection p = finalize_head<Scalar>(l, h);
         std::lock_guard<std::mutex> guard(progress_lock);
         set.set_head(l, h, std::move(p));
         ++done;
@@ -351,13 +356,15 @@ private:
     return g;
   }
 
-  head_projection decompose(const Eigen::MatrixXd& g) const {
-    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> solver(g, Eigen::ComputeEigenvectors);
+  template <class Scalar>
+  head_projection decompose(const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>& g) const {
+    using matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+    Eigen::SelfAdjointEigenSolver<matrix> solver(g, Eigen::ComputeEigenvectors);
     AQUA_CHECK(solver.info() == Eigen::Success,
                "aqua::calibrator::finalize: the eigendecomposition did not converge");
     // Eigen returns ascending eigenvalues; projected dimension 0 is the largest.
-    Eigen::MatrixXd v = solver.eigenvectors().rowwise().reverse();
-    Eigen::VectorXd s = solver.eigenvalues().reverse();
+    Eigen::MatrixXd v = solver.eigenvectors().rowwise().reverse().template cast<double>();
+    Eigen::VectorXd s = solver.eigenvalues().reverse().template cast<double>();
     for (index_t j = 0; j < d_; ++j) s[j] = std::sqrt(std::max(s[j], 0.0));
     detail::fix_column_signs(v);
     // Eigenvectors of a symmetric matrix are orthonormal to rounding; skip the d^3 re-check.

@@ -145,18 +145,22 @@ public:
 
   /// A random orthogonal basis (the Q factor of a seeded Gaussian matrix, with the signs that make
   /// it Haar-distributed), singular values 1. Same seed, same basis, on every platform.
+  // A template only so that Eigen's QR is instantiated where a random basis is made, not in every
+  // translation unit that includes this header (seconds of compile time each); call it as usual.
+  template <class Scalar = double>
   static head_projection random_orthogonal(index_t d, std::uint64_t seed) {
     AQUA_CHECK(d >= 1, "aqua::head_projection::random_orthogonal: d must be at least 1, got ", d);
     detail::portable_normal normal(seed);
-    Eigen::MatrixXd g(d, d);
+    using matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+    matrix g(d, d);
     for (index_t i = 0; i < d; ++i)
-      for (index_t j = 0; j < d; ++j) g(i, j) = normal();
-    Eigen::HouseholderQR<Eigen::MatrixXd> qr(g);
-    Eigen::MatrixXd q = qr.householderQ() * Eigen::MatrixXd::Identity(d, d);
-    const Eigen::MatrixXd& r = qr.matrixQR();
+      for (index_t j = 0; j < d; ++j) g(i, j) = static_cast<Scalar>(normal());
+    Eigen::HouseholderQR<matrix> qr(g);
+    matrix q = qr.householderQ() * matrix::Identity(d, d);
+    const matrix& r = qr.matrixQR();
     for (index_t j = 0; j < d; ++j)
       if (r(j, j) < 0) q.col(j) = -q.col(j);
-    return head_projection(q.cast<float>(), Eigen::VectorXd::Ones(d));
+    return head_projection(q.template cast<float>(), Eigen::VectorXd::Ones(d));
   }
 
   index_t d() const noexcept { return basis_.rows(); }
@@ -270,13 +274,14 @@ public:
 
   /// Every head an independent random orthogonal basis from `seed` (see
   /// head_projection::random_orthogonal): a stand-in for calibrated projections in tests.
+  template <class Scalar = double>
   static projection_set random_orthogonal(index_t layers, index_t kv_heads, index_t d, index_t group_size,
                                           std::uint64_t seed) {
     projection_set set(layers, kv_heads, d, group_size);
     for (index_t l = 0; l < layers; ++l)
       for (index_t h = 0; h < kv_heads; ++h)
         set.set_head(l, h,
-                     head_projection::random_orthogonal(
+                     head_projection::random_orthogonal<Scalar>(
                          d, seed * 0x9E3779B97F4A7C15ull + static_cast<std::uint64_t>(l * kv_heads + h)));
     return set;
   }
