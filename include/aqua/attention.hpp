@@ -95,11 +95,11 @@ inline void softmax_row(double* row, index_t n) {
 /// Output rows = softmax(scale * Q K^T + mask) V for one block of queries against the first
 /// `visible` keys of one KV head. `first_query_position` is the sequence position of the block's
 /// first row (causal prefill); pass a negative value for no causal mask.
-template <class T>
-void dense_block(const strided_map<const T>& q_rows, const strided_map<const T>& keys,
-                 const strided_map<const T>& values, strided_map<T>& out_rows, index_t visible, double scale,
-                 const T* mask, index_t mask_row_stride, index_t mask_col_stride,
-                 index_t first_query_position, row_matrix<T>& logits, attention_profile* prof = nullptr) {
+template <class T, class KeyRows, class ValueRows>
+void dense_block(const strided_map<const T>& q_rows, const KeyRows& keys, const ValueRows& values,
+                 strided_map<T>& out_rows, index_t visible, double scale, const T* mask,
+                 index_t mask_row_stride, index_t mask_col_stride, index_t first_query_position,
+                 row_matrix<T>& logits, attention_profile* prof = nullptr) {
   const index_t rows = q_rows.rows();
   auto t_score = prof ? profile_clock::now() : profile_clock::time_point();
   logits.resize(rows, visible);
@@ -132,6 +132,24 @@ strided_map<const T> head_rows(const tensor3_view<const T>& t, index_t head, ind
                                index_t rows) {
   return as_eigen(matrix_view<const T>(t.data() + head * t.stride(0) + first_row * t.stride(1),
                                        {rows, t.extent(2)}, {t.stride(1), t.stride(2)}));
+}
+
+template <class T>
+using unit_stride_rows = Eigen::Map<const row_matrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
+
+// Calls body(keys, values) with the head's rows of k and v as Eigen maps. When both have unit
+// inner stride (the usual engine layout) the maps say so at compile time: Eigen's products then
+// read them in place, where a runtime inner stride makes them copy all N x d keys first.
+template <class T, class Body>
+void with_head_rows(const tensor3_view<const T>& k, const tensor3_view<const T>& v, index_t head,
+                    index_t rows, Body&& body) {
+  if (k.stride(2) == 1 && v.stride(2) == 1) {
+    const index_t d = k.extent(2);
+    body(unit_stride_rows<T>(k.data() + head * k.stride(0), rows, d, Eigen::OuterStride<>(k.stride(1))),
+         unit_stride_rows<T>(v.data() + head * v.stride(0), rows, d, Eigen::OuterStride<>(v.stride(1))));
+  } else {
+    body(head_rows(k, head, 0, rows), head_rows(v, head, 0, rows));
+  }
 }
 
 }  // namespace detail
@@ -171,9 +189,11 @@ void dense_decode(matrix_view<const detail::identity_t<T>> q, tensor3_view<const
                                                   {q.stride(0), q.stride(1)}));
       auto out_rows = as_eigen(matrix_view<T>(out.data() + first_head * out.stride(0), {heads, s.d},
                                               {out.stride(0), out.stride(1)}));
-      detail::dense_block<T>(q_rows, detail::head_rows(k, kv, 0, s.n), detail::head_rows(v, kv, 0, s.n),
-                             out_rows, s.n, s.scale, mask.size() ? mask.data() : nullptr, 0,
-                             mask.size() ? mask.stride(0) : 0, -1, logits);
+      detail::with_head_rows<T>(k, v, kv, s.n, [&](const auto& keys, const auto& values) {
+        detail::dense_block<T>(q_rows, keys, values, out_rows, s.n, s.scale,
+                               mask.size() ? mask.data() : nullptr, 0, mask.size() ? mask.stride(0) : 0, -1,
+                               logits);
+      });
     }
   });
 }
@@ -224,10 +244,11 @@ void dense_prefill(tensor3_view<const detail::identity_t<T>> q, tensor3_view<con
       auto out_rows = as_eigen(matrix_view<T>(out.data() + head * out.stride(0) + i0 * out.stride(1),
                                               {rows, s.d}, {out.stride(1), out.stride(2)}));
       const T* mask_rows = mask.size() ? mask.data() + i0 * mask.stride(0) : nullptr;
-      detail::dense_block<T>(q_rows, detail::head_rows(k, kv, 0, s.n), detail::head_rows(v, kv, 0, s.n),
-                             out_rows, visible, s.scale, mask_rows, mask.size() ? mask.stride(0) : 0,
-                             mask.size() ? mask.stride(1) : 0, options.causal ? first_position : -1, logits,
-                             prof);
+      detail::with_head_rows<T>(k, v, kv, s.n, [&](const auto& keys, const auto& values) {
+        detail::dense_block<T>(q_rows, keys, values, out_rows, visible, s.scale, mask_rows,
+                               mask.size() ? mask.stride(0) : 0, mask.size() ? mask.stride(1) : 0,
+                               options.causal ? first_position : -1, logits, prof);
+      });
     }
   });
   if (options.profile) {
