@@ -66,9 +66,9 @@ inline bool& use_huge_pages() {
   return on;
 }
 
-/// Zeroed, 64-byte aligned floats. On Linux, arrays of several MB are advised to use transparent
-/// huge pages before they are first touched: decode streams through hundreds of MB, and 4 KB
-/// pages cost a TLB walk (and a prefetcher restart) every 64 cache lines.
+/// Zeroed, 64-byte aligned floats. On Linux, arrays of 2 MB or more are 2 MB aligned and advised
+/// to use transparent huge pages before they are first touched: decode streams through hundreds
+/// of MB, and 4 KB pages cost a TLB walk (and a prefetcher restart) every 64 cache lines.
 inline aligned_floats allocate_zeroed(index_t count) {
   if (count <= 0) return aligned_floats();
   const std::size_t bytes = static_cast<std::size_t>(count) * sizeof(float);
