@@ -373,6 +373,32 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
   }
 }
 
+/// Query head h of a planned decode in double precision, probabilities normalised before the
+/// values are summed: the slow path for the rare head whose float value accumulator overflowed.
+inline void decode_head_double(const kv_cache& cache, const decode_plan& p, index_t h, float* o, index_t o_stride) {
+  const index_t kv = h / p.g, n = p.n, d = p.d, r = p.r;
+  const index_t list = p.shared ? kv : h;
+  const index_t ns = p.counts[list];
+  const std::int32_t* dims = p.dims + list * r;
+  const float* qh = p.qsel + h * r;
+  std::vector<double> sc(static_cast<std::size_t>(n), 0.0);
+  for (index_t s = 0; s < ns; ++s) {
+    const float* row = cache.key_tile(kv, dims[s] / p.tile) + (dims[s] % p.tile) * kv_block;
+    for (index_t j = 0; j < n; ++j)
+      sc[static_cast<std::size_t>(j)] += double(qh[s]) * row[(j / kv_block) * p.tile * kv_block + j % kv_block];
+  }
+  const double mx = *std::max_element(sc.begin(), sc.end());
+  double total = 0;
+  for (double& x : sc) total += (x = std::exp(x - mx));
+  std::vector<double> acc(static_cast<std::size_t>(d), 0.0);
+  const float* v = cache.values(kv);
+  for (index_t j = 0; j < n; ++j) {
+    const double w = sc[static_cast<std::size_t>(j)] / total;
+    for (index_t c = 0; c < d; ++c) acc[static_cast<std::size_t>(c)] += w * v[j * d + c];
+  }
+  for (index_t c = 0; c < d; ++c) o[c * o_stride] = static_cast<float>(acc[static_cast<std::size_t>(c)]);
+}
+
 /// Runs a planned decode: work items are (KV head, token segment); segments exist only when the
 /// threads outnumber what the KV heads can split evenly, and are merged exactly
 /// (max, rescaled normalisers, rescaled partial outputs).
@@ -423,10 +449,22 @@ inline void run_decode(const kv_cache& cache, const decode_plan& p, int threads,
       weights[static_cast<std::size_t>(s)] = wgt;
       total += wgt * ws.part_l[static_cast<std::size_t>(item * g + hh)];
     }
+    bool acc_finite = true;
     for (index_t s = 0; s < segs; ++s) {
-      const float f = static_cast<float>(weights[static_cast<std::size_t>(s)] / total);
       const float* a = ws.part_acc.data() + ((kv * segs + s) * g + hh) * d;
-      for (index_t c = 0; c < d; ++c) o[c * out.stride(1)] += f * a[c];
+      for (index_t c = 0; c < d; ++c) acc_finite = acc_finite && std::isfinite(a[c]);
+    }
+    if (!acc_finite && std::isfinite(mx)) {
+      // Finite logits but a non-finite float accumulator: the unnormalised value sum overflowed
+      // (values near FLT_MAX; the exact output is a weighted mean, within range). Redo this head
+      // in double, off the hot path.
+      decode_head_double(cache, p, h, o, out.stride(1));
+    } else {
+      for (index_t s = 0; s < segs; ++s) {
+        const float f = static_cast<float>(weights[static_cast<std::size_t>(s)] / total);
+        const float* a = ws.part_acc.data() + ((kv * segs + s) * g + hh) * d;
+        for (index_t c = 0; c < d; ++c) o[c * out.stride(1)] += f * a[c];
+      }
     }
     if (logits) {
       // Probabilities of this head, added into its KV head's row of token_probs. The exponentials
