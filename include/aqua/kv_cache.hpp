@@ -18,8 +18,8 @@
 // memory to r / d; selection then happens within them. Values keep all d dims.
 // Each stored token carries its sequence position (consecutive from 0 on append); retain() keeps a
 // subset of tokens (eviction) and their positions; retain_per_head() keeps a different subset per
-// KV head (H2O, aqua/h2o.hpp), positions then tracked per head; shrink_to_fit() releases memory. Not thread-safe for concurrent mutation; const
-// member functions may run concurrently.
+// KV head (H2O, aqua/h2o.hpp), positions then tracked per head; shrink_to_fit() releases memory. Not
+// thread-safe for concurrent mutation; const member functions may run concurrently.
 #pragma once
 
 #include <Eigen/Core>
@@ -110,7 +110,8 @@ public:
   /// A cache projecting keys with one orthogonal basis per KV head: projections[h] is [d, d] with
   /// column j the projected dimension j (columns by decreasing importance); k~ = k P. The bases are
   /// copied (only their first r columns).
-  explicit kv_cache(const std::vector<matrix_view<const float>>& projections, const kv_cache_options& options = {}) {
+  explicit kv_cache(const std::vector<matrix_view<const float>>& projections,
+                    const kv_cache_options& options = {}) {
     constexpr const char* fn = "aqua::kv_cache";
     AQUA_CHECK(!projections.empty(), fn, ": projections is empty; one [d, d] basis per KV head is needed");
     const index_t d = projections[0].extent(0);
@@ -154,7 +155,9 @@ public:
   std::size_t key_bytes() const noexcept {
     return static_cast<std::size_t>(hkv_ * padded_tokens() * tiles_ * tile_) * sizeof(float);
   }
-  std::size_t value_bytes() const noexcept { return static_cast<std::size_t>(hkv_ * n_ * d_) * sizeof(float); }
+  std::size_t value_bytes() const noexcept {
+    return static_cast<std::size_t>(hkv_ * n_ * d_) * sizeof(float);
+  }
 
   /// Tile t of KV head h: (capacity / 16) blocks of [tile_dims][16] floats.
   const float* key_tile(index_t head, index_t tile) const noexcept {
@@ -167,7 +170,9 @@ public:
     const index_t t = dim / tile_, i = dim % tile_;
     return key_tile(head, t)[((token / block_tokens) * tile_ + i) * block_tokens + token % block_tokens];
   }
-  float value(index_t head, index_t token, index_t dim) const noexcept { return values(head)[token * d_ + dim]; }
+  float value(index_t head, index_t token, index_t dim) const noexcept {
+    return values(head)[token * d_ + dim];
+  }
   /// Sequence position of stored token j (of KV head 0; every head agrees unless retain_per_head
   /// kept different tokens per head).
   index_t position(index_t token) const noexcept { return position(0, token); }
@@ -212,10 +217,13 @@ public:
     constexpr const char* fn = "aqua::kv_cache::append";
     detail::require_data(keys, fn, "keys");
     detail::require_data(values, fn, "values");
-    AQUA_CHECK(keys.extent(0) == hkv_ && keys.extent(2) == d_, fn, ": keys has shape ", detail::shape_string(keys),
-               " but the cache holds Hkv = ", hkv_, " heads of dim d = ", d_, " (keys must be [Hkv, T, d])");
-    AQUA_CHECK(values.extent(0) == keys.extent(0) && values.extent(1) == keys.extent(1) && values.extent(2) == d_, fn,
-               ": values has shape ", detail::shape_string(values), " but keys has shape ", detail::shape_string(keys));
+    AQUA_CHECK(keys.extent(0) == hkv_ && keys.extent(2) == d_, fn, ": keys has shape ",
+               detail::shape_string(keys), " but the cache holds Hkv = ", hkv_, " heads of dim d = ", d_,
+               " (keys must be [Hkv, T, d])");
+    AQUA_CHECK(
+        values.extent(0) == keys.extent(0) && values.extent(1) == keys.extent(1) && values.extent(2) == d_,
+        fn, ": values has shape ", detail::shape_string(values), " but keys has shape ",
+        detail::shape_string(keys));
     const index_t count = keys.extent(1);
     if (count == 0) return;
     detail::require_finite(keys, fn, "keys");
@@ -225,7 +233,8 @@ public:
       const float* kh = keys.data() + h * keys.stride(0);
       if (identity_) {
         for (index_t j = 0; j < count; ++j)
-          for (index_t c = 0; c < rank_; ++c) store_key(h, n_ + j, c, kh[j * keys.stride(1) + c * keys.stride(2)]);
+          for (index_t c = 0; c < rank_; ++c)
+            store_key(h, n_ + j, c, kh[j * keys.stride(1) + c * keys.stride(2)]);
       } else {
         auto k_rows = as_eigen(matrix_view<const float>(kh, {count, d_}, {keys.stride(1), keys.stride(2)}));
         scratch_.resize(count, rank_);
@@ -236,7 +245,8 @@ public:
       float* vh = values_[static_cast<std::size_t>(h)].get();
       const float* src = values.data() + h * values.stride(0);
       for (index_t j = 0; j < count; ++j)
-        for (index_t c = 0; c < d_; ++c) vh[(n_ + j) * d_ + c] = src[j * values.stride(1) + c * values.stride(2)];
+        for (index_t c = 0; c < d_; ++c)
+          vh[(n_ + j) * d_ + c] = src[j * values.stride(1) + c * values.stride(2)];
     }
     for (auto& pos : positions_)
       for (index_t j = 0; j < count; ++j) pos.push_back(next_position_ + j);
@@ -251,7 +261,8 @@ public:
     detail::require_data(keep, fn, "keep");
     const index_t count = keep.extent(0);
     for (index_t i = 0; i < count; ++i) {
-      AQUA_CHECK(keep(i) >= 0 && keep(i) < n_, fn, ": keep[", i, "] = ", keep(i), " is outside [0, ", n_, ")");
+      AQUA_CHECK(keep(i) >= 0 && keep(i) < n_, fn, ": keep[", i, "] = ", keep(i), " is outside [0, ", n_,
+                 ")");
       AQUA_CHECK(i == 0 || keep(i) > keep(i - 1), fn, ": keep must be strictly increasing, but keep[", i - 1,
                  "] = ", keep(i - 1), " and keep[", i, "] = ", keep(i));
     }
@@ -268,7 +279,8 @@ public:
         for (index_t c = 0; c < rank_; ++c) store_key(h, j, c, 0.0f);
     }
     for (auto& pos : positions_) {
-      for (index_t i = 0; i < count; ++i) pos[static_cast<std::size_t>(i)] = pos[static_cast<std::size_t>(keep(i))];
+      for (index_t i = 0; i < count; ++i)
+        pos[static_cast<std::size_t>(i)] = pos[static_cast<std::size_t>(keep(i))];
       pos.resize(static_cast<std::size_t>(count));
     }
     n_ = count;
@@ -289,8 +301,9 @@ public:
       for (index_t i = 0; i < count; ++i) {
         AQUA_CHECK(keep(h, i) >= 0 && keep(h, i) < n_, fn, ": keep[", h, ", ", i, "] = ", keep(h, i),
                    " is outside [0, ", n_, ")");
-        AQUA_CHECK(i == 0 || keep(h, i) > keep(h, i - 1), fn, ": keep rows must be strictly increasing, but keep[",
-                   h, ", ", i - 1, "] = ", keep(h, i - 1), " and keep[", h, ", ", i, "] = ", keep(h, i));
+        AQUA_CHECK(i == 0 || keep(h, i) > keep(h, i - 1), fn,
+                   ": keep rows must be strictly increasing, but keep[", h, ", ", i - 1,
+                   "] = ", keep(h, i - 1), " and keep[", h, ", ", i, "] = ", keep(h, i));
       }
     for (index_t h = 0; h < hkv_; ++h) {
       float* vh = values_[static_cast<std::size_t>(h)].get();
@@ -326,7 +339,8 @@ public:
 
   /// Forgets every token (memory is kept); positions restart at 0.
   void clear() {
-    for (auto& tile : keys_) std::memset(tile.get(), 0, static_cast<std::size_t>(cap_ * tile_) * sizeof(float));
+    for (auto& tile : keys_)
+      std::memset(tile.get(), 0, static_cast<std::size_t>(cap_ * tile_) * sizeof(float));
     n_ = 0;
     next_position_ = 0;
     for (auto& pos : positions_) pos.clear();
@@ -348,7 +362,9 @@ private:
     }
     cap_ = new_cap;
   }
-  static index_t round_up(index_t tokens) { return (tokens + block_tokens - 1) / block_tokens * block_tokens; }
+  static index_t round_up(index_t tokens) {
+    return (tokens + block_tokens - 1) / block_tokens * block_tokens;
+  }
   index_t padded_tokens() const noexcept { return round_up(n_); }
 
   void init(index_t hkv, index_t d, const kv_cache_options& o, const char* fn) {
@@ -357,9 +373,10 @@ private:
     AQUA_CHECK(o.tile_dims >= 1, fn, ": tile_dims must be at least 1, got ", o.tile_dims);
     tile_ = std::min(o.tile_dims, d);
     rank_ = o.rank == 0 ? d : o.rank;
-    AQUA_CHECK(rank_ >= 1 && rank_ <= d, fn, ": rank r = ", o.rank, " must lie in [1, d = ", d, "] (0 means d)");
-    AQUA_CHECK(rank_ % tile_ == 0 || rank_ == d, fn, ": rank r = ", rank_, " must be a multiple of tile_dims = ",
-               tile_, " (whole tiles) or equal d = ", d);
+    AQUA_CHECK(rank_ >= 1 && rank_ <= d, fn, ": rank r = ", o.rank, " must lie in [1, d = ", d,
+               "] (0 means d)");
+    AQUA_CHECK(rank_ % tile_ == 0 || rank_ == d, fn, ": rank r = ", rank_,
+               " must be a multiple of tile_dims = ", tile_, " (whole tiles) or equal d = ", d);
     AQUA_CHECK(o.capacity >= 0, fn, ": capacity must be >= 0, got ", o.capacity);
     tiles_ = (rank_ + tile_ - 1) / tile_;
     keys_.resize(static_cast<std::size_t>(hkv_ * tiles_));
@@ -376,9 +393,9 @@ private:
 
   index_t hkv_ = 0, d_ = 0, rank_ = 0, tile_ = 0, tiles_ = 0, n_ = 0, cap_ = 0, next_position_ = 0;
   bool identity_ = true;
-  std::vector<detail::aligned_floats> keys_;    // [Hkv * tiles]
-  std::vector<detail::aligned_floats> values_;  // [Hkv]
-  std::vector<row_matrix<float>> proj_;         // [Hkv] of [d, r]
+  std::vector<detail::aligned_floats> keys_;     // [Hkv * tiles]
+  std::vector<detail::aligned_floats> values_;   // [Hkv]
+  std::vector<row_matrix<float>> proj_;          // [Hkv] of [d, r]
   std::vector<std::vector<index_t>> positions_;  // [Hkv][n]
   row_matrix<float> scratch_;
 };

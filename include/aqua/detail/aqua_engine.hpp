@@ -6,10 +6,10 @@
 
 #include <algorithm>
 #include <chrono>
-#include <ctime>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <ctime>
 #include <limits>
 #include <vector>
 
@@ -78,14 +78,14 @@ struct profile_clock {
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return time_point(duration(rep(ts.tv_sec) * 1000000000 + rep(ts.tv_nsec)));
 #else
-    return time_point(std::chrono::duration_cast<duration>(std::chrono::steady_clock::now().time_since_epoch()));
+    return time_point(
+        std::chrono::duration_cast<duration>(std::chrono::steady_clock::now().time_since_epoch()));
 #endif
   }
 };
 inline double seconds_since(profile_clock::time_point t0) {
   return std::chrono::duration<double>(profile_clock::now() - t0).count();
 }
-
 
 /// Number of entries of bits[0..n) that are >= t.
 inline index_t count_at_least_portable(const std::uint32_t* bits, index_t n, std::uint32_t t) {
@@ -100,7 +100,8 @@ AQUA_TARGET_AVX2 inline index_t count_at_least_avx2(const std::uint32_t* bits, i
   __m256i acc = _mm256_setzero_si256();
   index_t i = 0;
   for (; i + 8 <= n; i += 8)
-    acc = _mm256_sub_epi32(acc, _mm256_cmpgt_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits + i)), tm1));
+    acc = _mm256_sub_epi32(
+        acc, _mm256_cmpgt_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits + i)), tm1));
   alignas(32) std::int32_t lanes[8];
   _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc);
   index_t c = 0;
@@ -113,7 +114,8 @@ AQUA_TARGET_AVX2 inline index_t count_at_least_avx2(const std::uint32_t* bits, i
 /// The k largest of the non-negative weights w[0..n) (ties: lower index first), written in
 /// ascending index order. Binary search on the float bit patterns for the k-th largest value:
 /// O(31 n) vector compares, no sort (about 25x faster than a partial sort at n = 128).
-inline void select_top_ascending(const float* w, index_t n, index_t k, std::uint32_t* bits, std::int32_t* out) {
+inline void select_top_ascending(const float* w, index_t n, index_t k, std::uint32_t* bits,
+                                 std::int32_t* out) {
   std::uint32_t top = 0;
   for (index_t i = 0; i < n; ++i) {
     std::uint32_t b;
@@ -135,8 +137,10 @@ inline void select_top_ascending(const float* w, index_t n, index_t k, std::uint
   std::uint64_t lo = 0, hi = std::uint64_t(top) + 1;
   while (hi - lo > 1) {
     const std::uint64_t mid = (lo + hi) / 2;
-    if (count(static_cast<std::uint32_t>(mid)) >= k) lo = mid;
-    else hi = mid;
+    if (count(static_cast<std::uint32_t>(mid)) >= k)
+      lo = mid;
+    else
+      hi = mid;
   }
   const std::uint32_t t = static_cast<std::uint32_t>(lo);
   index_t ties = k - (hi <= top ? count(static_cast<std::uint32_t>(hi)) : 0);
@@ -242,7 +246,8 @@ inline void plan_decode(const matrix_view<const float>& q, const kv_cache& cache
       }
     }
     ws.counts[static_cast<std::size_t>(list)] =
-        select_dims(ws.weight.data(), ws.energy.data(), r, p.tile, mode == selection_mode::tile, spec, ws.rank.data(), dl);
+        select_dims(ws.weight.data(), ws.energy.data(), r, p.tile, mode == selection_mode::tile, spec,
+                    ws.rank.data(), dl);
   }
   ws.qsel.resize(static_cast<std::size_t>(p.hq * r));
   for (index_t h = 0; h < p.hq; ++h) {
@@ -265,7 +270,8 @@ inline double key_fraction(const decode_plan& p) {
     std::fill(touched.begin(), touched.end(), 0);
     const index_t l0 = p.shared ? kv : kv * p.g, ln = p.shared ? 1 : p.g;
     for (index_t list = l0; list < l0 + ln; ++list)
-      for (index_t s = 0; s < p.counts[list]; ++s) touched[static_cast<std::size_t>(p.dims[list * p.r + s] / p.tile)] = 1;
+      for (index_t s = 0; s < p.counts[list]; ++s)
+        touched[static_cast<std::size_t>(p.dims[list * p.r + s] / p.tile)] = 1;
     for (char t : touched) read += t;
   }
   return double(read) / double(tiles * p.hkv);
@@ -288,7 +294,8 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
     const index_t list = p.shared ? kv : kv * g + li;
     for (index_t s = 0; s < p.counts[list]; ++s) {
       const std::int32_t dim = p.dims[list * r + s];
-      w.rows[static_cast<std::size_t>(li * r + s)] = cache.key_tile(kv, dim / p.tile) + (dim % p.tile) * kv_block;
+      w.rows[static_cast<std::size_t>(li * r + s)] =
+          cache.key_tile(kv, dim / p.tile) + (dim % p.tile) * kv_block;
     }
   }
   for (index_t h = 0; h < g; ++h) {
@@ -331,12 +338,13 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
   for (index_t t = t0; t < t1; t += C) {
     const index_t cnt = std::min(C, t1 - t), nb = (cnt + kv_block - 1) / kv_block, b0 = t / kv_block;
     auto t_start = prof ? profile_clock::now() : profile_clock::time_point();
-    const side_prefetch side{reinterpret_cast<const char*>(values + t * d), kv_block * d * index_t(sizeof(float))};
+    const side_prefetch side{reinterpret_cast<const char*>(values + t * d),
+                             kv_block * d * index_t(sizeof(float))};
     if (p.shared) {
       const index_t ns = p.counts[kv];
       for (index_t hb = 0; hb < g; hb += 4)
-        score_dispatch(static_cast<int>(std::min<index_t>(4, g - hb)), w.rows.data(), ns, qsel + hb * r, r, bs, b0, nb,
-                       scores + hb * C, C, true, hb == 0 ? side : side_prefetch{});
+        score_dispatch(static_cast<int>(std::min<index_t>(4, g - hb)), w.rows.data(), ns, qsel + hb * r, r,
+                       bs, b0, nb, scores + hb * C, C, true, hb == 0 ? side : side_prefetch{});
     } else {
       // Fixed-size selections have equal counts: the heads are scored together, each on its own
       // rows. Energy selections may differ per head: one head at a time.
@@ -347,14 +355,15 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
                                hb == 0 ? side : side_prefetch{});
       } else {
         for (index_t h = 0; h < g; ++h)
-          score_dispatch(1, w.rows.data() + h * r, p.counts[kv * g + h], qsel + h * r, r, bs, b0, nb, scores + h * C, C,
-                         true);
+          score_dispatch(1, w.rows.data() + h * r, p.counts[kv * g + h], qsel + h * r, r, bs, b0, nb,
+                         scores + h * C, C, true);
       }
     }
     auto t_soft = prof ? profile_clock::now() : profile_clock::time_point();
     for (index_t h = 0; h < g; ++h) {
       float* s = scores + h * C;
-      if (logits_out) std::memcpy(logits_out + (kv * g + h) * p.n + t, s, static_cast<std::size_t>(cnt) * sizeof(float));
+      if (logits_out)
+        std::memcpy(logits_out + (kv * g + h) * p.n + t, s, static_cast<std::size_t>(cnt) * sizeof(float));
       const float mn = std::max(m[h], row_max(s, cnt));
       alpha[h] = m[h] == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(m[h] - mn);
       const double sum = exp_shift_sum(s, cnt, mn);
@@ -363,8 +372,8 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
     }
     auto t_value = prof ? profile_clock::now() : profile_clock::time_point();
     for (index_t hb = 0; hb < g; hb += 4)
-      value_dispatch(static_cast<int>(std::min<index_t>(4, g - hb)), values + t * d, d, cnt, scores + hb * C, C,
-                     acc + hb * d, d, alpha + hb);
+      value_dispatch(static_cast<int>(std::min<index_t>(4, g - hb)), values + t * d, d, cnt, scores + hb * C,
+                     C, acc + hb * d, d, alpha + hb);
     if (prof) {
       prof->score_seconds += std::chrono::duration<double>(t_soft - t_start).count();
       prof->softmax_seconds += std::chrono::duration<double>(t_value - t_soft).count();
@@ -375,7 +384,8 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
 
 /// Query head h of a planned decode in double precision, probabilities normalised before the
 /// values are summed: the slow path for the rare head whose float value accumulator overflowed.
-inline void decode_head_double(const kv_cache& cache, const decode_plan& p, index_t h, float* o, index_t o_stride) {
+inline void decode_head_double(const kv_cache& cache, const decode_plan& p, index_t h, float* o,
+                               index_t o_stride) {
   const index_t kv = h / p.g, n = p.n, d = p.d, r = p.r;
   const index_t list = p.shared ? kv : h;
   const index_t ns = p.counts[list];
@@ -385,7 +395,8 @@ inline void decode_head_double(const kv_cache& cache, const decode_plan& p, inde
   for (index_t s = 0; s < ns; ++s) {
     const float* row = cache.key_tile(kv, dims[s] / p.tile) + (dims[s] % p.tile) * kv_block;
     for (index_t j = 0; j < n; ++j)
-      sc[static_cast<std::size_t>(j)] += double(qh[s]) * row[(j / kv_block) * p.tile * kv_block + j % kv_block];
+      sc[static_cast<std::size_t>(j)] +=
+          double(qh[s]) * row[(j / kv_block) * p.tile * kv_block + j % kv_block];
   }
   const double mx = *std::max_element(sc.begin(), sc.end());
   double total = 0;
@@ -403,11 +414,13 @@ inline void decode_head_double(const kv_cache& cache, const decode_plan& p, inde
 /// threads outnumber what the KV heads can split evenly, and are merged exactly
 /// (max, rescaled normalisers, rescaled partial outputs).
 inline void run_decode(const kv_cache& cache, const decode_plan& p, int threads, aqua_workspace& ws,
-                       const matrix_view<float>& out, const matrix_view<float>& token_probs, attention_profile* prof) {
+                       const matrix_view<float>& out, const matrix_view<float>& token_probs,
+                       attention_profile* prof) {
   const index_t g = p.g, d = p.d, n = p.n;
-  const index_t segs = (threads > 1 && p.hkv % threads != 0)
-                           ? std::max<index_t>(1, std::min<index_t>(threads, (n + decode_chunk - 1) / decode_chunk))
-                           : 1;
+  const index_t segs =
+      (threads > 1 && p.hkv % threads != 0)
+          ? std::max<index_t>(1, std::min<index_t>(threads, (n + decode_chunk - 1) / decode_chunk))
+          : 1;
   const index_t items = p.hkv * segs;
   const int workers = static_cast<int>(std::max<index_t>(1, std::min<index_t>(threads, items)));
   if (static_cast<int>(ws.workers.size()) < workers) ws.workers.resize(static_cast<std::size_t>(workers));
@@ -437,7 +450,8 @@ inline void run_decode(const kv_cache& cache, const decode_plan& p, int threads,
   for (index_t h = 0; h < p.hq; ++h) {
     const index_t kv = h / g, hh = h % g;
     float mx = -std::numeric_limits<float>::infinity();
-    for (index_t s = 0; s < segs; ++s) mx = std::max(mx, ws.part_m[static_cast<std::size_t>((kv * segs + s) * g + hh)]);
+    for (index_t s = 0; s < segs; ++s)
+      mx = std::max(mx, ws.part_m[static_cast<std::size_t>((kv * segs + s) * g + hh)]);
     double total = 0;
     float* o = out.data() + h * out.stride(0);
     for (index_t c = 0; c < d; ++c) o[c * out.stride(1)] = 0.0f;
@@ -445,7 +459,8 @@ inline void run_decode(const kv_cache& cache, const decode_plan& p, int threads,
     for (index_t s = 0; s < segs; ++s) {
       const index_t item = kv * segs + s;
       const float ms = ws.part_m[static_cast<std::size_t>(item * g + hh)];
-      const double wgt = ms == -std::numeric_limits<float>::infinity() ? 0.0 : std::exp(double(ms) - double(mx));
+      const double wgt =
+          ms == -std::numeric_limits<float>::infinity() ? 0.0 : std::exp(double(ms) - double(mx));
       weights[static_cast<std::size_t>(s)] = wgt;
       total += wgt * ws.part_l[static_cast<std::size_t>(item * g + hh)];
     }
@@ -528,8 +543,8 @@ inline void run_prefill(const tensor3_view<const float>& q, const kv_cache& cach
       const index_t visible = causal ? first_position + rows : n;
       auto t_sel = wp ? profile_clock::now() : profile_clock::time_point();
       // Project the block's queries (GEMM with the cache's basis) and fold in the scale.
-      auto q_rows = as_eigen(matrix_view<const float>(q.data() + head * q.stride(0) + i0 * q.stride(1), {rows, d},
-                                                      {q.stride(1), q.stride(2)}));
+      auto q_rows = as_eigen(matrix_view<const float>(q.data() + head * q.stride(0) + i0 * q.stride(1),
+                                                      {rows, d}, {q.stride(1), q.stride(2)}));
       if (const auto* basis = cache.projection(kv)) {
         w.proj.resize(rows, r);
         w.proj.noalias() = q_rows * (*basis);
@@ -543,12 +558,14 @@ inline void run_prefill(const tensor3_view<const float>& q, const kv_cache& cach
           w.m[static_cast<std::size_t>(c)] = std::abs(qp[c]);
           w.alpha[static_cast<std::size_t>(c)] = qp[c] * qp[c];
         }
-        const index_t cnt = select_dims(w.m.data(), w.alpha.data(), r, tile, tile_mode, spec, w.rank.data(), w.dims.data());
+        const index_t cnt =
+            select_dims(w.m.data(), w.alpha.data(), r, tile, tile_mode, spec, w.rank.data(), w.dims.data());
         w.counts[static_cast<std::size_t>(i)] = cnt;
         for (index_t s = 0; s < cnt; ++s) {
           const std::int32_t dim = w.dims[static_cast<std::size_t>(s)];
           w.qsel[static_cast<std::size_t>(i * r + s)] = qp[dim];
-          w.rows[static_cast<std::size_t>(i * r + s)] = cache.key_tile(kv, dim / tile) + (dim % tile) * kv_block;
+          w.rows[static_cast<std::size_t>(i * r + s)] =
+              cache.key_tile(kv, dim / tile) + (dim % tile) * kv_block;
         }
       }
       auto t_score = wp ? profile_clock::now() : profile_clock::time_point();
@@ -560,8 +577,8 @@ inline void run_prefill(const tensor3_view<const float>& q, const kv_cache& cach
           const index_t vis_i = causal ? first_position + i + 1 : n;
           if (kc >= vis_i) continue;
           const index_t nb = std::min(key_chunk_blocks, (vis_i - kc + kv_block - 1) / kv_block);
-          score_dispatch(1, w.rows.data() + i * r, w.counts[static_cast<std::size_t>(i)], w.qsel.data() + i * r, r, bs,
-                         kc / kv_block, nb, w.logits.row(i).data() + kc, 0);
+          score_dispatch(1, w.rows.data() + i * r, w.counts[static_cast<std::size_t>(i)],
+                         w.qsel.data() + i * r, r, bs, kc / kv_block, nb, w.logits.row(i).data() + kc, 0);
         }
       }
       auto t_soft = wp ? profile_clock::now() : profile_clock::time_point();
@@ -573,8 +590,8 @@ inline void run_prefill(const tensor3_view<const float>& q, const kv_cache& cach
       }
       auto t_value = wp ? profile_clock::now() : profile_clock::time_point();
       Eigen::Map<const row_matrix<float>> v_rows(cache.values(kv), visible, d);
-      auto out_rows = as_eigen(matrix_view<float>(out.data() + head * out.stride(0) + i0 * out.stride(1), {rows, d},
-                                                  {out.stride(1), out.stride(2)}));
+      auto out_rows = as_eigen(matrix_view<float>(out.data() + head * out.stride(0) + i0 * out.stride(1),
+                                                  {rows, d}, {out.stride(1), out.stride(2)}));
       out_rows.noalias() = w.logits.leftCols(visible) * v_rows;
       if (wp) {
         wp->select_seconds += std::chrono::duration<double>(t_score - t_sel).count();

@@ -37,8 +37,8 @@ constexpr index_t decode_value_prefetch_tokens = 16;
 constexpr index_t prefill_key_blocks = 8;
 
 template <int HB>
-void score_portable(const float* const* rows, index_t ns, const float* q, index_t q_stride, index_t block_stride,
-                    index_t b0, index_t nb, float* scores, index_t score_stride) {
+void score_portable(const float* const* rows, index_t ns, const float* q, index_t q_stride,
+                    index_t block_stride, index_t b0, index_t nb, float* scores, index_t score_stride) {
   for (index_t b = 0; b < nb; ++b) {
     const index_t off = (b0 + b) * block_stride;
     for (int h = 0; h < HB; ++h) {
@@ -74,7 +74,7 @@ struct fused_args {
   index_t q_stride = 0, block_stride = 0;
   const float* values = nullptr;  // token-major [n, d]
   index_t d = 0;
-  index_t valid_end = 0;  // tokens at or past this index are masked (last, partial block)
+  index_t valid_end = 0;    // tokens at or past this index are masked (last, partial block)
   float* logits = nullptr;  // optional raw scores: logits + h * logits_stride + token
   index_t logits_stride = 0;
 };
@@ -90,8 +90,8 @@ struct side_prefetch {
 
 template <int HB, int NB, bool Prefetch>
 AQUA_TARGET_AVX2 void score_avx2(const float* const* rows, index_t ns, const float* q, index_t q_stride,
-                                 index_t block_stride, index_t b0, index_t nb, float* scores, index_t score_stride,
-                                 side_prefetch side = {}) {
+                                 index_t block_stride, index_t b0, index_t nb, float* scores,
+                                 index_t score_stride, side_prefetch side = {}) {
   const index_t ahead = decode_key_prefetch_blocks * block_stride;
   const index_t per_s = side.base ? (side.step / 64 + ns - 1) / ns : 0;
   index_t b = 0;
@@ -126,20 +126,22 @@ AQUA_TARGET_AVX2 void score_avx2(const float* const* rows, index_t ns, const flo
 #pragma GCC unroll 16
     for (int h = 0; h < HB; ++h)
 #pragma GCC unroll 16
-      for (int u = 0; u < 2 * NB; ++u) _mm256_storeu_ps(scores + h * score_stride + b * kv_block + u * 8, acc[h][u]);
+      for (int u = 0; u < 2 * NB; ++u)
+        _mm256_storeu_ps(scores + h * score_stride + b * kv_block + u * 8, acc[h][u]);
   }
   if (NB > 1 && b < nb)
-    score_avx2<HB, 1, Prefetch>(rows, ns, q, q_stride, block_stride, b0 + b, nb - b, scores + b * kv_block,
-                                score_stride,
-                                side.base ? side_prefetch{side.base + b * side.step, side.step} : side_prefetch{});
+    score_avx2<HB, 1, Prefetch>(
+        rows, ns, q, q_stride, block_stride, b0 + b, nb - b, scores + b * kv_block, score_stride,
+        side.base ? side_prefetch{side.base + b * side.step, side.step} : side_prefetch{});
 }
 
 /// Per-head selection: HB heads with their own row lists of equal length ns (list h starts at
 /// rows + h * list_stride), scored together so 2 * HB independent FMA chains hide latency.
 template <int HB, bool Prefetch>
-AQUA_TARGET_AVX2 void score_lists_avx2(const float* const* rows, index_t list_stride, index_t ns, const float* q,
-                                       index_t q_stride, index_t block_stride, index_t b0, index_t nb, float* scores,
-                                       index_t score_stride, side_prefetch side = {}) {
+AQUA_TARGET_AVX2 void score_lists_avx2(const float* const* rows, index_t list_stride, index_t ns,
+                                       const float* q, index_t q_stride, index_t block_stride, index_t b0,
+                                       index_t nb, float* scores, index_t score_stride,
+                                       side_prefetch side = {}) {
   const index_t ahead = decode_key_prefetch_blocks * block_stride;
   const index_t per_s = side.base ? (side.step / 64 + ns - 1) / ns : 0;
   for (index_t b = 0; b < nb; ++b) {
@@ -170,8 +172,8 @@ AQUA_TARGET_AVX2 void score_lists_avx2(const float* const* rows, index_t list_st
 }
 
 template <int HB, int NV, bool Prefetch>
-AQUA_TARGET_AVX2 void value_slice_avx2(const float* v, index_t d, index_t cnt, const float* p, index_t p_stride,
-                                       float* acc, index_t acc_stride, index_t ahead) {
+AQUA_TARGET_AVX2 void value_slice_avx2(const float* v, index_t d, index_t cnt, const float* p,
+                                       index_t p_stride, float* acc, index_t acc_stride, index_t ahead) {
   __m256 a[HB][NV];
 #pragma GCC unroll 16
   for (int h = 0; h < HB; ++h)
@@ -183,7 +185,8 @@ AQUA_TARGET_AVX2 void value_slice_avx2(const float* v, index_t d, index_t cnt, c
     // would fill the miss buffers.
     if (Prefetch) {
 #pragma GCC unroll 4
-      for (int u = 0; u < NV; u += 2) _mm_prefetch(reinterpret_cast<const char*>(row + ahead + 8 * u), _MM_HINT_T0);
+      for (int u = 0; u < NV; u += 2)
+        _mm_prefetch(reinterpret_cast<const char*>(row + ahead + 8 * u), _MM_HINT_T0);
     }
     __m256 vr[NV];
 #pragma GCC unroll 16
@@ -206,8 +209,8 @@ AQUA_TARGET_AVX2 void value_slice_avx2(const float* v, index_t d, index_t cnt, c
 /// swept once per slice (a 512-byte stride); the accumulators round-trip through L1 per group.
 /// d must be a multiple of 8.
 template <int HB, int NV>
-AQUA_TARGET_AVX2 void value_avx2(const float* v, index_t d, index_t cnt, const float* p, index_t p_stride, float* acc,
-                                 index_t acc_stride, const float* alpha) {
+AQUA_TARGET_AVX2 void value_avx2(const float* v, index_t d, index_t cnt, const float* p, index_t p_stride,
+                                 float* acc, index_t acc_stride, const float* alpha) {
 #pragma GCC unroll 4
   for (int h = 0; h < HB; ++h) {
     const __m256 al = _mm256_broadcast_ss(alpha + h);
@@ -225,11 +228,13 @@ AQUA_TARGET_AVX2 void value_avx2(const float* v, index_t d, index_t cnt, const f
       for (; c + 8 * NV <= d; c += 8 * NV) {
         value_slice_avx2<HB, NV, true>(vg + c, d, jn, pg, p_stride, acc + c, acc_stride, ahead);
       }
-      for (; c < d; c += 8) value_slice_avx2<HB, 1, true>(vg + c, d, jn, pg, p_stride, acc + c, acc_stride, ahead);
+      for (; c < d; c += 8)
+        value_slice_avx2<HB, 1, true>(vg + c, d, jn, pg, p_stride, acc + c, acc_stride, ahead);
     } else {
       for (; c + 8 * NV <= d; c += 8 * NV)
         value_slice_avx2<HB, NV, false>(vg + c, d, jn, pg, p_stride, acc + c, acc_stride, 0);
-      for (; c < d; c += 8) value_slice_avx2<HB, 1, false>(vg + c, d, jn, pg, p_stride, acc + c, acc_stride, 0);
+      for (; c < d; c += 8)
+        value_slice_avx2<HB, 1, false>(vg + c, d, jn, pg, p_stride, acc + c, acc_stride, 0);
     }
   }
 }
@@ -243,8 +248,8 @@ AQUA_TARGET_AVX2 void value_avx2(const float* v, index_t d, index_t cnt, const f
 /// Lists: head h reads its own rows (rows + h * list_stride), else all HB heads share one list.
 /// State per head: running max m, normaliser l (double) and unnormalised output acc (d floats).
 template <int HB, bool Lists>
-AQUA_TARGET_AVX2 void fused_decode_avx2(const fused_args& a, index_t b_begin, index_t b_end, float* m, double* l,
-                                        float* acc, index_t acc_stride) {
+AQUA_TARGET_AVX2 void fused_decode_avx2(const fused_args& a, index_t b_begin, index_t b_end, float* m,
+                                        double* l, float* acc, index_t acc_stride) {
   constexpr int NV = HB == 1 ? 8 : HB == 2 ? 4 : 2;  // value columns per slice, in vectors of 8
   const index_t d = a.d, ns = a.ns, bs = a.block_stride;
   const index_t key_ahead = decode_key_prefetch_blocks * bs;
@@ -298,7 +303,8 @@ AQUA_TARGET_AVX2 void fused_decode_avx2(const fused_args& a, index_t b_begin, in
       const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
       const __m256i lim = _mm256_set1_epi32(static_cast<int>(jn));
       const __m256 keep0 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(lim, lane));
-      const __m256 keep1 = _mm256_castsi256_ps(_mm256_cmpgt_epi32(lim, _mm256_add_epi32(lane, _mm256_set1_epi32(8))));
+      const __m256 keep1 =
+          _mm256_castsi256_ps(_mm256_cmpgt_epi32(lim, _mm256_add_epi32(lane, _mm256_set1_epi32(8))));
       const __m256 ninf = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
 #pragma GCC unroll 4
       for (int h = 0; h < HB; ++h) {
@@ -315,7 +321,8 @@ AQUA_TARGET_AVX2 void fused_decode_avx2(const fused_args& a, index_t b_begin, in
         l[h] *= alpha;
         const __m256 al = _mm256_set1_ps(alpha);
         float* ah = acc + h * acc_stride;
-        for (index_t c = 0; c < d; c += 8) _mm256_storeu_ps(ah + c, _mm256_mul_ps(al, _mm256_loadu_ps(ah + c)));
+        for (index_t c = 0; c < d; c += 8)
+          _mm256_storeu_ps(ah + c, _mm256_mul_ps(al, _mm256_loadu_ps(ah + c)));
         m[h] = bm;
       }
       const __m256 mv = _mm256_set1_ps(m[h]);
@@ -332,7 +339,8 @@ AQUA_TARGET_AVX2 void fused_decode_avx2(const fused_args& a, index_t b_begin, in
     index_t c = 0;
     for (; c + 8 * NV <= d; c += 8 * NV)
       value_slice_avx2<HB, NV, false>(vb + c, d, jn, &pbuf[0][0], kv_block, acc + c, acc_stride, 0);
-    for (; c < d; c += 8) value_slice_avx2<HB, 1, false>(vb + c, d, jn, &pbuf[0][0], kv_block, acc + c, acc_stride, 0);
+    for (; c < d; c += 8)
+      value_slice_avx2<HB, 1, false>(vb + c, d, jn, &pbuf[0][0], kv_block, acc + c, acc_stride, 0);
   }
 }
 
@@ -341,14 +349,30 @@ inline bool fused_decode(int heads, bool lists, const fused_args& a, index_t b_b
                          double* l, float* acc, index_t acc_stride) {
   if (!has_avx2_fma() || a.d % 8 != 0) return false;
   switch (heads * 2 + (lists ? 1 : 0)) {
-    case 2: fused_decode_avx2<1, false>(a, b_begin, b_end, m, l, acc, acc_stride); return true;
-    case 3: fused_decode_avx2<1, true>(a, b_begin, b_end, m, l, acc, acc_stride); return true;
-    case 4: fused_decode_avx2<2, false>(a, b_begin, b_end, m, l, acc, acc_stride); return true;
-    case 5: fused_decode_avx2<2, true>(a, b_begin, b_end, m, l, acc, acc_stride); return true;
-    case 6: fused_decode_avx2<3, false>(a, b_begin, b_end, m, l, acc, acc_stride); return true;
-    case 7: fused_decode_avx2<3, true>(a, b_begin, b_end, m, l, acc, acc_stride); return true;
-    case 8: fused_decode_avx2<4, false>(a, b_begin, b_end, m, l, acc, acc_stride); return true;
-    default: fused_decode_avx2<4, true>(a, b_begin, b_end, m, l, acc, acc_stride); return true;
+    case 2:
+      fused_decode_avx2<1, false>(a, b_begin, b_end, m, l, acc, acc_stride);
+      return true;
+    case 3:
+      fused_decode_avx2<1, true>(a, b_begin, b_end, m, l, acc, acc_stride);
+      return true;
+    case 4:
+      fused_decode_avx2<2, false>(a, b_begin, b_end, m, l, acc, acc_stride);
+      return true;
+    case 5:
+      fused_decode_avx2<2, true>(a, b_begin, b_end, m, l, acc, acc_stride);
+      return true;
+    case 6:
+      fused_decode_avx2<3, false>(a, b_begin, b_end, m, l, acc, acc_stride);
+      return true;
+    case 7:
+      fused_decode_avx2<3, true>(a, b_begin, b_end, m, l, acc, acc_stride);
+      return true;
+    case 8:
+      fused_decode_avx2<4, false>(a, b_begin, b_end, m, l, acc, acc_stride);
+      return true;
+    default:
+      fused_decode_avx2<4, true>(a, b_begin, b_end, m, l, acc, acc_stride);
+      return true;
   }
 }
 #else
@@ -367,45 +391,67 @@ inline void score_dispatch(int heads, const float* const* rows, index_t ns, cons
     if (stream) {
       // Prefetching past the end of a tile is harmless: a prefetch never faults.
       switch (heads) {
-        case 1: return score_avx2<1, 4, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride, side);
-        case 2: return score_avx2<2, 2, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride, side);
-        case 3: return score_avx2<3, 1, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride, side);
-        default: return score_avx2<4, 1, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride, side);
+        case 1:
+          return score_avx2<1, 4, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride,
+                                        side);
+        case 2:
+          return score_avx2<2, 2, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride,
+                                        side);
+        case 3:
+          return score_avx2<3, 1, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride,
+                                        side);
+        default:
+          return score_avx2<4, 1, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride,
+                                        side);
       }
     }
     switch (heads) {
-      case 1: return score_avx2<1, 4, false>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
-      case 2: return score_avx2<2, 2, false>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
-      case 3: return score_avx2<3, 1, false>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
-      default: return score_avx2<4, 1, false>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+      case 1:
+        return score_avx2<1, 4, false>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+      case 2:
+        return score_avx2<2, 2, false>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+      case 3:
+        return score_avx2<3, 1, false>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+      default:
+        return score_avx2<4, 1, false>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
     }
   }
 #endif
   switch (heads) {
-    case 1: return score_portable<1>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
-    case 2: return score_portable<2>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
-    case 3: return score_portable<3>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
-    default: return score_portable<4>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+    case 1:
+      return score_portable<1>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+    case 2:
+      return score_portable<2>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+    case 3:
+      return score_portable<3>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+    default:
+      return score_portable<4>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
   }
 }
 
 /// Scores for `heads` (<= 4) heads, each with its own list of `ns` rows (per-head selection).
 inline void score_lists_dispatch(int heads, const float* const* rows, index_t list_stride, index_t ns,
-                                 const float* q, index_t q_stride, index_t block_stride, index_t b0, index_t nb,
-                                 float* scores, index_t score_stride, side_prefetch side = {}) {
+                                 const float* q, index_t q_stride, index_t block_stride, index_t b0,
+                                 index_t nb, float* scores, index_t score_stride, side_prefetch side = {}) {
 #if AQUA_HAS_X86_SIMD
   if (has_avx2_fma() && heads >= 2) {
     constexpr bool pf = true;
     switch (heads) {
       case 2:
-        return pf ? score_lists_avx2<2, true>(rows, list_stride, ns, q, q_stride, block_stride, b0, nb, scores, score_stride, side)
-                  : score_lists_avx2<2, false>(rows, list_stride, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+        return pf ? score_lists_avx2<2, true>(rows, list_stride, ns, q, q_stride, block_stride, b0, nb,
+                                              scores, score_stride, side)
+                  : score_lists_avx2<2, false>(rows, list_stride, ns, q, q_stride, block_stride, b0, nb,
+                                               scores, score_stride);
       case 3:
-        return pf ? score_lists_avx2<3, true>(rows, list_stride, ns, q, q_stride, block_stride, b0, nb, scores, score_stride, side)
-                  : score_lists_avx2<3, false>(rows, list_stride, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+        return pf ? score_lists_avx2<3, true>(rows, list_stride, ns, q, q_stride, block_stride, b0, nb,
+                                              scores, score_stride, side)
+                  : score_lists_avx2<3, false>(rows, list_stride, ns, q, q_stride, block_stride, b0, nb,
+                                               scores, score_stride);
       default:
-        return pf ? score_lists_avx2<4, true>(rows, list_stride, ns, q, q_stride, block_stride, b0, nb, scores, score_stride, side)
-                  : score_lists_avx2<4, false>(rows, list_stride, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
+        return pf ? score_lists_avx2<4, true>(rows, list_stride, ns, q, q_stride, block_stride, b0, nb,
+                                              scores, score_stride, side)
+                  : score_lists_avx2<4, false>(rows, list_stride, ns, q, q_stride, block_stride, b0, nb,
+                                               scores, score_stride);
     }
   }
 #endif
@@ -414,23 +460,31 @@ inline void score_lists_dispatch(int heads, const float* const* rows, index_t li
                    scores + h * score_stride, score_stride, true);
 }
 
-inline void value_dispatch(int heads, const float* v, index_t d, index_t cnt, const float* p, index_t p_stride,
-                           float* acc, index_t acc_stride, const float* alpha) {
+inline void value_dispatch(int heads, const float* v, index_t d, index_t cnt, const float* p,
+                           index_t p_stride, float* acc, index_t acc_stride, const float* alpha) {
 #if AQUA_HAS_X86_SIMD
   if (has_avx2_fma() && d % 8 == 0) {
     switch (heads) {
-      case 1: return value_avx2<1, 8>(v, d, cnt, p, p_stride, acc, acc_stride, alpha);
-      case 2: return value_avx2<2, 4>(v, d, cnt, p, p_stride, acc, acc_stride, alpha);
-      case 3: return value_avx2<3, 2>(v, d, cnt, p, p_stride, acc, acc_stride, alpha);
-      default: return value_avx2<4, 2>(v, d, cnt, p, p_stride, acc, acc_stride, alpha);
+      case 1:
+        return value_avx2<1, 8>(v, d, cnt, p, p_stride, acc, acc_stride, alpha);
+      case 2:
+        return value_avx2<2, 4>(v, d, cnt, p, p_stride, acc, acc_stride, alpha);
+      case 3:
+        return value_avx2<3, 2>(v, d, cnt, p, p_stride, acc, acc_stride, alpha);
+      default:
+        return value_avx2<4, 2>(v, d, cnt, p, p_stride, acc, acc_stride, alpha);
     }
   }
 #endif
   switch (heads) {
-    case 1: return value_portable<1>(v, d, cnt, p, p_stride, acc, acc_stride, alpha);
-    case 2: return value_portable<2>(v, d, cnt, p, p_stride, acc, acc_stride, alpha);
-    case 3: return value_portable<3>(v, d, cnt, p, p_stride, acc, acc_stride, alpha);
-    default: return value_portable<4>(v, d, cnt, p, p_stride, acc, acc_stride, alpha);
+    case 1:
+      return value_portable<1>(v, d, cnt, p, p_stride, acc, acc_stride, alpha);
+    case 2:
+      return value_portable<2>(v, d, cnt, p, p_stride, acc, acc_stride, alpha);
+    case 3:
+      return value_portable<3>(v, d, cnt, p, p_stride, acc, acc_stride, alpha);
+    default:
+      return value_portable<4>(v, d, cnt, p, p_stride, acc, acc_stride, alpha);
   }
 }
 
