@@ -10,10 +10,14 @@
 #include <limits>
 #include <vector>
 
+#include "kernel_support.hpp"
 #include "test_support.hpp"
 
 using aqua::index_t;
 using Catch::Matchers::Contains;
+
+using aqua_test::both_paths;
+using aqua_test::mode_name;
 
 namespace {
 
@@ -79,23 +83,6 @@ double rel_error(const std::vector<float>& out, const std::vector<double>& ref) 
   return aqua_test::normalized_error(
       index_t(ref.size()), [&](index_t i) { return out[std::size_t(i)]; },
       [&](index_t i) { return ref[std::size_t(i)]; });
-}
-
-// Runs the block with the AVX2 kernels (when the CPU has them) and with the portable ones.
-template <class F>
-void both_paths(F&& f) {
-  for (int off : {0, 1}) {
-    aqua::detail::simd_disabled() = off;
-    CAPTURE(off);
-    f();
-  }
-  aqua::detail::simd_disabled() = 0;
-}
-
-const char* mode_name(aqua::selection_mode m) {
-  return m == aqua::selection_mode::per_head ? "per_head"
-         : m == aqua::selection_mode::group  ? "group"
-                                             : "tile";
 }
 
 }  // namespace

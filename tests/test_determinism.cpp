@@ -30,9 +30,15 @@
 #include <cstring>
 #include <vector>
 
+#include "kernel_support.hpp"
 #include "test_support.hpp"
 
 using aqua::index_t;
+
+using aqua_test::all_modes;
+using aqua_test::bitwise_equal;
+using aqua_test::both_paths;
+using aqua_test::mode_name;
 
 namespace {
 
@@ -88,30 +94,6 @@ struct fixture {
     return eps;
   }
 };
-
-bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
-
-const char* mode_name(aqua::selection_mode m) {
-  return m == aqua::selection_mode::per_head ? "per_head"
-         : m == aqua::selection_mode::group  ? "group"
-                                             : "tile";
-}
-
-constexpr aqua::selection_mode all_modes[] = {aqua::selection_mode::per_head, aqua::selection_mode::group,
-                                              aqua::selection_mode::tile};
-
-// Runs `f` with the AVX2 kernels (when the CPU has them) and with the portable ones.
-template <class F>
-void both_paths(F&& f) {
-  for (int off : {0, 1}) {
-    aqua::detail::simd_disabled() = off;
-    CAPTURE(off);
-    f();
-  }
-  aqua::detail::simd_disabled() = 0;
-}
 
 // A workspace already sized and filled by a call on other shapes, so reuse starts from stale data.
 aqua::aqua_workspace dirty_workspace() {

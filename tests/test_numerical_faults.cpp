@@ -10,18 +10,19 @@
 #include <limits>
 #include <vector>
 
+#include "kernel_support.hpp"
 #include "test_support.hpp"
 
 using aqua::index_t;
 using Catch::Matchers::Contains;
 
+using aqua_test::all_modes;
+using aqua_test::bitwise_equal;
+
 namespace {
 
 constexpr float nan_f = std::numeric_limits<float>::quiet_NaN();
 constexpr float inf_f = std::numeric_limits<float>::infinity();
-
-constexpr aqua::selection_mode all_modes[] = {aqua::selection_mode::per_head, aqua::selection_mode::group,
-                                              aqua::selection_mode::tile};
 
 // Random keys and values [hkv, n, d] in an identity-projection cache (projected = raw coordinates).
 struct filled_cache {
@@ -36,10 +37,6 @@ struct filled_cache {
                  aqua::make_view(static_cast<const float*>(v.data()), hkv, n, d));
   }
 };
-
-bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
-  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
-}
 
 // A cache of n tokens whose only key coordinate is dim 0: key j = (a[j] * key_scale, 0, ...);
 // value j row = (100 j + c) (exact in float), so a one-hot output names its token.
