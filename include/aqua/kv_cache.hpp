@@ -30,6 +30,7 @@
 #include <cstring>
 #include <memory>
 #include <new>
+#include <type_traits>
 #include <vector>
 
 #if defined(__linux__)
@@ -191,6 +192,22 @@ public:
       return;
     }
     const auto& p = proj_[static_cast<std::size_t>(head)];
+    // Eigen's GEMV is vectorised whatever the caller's flags; the plain loop is not at GCC's -O2
+    // (out and the basis might alias), which made q P 5-10x slower than the decode it precedes.
+    Eigen::Map<Eigen::RowVectorXf> result(out, rank_);
+    if constexpr (std::is_same<S, float>::value) {
+      if (x_stride == 1) {
+        result.noalias() = Eigen::Map<const Eigen::RowVectorXf>(x, d_) * p;
+        return;
+      }
+    }
+    constexpr index_t stack_dims = 1024;
+    if (d_ <= stack_dims) {
+      float copy[stack_dims];
+      for (index_t i = 0; i < d_; ++i) copy[i] = static_cast<float>(x[i * x_stride]);
+      result.noalias() = Eigen::Map<const Eigen::RowVectorXf>(copy, d_) * p;
+      return;
+    }
     for (index_t c = 0; c < rank_; ++c) out[c] = 0.0f;
     for (index_t i = 0; i < d_; ++i) {
       const float xi = static_cast<float>(x[i * x_stride]);
