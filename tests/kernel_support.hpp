@@ -9,6 +9,8 @@
 #include <cstring>
 #include <vector>
 
+#include "test_support.hpp"
+
 namespace aqua_test {
 
 inline constexpr aqua::selection_mode all_modes[] = {aqua::selection_mode::per_head,
@@ -34,5 +36,56 @@ void both_paths(F&& f) {
 inline bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
 }
+
+/// Random data of one attention layer, q [Hq, queries, d] and k, v [Hkv, N, d] drawn N(0, 1) from
+/// `seed`, and a kv_cache holding k and v: projected by random orthogonal bases (seeded
+/// basis_seed + h), or unprojected.
+struct random_layer {
+  struct options {
+    index_t tile = 16;
+    bool project = true;
+    index_t rank = 0;
+    index_t queries = 1;
+    unsigned seed = 1;
+    unsigned basis_seed = 100;
+  };
+
+  index_t hq, hkv, d, n;
+  std::vector<float> q, k, v;
+  std::vector<Eigen::MatrixXf> bases;
+  aqua::kv_cache cache;
+
+  random_layer(index_t hq_, index_t hkv_, index_t d_, index_t n_, const options& opt)
+      : hq(hq_),
+        hkv(hkv_),
+        d(d_),
+        n(n_),
+        q(std::size_t(hq_ * opt.queries * d_)),
+        k(std::size_t(hkv_ * n_ * d_)),
+        v(k.size()),
+        cache(make_cache(hkv_, d_, opt, bases)) {
+    fill_normal(q, opt.seed);
+    fill_normal(k, opt.seed + 1);
+    fill_normal(v, opt.seed + 2);
+    cache.append(aqua::make_view(static_cast<const float*>(k.data()), hkv, n, d),
+                 aqua::make_view(static_cast<const float*>(v.data()), hkv, n, d));
+  }
+  aqua::matrix_view<const float> qv() const { return aqua::make_view(q.data(), hq, d); }
+
+private:
+  static aqua::kv_cache make_cache(index_t hkv, index_t d, const options& opt,
+                                   std::vector<Eigen::MatrixXf>& bases) {
+    aqua::kv_cache_options cache_opt;
+    cache_opt.tile_dims = opt.tile;
+    cache_opt.rank = opt.rank;
+    if (!opt.project) return aqua::kv_cache(hkv, d, cache_opt);
+    std::vector<aqua::matrix_view<const float>> views;
+    for (index_t h = 0; h < hkv; ++h) {
+      bases.push_back(random_orthogonal_basis(d, opt.basis_seed + unsigned(h)));
+      views.push_back(aqua::view_of(bases.back()));
+    }
+    return aqua::kv_cache(views, cache_opt);
+  }
+};
 
 }  // namespace aqua_test

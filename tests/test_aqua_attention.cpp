@@ -22,43 +22,10 @@ using aqua_test::mode_name;
 namespace {
 
 // Raw data of one layer plus a cache built from it with random orthogonal bases.
-struct layer {
-  index_t hq, hkv, d, n;
-  std::vector<float> q, k, v;
-  std::vector<Eigen::MatrixXf> bases;
-  aqua::kv_cache cache;
-
-  static aqua::kv_cache make_cache(index_t hkv, index_t d, index_t tile, std::vector<Eigen::MatrixXf>& bases,
-                                   bool project, index_t rank) {
-    aqua::kv_cache_options opt;
-    opt.tile_dims = tile;
-    opt.rank = rank;
-    if (!project) return aqua::kv_cache(hkv, d, opt);
-    std::vector<aqua::matrix_view<const float>> views;
-    for (index_t h = 0; h < hkv; ++h) {
-      bases.push_back(aqua_test::random_orthogonal_basis(d, unsigned(100 + h)));
-      views.push_back(aqua::view_of(bases.back()));
-    }
-    return aqua::kv_cache(views, opt);
-  }
-
+struct layer : aqua_test::random_layer {
   layer(index_t hq_, index_t hkv_, index_t d_, index_t n_, index_t tile = 16, bool project = true,
         index_t rank = 0, unsigned seed = 1)
-      : hq(hq_),
-        hkv(hkv_),
-        d(d_),
-        n(n_),
-        q(std::size_t(hq_ * d_)),
-        k(std::size_t(hkv_ * n_ * d_)),
-        v(k.size()),
-        cache(make_cache(hkv_, d_, tile, bases, project, rank)) {
-    aqua_test::fill_normal(q, seed);
-    aqua_test::fill_normal(k, seed + 1);
-    aqua_test::fill_normal(v, seed + 2);
-    cache.append(aqua::make_view(static_cast<const float*>(k.data()), hkv, n, d),
-                 aqua::make_view(static_cast<const float*>(v.data()), hkv, n, d));
-  }
-  aqua::matrix_view<const float> qv() const { return aqua::make_view(q.data(), hq, d); }
+      : random_layer(hq_, hkv_, d_, n_, {tile, project, rank, 1, seed, 100}) {}
 
   // Exact attention of head h's query row `qrow` against tokens [0, visible), in double.
   std::vector<double> oracle(index_t h, const float* qrow, index_t visible) const {

@@ -43,38 +43,9 @@ using aqua_test::mode_name;
 namespace {
 
 // One layer of random data and a projected cache holding it (tiles of 16 dims).
-struct fixture {
-  index_t hq, hkv, d, n;
-  std::vector<float> q, k, v;
-  std::vector<Eigen::MatrixXf> bases;
-  aqua::kv_cache cache;
-
-  static aqua::kv_cache make_cache(index_t hkv, index_t d, std::vector<Eigen::MatrixXf>& bases) {
-    std::vector<aqua::matrix_view<const float>> views;
-    for (index_t h = 0; h < hkv; ++h)
-      bases.push_back(aqua_test::random_orthogonal_basis(d, unsigned(300 + h)));
-    for (const auto& b : bases) views.push_back(aqua::view_of(b));
-    aqua::kv_cache_options opt;
-    opt.tile_dims = 16;
-    return aqua::kv_cache(views, opt);
-  }
-
+struct fixture : aqua_test::random_layer {
   fixture(index_t hq_, index_t hkv_, index_t d_, index_t n_, index_t m_queries = 1, unsigned seed = 7)
-      : hq(hq_),
-        hkv(hkv_),
-        d(d_),
-        n(n_),
-        q(std::size_t(hq_ * m_queries * d_)),
-        k(std::size_t(hkv_ * n_ * d_)),
-        v(k.size()),
-        cache(make_cache(hkv_, d_, bases)) {
-    aqua_test::fill_normal(q, seed);
-    aqua_test::fill_normal(k, seed + 1);
-    aqua_test::fill_normal(v, seed + 2);
-    cache.append(aqua::make_view(static_cast<const float*>(k.data()), hkv, n, d),
-                 aqua::make_view(static_cast<const float*>(v.data()), hkv, n, d));
-  }
-  aqua::matrix_view<const float> qv() const { return aqua::make_view(q.data(), hq, d); }
+      : random_layer(hq_, hkv_, d_, n_, {16, true, 0, m_queries, seed, 300}) {}
 
   // eps of the header comment for every output element [hq, d].
   std::vector<double> bound_per_element() const {

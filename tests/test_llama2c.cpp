@@ -955,19 +955,31 @@ TEST_CASE("llama2c policy: files round-trip and truncated or corrupt files are r
 // =============================================================================================
 // The real checkpoint (skipped without the data)
 
-TEST_CASE("llama2c stories260K: greedy text and perplexity match the llama2.c reference", "[llama2c][data]") {
+namespace {
+
+// The data directory holding stories260K, or "" (with a warning saying why) when it is absent:
+// the cases that need the real checkpoint are then skipped, so the suite passes without the data.
+std::string stories260k_data_dir() {
   const std::string repo_root = fs::path(__FILE__).parent_path().parent_path().string();
   std::string data;
   try {
     data = llama2c::resolve_data_dir("", repo_root);
   } catch (const aqua::error& e) {
     WARN(e.what() << ": skipped");
-    return;
+    return "";
   }
   if (data.empty() || !fs::exists(data + "/stories260K/stories260K.bin")) {
     WARN("stories260K not found (set AQUA_DATA_DIR or place it in ../shared/data): skipped");
-    return;
+    return "";
   }
+  return data;
+}
+
+}  // namespace
+
+TEST_CASE("llama2c stories260K: greedy text and perplexity match the llama2.c reference", "[llama2c][data]") {
+  const std::string data = stories260k_data_dir();
+  if (data.empty()) return;
   const auto ck = llama2c::checkpoint::load(data + "/stories260K/stories260K.bin");
   const auto tok = llama2c::tokenizer::load(data + "/stories260K/tok512.bin", ck.cfg().vocab_size);
   llama2c::dense_attention attention;
@@ -1039,18 +1051,8 @@ TEST_CASE(
 
 TEST_CASE("llama2c stories260K: a projection calibrated on English queries beats identity bases at k = 4",
           "[llama2c][data]") {
-  const std::string repo_root = fs::path(__FILE__).parent_path().parent_path().string();
-  std::string data;
-  try {
-    data = llama2c::resolve_data_dir("", repo_root);
-  } catch (const aqua::error& e) {
-    WARN(e.what() << ": skipped");
-    return;
-  }
-  if (data.empty() || !fs::exists(data + "/stories260K/stories260K.bin")) {
-    WARN("stories260K not found (set AQUA_DATA_DIR or place it in ../shared/data): skipped");
-    return;
-  }
+  const std::string data = stories260k_data_dir();
+  if (data.empty()) return;
   const auto ck = llama2c::checkpoint::load(data + "/stories260K/stories260K.bin");
   const auto tok = llama2c::tokenizer::load(data + "/stories260K/tok512.bin", ck.cfg().vocab_size);
   const auto& c = ck.cfg();
