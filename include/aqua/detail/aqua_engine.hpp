@@ -49,7 +49,8 @@ public:
   struct worker {
     std::vector<float> scores, acc, m, alpha, qsel, qblock;
     std::vector<double> l;
-    std::vector<const float*> rows;
+    std::vector<const float*> rows, prefetch_rows;
+    std::vector<char> row_used;
     std::vector<std::int32_t> dims, rank;
     std::vector<index_t> counts;
     row_matrix<float> logits, proj;
@@ -323,9 +324,27 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
     fa.logits_stride = p.n;
     auto t_start = prof ? profile_clock::now() : profile_clock::time_point();
     bool done = true;
+    if (!p.shared) {
+      w.prefetch_rows.resize(static_cast<std::size_t>(r));
+      w.row_used.resize(static_cast<std::size_t>(r));
+    }
     for (index_t hb = 0; hb < g && done; hb += 4) {
       fa.q = qsel + hb * r;
       fa.rows = w.rows.data() + (p.shared ? 0 : hb * r);
+      if (!p.shared) {
+        // The distinct rows of these heads' selections, for the kernel's prefetch.
+        std::fill(w.row_used.begin(), w.row_used.end(), char(0));
+        for (index_t h = hb; h < std::min<index_t>(g, hb + 4); ++h)
+          for (index_t s = 0; s < fa.ns; ++s)
+            w.row_used[static_cast<std::size_t>(p.dims[(kv * g + h) * r + s])] = 1;
+        index_t distinct = 0;
+        for (index_t dim = 0; dim < r; ++dim)
+          if (w.row_used[static_cast<std::size_t>(dim)])
+            w.prefetch_rows[static_cast<std::size_t>(distinct++)] =
+                cache.key_tile(kv, dim / p.tile) + (dim % p.tile) * kv_block;
+        fa.prefetch_rows = w.prefetch_rows.data();
+        fa.prefetch_count = distinct;
+      }
       fa.logits = logits_out ? logits_out + (kv * g + hb) * p.n : nullptr;
       done = fused_decode(static_cast<int>(std::min<index_t>(4, g - hb)), !p.shared, fa, t0 / kv_block,
                           (t1 + kv_block - 1) / kv_block, m + hb, l + hb, acc + hb * d, d);

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 
@@ -30,6 +31,13 @@ constexpr index_t decode_chunk = 128;
 // Decode: each key row is prefetched this many 16-token blocks ahead. Shorter and longer (1-16)
 // measured no better; without it decode ran 1.5x slower at N = 32k.
 constexpr index_t decode_key_prefetch_blocks = 4;
+// Fused decode: how far (in 64-byte lines of the block stream, see block_prefetcher) software
+// prefetch runs ahead of the kernel. Measured at the Llama shape (d = 128, N = 32k, 1 thread,
+// interleaved): 160-192 lines (10-12 KB) read dense, k = 32 and k = 96 tiles at 0.80-0.88 of the
+// machine's read bandwidth; 64 lines 0.50-0.60, 256 lines 0.65-0.75 (L1 thrash). Fixed
+// per-phase schemes (values during the score loop, keys a few blocks ahead) left DRAM idle
+// during one of the two phases (0.55-0.75); prefetching every other line only, 0.60-0.65.
+constexpr index_t decode_prefetch_lead_lines = 192;
 // Chunked decode path: value rows are prefetched this many tokens ahead in the value pass.
 constexpr index_t decode_value_prefetch_tokens = 16;
 // Prefill: key blocks (of 16 tokens) per chunk that every query of a 64-row block reads while
@@ -77,6 +85,10 @@ struct fused_args {
   index_t valid_end = 0;    // tokens at or past this index are masked (last, partial block)
   float* logits = nullptr;  // optional raw scores: logits + h * logits_stride + token
   index_t logits_stride = 0;
+  // Fused decode, per-head lists: the distinct rows of the HB lists (block 0), which software
+  // prefetch requests once each; unset, the prefetch follows the (shared) list itself.
+  const float* const* prefetch_rows = nullptr;
+  index_t prefetch_count = 0;
 };
 
 #if AQUA_HAS_X86_SIMD
@@ -239,46 +251,126 @@ AQUA_TARGET_AVX2 void value_avx2(const float* v, index_t d, index_t cnt, const f
   }
 }
 
+/// Software prefetch for the fused decode. The lines a 16-token block consumes form one stream:
+/// its selected key rows (one 64-byte line per distinct row), then its value rows (d lines at d
+/// floats per token). The prefetcher walks that stream a
+/// fixed number of lines ahead of the kernel and issues one line for every line consumed, in both
+/// the score and the value loop, so DRAM sees a steady request rate whatever the split between
+/// key and value bytes (k = 32 reads 32 key lines and 128 value lines per block, dense 128 + 128).
+/// Addresses are formed as integers: lines past the end of the cache are requested but never
+/// read (a prefetch does not fault).
+struct block_prefetcher {
+  const float* const* rows = nullptr;  // the key rows of block 0
+  index_t key_lines = 0;
+  std::uintptr_t key_block_bytes = 0;
+  index_t lines = 0;         // per block: key_lines + the value lines
+  index_t pos = 0;           // line within the current block's stream
+  std::uintptr_t koff = 0;   // bytes from block 0's key rows to the current block's
+  std::uintptr_t vnext = 0;  // next value line (the value rows of all blocks are contiguous)
+
+  /// Positions the prefetcher `lead` lines past the start of block first_block.
+  AQUA_TARGET_AVX2 void start(const float* values, index_t value_block_floats, index_t first_block,
+                              index_t lead) {
+    lines = key_lines + value_block_floats / 16;
+    const index_t block = first_block + lead / lines;
+    pos = lead % lines;
+    koff = static_cast<std::uintptr_t>(block) * key_block_bytes;
+    vnext = reinterpret_cast<std::uintptr_t>(values) +
+            static_cast<std::uintptr_t>(block * value_block_floats) * sizeof(float) +
+            static_cast<std::uintptr_t>(pos > key_lines ? pos - key_lines : 0) * 64;
+  }
+  AQUA_TARGET_AVX2 void step() {
+    if (pos < key_lines) {
+      _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(rows[pos]) + koff),
+                   _MM_HINT_T0);
+    } else {
+      _mm_prefetch(reinterpret_cast<const char*>(vnext), _MM_HINT_T0);
+      vnext += 64;
+    }
+    if (++pos == lines) {
+      pos = 0;
+      koff += key_block_bytes;
+    }
+  }
+};
+
+/// value_slice_avx2 for the fused decode: the same sums, with one prefetch step per 64 bytes of
+/// value rows consumed.
+template <int HB, int NV>
+AQUA_TARGET_AVX2 void value_slice_prefetching(const float* v, index_t d, index_t cnt, const float* p,
+                                              index_t p_stride, float* acc, index_t acc_stride,
+                                              block_prefetcher& pf) {
+  __m256 a[HB][NV];
+#pragma GCC unroll 16
+  for (int h = 0; h < HB; ++h)
+#pragma GCC unroll 16
+    for (int u = 0; u < NV; ++u) a[h][u] = _mm256_loadu_ps(acc + h * acc_stride + 8 * u);
+  for (index_t j = 0; j < cnt; ++j) {
+    const float* row = v + j * d;
+    // NV vectors of 8 floats are NV / 2 lines: an odd NV steps once more on odd tokens.
+#pragma GCC unroll 4
+    for (int u = 0; u + 1 < NV; u += 2) pf.step();
+    if ((NV & 1) && (j & 1)) pf.step();
+    __m256 vr[NV];
+#pragma GCC unroll 16
+    for (int u = 0; u < NV; ++u) vr[u] = _mm256_loadu_ps(row + 8 * u);
+#pragma GCC unroll 16
+    for (int h = 0; h < HB; ++h) {
+      const __m256 pb = _mm256_broadcast_ss(p + h * p_stride + j);
+#pragma GCC unroll 16
+      for (int u = 0; u < NV; ++u) a[h][u] = _mm256_fmadd_ps(pb, vr[u], a[h][u]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int h = 0; h < HB; ++h)
+#pragma GCC unroll 16
+    for (int u = 0; u < NV; ++u) _mm256_storeu_ps(acc + h * acc_stride + 8 * u, a[h][u]);
+}
+
 /// Fused decode over whole 16-token blocks [b_begin, b_end) of one KV head, for HB query heads:
 /// per block the HB x 16 scores stay in registers, the online softmax updates in place, and the
-/// value rows of the same 16 tokens are accumulated at once. Keys and values are then consumed
-/// as one interleaved stream (8 KB of each per block at d = 128, dense): key rows are prefetched a
-/// few blocks ahead, the block's value rows while its scores are computed, and nothing waits for
-/// a long key-only or value-only phase. The scores never leave registers and L1.
+/// value rows of the same 16 tokens are accumulated at once, so keys and values are consumed as
+/// one stream that block_prefetcher keeps decode_prefetch_lead_lines ahead of the kernel.
 /// Lists: head h reads its own rows (rows + h * list_stride), else all HB heads share one list.
 /// State per head: running max m, normaliser l (double) and unnormalised output acc (d floats).
+/// Softmax per block: a head is rescaled only when a score exceeds its running max (a compare and
+/// a mask test in the common case), and the block's probabilities are summed into per-head double
+/// vectors that reach l at the next rescale or at the end.
 template <int HB, bool Lists>
 AQUA_TARGET_AVX2 void fused_decode_avx2(const fused_args& a, index_t b_begin, index_t b_end, float* m,
                                         double* l, float* acc, index_t acc_stride) {
   constexpr int NV = HB == 1 ? 8 : HB == 2 ? 4 : 2;  // value columns per slice, in vectors of 8
   const index_t d = a.d, ns = a.ns, bs = a.block_stride;
-  const index_t key_ahead = decode_key_prefetch_blocks * bs;
-  // The block's value rows (16 * d floats) are requested during its score loop, spread over
-  // the rows read: a few lines per key row, never a burst that would fill the miss buffers.
-  const index_t value_lines = (kv_block * d * index_t(sizeof(float)) + 63) / 64;
-  const index_t per_s = ns > 0 ? (value_lines + ns - 1) / ns : 0;
+  block_prefetcher pf;
+  pf.rows = a.prefetch_rows ? a.prefetch_rows : a.rows;
+  pf.key_lines = a.prefetch_rows ? a.prefetch_count : ns;
+  // Per-head lists: the score loop issues the distinct rows' steps spread over its ns iterations.
+  const index_t key_steps = pf.key_lines;
+  index_t spread = 0;
+  pf.key_block_bytes = static_cast<std::uintptr_t>(bs) * sizeof(float);
+  pf.start(a.values, kv_block * d, b_begin, decode_prefetch_lead_lines);
   alignas(32) float pbuf[HB][kv_block];
+  __m256d lsum[HB];
+#pragma GCC unroll 4
+  for (int h = 0; h < HB; ++h) lsum[h] = _mm256_setzero_pd();
   for (index_t b = b_begin; b < b_end; ++b) {
     const index_t off = b * bs, t0 = b * kv_block;
-    const char* vp = reinterpret_cast<const char*>(a.values + t0 * d);
-    const char* vend = vp + 64 * value_lines;
     __m256 sc[HB][2];
 #pragma GCC unroll 4
     for (int h = 0; h < HB; ++h) sc[h][0] = sc[h][1] = _mm256_setzero_ps();
     for (index_t s = 0; s < ns; ++s) {
-      for (index_t u = 0; u < per_s && vp < vend; ++u, vp += 64) _mm_prefetch(vp, _MM_HINT_T0);
       if (Lists) {
+        for (spread += key_steps; spread >= ns; spread -= ns) pf.step();
 #pragma GCC unroll 4
         for (int h = 0; h < HB; ++h) {
           const float* r = a.rows[h * a.list_stride + s] + off;
-          _mm_prefetch(reinterpret_cast<const char*>(r + key_ahead), _MM_HINT_T0);
           const __m256 qb = _mm256_broadcast_ss(a.q + h * a.q_stride + s);
           sc[h][0] = _mm256_fmadd_ps(qb, _mm256_load_ps(r), sc[h][0]);
           sc[h][1] = _mm256_fmadd_ps(qb, _mm256_load_ps(r + 8), sc[h][1]);
         }
       } else {
+        pf.step();
         const float* r = a.rows[s] + off;
-        _mm_prefetch(reinterpret_cast<const char*>(r + key_ahead), _MM_HINT_T0);
         const __m256 k0 = _mm256_load_ps(r), k1 = _mm256_load_ps(r + 8);
 #pragma GCC unroll 4
         for (int h = 0; h < HB; ++h) {
@@ -314,34 +406,37 @@ AQUA_TARGET_AVX2 void fused_decode_avx2(const fused_args& a, index_t b_begin, in
     }
 #pragma GCC unroll 4
     for (int h = 0; h < HB; ++h) {
-      const float bm = hmax256(_mm256_max_ps(sc[h][0], sc[h][1]));
-      if (bm > m[h]) {
+      __m256 mv = _mm256_set1_ps(m[h]);
+      const __m256 bmax = _mm256_max_ps(sc[h][0], sc[h][1]);
+      if (AQUA_UNLIKELY(_mm256_movemask_ps(_mm256_cmp_ps(bmax, mv, _CMP_GT_OQ)) != 0)) {
         // The running max rises (often in the first blocks, rarely later): rescale this head.
+        const float bm = hmax256(bmax);
         const float alpha = m[h] == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(m[h] - bm);
-        l[h] *= alpha;
+        l[h] = (l[h] + hsum256_pd(lsum[h])) * alpha;
+        lsum[h] = _mm256_setzero_pd();
         const __m256 al = _mm256_set1_ps(alpha);
         float* ah = acc + h * acc_stride;
         for (index_t c = 0; c < d; c += 8)
           _mm256_storeu_ps(ah + c, _mm256_mul_ps(al, _mm256_loadu_ps(ah + c)));
         m[h] = bm;
+        mv = _mm256_set1_ps(bm);
       }
-      const __m256 mv = _mm256_set1_ps(m[h]);
       const __m256 p0 = exp256(_mm256_sub_ps(sc[h][0], mv)), p1 = exp256(_mm256_sub_ps(sc[h][1], mv));
       _mm256_store_ps(pbuf[h], p0);
       _mm256_store_ps(pbuf[h] + 8, p1);
       const __m256 ps = _mm256_add_ps(p0, p1);
-      __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(ps), _mm256_extractf128_ps(ps, 1));
-      s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-      s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
-      l[h] += double(_mm_cvtss_f32(s4));
+      lsum[h] = _mm256_add_pd(lsum[h], _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(ps)),
+                                                     _mm256_cvtps_pd(_mm256_extractf128_ps(ps, 1))));
     }
     const float* vb = a.values + t0 * d;
     index_t c = 0;
     for (; c + 8 * NV <= d; c += 8 * NV)
-      value_slice_avx2<HB, NV, false>(vb + c, d, jn, &pbuf[0][0], kv_block, acc + c, acc_stride, 0);
+      value_slice_prefetching<HB, NV>(vb + c, d, jn, &pbuf[0][0], kv_block, acc + c, acc_stride, pf);
     for (; c < d; c += 8)
-      value_slice_avx2<HB, 1, false>(vb + c, d, jn, &pbuf[0][0], kv_block, acc + c, acc_stride, 0);
+      value_slice_prefetching<HB, 1>(vb + c, d, jn, &pbuf[0][0], kv_block, acc + c, acc_stride, pf);
   }
+#pragma GCC unroll 4
+  for (int h = 0; h < HB; ++h) l[h] += hsum256_pd(lsum[h]);
 }
 
 /// Fused decode for `heads` (1..4) heads; false when only the portable chunked path applies.
