@@ -47,7 +47,7 @@ struct attention_profile {
 class aqua_workspace {
 public:
   struct worker {
-    std::vector<float> scores, acc, m, alpha, qsel, qblock;
+    std::vector<float> scores, acc, m, alpha, qsel, qblock, qinter;
     std::vector<double> l;
     std::vector<const float*> rows, prefetch_rows;
     std::vector<char> row_used;
@@ -316,7 +316,6 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
     fa.rows = w.rows.data();
     fa.list_stride = r;
     fa.ns = p.counts[p.shared ? kv : kv * g];
-    fa.q_stride = r;
     fa.block_stride = bs;
     fa.values = values;
     fa.d = d;
@@ -329,7 +328,12 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
       w.row_used.resize(static_cast<std::size_t>(r));
     }
     for (index_t hb = 0; hb < g && done; hb += 4) {
-      fa.q = qsel + hb * r;
+      const index_t hn = std::min<index_t>(4, g - hb);
+      w.qinter.resize(static_cast<std::size_t>(hn * fa.ns));
+      for (index_t s = 0; s < fa.ns; ++s)
+        for (index_t h = 0; h < hn; ++h)
+          w.qinter[static_cast<std::size_t>(s * hn + h)] = qsel[(hb + h) * r + s];
+      fa.q = w.qinter.data();
       fa.rows = w.rows.data() + (p.shared ? 0 : hb * r);
       if (!p.shared) {
         // The distinct rows of these heads' selections, for the kernel's prefetch.

@@ -78,8 +78,10 @@ void value_portable(const float* v, index_t d, index_t cnt, const float* p, inde
 struct fused_args {
   const float* const* rows = nullptr;
   index_t list_stride = 0, ns = 0;
-  const float* q = nullptr;  // head h's selected, scaled query: q + h * q_stride
-  index_t q_stride = 0, block_stride = 0;
+  // The selected, scaled queries of the HB heads interleaved: head h at its s-th row is
+  // q[s * HB + h] (one pointer walks all heads' broadcasts, which leaves registers free).
+  const float* q = nullptr;
+  index_t block_stride = 0;
   const float* values = nullptr;  // token-major [n, d]
   index_t d = 0;
   index_t valid_end = 0;    // tokens at or past this index are masked (last, partial block)
@@ -269,8 +271,8 @@ struct block_prefetcher {
   std::uintptr_t vnext = 0;  // next value line (the value rows of all blocks are contiguous)
 
   /// Positions the prefetcher `lead` lines past the start of block first_block.
-  AQUA_TARGET_AVX2 void start(const float* values, index_t value_block_floats, index_t first_block,
-                              index_t lead) {
+  AQUA_TARGET_AVX2 AQUA_ALWAYS_INLINE void start(const float* values, index_t value_block_floats,
+                                                 index_t first_block, index_t lead) {
     lines = key_lines + value_block_floats / 16;
     const index_t block = first_block + lead / lines;
     pos = lead % lines;
@@ -279,7 +281,7 @@ struct block_prefetcher {
             static_cast<std::uintptr_t>(block * value_block_floats) * sizeof(float) +
             static_cast<std::uintptr_t>(pos > key_lines ? pos - key_lines : 0) * 64;
   }
-  AQUA_TARGET_AVX2 void step() {
+  AQUA_TARGET_AVX2 AQUA_ALWAYS_INLINE void step() {
     if (pos < key_lines) {
       _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(rows[pos]) + koff),
                    _MM_HINT_T0);
@@ -297,9 +299,9 @@ struct block_prefetcher {
 /// value_slice_avx2 for the fused decode: the same sums, with one prefetch step per 64 bytes of
 /// value rows consumed.
 template <int HB, int NV>
-AQUA_TARGET_AVX2 void value_slice_prefetching(const float* v, index_t d, index_t cnt, const float* p,
-                                              index_t p_stride, float* acc, index_t acc_stride,
-                                              block_prefetcher& pf) {
+AQUA_TARGET_AVX2 AQUA_ALWAYS_INLINE void value_slice_prefetching(const float* v, index_t d, index_t cnt,
+                                                                 const float* p, index_t p_stride, float* acc,
+                                                                 index_t acc_stride, block_prefetcher& pf) {
   __m256 a[HB][NV];
 #pragma GCC unroll 16
   for (int h = 0; h < HB; ++h)
@@ -359,12 +361,13 @@ AQUA_TARGET_AVX2 void fused_decode_avx2(const fused_args& a, index_t b_begin, in
 #pragma GCC unroll 4
     for (int h = 0; h < HB; ++h) sc[h][0] = sc[h][1] = _mm256_setzero_ps();
     for (index_t s = 0; s < ns; ++s) {
+      const float* qs = a.q + s * HB;
       if (Lists) {
         for (spread += key_steps; spread >= ns; spread -= ns) pf.step();
 #pragma GCC unroll 4
         for (int h = 0; h < HB; ++h) {
           const float* r = a.rows[h * a.list_stride + s] + off;
-          const __m256 qb = _mm256_broadcast_ss(a.q + h * a.q_stride + s);
+          const __m256 qb = _mm256_broadcast_ss(qs + h);
           sc[h][0] = _mm256_fmadd_ps(qb, _mm256_load_ps(r), sc[h][0]);
           sc[h][1] = _mm256_fmadd_ps(qb, _mm256_load_ps(r + 8), sc[h][1]);
         }
@@ -374,7 +377,7 @@ AQUA_TARGET_AVX2 void fused_decode_avx2(const fused_args& a, index_t b_begin, in
         const __m256 k0 = _mm256_load_ps(r), k1 = _mm256_load_ps(r + 8);
 #pragma GCC unroll 4
         for (int h = 0; h < HB; ++h) {
-          const __m256 qb = _mm256_broadcast_ss(a.q + h * a.q_stride + s);
+          const __m256 qb = _mm256_broadcast_ss(qs + h);
           sc[h][0] = _mm256_fmadd_ps(qb, k0, sc[h][0]);
           sc[h][1] = _mm256_fmadd_ps(qb, k1, sc[h][1]);
         }
