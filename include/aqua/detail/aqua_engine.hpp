@@ -49,7 +49,7 @@ public:
   struct worker {
     std::vector<float> scores, acc, m, alpha, qsel, qblock, qinter;
     std::vector<double> l;
-    std::vector<const float*> rows, prefetch_rows;
+    std::vector<const float*> rows, prefetch_rows, rows_inter;
     std::vector<char> row_used;
     std::vector<std::int32_t> dims, rank;
     std::vector<index_t> counts;
@@ -314,7 +314,6 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
   if (equal) {
     fused_args fa;
     fa.rows = w.rows.data();
-    fa.list_stride = r;
     fa.ns = p.counts[p.shared ? kv : kv * g];
     fa.block_stride = bs;
     fa.values = values;
@@ -334,7 +333,7 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
         for (index_t h = 0; h < hn; ++h)
           w.qinter[static_cast<std::size_t>(s * hn + h)] = qsel[(hb + h) * r + s];
       fa.q = w.qinter.data();
-      fa.rows = w.rows.data() + (p.shared ? 0 : hb * r);
+      fa.rows = w.rows.data();
       if (!p.shared) {
         // The distinct rows of these heads' selections, for the kernel's prefetch.
         std::fill(w.row_used.begin(), w.row_used.end(), char(0));
@@ -348,6 +347,13 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
                 cache.key_tile(kv, dim / p.tile) + (dim % p.tile) * kv_block;
         fa.prefetch_rows = w.prefetch_rows.data();
         fa.prefetch_count = distinct;
+        // The heads' rows interleaved like their queries.
+        w.rows_inter.resize(static_cast<std::size_t>(hn * fa.ns));
+        for (index_t s = 0; s < fa.ns; ++s)
+          for (index_t h = 0; h < hn; ++h)
+            w.rows_inter[static_cast<std::size_t>(s * hn + h)] =
+                w.rows[static_cast<std::size_t>((hb + h) * r + s)];
+        fa.rows = w.rows_inter.data();
       }
       fa.logits = logits_out ? logits_out + (kv * g + hb) * p.n : nullptr;
       done = fused_decode(static_cast<int>(std::min<index_t>(4, g - hb)), !p.shared, fa, t0 / kv_block,

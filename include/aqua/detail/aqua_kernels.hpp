@@ -76,8 +76,9 @@ void value_portable(const float* v, index_t d, index_t cnt, const float* p, inde
 }
 
 struct fused_args {
+  // Key rows of block 0: one shared list, or per-head lists interleaved (see fused_decode_avx2).
   const float* const* rows = nullptr;
-  index_t list_stride = 0, ns = 0;
+  index_t ns = 0;
   // The selected, scaled queries of the HB heads interleaved: head h at its s-th row is
   // q[s * HB + h] (one pointer walks all heads' broadcasts, which leaves registers free).
   const float* q = nullptr;
@@ -333,7 +334,8 @@ AQUA_TARGET_AVX2 AQUA_ALWAYS_INLINE void value_slice_prefetching(const float* v,
 /// per block the HB x 16 scores stay in registers, the online softmax updates in place, and the
 /// value rows of the same 16 tokens are accumulated at once, so keys and values are consumed as
 /// one stream that block_prefetcher keeps decode_prefetch_lead_lines ahead of the kernel.
-/// Lists: head h reads its own rows (rows + h * list_stride), else all HB heads share one list.
+/// Lists: head h reads its own rows, interleaved like q (row s of head h at rows[s * HB + h]),
+/// else all HB heads share one list.
 /// State per head: running max m, normaliser l (double) and unnormalised output acc (d floats).
 /// Softmax per block: a head is rescaled only when a score exceeds its running max (a compare and
 /// a mask test in the common case), and the block's probabilities are summed into per-head double
@@ -362,11 +364,12 @@ AQUA_TARGET_AVX2 void fused_decode_avx2(const fused_args& a, index_t b_begin, in
     for (int h = 0; h < HB; ++h) sc[h][0] = sc[h][1] = _mm256_setzero_ps();
     for (index_t s = 0; s < ns; ++s) {
       const float* qs = a.q + s * HB;
+      const float* const* rs = a.rows + s * HB;
       if (Lists) {
         for (spread += key_steps; spread >= ns; spread -= ns) pf.step();
 #pragma GCC unroll 4
         for (int h = 0; h < HB; ++h) {
-          const float* r = a.rows[h * a.list_stride + s] + off;
+          const float* r = rs[h] + off;
           const __m256 qb = _mm256_broadcast_ss(qs + h);
           sc[h][0] = _mm256_fmadd_ps(qb, _mm256_load_ps(r), sc[h][0]);
           sc[h][1] = _mm256_fmadd_ps(qb, _mm256_load_ps(r + 8), sc[h][1]);
