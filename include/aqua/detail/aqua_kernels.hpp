@@ -186,9 +186,76 @@ AQUA_TARGET_AVX2 void score_lists_avx2(const float* const* rows, index_t list_st
   }
 }
 
-template <int HB, int NV, bool Prefetch>
-AQUA_TARGET_AVX2 void value_slice_avx2(const float* v, index_t d, index_t cnt, const float* p,
-                                       index_t p_stride, float* acc, index_t acc_stride, index_t ahead) {
+/// Prefetch policy of the chunked value pass: one line of the row `ahead` floats later per line
+/// consumed, so the stream stays ahead without bursts that would fill the miss buffers.
+struct row_ahead_prefetch {
+  index_t ahead = 0;
+  template <int NV>
+  AQUA_TARGET_AVX2 AQUA_ALWAYS_INLINE void token(const float* row, index_t) const {
+#pragma GCC unroll 4
+    for (int u = 0; u < NV; u += 2)
+      _mm_prefetch(reinterpret_cast<const char*>(row + ahead + 8 * u), _MM_HINT_T0);
+  }
+};
+
+/// Software prefetch for the fused decode. The lines a 16-token block consumes form one stream:
+/// its selected key rows (one 64-byte line per distinct row), then its value rows (d lines at d
+/// floats per token). The prefetcher walks that stream a
+/// fixed number of lines ahead of the kernel and issues one line for every line consumed, in both
+/// the score and the value loop, so DRAM sees a steady request rate whatever the split between
+/// key and value bytes (k = 32 reads 32 key lines and 128 value lines per block, dense 128 + 128).
+/// Addresses are formed as integers: lines past the end of the cache are requested but never
+/// read (a prefetch does not fault).
+struct block_prefetcher {
+  const float* const* rows = nullptr;  // the key rows of block 0
+  index_t key_lines = 0;
+  std::uintptr_t key_block_bytes = 0;
+  index_t lines = 0;         // per block: key_lines + the value lines
+  index_t pos = 0;           // line within the current block's stream
+  std::uintptr_t koff = 0;   // bytes from block 0's key rows to the current block's
+  std::uintptr_t vnext = 0;  // next value line (the value rows of all blocks are contiguous)
+
+  /// Positions the prefetcher `lead` lines past the start of block first_block.
+  AQUA_TARGET_AVX2 AQUA_ALWAYS_INLINE void start(const float* values, index_t value_block_floats,
+                                                 index_t first_block, index_t lead) {
+    lines = key_lines + value_block_floats / 16;
+    const index_t block = first_block + lead / lines;
+    pos = lead % lines;
+    koff = static_cast<std::uintptr_t>(block) * key_block_bytes;
+    vnext = reinterpret_cast<std::uintptr_t>(values) +
+            static_cast<std::uintptr_t>(block * value_block_floats) * sizeof(float) +
+            static_cast<std::uintptr_t>(pos > key_lines ? pos - key_lines : 0) * 64;
+  }
+  /// The value pass consumed token j's NV vectors of 8 floats (NV / 2 lines; an odd NV steps
+  /// once more on odd tokens).
+  template <int NV>
+  AQUA_TARGET_AVX2 AQUA_ALWAYS_INLINE void token(const float*, index_t j) {
+#pragma GCC unroll 4
+    for (int u = 0; u + 1 < NV; u += 2) step();
+    if ((NV & 1) && (j & 1)) step();
+  }
+  AQUA_TARGET_AVX2 AQUA_ALWAYS_INLINE void step() {
+    if (pos < key_lines) {
+      _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(rows[pos]) + koff),
+                   _MM_HINT_T0);
+    } else {
+      _mm_prefetch(reinterpret_cast<const char*>(vnext), _MM_HINT_T0);
+      vnext += 64;
+    }
+    if (++pos == lines) {
+      pos = 0;
+      koff += key_block_bytes;
+    }
+  }
+};
+
+/// acc[h][c..c+8 NV) += sum_j p[h][j] v[j][c..c+8 NV) for HB heads: 8 NV columns of the HB heads
+/// in registers while the cnt rows stream by; `pf.token<NV>(row, j)` issues the prefetch for
+/// each row consumed.
+template <int HB, int NV, class Prefetch>
+AQUA_TARGET_AVX2 AQUA_ALWAYS_INLINE void value_slice_avx2(const float* v, index_t d, index_t cnt,
+                                                          const float* p, index_t p_stride, float* acc,
+                                                          index_t acc_stride, Prefetch& pf) {
   __m256 a[HB][NV];
 #pragma GCC unroll 16
   for (int h = 0; h < HB; ++h)
@@ -196,13 +263,7 @@ AQUA_TARGET_AVX2 void value_slice_avx2(const float* v, index_t d, index_t cnt, c
     for (int u = 0; u < NV; ++u) a[h][u] = _mm256_loadu_ps(acc + h * acc_stride + 8 * u);
   for (index_t j = 0; j < cnt; ++j) {
     const float* row = v + j * d;
-    // One line of a later row per line consumed: the stream stays ahead without bursts that
-    // would fill the miss buffers.
-    if (Prefetch) {
-#pragma GCC unroll 4
-      for (int u = 0; u < NV; u += 2)
-        _mm_prefetch(reinterpret_cast<const char*>(row + ahead + 8 * u), _MM_HINT_T0);
-    }
+    pf.template token<NV>(row, j);
     __m256 vr[NV];
 #pragma GCC unroll 16
     for (int u = 0; u < NV; ++u) vr[u] = _mm256_loadu_ps(row + 8 * u);
@@ -233,101 +294,16 @@ AQUA_TARGET_AVX2 void value_avx2(const float* v, index_t d, index_t cnt, const f
     for (index_t c = 0; c < d; c += 8) _mm256_storeu_ps(a + c, _mm256_mul_ps(al, _mm256_loadu_ps(a + c)));
   }
   constexpr index_t group = 16;
-  const index_t ahead = decode_value_prefetch_tokens * d;  // floats
+  row_ahead_prefetch pf{decode_value_prefetch_tokens * d};
   for (index_t j0 = 0; j0 < cnt; j0 += group) {
     const index_t jn = std::min(group, cnt - j0);
     const float* vg = v + j0 * d;
     const float* pg = p + j0;
     index_t c = 0;
-    if (ahead > 0) {
-      for (; c + 8 * NV <= d; c += 8 * NV) {
-        value_slice_avx2<HB, NV, true>(vg + c, d, jn, pg, p_stride, acc + c, acc_stride, ahead);
-      }
-      for (; c < d; c += 8)
-        value_slice_avx2<HB, 1, true>(vg + c, d, jn, pg, p_stride, acc + c, acc_stride, ahead);
-    } else {
-      for (; c + 8 * NV <= d; c += 8 * NV)
-        value_slice_avx2<HB, NV, false>(vg + c, d, jn, pg, p_stride, acc + c, acc_stride, 0);
-      for (; c < d; c += 8)
-        value_slice_avx2<HB, 1, false>(vg + c, d, jn, pg, p_stride, acc + c, acc_stride, 0);
-    }
+    for (; c + 8 * NV <= d; c += 8 * NV)
+      value_slice_avx2<HB, NV>(vg + c, d, jn, pg, p_stride, acc + c, acc_stride, pf);
+    for (; c < d; c += 8) value_slice_avx2<HB, 1>(vg + c, d, jn, pg, p_stride, acc + c, acc_stride, pf);
   }
-}
-
-/// Software prefetch for the fused decode. The lines a 16-token block consumes form one stream:
-/// its selected key rows (one 64-byte line per distinct row), then its value rows (d lines at d
-/// floats per token). The prefetcher walks that stream a
-/// fixed number of lines ahead of the kernel and issues one line for every line consumed, in both
-/// the score and the value loop, so DRAM sees a steady request rate whatever the split between
-/// key and value bytes (k = 32 reads 32 key lines and 128 value lines per block, dense 128 + 128).
-/// Addresses are formed as integers: lines past the end of the cache are requested but never
-/// read (a prefetch does not fault).
-struct block_prefetcher {
-  const float* const* rows = nullptr;  // the key rows of block 0
-  index_t key_lines = 0;
-  std::uintptr_t key_block_bytes = 0;
-  index_t lines = 0;         // per block: key_lines + the value lines
-  index_t pos = 0;           // line within the current block's stream
-  std::uintptr_t koff = 0;   // bytes from block 0's key rows to the current block's
-  std::uintptr_t vnext = 0;  // next value line (the value rows of all blocks are contiguous)
-
-  /// Positions the prefetcher `lead` lines past the start of block first_block.
-  AQUA_TARGET_AVX2 AQUA_ALWAYS_INLINE void start(const float* values, index_t value_block_floats,
-                                                 index_t first_block, index_t lead) {
-    lines = key_lines + value_block_floats / 16;
-    const index_t block = first_block + lead / lines;
-    pos = lead % lines;
-    koff = static_cast<std::uintptr_t>(block) * key_block_bytes;
-    vnext = reinterpret_cast<std::uintptr_t>(values) +
-            static_cast<std::uintptr_t>(block * value_block_floats) * sizeof(float) +
-            static_cast<std::uintptr_t>(pos > key_lines ? pos - key_lines : 0) * 64;
-  }
-  AQUA_TARGET_AVX2 AQUA_ALWAYS_INLINE void step() {
-    if (pos < key_lines) {
-      _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(rows[pos]) + koff),
-                   _MM_HINT_T0);
-    } else {
-      _mm_prefetch(reinterpret_cast<const char*>(vnext), _MM_HINT_T0);
-      vnext += 64;
-    }
-    if (++pos == lines) {
-      pos = 0;
-      koff += key_block_bytes;
-    }
-  }
-};
-
-/// value_slice_avx2 for the fused decode: the same sums, with one prefetch step per 64 bytes of
-/// value rows consumed.
-template <int HB, int NV>
-AQUA_TARGET_AVX2 AQUA_ALWAYS_INLINE void value_slice_prefetching(const float* v, index_t d, index_t cnt,
-                                                                 const float* p, index_t p_stride, float* acc,
-                                                                 index_t acc_stride, block_prefetcher& pf) {
-  __m256 a[HB][NV];
-#pragma GCC unroll 16
-  for (int h = 0; h < HB; ++h)
-#pragma GCC unroll 16
-    for (int u = 0; u < NV; ++u) a[h][u] = _mm256_loadu_ps(acc + h * acc_stride + 8 * u);
-  for (index_t j = 0; j < cnt; ++j) {
-    const float* row = v + j * d;
-    // NV vectors of 8 floats are NV / 2 lines: an odd NV steps once more on odd tokens.
-#pragma GCC unroll 4
-    for (int u = 0; u + 1 < NV; u += 2) pf.step();
-    if ((NV & 1) && (j & 1)) pf.step();
-    __m256 vr[NV];
-#pragma GCC unroll 16
-    for (int u = 0; u < NV; ++u) vr[u] = _mm256_loadu_ps(row + 8 * u);
-#pragma GCC unroll 16
-    for (int h = 0; h < HB; ++h) {
-      const __m256 pb = _mm256_broadcast_ss(p + h * p_stride + j);
-#pragma GCC unroll 16
-      for (int u = 0; u < NV; ++u) a[h][u] = _mm256_fmadd_ps(pb, vr[u], a[h][u]);
-    }
-  }
-#pragma GCC unroll 16
-  for (int h = 0; h < HB; ++h)
-#pragma GCC unroll 16
-    for (int u = 0; u < NV; ++u) _mm256_storeu_ps(acc + h * acc_stride + 8 * u, a[h][u]);
 }
 
 /// Fused decode over whole 16-token blocks [b_begin, b_end) of one KV head, for HB query heads:
@@ -437,9 +413,9 @@ AQUA_TARGET_AVX2 void fused_decode_avx2(const fused_args& a, index_t b_begin, in
     const float* vb = a.values + t0 * d;
     index_t c = 0;
     for (; c + 8 * NV <= d; c += 8 * NV)
-      value_slice_prefetching<HB, NV>(vb + c, d, jn, &pbuf[0][0], kv_block, acc + c, acc_stride, pf);
+      value_slice_avx2<HB, NV>(vb + c, d, jn, &pbuf[0][0], kv_block, acc + c, acc_stride, pf);
     for (; c < d; c += 8)
-      value_slice_prefetching<HB, 1>(vb + c, d, jn, &pbuf[0][0], kv_block, acc + c, acc_stride, pf);
+      value_slice_avx2<HB, 1>(vb + c, d, jn, &pbuf[0][0], kv_block, acc + c, acc_stride, pf);
   }
 #pragma GCC unroll 4
   for (int h = 0; h < HB; ++h) l[h] += hsum256_pd(lsum[h]);
