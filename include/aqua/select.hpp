@@ -16,9 +16,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "aqua/config.hpp"
+#include "aqua/detail/simd.hpp"
 #include "aqua/detail/validate.hpp"
 #include "aqua/tensor_view.hpp"
 
@@ -70,11 +75,390 @@ inline index_t selection_count(const selection_spec& spec, index_t n) {
   return n;
 }
 
+/// Signed integer image of a finite float / double that orders like the value (a < b iff
+/// key(a) < key(b)), with -0.0 and +0.0 sharing key 0: they compare equal, so they must tie. One
+/// integer compare then replaces the float compare, and compares of 8 keys vectorise.
+inline std::int32_t order_key(float x) {
+  std::uint32_t b;
+  std::memcpy(&b, &x, sizeof(b));
+  const std::int32_t mag = static_cast<std::int32_t>(b & 0x7fffffffu);
+  return (b >> 31) ? -mag : mag;
+}
+inline std::int64_t order_key(double x) {
+  std::uint64_t b;
+  std::memcpy(&b, &x, sizeof(b));
+  const std::int64_t mag = static_cast<std::int64_t>(b & 0x7fffffffffffffffull);
+  return (b >> 63) ? -mag : mag;
+}
+
+/// Candidates beyond this go the comparison-sort way (the key buffers live on the stack).
+constexpr index_t ranked_fast_max = 512;
+/// Key arrays are processed in blocks of this many lanes, padded with key_floor.
+constexpr index_t key_block = 8;
+/// The largest run of the ranking ordered at once (rank counting costs m^2 / key_block blocks).
+constexpr index_t rank_chunk_max = 64;
+
+/// Below the key of every finite value (whose magnitude bits are at most 0x7f7fffff...), so
+/// padding never counts as greater than a threshold and key - 1 never overflows.
+template <class K>
+constexpr K key_floor() {
+  return std::numeric_limits<K>::min();
+}
+
+inline index_t round_up_to_block(index_t n) { return (n + key_block - 1) / key_block * key_block; }
+
+/// #{j < n : key[j] > t}.
+template <class K>
+index_t count_greater(const K* key, index_t n, K t) {
+  index_t c = 0;
+  for (index_t j = 0; j < n; ++j) c += index_t(key[j] > t);
+  return c;
+}
+
+/// Place of each of the m keys in the ranking (decreasing key, equal keys by lower position):
+/// place[a] = #{b : key[b] > key[a]} + #{b < a : key[b] == key[a]}.
+template <class K>
+void rank_places(const K* key, index_t m, std::int32_t* place) {
+  for (index_t a = 0; a < m; ++a) {
+    const K x = key[a];
+    index_t r = 0;
+    for (index_t b = 0; b < a; ++b) r += index_t(key[b] >= x);
+    for (index_t b = a + 1; b < m; ++b) r += index_t(key[b] > x);
+    place[a] = static_cast<std::int32_t>(r);
+  }
+}
+
+#if AQUA_HAS_X86_SIMD
+AQUA_TARGET_AVX2 inline index_t hsum_epi32(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+  return _mm_cvtsi128_si32(s);
+}
+
+/// count_greater over a padded array (padding = key_floor, never greater).
+AQUA_TARGET_AVX2 inline index_t count_greater_avx2(const std::int32_t* key, index_t padded, std::int32_t t) {
+  const __m256i tv = _mm256_set1_epi32(t);
+  __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
+  index_t j = 0;
+  for (; j + 2 * key_block <= padded; j += 2 * key_block) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(key + j));
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(key + j + key_block));
+    acc0 = _mm256_sub_epi32(acc0, _mm256_cmpgt_epi32(a, tv));
+    acc1 = _mm256_sub_epi32(acc1, _mm256_cmpgt_epi32(b, tv));
+  }
+  if (j < padded)
+    acc0 = _mm256_sub_epi32(
+        acc0, _mm256_cmpgt_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(key + j)), tv));
+  return hsum_epi32(_mm256_add_epi32(acc0, acc1));
+}
+
+/// rank_places over a padded array: blocks before a's own count key >= x (as key > x - 1), blocks
+/// after it key > x, and a's own block picks per lane.
+AQUA_TARGET_AVX2 inline void rank_places_avx2(const std::int32_t* key, index_t m, std::int32_t* place) {
+  const index_t padded = round_up_to_block(m);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (index_t a = 0; a < m; ++a) {
+    const __m256i x = _mm256_set1_epi32(key[a]), x_minus_1 = _mm256_set1_epi32(key[a] - 1);
+    const index_t own = a / key_block * key_block;
+    __m256i acc = _mm256_setzero_si256();
+    for (index_t j = 0; j < own; j += key_block)
+      acc = _mm256_sub_epi32(
+          acc, _mm256_cmpgt_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(key + j)), x_minus_1));
+    const __m256i before = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(a - own)), lane);
+    acc = _mm256_sub_epi32(acc, _mm256_cmpgt_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(key + own)),
+                                                   _mm256_add_epi32(x, before)));
+    for (index_t j = own + key_block; j < padded; j += key_block)
+      acc = _mm256_sub_epi32(
+          acc, _mm256_cmpgt_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(key + j)), x));
+    place[a] = static_cast<std::int32_t>(hsum_epi32(acc));
+  }
+}
+#endif
+
+/// The float-key (int32) versions: AVX2 when the CPU has it, over the padded arrays.
+inline index_t count_greater(const std::int32_t* key, index_t n, std::int32_t t) {
+#if AQUA_HAS_X86_SIMD
+  if (has_avx2_fma()) return count_greater_avx2(key, round_up_to_block(n), t);
+#endif
+  return count_greater<std::int32_t>(key, n, t);
+}
+inline void rank_places(const std::int32_t* key, index_t m, std::int32_t* place) {
+#if AQUA_HAS_X86_SIMD
+  if (has_avx2_fma()) return rank_places_avx2(key, m, place);
+#endif
+  rank_places<std::int32_t>(key, m, place);
+}
+
+/// Items (key, pos) of a ranking list: keys padded with key_floor to a block multiple.
+template <class K>
+struct rank_list {
+  K* key;
+  std::int32_t* pos;
+  index_t size;
+};
+
+/// Splits `from` three ways by key, each part keeping the list order: key > hi to `above`,
+/// key in (lo, hi] to `between`, key <= lo to `below` (which may be `from` itself: compaction in
+/// place). Returns nothing; the three sizes are set. Branch-free.
+template <class K>
+void partition3(rank_list<K> from, K lo, K hi, rank_list<K>& above, rank_list<K>& between, rank_list<K>& below) {
+  index_t a = 0, b = 0, c = 0;
+  for (index_t j = 0; j < from.size; ++j) {
+    const K x = from.key[j];
+    const std::int32_t p = from.pos[j];
+    const bool is_above = x > hi, is_between = (x > lo) & !is_above;
+    above.key[a] = x;
+    above.pos[a] = p;
+    between.key[b] = x;
+    between.pos[b] = p;
+    below.key[c] = x;
+    below.pos[c] = p;
+    a += index_t(is_above);
+    b += index_t(is_between);
+    c += index_t(!is_above & !is_between);
+  }
+  above.size = a;
+  between.size = b;
+  below.size = c;
+}
+
+#if AQUA_HAS_X86_SIMD
+/// For each 8-bit lane mask, the positions of its set bits in order, one per nibble: the
+/// permutation that packs the selected lanes to the front.
+struct pack_table {
+  std::uint32_t nibbles[256];
+};
+constexpr pack_table make_pack_table() {
+  pack_table t{};
+  for (std::uint32_t mask = 0; mask < 256; ++mask) {
+    std::uint32_t e = 0, at = 0;
+    for (std::uint32_t lane = 0; lane < 8; ++lane)
+      if ((mask >> lane) & 1u) e |= lane << (4 * at++);
+    t.nibbles[mask] = e;
+  }
+  return t;
+}
+inline constexpr pack_table pack_lanes = make_pack_table();
+
+/// Stores the lanes of (k, p) selected by `mask` packed at (key + at, pos + at) (8 lanes written;
+/// the destination has room) and returns the new end.
+AQUA_TARGET_AVX2 inline index_t store_packed(__m256i k, __m256i p, int mask, std::int32_t* key, std::int32_t* pos,
+                                             index_t at) {
+  const __m256i perm = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(pack_lanes.nibbles[mask])),
+                                                          _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
+                                        _mm256_set1_epi32(7));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(key + at), _mm256_permutevar8x32_epi32(k, perm));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(pos + at), _mm256_permutevar8x32_epi32(p, perm));
+  return at + __builtin_popcount(static_cast<unsigned>(mask));
+}
+
+/// partition3 for float keys, 8 items per step. Every destination needs 8 entries of slack past
+/// its final size (in-place `below` writes stay behind the reads).
+AQUA_TARGET_AVX2 inline void partition3_avx2(rank_list<std::int32_t> from, std::int32_t lo, std::int32_t hi,
+                                             rank_list<std::int32_t>& above, rank_list<std::int32_t>& between,
+                                             rank_list<std::int32_t>& below) {
+  const __m256i lo_v = _mm256_set1_epi32(lo), hi_v = _mm256_set1_epi32(hi);
+  index_t a = 0, b = 0, c = 0;
+  for (index_t j = 0; j < from.size; j += key_block) {
+    const __m256i k = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(from.key + j));
+    const __m256i p = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(from.pos + j));
+    const int is_above = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(k, hi_v)));
+    const int above_lo = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(k, lo_v)));
+    const int valid = from.size - j >= key_block ? 0xff : (1 << (from.size - j)) - 1;
+    a = store_packed(k, p, is_above, above.key, above.pos, a);
+    b = store_packed(k, p, above_lo & ~is_above, between.key, between.pos, b);
+    c = store_packed(k, p, ~above_lo & valid, below.key, below.pos, c);
+  }
+  above.size = a;
+  between.size = b;
+  below.size = c;
+}
+
+/// Keys of float weights (order_key, 8 at a time) with positions 0..n-1; returns the smallest and
+/// largest key.
+AQUA_TARGET_AVX2 inline std::pair<std::int32_t, std::int32_t> float_keys_avx2(const float* w, index_t n,
+                                                                              std::int32_t* key, std::int32_t* pos) {
+  const __m256i magnitude = _mm256_set1_epi32(0x7fffffff), step = _mm256_set1_epi32(key_block);
+  __m256i p = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  __m256i lo = _mm256_set1_epi32(std::numeric_limits<std::int32_t>::max()), hi = _mm256_set1_epi32(key_floor<std::int32_t>());
+  index_t i = 0;
+  for (; i + key_block <= n; i += key_block) {
+    const __m256i bits = _mm256_castps_si256(_mm256_loadu_ps(w + i));
+    const __m256i sign = _mm256_srai_epi32(bits, 31);
+    const __m256i k = _mm256_sub_epi32(_mm256_xor_si256(_mm256_and_si256(bits, magnitude), sign), sign);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(key + i), k);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(pos + i), p);
+    p = _mm256_add_epi32(p, step);
+    lo = _mm256_min_epi32(lo, k);
+    hi = _mm256_max_epi32(hi, k);
+  }
+  alignas(32) std::int32_t lo_lanes[key_block], hi_lanes[key_block];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lo_lanes), lo);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(hi_lanes), hi);
+  std::int32_t kmin = lo_lanes[0], kmax = hi_lanes[0];
+  for (index_t l = 1; l < key_block; ++l) {
+    kmin = std::min(kmin, lo_lanes[l]);
+    kmax = std::max(kmax, hi_lanes[l]);
+  }
+  for (; i < n; ++i) {
+    key[i] = order_key(w[i]);
+    pos[i] = static_cast<std::int32_t>(i);
+    kmin = std::min(kmin, key[i]);
+    kmax = std::max(kmax, key[i]);
+  }
+  return {kmin, kmax};
+}
+#endif
+
+inline void partition3(rank_list<std::int32_t> from, std::int32_t lo, std::int32_t hi,
+                       rank_list<std::int32_t>& above, rank_list<std::int32_t>& between,
+                       rank_list<std::int32_t>& below) {
+#if AQUA_HAS_X86_SIMD
+  if (has_avx2_fma()) return partition3_avx2(from, lo, hi, above, between, below);
+#endif
+  partition3<std::int32_t>(from, lo, hi, above, between, below);
+}
+
+/// Keys and positions of the n weights; returns the smallest and largest key.
+template <class W, class K>
+std::pair<K, K> weight_keys(const W* w, index_t n, K* key, std::int32_t* pos) {
+#if AQUA_HAS_X86_SIMD
+  if constexpr (std::is_same<W, float>::value) {
+    if (has_avx2_fma()) return float_keys_avx2(w, n, key, pos);
+  }
+#endif
+  K kmin = order_key(w[0]), kmax = kmin;
+  for (index_t i = 0; i < n; ++i) {
+    key[i] = order_key(w[i]);
+    pos[i] = static_cast<std::int32_t>(i);
+    kmin = std::min(kmin, key[i]);
+    kmax = std::max(kmax, key[i]);
+  }
+  return {kmin, kmax};
+}
+
+inline void pad_keys(rank_list<std::int32_t> l) {
+  for (index_t j = l.size; j < round_up_to_block(l.size); ++j) l.key[j] = key_floor<std::int32_t>();
+}
+inline void pad_keys(rank_list<std::int64_t> l) {
+  for (index_t j = l.size; j < round_up_to_block(l.size); ++j) l.key[j] = key_floor<std::int64_t>();
+}
+
+/// Writes the ranking of the m items of `run` (equal keys listed in increasing pos; padded) to
+/// out[0..m).
+template <class K, class I>
+void rank_sort(rank_list<K> run, I* out) {
+  std::int32_t place[rank_chunk_max];
+  rank_places(run.key, run.size, place);
+  for (index_t a = 0; a < run.size; ++a) out[place[a]] = static_cast<I>(run.pos[a]);
+}
+
+/// Moves the m items ranked first in `rest` (largest key, equal keys by lower pos) to `run` and
+/// compacts the others in place, both padded. Every key of `rest` lies in (lo, hi]; 1 <= m <
+/// rest.size. Returns the smallest key moved (every key left in `rest` is at most that).
+///
+/// Bisection on the key value narrows (lo, hi] until it holds the m-th key and at most a few
+/// others, counting keys above a candidate without branches; one partition pass then takes the
+/// keys above hi, and the few in (lo, hi] are ranked directly. Equal keys go by lower pos.
+template <class K>
+K take_top(rank_list<K>& rest, index_t m, K lo, K hi, rank_list<K>& run, rank_list<K>& between) {
+  using U = std::make_unsigned_t<K>;
+  constexpr index_t between_max = 8;
+  index_t c_lo = rest.size, c_hi = 0;  // #{key > lo}, #{key > hi}: c_lo >= m > c_hi
+  while (c_lo - c_hi > between_max && U(hi) - U(lo) > 1) {
+    const K mid = K(U(lo) + (U(hi) - U(lo)) / 2);
+    const index_t c = count_greater(rest.key, rest.size, mid);
+    if (c >= m) {
+      lo = mid;
+      c_lo = c;
+    } else {
+      hi = mid;
+      c_hi = c;
+    }
+  }
+  partition3(rest, lo, hi, run, between, rest);
+  const index_t need = m - run.size;  // from (lo, hi], where the m-th key lies
+  // Places within (lo, hi]: all keys equal (the lowest positions first), or at most between_max.
+  const bool all_equal = U(hi) - U(lo) == 1;
+  std::int32_t place[between_max];
+  if (!all_equal) {
+    pad_keys(between);
+    rank_places(between.key, between.size, place);
+  }
+  K t = hi;
+  for (index_t b = 0; b < between.size; ++b) {
+    const bool in = (all_equal ? b : index_t(place[b])) < need;
+    rank_list<K>& to = in ? run : rest;
+    to.key[to.size] = between.key[b];
+    to.pos[to.size] = between.pos[b];
+    ++to.size;
+    if (in) t = std::min(t, between.key[b]);
+  }
+  pad_keys(run);
+  pad_keys(rest);
+  return t;
+}
+
+/// select_ranked for float / double weights, n <= ranked_fast_max: the ranking is produced in runs
+/// of at most rank_chunk_max places (take the top off the unranked items, then rank-count the
+/// run), so fixed counts cost O(n log range + k^2) and energy specs stop after the run that
+/// reaches the threshold.
+template <class W, class E, class I>
+index_t select_ranked_fast(const W* weight, const E* energy, index_t n, const selection_spec& spec, I* idx) {
+  using K = decltype(order_key(W{}));
+  // Slack past every list end: the vector partition writes whole blocks.
+  constexpr index_t slack = 2 * key_block;
+  K key[ranked_fast_max + slack], run_key[rank_chunk_max + slack], between_key[ranked_fast_max + slack];
+  std::int32_t pos[ranked_fast_max + slack], run_pos[rank_chunk_max + slack], between_pos[ranked_fast_max + slack];
+  rank_list<K> rest{key, pos, n}, run{run_key, run_pos, 0}, between{between_key, between_pos, 0};
+  const auto range = weight_keys(weight, n, key, pos);
+  pad_keys(rest);
+  const K lo = range.first - 1;  // below every key
+  K hi = range.second;           // at least every key not yet ranked
+  index_t done = 0;
+  // Ranks places [done, done + m) from the unranked items.
+  auto next_run = [&](index_t m) {
+    if (m == rest.size) {
+      rank_sort(rest, idx + done);
+    } else {
+      hi = take_top(rest, m, lo, hi, run, between);
+      rank_sort(run, idx + done);
+    }
+    done += m;
+  };
+  if (spec.type != selection_spec::kind::energy) {
+    const index_t count = selection_count(spec, n);
+    while (done < count) next_run(std::min(rank_chunk_max, count - done));
+    return count;
+  }
+  double total = 0;
+  for (index_t i = 0; i < n; ++i) total += static_cast<double>(energy[i]);
+  const double target = spec.value * total;
+  // The count is known only once the prefix sum reaches the target: rank run by run and scan
+  // each, summing in rank order as a full ranking would.
+  double acc = 0;
+  while (done < n) {
+    const index_t from = done;
+    next_run(std::min(rank_chunk_max / 2, n - done));
+    for (index_t c = from; c < done; ++c) {
+      acc += static_cast<double>(energy[idx[c]]);
+      // Relative slack so tau = 1 stops at the last non-zero dimension despite rounding.
+      if (acc >= target * (1.0 - 1e-12)) return c + 1;
+    }
+  }
+  return n;
+}
+
 /// Ranks candidates 0..n-1 by `weight` (descending, ties by lower index) into `idx` and returns how
-/// many the spec keeps. For energy specs `energy[i]` (>= 0) is what the threshold sums; the order
-/// still follows `weight`. No checks: callers validate.
+/// many the spec keeps; the first that-many entries of idx are the selection, in rank order (the
+/// rest of idx is unspecified). For energy specs `energy[i]` (>= 0) is what the threshold sums;
+/// the order still follows `weight`. No checks: callers validate; weights must not be NaN.
 template <class W, class E, class I>
 index_t select_ranked(const W* weight, const E* energy, index_t n, const selection_spec& spec, I* idx) {
+  if constexpr (std::is_same<W, float>::value || std::is_same<W, double>::value) {
+    if (n <= ranked_fast_max) return select_ranked_fast(weight, energy, n, spec, idx);
+  }
   for (index_t i = 0; i < n; ++i) idx[i] = static_cast<I>(i);
   auto before = [weight](I a, I b) { return weight[a] > weight[b] || (weight[a] == weight[b] && a < b); };
   if (spec.type != selection_spec::kind::energy) {
