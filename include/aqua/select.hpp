@@ -8,9 +8,13 @@
 // Order and tie-break are deterministic: decreasing magnitude, equal magnitudes by lower index
 // first. The selected indices come out in that order (most important first).
 //
-// No allocation: the caller's index buffer must hold n entries (the whole candidate set is ranked
-// in it); the first `count` entries are the selection. Built for n <= 256 (head dims): a
-// partial sort over an index array, O(n log k).
+// No allocation: the caller's index buffer must hold n entries; the first `count` entries are the
+// selection (the rest is scratch). Built for n <= 512 (head dims, tile counts): each value becomes
+// an integer key ordered like it (float bits, sign folded), the k-th key is found by bisection on
+// the key value with branch-free counts, and the k keys above it are ranked by counting, for each,
+// the keys before it: no data-dependent branches, vector compares (AVX2 when the CPU has it, else
+// loops the compiler vectorises). Energy specs rank in runs of 32 and stop at the run that reaches
+// the threshold. Larger n, and weight types other than float / double, use a comparison sort.
 #pragma once
 
 #include <algorithm>
@@ -105,26 +109,41 @@ constexpr K key_floor() {
   return std::numeric_limits<K>::min();
 }
 
-inline index_t round_up_to_block(index_t n) { return (n + key_block - 1) / key_block * key_block; }
-
-/// #{j < n : key[j] > t}.
-template <class K>
-index_t count_greater(const K* key, index_t n, K t) {
-  index_t c = 0;
-  for (index_t j = 0; j < n; ++j) c += index_t(key[j] > t);
-  return c;
+inline index_t round_up_to_block(index_t n) {
+  return (n + key_block - 1) / key_block * key_block;
 }
 
-/// Place of each of the m keys in the ranking (decreasing key, equal keys by lower position):
-/// place[a] = #{b : key[b] > key[a]} + #{b < a : key[b] == key[a]}.
+/// #{j < n : key[j] > t} over a padded key array. The lane loop is written so that compilers
+/// vectorise it at -O2 (SSE2, NEON) where the AVX2 version does not apply.
+template <class K>
+index_t count_greater(const K* key, index_t n, K t) {
+  using C = std::make_unsigned_t<K>;
+  C acc[key_block] = {};
+  for (index_t j = 0; j < round_up_to_block(n); j += key_block)
+    for (index_t l = 0; l < key_block; ++l) acc[l] -= C(0) - C(key[j + l] > t);
+  C sum = 0;
+  for (index_t l = 0; l < key_block; ++l) sum += acc[l];
+  return index_t(sum);
+}
+
+/// Place of each of the m keys (padded) in the ranking (decreasing key, equal keys by lower
+/// position): place[a] = #{b : key[b] > key[a]} + #{b < a : key[b] == key[a]}. Blocks before a's
+/// own count key >= x as key > x - 1 (x is above the floor, so x - 1 does not wrap).
 template <class K>
 void rank_places(const K* key, index_t m, std::int32_t* place) {
+  using C = std::make_unsigned_t<K>;
   for (index_t a = 0; a < m; ++a) {
     const K x = key[a];
-    index_t r = 0;
-    for (index_t b = 0; b < a; ++b) r += index_t(key[b] >= x);
-    for (index_t b = a + 1; b < m; ++b) r += index_t(key[b] > x);
-    place[a] = static_cast<std::int32_t>(r);
+    const index_t own = a / key_block * key_block;
+    C acc[key_block] = {};
+    for (index_t j = 0; j < own; j += key_block)
+      for (index_t l = 0; l < key_block; ++l) acc[l] -= C(0) - C(key[j + l] > x - 1);
+    for (index_t l = 0; l < key_block; ++l) acc[l] -= C(0) - C(key[own + l] > x - K(own + l < a));
+    for (index_t j = own + key_block; j < round_up_to_block(m); j += key_block)
+      for (index_t l = 0; l < key_block; ++l) acc[l] -= C(0) - C(key[j + l] > x);
+    C sum = 0;
+    for (index_t l = 0; l < key_block; ++l) sum += acc[l];
+    place[a] = static_cast<std::int32_t>(sum);
   }
 }
 
@@ -153,25 +172,29 @@ AQUA_TARGET_AVX2 inline index_t count_greater_avx2(const std::int32_t* key, inde
   return hsum_epi32(_mm256_add_epi32(acc0, acc1));
 }
 
-/// rank_places over a padded array: blocks before a's own count key >= x (as key > x - 1), blocks
-/// after it key > x, and a's own block picks per lane.
+/// rank_places, eight items a at a time against one broadcast key b per step: items b in blocks
+/// before the eight count when key[b] >= key[a] (key[b] > key[a] - 1), items after when
+/// key[b] > key[a], items of the same block lane by lane.
 AQUA_TARGET_AVX2 inline void rank_places_avx2(const std::int32_t* key, index_t m, std::int32_t* place) {
   const index_t padded = round_up_to_block(m);
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  for (index_t a = 0; a < m; ++a) {
-    const __m256i x = _mm256_set1_epi32(key[a]), x_minus_1 = _mm256_set1_epi32(key[a] - 1);
-    const index_t own = a / key_block * key_block;
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), one = _mm256_set1_epi32(1);
+  alignas(32) std::int32_t lanes[key_block];
+  for (index_t a = 0; a < padded; a += key_block) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(key + a));
+    const __m256i x_minus_1 = _mm256_sub_epi32(x, one);
     __m256i acc = _mm256_setzero_si256();
-    for (index_t j = 0; j < own; j += key_block)
-      acc = _mm256_sub_epi32(
-          acc, _mm256_cmpgt_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(key + j)), x_minus_1));
-    const __m256i before = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(a - own)), lane);
-    acc = _mm256_sub_epi32(acc, _mm256_cmpgt_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(key + own)),
-                                                   _mm256_add_epi32(x, before)));
-    for (index_t j = own + key_block; j < padded; j += key_block)
-      acc = _mm256_sub_epi32(
-          acc, _mm256_cmpgt_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(key + j)), x));
-    place[a] = static_cast<std::int32_t>(hsum_epi32(acc));
+    for (index_t b = 0; b < a; ++b)
+      acc = _mm256_sub_epi32(acc, _mm256_cmpgt_epi32(_mm256_set1_epi32(key[b]), x_minus_1));
+    for (index_t l = 0; l < key_block; ++l) {
+      // lanes after l (a + l comes before them) count >=, lanes up to l count >
+      const __m256i after = _mm256_cmpgt_epi32(lane, _mm256_set1_epi32(static_cast<int>(l)));
+      acc = _mm256_sub_epi32(acc,
+                             _mm256_cmpgt_epi32(_mm256_set1_epi32(key[a + l]), _mm256_add_epi32(x, after)));
+    }
+    for (index_t b = a + key_block; b < m; ++b)
+      acc = _mm256_sub_epi32(acc, _mm256_cmpgt_epi32(_mm256_set1_epi32(key[b]), x));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc);
+    for (index_t l = 0; l < key_block && a + l < m; ++l) place[a + l] = lanes[l];
   }
 }
 #endif
@@ -200,9 +223,11 @@ struct rank_list {
 
 /// Splits `from` three ways by key, each part keeping the list order: key > hi to `above`,
 /// key in (lo, hi] to `between`, key <= lo to `below` (which may be `from` itself: compaction in
-/// place). Returns nothing; the three sizes are set. Branch-free.
+/// place). The sizes are set. Branch-free. Without keep_below, `below` may be left unwritten (its
+/// size then means nothing).
 template <class K>
-void partition3(rank_list<K> from, K lo, K hi, rank_list<K>& above, rank_list<K>& between, rank_list<K>& below) {
+void partition3(rank_list<K> from, K lo, K hi, rank_list<K>& above, rank_list<K>& between,
+                rank_list<K>& below, bool /*keep_below*/) {
   index_t a = 0, b = 0, c = 0;
   for (index_t j = 0; j < from.size; ++j) {
     const K x = from.key[j];
@@ -243,11 +268,12 @@ inline constexpr pack_table pack_lanes = make_pack_table();
 
 /// Stores the lanes of (k, p) selected by `mask` packed at (key + at, pos + at) (8 lanes written;
 /// the destination has room) and returns the new end.
-AQUA_TARGET_AVX2 inline index_t store_packed(__m256i k, __m256i p, int mask, std::int32_t* key, std::int32_t* pos,
-                                             index_t at) {
-  const __m256i perm = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(pack_lanes.nibbles[mask])),
-                                                          _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
-                                        _mm256_set1_epi32(7));
+AQUA_TARGET_AVX2 inline index_t store_packed(__m256i k, __m256i p, int mask, std::int32_t* key,
+                                             std::int32_t* pos, index_t at) {
+  const __m256i perm =
+      _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(pack_lanes.nibbles[mask])),
+                                         _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28)),
+                       _mm256_set1_epi32(7));
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(key + at), _mm256_permutevar8x32_epi32(k, perm));
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(pos + at), _mm256_permutevar8x32_epi32(p, perm));
   return at + __builtin_popcount(static_cast<unsigned>(mask));
@@ -257,7 +283,7 @@ AQUA_TARGET_AVX2 inline index_t store_packed(__m256i k, __m256i p, int mask, std
 /// its final size (in-place `below` writes stay behind the reads).
 AQUA_TARGET_AVX2 inline void partition3_avx2(rank_list<std::int32_t> from, std::int32_t lo, std::int32_t hi,
                                              rank_list<std::int32_t>& above, rank_list<std::int32_t>& between,
-                                             rank_list<std::int32_t>& below) {
+                                             rank_list<std::int32_t>& below, bool keep_below) {
   const __m256i lo_v = _mm256_set1_epi32(lo), hi_v = _mm256_set1_epi32(hi);
   index_t a = 0, b = 0, c = 0;
   for (index_t j = 0; j < from.size; j += key_block) {
@@ -268,7 +294,7 @@ AQUA_TARGET_AVX2 inline void partition3_avx2(rank_list<std::int32_t> from, std::
     const int valid = from.size - j >= key_block ? 0xff : (1 << (from.size - j)) - 1;
     a = store_packed(k, p, is_above, above.key, above.pos, a);
     b = store_packed(k, p, above_lo & ~is_above, between.key, between.pos, b);
-    c = store_packed(k, p, ~above_lo & valid, below.key, below.pos, c);
+    if (keep_below) c = store_packed(k, p, ~above_lo & valid, below.key, below.pos, c);
   }
   above.size = a;
   between.size = b;
@@ -278,10 +304,12 @@ AQUA_TARGET_AVX2 inline void partition3_avx2(rank_list<std::int32_t> from, std::
 /// Keys of float weights (order_key, 8 at a time) with positions 0..n-1; returns the smallest and
 /// largest key.
 AQUA_TARGET_AVX2 inline std::pair<std::int32_t, std::int32_t> float_keys_avx2(const float* w, index_t n,
-                                                                              std::int32_t* key, std::int32_t* pos) {
+                                                                              std::int32_t* key,
+                                                                              std::int32_t* pos) {
   const __m256i magnitude = _mm256_set1_epi32(0x7fffffff), step = _mm256_set1_epi32(key_block);
   __m256i p = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  __m256i lo = _mm256_set1_epi32(std::numeric_limits<std::int32_t>::max()), hi = _mm256_set1_epi32(key_floor<std::int32_t>());
+  __m256i lo = _mm256_set1_epi32(std::numeric_limits<std::int32_t>::max()),
+          hi = _mm256_set1_epi32(key_floor<std::int32_t>());
   index_t i = 0;
   for (; i + key_block <= n; i += key_block) {
     const __m256i bits = _mm256_castps_si256(_mm256_loadu_ps(w + i));
@@ -313,11 +341,11 @@ AQUA_TARGET_AVX2 inline std::pair<std::int32_t, std::int32_t> float_keys_avx2(co
 
 inline void partition3(rank_list<std::int32_t> from, std::int32_t lo, std::int32_t hi,
                        rank_list<std::int32_t>& above, rank_list<std::int32_t>& between,
-                       rank_list<std::int32_t>& below) {
+                       rank_list<std::int32_t>& below, bool keep_below) {
 #if AQUA_HAS_X86_SIMD
-  if (has_avx2_fma()) return partition3_avx2(from, lo, hi, above, between, below);
+  if (has_avx2_fma()) return partition3_avx2(from, lo, hi, above, between, below, keep_below);
 #endif
-  partition3<std::int32_t>(from, lo, hi, above, between, below);
+  partition3<std::int32_t>(from, lo, hi, above, between, below, keep_below);
 }
 
 /// Keys and positions of the n weights; returns the smallest and largest key.
@@ -362,7 +390,8 @@ void rank_sort(rank_list<K> run, I* out) {
 /// others, counting keys above a candidate without branches; one partition pass then takes the
 /// keys above hi, and the few in (lo, hi] are ranked directly. Equal keys go by lower pos.
 template <class K>
-K take_top(rank_list<K>& rest, index_t m, K lo, K hi, rank_list<K>& run, rank_list<K>& between) {
+K take_top(rank_list<K>& rest, index_t m, K lo, K hi, rank_list<K>& run, rank_list<K>& between,
+           bool keep_rest) {
   using U = std::make_unsigned_t<K>;
   constexpr index_t between_max = 8;
   index_t c_lo = rest.size, c_hi = 0;  // #{key > lo}, #{key > hi}: c_lo >= m > c_hi
@@ -377,7 +406,7 @@ K take_top(rank_list<K>& rest, index_t m, K lo, K hi, rank_list<K>& run, rank_li
       c_hi = c;
     }
   }
-  partition3(rest, lo, hi, run, between, rest);
+  partition3(rest, lo, hi, run, between, rest, keep_rest);
   const index_t need = m - run.size;  // from (lo, hi], where the m-th key lies
   // Places within (lo, hi]: all keys equal (the lowest positions first), or at most between_max.
   const bool all_equal = U(hi) - U(lo) == 1;
@@ -389,6 +418,7 @@ K take_top(rank_list<K>& rest, index_t m, K lo, K hi, rank_list<K>& run, rank_li
   K t = hi;
   for (index_t b = 0; b < between.size; ++b) {
     const bool in = (all_equal ? b : index_t(place[b])) < need;
+    if (!in && !keep_rest) continue;
     rank_list<K>& to = in ? run : rest;
     to.key[to.size] = between.key[b];
     to.pos[to.size] = between.pos[b];
@@ -396,7 +426,7 @@ K take_top(rank_list<K>& rest, index_t m, K lo, K hi, rank_list<K>& run, rank_li
     if (in) t = std::min(t, between.key[b]);
   }
   pad_keys(run);
-  pad_keys(rest);
+  if (keep_rest) pad_keys(rest);
   return t;
 }
 
@@ -410,25 +440,27 @@ index_t select_ranked_fast(const W* weight, const E* energy, index_t n, const se
   // Slack past every list end: the vector partition writes whole blocks.
   constexpr index_t slack = 2 * key_block;
   K key[ranked_fast_max + slack], run_key[rank_chunk_max + slack], between_key[ranked_fast_max + slack];
-  std::int32_t pos[ranked_fast_max + slack], run_pos[rank_chunk_max + slack], between_pos[ranked_fast_max + slack];
+  std::int32_t pos[ranked_fast_max + slack], run_pos[rank_chunk_max + slack],
+      between_pos[ranked_fast_max + slack];
   rank_list<K> rest{key, pos, n}, run{run_key, run_pos, 0}, between{between_key, between_pos, 0};
   const auto range = weight_keys(weight, n, key, pos);
   pad_keys(rest);
   const K lo = range.first - 1;  // below every key
   K hi = range.second;           // at least every key not yet ranked
-  index_t done = 0;
+  index_t done = 0, last = n;    // places [done, last) may still be asked for
   // Ranks places [done, done + m) from the unranked items.
   auto next_run = [&](index_t m) {
     if (m == rest.size) {
       rank_sort(rest, idx + done);
     } else {
-      hi = take_top(rest, m, lo, hi, run, between);
+      hi = take_top(rest, m, lo, hi, run, between, done + m < last);
       rank_sort(run, idx + done);
     }
     done += m;
   };
   if (spec.type != selection_spec::kind::energy) {
     const index_t count = selection_count(spec, n);
+    last = count;
     while (done < count) next_run(std::min(rank_chunk_max, count - done));
     return count;
   }
@@ -457,7 +489,7 @@ index_t select_ranked_fast(const W* weight, const E* energy, index_t n, const se
 template <class W, class E, class I>
 index_t select_ranked(const W* weight, const E* energy, index_t n, const selection_spec& spec, I* idx) {
   if constexpr (std::is_same<W, float>::value || std::is_same<W, double>::value) {
-    if (n <= ranked_fast_max) return select_ranked_fast(weight, energy, n, spec, idx);
+    if (n >= 1 && n <= ranked_fast_max) return select_ranked_fast(weight, energy, n, spec, idx);
   }
   for (index_t i = 0; i < n; ++i) idx[i] = static_cast<I>(i);
   auto before = [weight](I a, I b) { return weight[a] > weight[b] || (weight[a] == weight[b] && a < b); };
@@ -551,7 +583,17 @@ index_t select_count(vector_view<const detail::identity_t<T>> values, const sele
   detail::require_finite(values, fn, "values");
   if (spec.type != selection_spec::kind::energy) return detail::selection_count(spec, n);
   // Equal magnitudes carry equal energies, so the count does not depend on how ties are ordered:
-  // sorting the energies themselves gives the same prefix sums as the ranking.
+  // ranking by magnitude, or sorting the energies themselves, sums the same sequence.
+  if (n <= detail::ranked_fast_max) {
+    T mag[detail::ranked_fast_max];
+    double sq[detail::ranked_fast_max];
+    std::int32_t idx[detail::ranked_fast_max];
+    for (index_t i = 0; i < n; ++i) {
+      mag[i] = std::abs(values(i));
+      sq[i] = double(values(i)) * double(values(i));
+    }
+    return detail::select_ranked(mag, sq, n, spec, idx);
+  }
   std::vector<double> sq(static_cast<std::size_t>(n));
   double total = 0;
   for (index_t i = 0; i < n; ++i) {
@@ -587,6 +629,15 @@ index_t select_count(vector_view<const detail::identity_t<T>> weight,
   for (index_t i = 0; i < n; ++i)
     AQUA_CHECK(energy(i) >= 0, fn, ": energy[", i, "] = ", energy(i), " is negative");
   if (spec.type != selection_spec::kind::energy) return detail::selection_count(spec, n);
+  if (n <= detail::ranked_fast_max) {
+    T w[detail::ranked_fast_max], e[detail::ranked_fast_max];
+    std::int32_t idx[detail::ranked_fast_max];
+    for (index_t i = 0; i < n; ++i) {
+      w[i] = weight(i);
+      e[i] = energy(i);
+    }
+    return detail::select_ranked(w, e, n, spec, idx);
+  }
   std::vector<T> w(static_cast<std::size_t>(n)), e(w.size());
   std::vector<index_t> idx(w.size());
   for (index_t i = 0; i < n; ++i) {
