@@ -476,6 +476,13 @@ TEST_CASE("select_ranked ranks float weights and thresholds separate energies li
       if (spec.type == aqua::selection_spec::kind::energy)
         CHECK(aqua::select_count<float>(aqua::make_view(w.data(), n), aqua::make_view(e.data(), n), spec) ==
               expected_count);
+      // The same set in increasing index order (the kernels' dimension lists).
+      std::vector<std::int32_t> scratch(w.size()), ascending(w.size());
+      REQUIRE(aqua::detail::select_ranked_ascending(w.data(), e.data(), n, spec, scratch.data(),
+                                                    ascending.data()) == expected_count);
+      std::vector<index_t> expected_ascending = expected;
+      std::sort(expected_ascending.begin(), expected_ascending.end());
+      CHECK(std::vector<index_t>(ascending.begin(), ascending.begin() + count) == expected_ascending);
     }
   }
   aqua::detail::simd_disabled() = 0;

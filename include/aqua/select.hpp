@@ -514,6 +514,28 @@ index_t select_ranked(const W* weight, const E* energy, index_t n, const selecti
   return n;
 }
 
+/// The selection of select_ranked in increasing index order, the form the kernels' dimension lists
+/// take: out[0..count) (room for n), rank_scratch holds n entries. Returns count. Marks the chosen
+/// indices and reads them back in order: O(n), no sort.
+template <class W, class E>
+index_t select_ranked_ascending(const W* weight, const E* energy, index_t n, const selection_spec& spec,
+                                std::int32_t* rank_scratch, std::int32_t* out) {
+  const index_t count = select_ranked(weight, energy, n, spec, rank_scratch);
+  if (n > ranked_fast_max) {
+    std::copy(rank_scratch, rank_scratch + count, out);
+    std::sort(out, out + count);
+    return count;
+  }
+  unsigned char chosen[ranked_fast_max] = {};
+  for (index_t c = 0; c < count; ++c) chosen[rank_scratch[c]] = 1;
+  index_t at = 0;
+  for (index_t i = 0; i < n; ++i) {
+    out[at] = static_cast<std::int32_t>(i);
+    at += chosen[i];
+  }
+  return count;
+}
+
 }  // namespace detail
 
 /// Selects dimensions of `values` by magnitude as `spec` says; writes the ranking into `indices`
