@@ -10,6 +10,7 @@
 #include <limits>
 #include <numeric>
 #include <random>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -483,6 +484,24 @@ TEST_CASE("select_ranked ranks float weights and thresholds separate energies li
       std::vector<index_t> expected_ascending = expected;
       std::sort(expected_ascending.begin(), expected_ascending.end());
       CHECK(std::vector<index_t>(ascending.begin(), ascending.begin() + count) == expected_ascending);
+    }
+  }
+  aqua::detail::simd_disabled() = 0;
+}
+
+TEST_CASE("select_top names a non-finite value wherever it sits, vector block or tail", "[select][errors]") {
+  for (int simd_off : {0, 1}) {
+    aqua::detail::simd_disabled() = simd_off;
+    for (index_t at : {index_t(2), index_t(9), index_t(16), index_t(18)}) {
+      std::vector<float> x(19, 1.0f);
+      std::vector<index_t> out(19);
+      x[std::size_t(at)] =
+          (at % 2) ? std::numeric_limits<float>::infinity() : std::numeric_limits<float>::quiet_NaN();
+      CAPTURE(simd_off, at);
+      CHECK_THROWS_WITH(
+          aqua::select_top<float>(aqua::make_view(static_cast<const float*>(x.data()), 19),
+                                  aqua::selection_spec::top_k(3), aqua::make_view(out.data(), 19)),
+          Contains("values holds a non-finite") && Contains("[" + std::to_string(at) + "]"));
     }
   }
   aqua::detail::simd_disabled() = 0;

@@ -348,6 +348,49 @@ inline void partition3(rank_list<std::int32_t> from, std::int32_t lo, std::int32
   partition3<std::int32_t>(from, lo, hi, above, between, below, keep_below);
 }
 
+#if AQUA_HAS_X86_SIMD
+/// |x| and x * x of n contiguous floats, 8 at a time; returns whether all are finite.
+AQUA_TARGET_AVX2 inline bool magnitudes_avx2(const float* x, index_t n, float* mag, float* sq) {
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  const __m256 largest = _mm256_set1_ps(std::numeric_limits<float>::max());
+  __m256 finite = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+  index_t i = 0;
+  for (; i + key_block <= n; i += key_block) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m256 a = _mm256_and_ps(v, abs_mask);
+    _mm256_storeu_ps(mag + i, a);
+    _mm256_storeu_ps(sq + i, _mm256_mul_ps(v, v));
+    finite = _mm256_and_ps(finite, _mm256_cmp_ps(a, largest, _CMP_LE_OQ));  // false for inf, NaN
+  }
+  bool ok = _mm256_movemask_ps(finite) == 0xff;
+  for (; i < n; ++i) {
+    mag[i] = std::abs(x[i]);
+    sq[i] = x[i] * x[i];
+    ok &= mag[i] <= std::numeric_limits<float>::max();
+  }
+  return ok;
+}
+#endif
+
+/// |x| and x * x of n values x[i * step]; returns whether all are finite (|x| <= max fails for
+/// inf and NaN).
+template <class T>
+bool magnitudes(const T* x, index_t step, index_t n, T* mag, T* sq) {
+#if AQUA_HAS_X86_SIMD
+  if constexpr (std::is_same<T, float>::value) {
+    if (step == 1 && has_avx2_fma()) return magnitudes_avx2(x, n, mag, sq);
+  }
+#endif
+  bool finite = true;
+  for (index_t i = 0; i < n; ++i) {
+    const T xi = x[i * step];
+    mag[i] = std::abs(xi);
+    sq[i] = xi * xi;
+    finite &= mag[i] <= std::numeric_limits<T>::max();
+  }
+  return finite;
+}
+
 /// Keys and positions of the n weights; returns the smallest and largest key.
 template <class W, class K>
 std::pair<K, K> weight_keys(const W* w, index_t n, K* key, std::int32_t* pos) {
@@ -555,18 +598,16 @@ index_t select_top(vector_view<const detail::identity_t<T>> values, const select
   AQUA_CHECK(indices.stride(0) == 1 || n == 1, fn, ": indices must be contiguous (stride 1), got stride ",
              indices.stride(0));
   detail::validate_selection(spec, n, fn);
-  detail::require_finite(values, fn, "values");
-  // Magnitudes and energies go through small stack buffers for the common head dims.
+  // Magnitudes and energies go through small stack buffers for the common head dims. The finite
+  // check rides along; require_finite then names the culprit.
   constexpr index_t stack = 512;
   if (n <= stack) {
     T mag[stack], sq[stack];
-    for (index_t i = 0; i < n; ++i) {
-      const T x = values(i);
-      mag[i] = std::abs(x);
-      sq[i] = x * x;
-    }
+    if (!detail::magnitudes(values.data(), values.stride(0), n, mag, sq))
+      detail::require_finite(values, fn, "values");
     return detail::select_ranked(mag, sq, n, spec, indices.data());
   }
+  detail::require_finite(values, fn, "values");
   // Rare wide inputs: rank on the fly (a comparator over the strided values).
   I* idx = indices.data();
   for (index_t i = 0; i < n; ++i) idx[i] = static_cast<I>(i);
