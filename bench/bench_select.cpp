@@ -1,6 +1,8 @@
 // Selection: select_top over d = 64 / 128 / 256 projected query magnitudes, by fixed k (d/4),
 // fraction (1/4 of d) and energy threshold (tau = 0.9), on queries with a decaying spectrum (the
-// shape calibrated heads give). One iteration selects for one query head.
+// shape calibrated heads give). One iteration selects for one query head. BM_select_ranked_* call
+// the ranking the AQUA engine uses directly (float weights = |q~|, float energies = q~^2, int32
+// indices), without select_top's checks and magnitude pass.
 // Counters: selections/s (query heads per second), bytes/s (the d input floats read), FLOP/s (|x|
 // and x^2 per dim: 2 per dim; the ranking's comparisons are not FLOPs and are not counted).
 #include <aqua/select.hpp>
@@ -9,6 +11,7 @@
 
 #include <benchmark/benchmark.h>
 
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -56,5 +59,37 @@ void BM_select_energy(benchmark::State& state) {
   run_selection(state, aqua::selection_spec::energy(0.9));
 }
 BENCHMARK(BM_select_energy)->Arg(64)->Arg(128)->Arg(256);
+
+/// Arg: d. detail::select_ranked as the engine calls it, by energy (tau = 0.9) or fixed k = d / 4.
+void run_ranked(benchmark::State& state, const aqua::selection_spec& spec) {
+  const index_t d = state.range(0);
+  const auto q = aqua_examples::spectrum_rows(query_count, d, 32.0, 7);
+  std::vector<float> weight(q.size()), energy(q.size());
+  for (std::size_t i = 0; i < q.size(); ++i) {
+    weight[i] = std::abs(q[i]);
+    energy[i] = q[i] * q[i];
+  }
+  std::vector<std::int32_t> idx(static_cast<std::size_t>(d));
+  index_t i = 0, kept = 0;
+  for (auto _ : state) {
+    const index_t row = (i % query_count) * d;
+    kept += aqua::detail::select_ranked(weight.data() + row, energy.data() + row, d, spec, idx.data());
+    benchmark::DoNotOptimize(idx.data());
+    ++i;
+  }
+  const double iters = double(state.iterations());
+  state.counters["selections/s"] = benchmark::Counter(iters, benchmark::Counter::kIsRate);
+  state.counters["kept"] = iters > 0 ? double(kept) / iters : 0.0;
+}
+
+void BM_select_ranked_energy(benchmark::State& state) {
+  run_ranked(state, aqua::selection_spec::energy(0.9));
+}
+BENCHMARK(BM_select_ranked_energy)->Arg(64)->Arg(128)->Arg(256);
+
+void BM_select_ranked_top_k(benchmark::State& state) {
+  run_ranked(state, aqua::selection_spec::top_k(state.range(0) / 4));
+}
+BENCHMARK(BM_select_ranked_top_k)->Arg(64)->Arg(128)->Arg(256);
 
 }  // namespace

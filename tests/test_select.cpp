@@ -1,13 +1,17 @@
 // Top-k selection against a brute-force ranking (stable sort by decreasing magnitude).
+#include <aqua/detail/simd.hpp>
 #include <aqua/select.hpp>
 
 #include <catch2/catch.hpp>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <numeric>
 #include <random>
+#include <string>
+#include <utility>
 #include <vector>
 
 using aqua::index_t;
@@ -243,6 +247,261 @@ TEST_CASE("the kernels' threshold selection picks the same set as the brute-forc
       aqua::detail::select_top_ascending(w.data(), n, k, bits.data(), out.data());
       CAPTURE(n, ties, k, simd_off);
       CHECK(std::vector<std::int32_t>(out.begin(), out.begin() + k) == expected);
+    }
+  }
+  aqua::detail::simd_disabled() = 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The ranking path works on integer images of the values and splits the ranking into runs; these
+// cases pin the inputs that could break it, each against an independent stable-sort oracle.
+
+namespace {
+
+// Oracle: every index, stable-sorted by decreasing weight (equal weights keep index order, and
+// -0.0 == +0.0 tie), then the spec's count: k, ceil(f * n), or the shortest prefix whose energies
+// (summed in rank order, in double) reach tau of the total with the 1e-12 relative slack.
+template <class W, class E>
+std::vector<index_t> select_oracle_ranking(const std::vector<W>& weight, const std::vector<E>& energy,
+                                           const aqua::selection_spec& spec, index_t& count) {
+  std::vector<std::pair<W, index_t>> items;
+  for (std::size_t i = 0; i < weight.size(); ++i) items.emplace_back(weight[i], index_t(i));
+  std::stable_sort(items.begin(), items.end(),
+                   [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::vector<index_t> order;
+  for (const auto& it : items) order.push_back(it.second);
+  const index_t n = index_t(weight.size());
+  switch (spec.type) {
+    case aqua::selection_spec::kind::top_k:
+      count = spec.k;
+      break;
+    case aqua::selection_spec::kind::fraction:
+      count = std::max<index_t>(1, index_t(std::ceil(spec.value * double(n) - 1e-9)));
+      break;
+    case aqua::selection_spec::kind::energy: {
+      double total = 0, acc = 0;
+      for (E e : energy) total += double(e);
+      count = n;
+      for (index_t c = 0; c < n; ++c) {
+        acc += double(energy[std::size_t(order[std::size_t(c)])]);
+        if (acc >= spec.value * total * (1 - 1e-12)) {
+          count = c + 1;
+          break;
+        }
+      }
+      break;
+    }
+  }
+  order.resize(std::size_t(count));
+  return order;
+}
+
+// Value patterns that stress an integer-key ranking: sign, zeros of both signs, denormals, exact
+// ties, values far apart in exponent, all equal.
+enum class select_pattern { normal, ties, zeros, denormals, extremes, all_equal, mixed };
+
+template <class T>
+std::vector<T> select_pattern_values(select_pattern p, index_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> nd;
+  std::uniform_int_distribution<int> small(-3, 3);
+  const T denorm = std::numeric_limits<T>::denorm_min();
+  std::vector<T> x(static_cast<std::size_t>(n));
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    switch (p) {
+      case select_pattern::normal:
+        x[i] = T(nd(rng));
+        break;
+      case select_pattern::ties:
+        x[i] = T(small(rng)) * T(0.25);
+        break;
+      case select_pattern::zeros:
+        x[i] = (rng() & 1) ? T(0) : -T(0);
+        break;
+      case select_pattern::denormals:
+        x[i] = denorm * T(small(rng)) + ((rng() % 4 == 0) ? -T(0) : T(0));
+        break;
+      case select_pattern::extremes: {
+        const T big = std::numeric_limits<T>::max(), tiny = std::numeric_limits<T>::min();
+        const T choices[] = {big, -big, tiny, -tiny, denorm, T(1), T(-1), T(0), -T(0)};
+        x[i] = choices[rng() % 9];
+        break;
+      }
+      case select_pattern::all_equal:
+        x[i] = (i % 2) ? T(-1.5) : T(1.5);
+        break;
+      case select_pattern::mixed:  // a few ties among many distinct values, zeros of both signs
+        x[i] = (rng() % 5 == 0) ? T(small(rng)) : (rng() % 9 == 0 ? -T(0) : T(nd(rng)));
+        break;
+    }
+  }
+  return x;
+}
+
+std::vector<aqua::selection_spec> select_specs_for(index_t n) {
+  std::vector<aqua::selection_spec> specs;
+  for (index_t k : {index_t(1), index_t(2), n / 3 + 1, index_t(31), index_t(32), index_t(33), index_t(63),
+                    index_t(64), index_t(65), index_t(129), n - 1, n})
+    if (k >= 1 && k <= n) specs.push_back(aqua::selection_spec::top_k(k));
+  for (double f : {0.1, 0.25, 0.5, 1.0}) specs.push_back(aqua::selection_spec::fraction(f));
+  for (double tau : {0.05, 0.5, 0.9, 0.99, 1.0}) specs.push_back(aqua::selection_spec::energy(tau));
+  return specs;
+}
+
+const char* select_spec_name(const aqua::selection_spec& s) {
+  switch (s.type) {
+    case aqua::selection_spec::kind::top_k:
+      return "top_k";
+    case aqua::selection_spec::kind::fraction:
+      return "fraction";
+    case aqua::selection_spec::kind::energy:
+      return "energy";
+  }
+  return "?";
+}
+
+// select_top<T> on x against the oracle over (|x|, x^2 as select_top forms it: in T, summed in
+// double), for every spec; with the vector paths on and off. Above 512 values select_top squares
+// in double instead (its strided path), which differs from squaring in T only where float squares
+// underflow or overflow: with_energy = false leaves energy specs out for such inputs there.
+template <class T>
+void check_select_top_against_oracle(const std::vector<T>& x, bool with_energy = true) {
+  const index_t n = index_t(x.size());
+  std::vector<T> mag(x.size()), sq(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    mag[i] = std::abs(x[i]);
+    sq[i] = x[i] * x[i];
+  }
+  std::vector<std::int32_t> out(x.size());
+  for (int simd_off : {0, 1}) {
+    aqua::detail::simd_disabled() = simd_off;
+    for (const auto& spec : select_specs_for(n)) {
+      if (!with_energy && spec.type == aqua::selection_spec::kind::energy) continue;
+      index_t expected_count = 0;
+      const auto expected = select_oracle_ranking(mag, sq, spec, expected_count);
+      std::fill(out.begin(), out.end(), -1);
+      const index_t count =
+          aqua::select_top<T>(aqua::make_view(x.data(), n), spec, aqua::make_view(out.data(), n));
+      CAPTURE(n, simd_off, select_spec_name(spec), spec.k, spec.value);
+      REQUIRE(count == expected_count);
+      CHECK(std::vector<index_t>(out.begin(), out.begin() + count) == expected);
+    }
+  }
+  aqua::detail::simd_disabled() = 0;
+}
+
+}  // namespace
+
+TEST_CASE("select_top ranks like a stable sort on zeros, denormals, ties and extremes, float", "[select]") {
+  const index_t n = GENERATE(1, 2, 7, 8, 9, 31, 33, 64, 65, 127, 128, 200, 256, 257, 511, 512, 513, 600);
+  const auto p =
+      GENERATE(select_pattern::normal, select_pattern::ties, select_pattern::zeros, select_pattern::denormals,
+               select_pattern::extremes, select_pattern::all_equal, select_pattern::mixed);
+  CAPTURE(n, int(p));
+  const bool squares_in_range = p != select_pattern::denormals && p != select_pattern::extremes;
+  check_select_top_against_oracle(select_pattern_values<float>(p, n, unsigned(n) * 7 + unsigned(p)),
+                                  n <= 512 || squares_in_range);
+}
+
+TEST_CASE("select_top ranks like a stable sort on zeros, denormals, ties and extremes, double", "[select]") {
+  const index_t n = GENERATE(1, 9, 64, 128, 256, 257, 512, 513);
+  const auto p = GENERATE(select_pattern::normal, select_pattern::ties, select_pattern::zeros,
+                          select_pattern::denormals, select_pattern::extremes, select_pattern::mixed);
+  CAPTURE(n, int(p));
+  check_select_top_against_oracle(select_pattern_values<double>(p, n, unsigned(n) * 11 + unsigned(p)));
+}
+
+TEST_CASE("double selection separates magnitudes that round to the same float", "[select]") {
+  // 1 + 2^-40 and 1 are one float apart from nothing: a float key would tie them.
+  const double base = 1.0, up = 1.0 + std::ldexp(1.0, -40), down = 1.0 - std::ldexp(1.0, -40);
+  std::vector<double> x = {base, -down, up, base, -up, down, 0.5, -base};
+  std::vector<std::int32_t> out(x.size());
+  REQUIRE(aqua::select_top<double>(aqua::make_view(x.data(), 8), aqua::selection_spec::top_k(8),
+                                   aqua::make_view(out.data(), 8)) == 8);
+  CHECK(out == std::vector<std::int32_t>{2, 4, 0, 3, 7, 1, 5, 6});
+  check_select_top_against_oracle(x);
+}
+
+TEST_CASE("energy selection over many runs of the ranking sums in rank order", "[select]") {
+  // A flat spectrum needs nearly every dim for tau near 1, so the ranking is produced in several
+  // runs; tau = 1 must stop at the last non-zero dim (zeros trail the ranking).
+  const index_t n = GENERATE(96, 256, 300);
+  std::mt19937 rng(static_cast<unsigned>(n));
+  std::uniform_real_distribution<float> flat(0.9f, 1.1f);
+  std::vector<float> x(static_cast<std::size_t>(n));
+  for (auto& v : x) v = (rng() % 10 == 0) ? 0.0f : flat(rng) * ((rng() & 1) ? 1.0f : -1.0f);
+  check_select_top_against_oracle(x);
+}
+
+TEST_CASE("select_ranked ranks float weights and thresholds separate energies like the oracle", "[select]") {
+  // The engine's shape: float weights (summed magnitudes), float energies (summed squares), int32
+  // indices. Weights here also take negative values and both zeros: the ranking must follow the
+  // value order (negative weights last), which select_count's weight overload exposes.
+  const index_t n = GENERATE(1, 5, 32, 100, 128, 256, 400, 512, 513, 700);
+  const int trial = GENERATE(0, 1, 2, 3);
+  std::mt19937 rng(unsigned(n) * 13 + unsigned(trial));
+  std::uniform_int_distribution<int> small(-2, 6);
+  std::normal_distribution<float> nd;
+  std::vector<float> w(static_cast<std::size_t>(n)), e(w.size());
+  for (std::size_t i = 0; i < w.size(); ++i) {
+    switch (trial) {
+      case 0:
+        w[i] = std::abs(nd(rng));
+        break;
+      case 1:
+        w[i] = float(small(rng));  // heavy ties
+        break;
+      case 2:
+        w[i] = nd(rng);  // negative weights too
+        break;
+      default:
+        w[i] = (rng() & 1) ? -0.0f : float(small(rng)) * std::numeric_limits<float>::denorm_min();
+        break;
+    }
+    e[i] = float(rng() % 7) * 0.5f;  // energies unrelated to the weights, zeros included
+  }
+  std::vector<std::int32_t> out(w.size());
+  std::vector<index_t> out64(w.size());
+  for (int simd_off : {0, 1}) {
+    aqua::detail::simd_disabled() = simd_off;
+    for (const auto& spec : select_specs_for(n)) {
+      index_t expected_count = 0;
+      const auto expected = select_oracle_ranking(w, e, spec, expected_count);
+      CAPTURE(n, trial, simd_off, select_spec_name(spec), spec.k, spec.value);
+      const index_t count = aqua::detail::select_ranked(w.data(), e.data(), n, spec, out.data());
+      REQUIRE(count == expected_count);
+      CHECK(std::vector<index_t>(out.begin(), out.begin() + count) == expected);
+      const index_t count64 = aqua::detail::select_ranked(w.data(), e.data(), n, spec, out64.data());
+      REQUIRE(count64 == expected_count);
+      CHECK(std::vector<index_t>(out64.begin(), out64.begin() + count) == expected);
+      if (spec.type == aqua::selection_spec::kind::energy)
+        CHECK(aqua::select_count<float>(aqua::make_view(w.data(), n), aqua::make_view(e.data(), n), spec) ==
+              expected_count);
+      // The same set in increasing index order (the kernels' dimension lists).
+      std::vector<std::int32_t> scratch(w.size()), ascending(w.size());
+      REQUIRE(aqua::detail::select_ranked_ascending(w.data(), e.data(), n, spec, scratch.data(),
+                                                    ascending.data()) == expected_count);
+      std::vector<index_t> expected_ascending = expected;
+      std::sort(expected_ascending.begin(), expected_ascending.end());
+      CHECK(std::vector<index_t>(ascending.begin(), ascending.begin() + count) == expected_ascending);
+    }
+  }
+  aqua::detail::simd_disabled() = 0;
+}
+
+TEST_CASE("select_top names a non-finite value wherever it sits, vector block or tail", "[select][errors]") {
+  for (int simd_off : {0, 1}) {
+    aqua::detail::simd_disabled() = simd_off;
+    for (index_t at : {index_t(2), index_t(9), index_t(16), index_t(18)}) {
+      std::vector<float> x(19, 1.0f);
+      std::vector<index_t> out(19);
+      x[std::size_t(at)] =
+          (at % 2) ? std::numeric_limits<float>::infinity() : std::numeric_limits<float>::quiet_NaN();
+      CAPTURE(simd_off, at);
+      CHECK_THROWS_WITH(
+          aqua::select_top<float>(aqua::make_view(static_cast<const float*>(x.data()), 19),
+                                  aqua::selection_spec::top_k(3), aqua::make_view(out.data(), 19)),
+          Contains("values holds a non-finite") && Contains("[" + std::to_string(at) + "]"));
     }
   }
   aqua::detail::simd_disabled() = 0;
