@@ -164,10 +164,7 @@ inline index_t select_dims(const float* weight, const float* energy, index_t r, 
       select_top_ascending(weight, r, count, reinterpret_cast<std::uint32_t*>(rank_scratch), dims_out);
       return count;
     }
-    const index_t count = select_ranked(weight, energy, r, spec, rank_scratch);
-    std::copy(rank_scratch, rank_scratch + count, dims_out);
-    std::sort(dims_out, dims_out + count);
-    return count;
+    return select_ranked_ascending(weight, energy, r, spec, rank_scratch, dims_out);
   }
   const index_t tiles = (r + tile - 1) / tile;
   float tile_energy[1024];
@@ -337,7 +334,7 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
       if (!p.shared) {
         // The distinct rows of these heads' selections, for the kernel's prefetch.
         std::fill(w.row_used.begin(), w.row_used.end(), char(0));
-        for (index_t h = hb; h < std::min<index_t>(g, hb + 4); ++h)
+        for (index_t h = hb; h < hb + hn; ++h)
           for (index_t s = 0; s < fa.ns; ++s)
             w.row_used[static_cast<std::size_t>(p.dims[(kv * g + h) * r + s])] = 1;
         index_t distinct = 0;
@@ -356,8 +353,8 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
         fa.rows = w.rows_inter.data();
       }
       fa.logits = logits_out ? logits_out + (kv * g + hb) * p.n : nullptr;
-      done = fused_decode(static_cast<int>(std::min<index_t>(4, g - hb)), !p.shared, fa, t0 / kv_block,
-                          (t1 + kv_block - 1) / kv_block, m + hb, l + hb, acc + hb * d, d);
+      done = fused_decode(static_cast<int>(hn), !p.shared, fa, t0 / kv_block, (t1 + kv_block - 1) / kv_block,
+                          m + hb, l + hb, acc + hb * d, d);
     }
     if (done) {
       if (prof) prof->score_seconds += seconds_since(t_start);

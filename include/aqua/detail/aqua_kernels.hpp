@@ -200,12 +200,11 @@ struct row_ahead_prefetch {
 
 /// Software prefetch for the fused decode. The lines a 16-token block consumes form one stream:
 /// its selected key rows (one 64-byte line per distinct row), then its value rows (d lines at d
-/// floats per token). The prefetcher walks that stream a
-/// fixed number of lines ahead of the kernel and issues one line for every line consumed, in both
-/// the score and the value loop, so DRAM sees a steady request rate whatever the split between
-/// key and value bytes (k = 32 reads 32 key lines and 128 value lines per block, dense 128 + 128).
-/// Addresses are formed as integers: lines past the end of the cache are requested but never
-/// read (a prefetch does not fault).
+/// floats per token). The prefetcher walks that stream a fixed number of lines ahead of the
+/// kernel and issues one line for every line consumed, in both the score and the value loop, so DRAM sees a
+/// steady request rate whatever the split between key and value bytes (k = 32 reads 32 key lines and 128
+/// value lines per block, dense 128 + 128). Addresses are formed as integers: lines past the end of the cache
+/// are requested but never read (a prefetch does not fault).
 struct block_prefetcher {
   const float* const* rows = nullptr;  // the key rows of block 0
   index_t key_lines = 0;
@@ -324,9 +323,7 @@ AQUA_TARGET_AVX2 void fused_decode_avx2(const fused_args& a, index_t b_begin, in
   block_prefetcher pf;
   pf.rows = a.prefetch_rows ? a.prefetch_rows : a.rows;
   pf.key_lines = a.prefetch_rows ? a.prefetch_count : ns;
-  // Per-head lists: the score loop issues the distinct rows' steps spread over its ns iterations.
-  const index_t key_steps = pf.key_lines;
-  index_t spread = 0;
+  index_t spread = 0;  // per-head lists: the distinct rows' steps spread over the ns iterations
   pf.key_block_bytes = static_cast<std::uintptr_t>(bs) * sizeof(float);
   pf.start(a.values, kv_block * d, b_begin, decode_prefetch_lead_lines);
   alignas(32) float pbuf[HB][kv_block];
@@ -340,9 +337,9 @@ AQUA_TARGET_AVX2 void fused_decode_avx2(const fused_args& a, index_t b_begin, in
     for (int h = 0; h < HB; ++h) sc[h][0] = sc[h][1] = _mm256_setzero_ps();
     for (index_t s = 0; s < ns; ++s) {
       const float* qs = a.q + s * HB;
-      const float* const* rs = a.rows + s * HB;
       if (Lists) {
-        for (spread += key_steps; spread >= ns; spread -= ns) pf.step();
+        const float* const* rs = a.rows + s * HB;
+        for (spread += pf.key_lines; spread >= ns; spread -= ns) pf.step();
 #pragma GCC unroll 4
         for (int h = 0; h < HB; ++h) {
           const float* r = rs[h] + off;
