@@ -17,9 +17,12 @@
 //                     [--hq 32] [--hkv 8] [--threads 1] [--select per-head,group,tile]
 //                     [--tile 32] [--spectrum 32] [--reps 10] [--json] [--clock wall|cpu]
 //                     [--basis identity|random] [--baseline projected|plain] [--budget TOKENS]
+//                     [--isa auto|avx2|portable]
 //        aqua_compare --sweep-break-even [--k 96,32] [--select tile] [--hq 32] [--hkv 8]
 //                     [--sweep-n 64:32768] [--baseline plain|projected|reference] [--threads 1]
 //                     [--reps 15] [--basis random] [--json] [--clock cpu] ...
+// --isa avx2 / portable run both sides on narrower kernels than the CPU has (auto: AVX-512 where
+// present), to measure what the wider kernels buy.
 // --clock cpu times with process CPU time / threads instead of wall time: on a machine shared
 // with other jobs it leaves out the time the process was descheduled.
 // --budget B (decode): AQUA runs on a second cache filled with the same N tokens, on which 32
@@ -93,6 +96,8 @@ struct config {
   index_t budget = 0;         // --budget: H2O token budget of the AQUA side (decode); 0: no eviction
   bool sweep = false;         // --sweep-break-even
   index_t sweep_min = 64, sweep_max = 32768;
+  // --isa: which kernels run, auto (the widest the CPU has: AVX-512, AVX2, portable), avx2, portable
+  std::string isa = "auto";
   std::string
       baseline;  // --baseline: projected | plain | reference (sweep only); default plain (sweep), projected
 };
@@ -110,7 +115,7 @@ std::vector<std::string> split(const std::string& s, char sep = ',') {
                "aqua_compare: %s\nusage: aqua_compare [--mode decode|prefill] [--n N[,N..]] [--m M] [--d D] "
                "[--k K[,K..]] [--hq HQ] [--hkv HKV] [--threads T] [--select per-head|group|tile[,..]] "
                "[--tile T] [--spectrum TAU] [--reps R] [--json] [--clock wall|cpu] [--basis identity|random] "
-               "[--baseline projected|plain] [--budget TOKENS]\n"
+               "[--baseline projected|plain] [--budget TOKENS] [--isa auto|avx2|portable]\n"
                "       aqua_compare --sweep-break-even [--k K[,K..]] [--select ..] [--sweep-n MIN:MAX] "
                "[--baseline plain|projected|reference] [same options]\n",
                msg);
@@ -177,6 +182,10 @@ config parse(int argc, char** argv) {
         const std::string v = next();
         if (v != "identity" && v != "random") usage("--basis takes identity or random");
         c.random_basis = v == "random";
+      } else if (a == "--isa") {
+        c.isa = next();
+        if (c.isa != "auto" && c.isa != "avx2" && c.isa != "portable")
+          usage("--isa takes auto, avx2 or portable");
       } else if (a == "--clock") {
         const std::string v = next();
         if (v != "cpu" && v != "wall") usage("--clock takes cpu or wall");
@@ -301,6 +310,11 @@ double measure_bandwidth(const aqua_examples::bench_clock& clock, int threads) {
   return best;
 }
 
+/// The widest kernels the decode path runs on this CPU under --isa.
+const char* kernel_isa() {
+  return aqua::detail::has_avx512f() ? "avx512" : aqua::detail::has_avx2_fma() ? "avx2" : "portable";
+}
+
 struct result {
   std::string mode, select;
   index_t n = 0, m = 0, d = 0, k = 0, hq = 0, hkv = 0;
@@ -325,8 +339,8 @@ void print(const config& c, const result& r, bool header) {
       std::printf(",\"m\":%lld,\"dense_score_ms\":%.4f,\"aqua_score_ms\":%.4f,\"score_speedup\":%.4f",
                   (long long)r.m, r.dense_score_ms, r.aqua_score_ms, r.score_speedup);
     if (r.budget > 0) std::printf(",\"budget\":%lld", (long long)r.budget);
-    std::printf(",\"basis\":\"%s\",\"baseline\":\"%s\",\"clock\":\"%s\"}\n", r.basis.c_str(),
-                c.baseline.c_str(), c.cpu_clock ? "cpu" : "wall");
+    std::printf(",\"basis\":\"%s\",\"baseline\":\"%s\",\"clock\":\"%s\",\"isa\":\"%s\"}\n", r.basis.c_str(),
+                c.baseline.c_str(), c.cpu_clock ? "cpu" : "wall", kernel_isa());
   } else {
     if (header) {
       std::printf("%-8s %6s %4s %4s %4s/%-3s %2s %-9s %9s %9s %7s %8s %8s %8s %9s %6s", "mode", "n", "d", "k",
@@ -759,12 +773,14 @@ int run_sweep(const config& c, double bandwidth) {
 
 int main(int argc, char** argv) {
   const config c = parse(argc, argv);
+  aqua::detail::simd_disabled() = c.isa == "portable" ? 1 : c.isa == "avx2" ? 2 : 0;
   g_clock.cpu = c.cpu_clock;
   g_clock.threads = c.threads;
   const double bandwidth = measure_bandwidth(g_clock, c.threads);
   if (!c.json)
-    std::printf("memory-read bandwidth (sum over 1 GiB, best of 5, %d thread%s, %s clock): %.2f GB/s\n",
-                c.threads, c.threads == 1 ? "" : "s", c.cpu_clock ? "cpu" : "wall", bandwidth);
+    std::printf(
+        "memory-read bandwidth (sum over 1 GiB, best of 5, %d thread%s, %s clock): %.2f GB/s; kernels: %s\n",
+        c.threads, c.threads == 1 ? "" : "s", c.cpu_clock ? "cpu" : "wall", bandwidth, kernel_isa());
   try {
     if (c.sweep) return run_sweep(c, bandwidth);
     if (c.mode == "decode")

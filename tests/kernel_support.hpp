@@ -22,10 +22,18 @@ inline const char* mode_name(aqua::selection_mode m) {
                                              : "tile";
 }
 
-/// Runs `f` with the AVX2 kernels (when the CPU has them) and with the portable ones.
+/// Whether the CPU runs the AVX-512 decode kernel (then the tests also force the AVX2 one).
+inline bool cpu_has_avx512() {
+  return aqua::detail::has_avx512f();
+}
+
+/// Runs `f` on every kernel path the CPU has: the widest (AVX-512 or AVX2), AVX2 without AVX-512
+/// when the widest is AVX-512, and the portable one (simd_disabled() = 0, 2, 1).
 template <class F>
 void both_paths(F&& f) {
-  for (int off : {0, 1}) {
+  const bool wide = cpu_has_avx512();
+  for (int off : {0, 2, 1}) {
+    if (off == 2 && !wide) continue;
     aqua::detail::simd_disabled() = off;
     CAPTURE(off);
     f();

@@ -171,6 +171,44 @@ TEST_CASE("AQUA decode of the last token equals the last row of AQUA prefill", "
   }
 }
 
+TEST_CASE("the AVX-512 and AVX2 decode kernels agree bit for bit, outputs and token probabilities",
+          "[aqua][decode][simd]") {
+  if (!aqua_test::cpu_has_avx512()) {
+    WARN("this CPU has no AVX-512F: the 512-bit decode kernel is not built into the run");
+    return;
+  }
+  // Group sizes 1-5 and 8 cover every head block of the kernel (1-4 heads, 5 = 4 + 1); n = 149
+  // ends in a partial block; d = 48 leaves a 16-column value slice after the wide ones.
+  const index_t g = GENERATE(1, 2, 3, 4, 5, 8);
+  const index_t d = GENERATE(48, 128);
+  const index_t hkv = 2, hq = g * hkv, n = 149;
+  CAPTURE(g, d);
+  layer L(hq, hkv, d, n);
+  const aqua::selection_spec specs[] = {aqua::selection_spec::top_k(d / 4), aqua::selection_spec::energy(0.9),
+                                        aqua::selection_spec::top_k(d)};
+  for (auto mode : aqua_test::all_modes) {
+    for (const auto& spec : specs) {
+      CAPTURE(mode_name(mode), int(spec.type), spec.k);
+      aqua::aqua_options opt;
+      opt.mode = mode;
+      std::vector<float> out[2], probs[2], dense[2];
+      for (int path : {0, 1}) {
+        aqua::detail::simd_disabled() = path == 0 ? 0 : 2;
+        out[path].assign(std::size_t(hq * d), 0.0f);
+        probs[path].assign(std::size_t(hkv * n), 0.0f);
+        dense[path].assign(std::size_t(hq * d), 0.0f);
+        aqua::aqua_decode(L.qv(), L.cache, spec, aqua::make_view(out[path].data(), hq, d), opt,
+                          aqua::make_view(probs[path].data(), hkv, n));
+        aqua::dense_decode(L.qv(), L.cache, aqua::make_view(dense[path].data(), hq, d));
+      }
+      aqua::detail::simd_disabled() = 0;
+      CHECK(aqua_test::bitwise_equal(out[0], out[1]));
+      CHECK(aqua_test::bitwise_equal(probs[0], probs[1]));
+      CHECK(aqua_test::bitwise_equal(dense[0], dense[1]));
+    }
+  }
+}
+
 TEST_CASE("thread counts 1, 2 and 3 agree within float rounding, with and without segment merging",
           "[aqua][threads]") {
   const index_t hkv = GENERATE(1, 2, 3);

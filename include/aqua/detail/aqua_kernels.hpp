@@ -418,36 +418,153 @@ AQUA_TARGET_AVX2 void fused_decode_avx2(const fused_args& a, index_t b_begin, in
   for (int h = 0; h < HB; ++h) l[h] += hsum256_pd(lsum[h]);
 }
 
+/// value_slice_avx2 in 512-bit vectors (16 columns each), prefetching one line per vector read.
+template <int HB, int NV>
+AQUA_TARGET_AVX512 AQUA_ALWAYS_INLINE void value_slice_avx512(const float* v, index_t d, index_t cnt,
+                                                              const float* p, index_t p_stride, float* acc,
+                                                              index_t acc_stride, block_prefetcher& pf) {
+  __m512 a[HB][NV];
+#pragma GCC unroll 16
+  for (int h = 0; h < HB; ++h)
+#pragma GCC unroll 16
+    for (int u = 0; u < NV; ++u) a[h][u] = _mm512_loadu_ps(acc + h * acc_stride + 16 * u);
+  for (index_t j = 0; j < cnt; ++j) {
+    const float* row = v + j * d;
+    __m512 vr[NV];
+#pragma GCC unroll 16
+    for (int u = 0; u < NV; ++u) {
+      pf.step();
+      vr[u] = _mm512_loadu_ps(row + 16 * u);
+    }
+#pragma GCC unroll 16
+    for (int h = 0; h < HB; ++h) {
+      const __m512 pb = _mm512_set1_ps(p[h * p_stride + j]);
+#pragma GCC unroll 16
+      for (int u = 0; u < NV; ++u) a[h][u] = _mm512_fmadd_ps(pb, vr[u], a[h][u]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int h = 0; h < HB; ++h)
+#pragma GCC unroll 16
+    for (int u = 0; u < NV; ++u) _mm512_storeu_ps(acc + h * acc_stride + 16 * u, a[h][u]);
+}
+
+/// fused_decode_avx2 with 512-bit vectors: a 16-token key block row is one vector, so the score
+/// loop issues half the loads and FMAs, and the value pass keeps up to 128 columns of a head in
+/// registers. Every float operation is the AVX2 kernel's, lane for lane and in the same order (the
+/// block sums are folded to 8 lanes before they reach double), so the two paths agree bit for bit.
+/// d must be a multiple of 16.
+template <int HB, bool Lists>
+AQUA_TARGET_AVX512 void fused_decode_avx512(const fused_args& a, index_t b_begin, index_t b_end, float* m,
+                                            double* l, float* acc, index_t acc_stride) {
+  constexpr int NV = HB <= 2 ? 8 : 4;  // value columns per slice, in vectors of 16
+  const index_t d = a.d, ns = a.ns, bs = a.block_stride;
+  block_prefetcher pf;
+  pf.rows = a.prefetch_rows ? a.prefetch_rows : a.rows;
+  pf.key_lines = a.prefetch_rows ? a.prefetch_count : ns;
+  index_t spread = 0;
+  pf.key_block_bytes = static_cast<std::uintptr_t>(bs) * sizeof(float);
+  pf.start(a.values, kv_block * d, b_begin, decode_prefetch_lead_lines);
+  alignas(64) float pbuf[HB][kv_block];
+  __m256d lsum[HB];
+#pragma GCC unroll 4
+  for (int h = 0; h < HB; ++h) lsum[h] = _mm256_setzero_pd();
+  for (index_t b = b_begin; b < b_end; ++b) {
+    const index_t off = b * bs, t0 = b * kv_block;
+    __m512 sc[HB];
+#pragma GCC unroll 4
+    for (int h = 0; h < HB; ++h) sc[h] = _mm512_setzero_ps();
+    for (index_t s = 0; s < ns; ++s) {
+      const float* qs = a.q + s * HB;
+      if (Lists) {
+        const float* const* rs = a.rows + s * HB;
+        for (spread += pf.key_lines; spread >= ns; spread -= ns) pf.step();
+#pragma GCC unroll 4
+        for (int h = 0; h < HB; ++h)
+          sc[h] = _mm512_fmadd_ps(_mm512_set1_ps(qs[h]), _mm512_load_ps(rs[h] + off), sc[h]);
+      } else {
+        pf.step();
+        const __m512 kr = _mm512_load_ps(a.rows[s] + off);
+#pragma GCC unroll 4
+        for (int h = 0; h < HB; ++h) sc[h] = _mm512_fmadd_ps(_mm512_set1_ps(qs[h]), kr, sc[h]);
+      }
+    }
+    const index_t jn = std::min<index_t>(kv_block, a.valid_end - t0);
+    const auto valid = static_cast<__mmask16>((1u << jn) - 1u);
+    if (a.logits) {
+#pragma GCC unroll 4
+      for (int h = 0; h < HB; ++h) _mm512_mask_storeu_ps(a.logits + h * a.logits_stride + t0, valid, sc[h]);
+    }
+    if (jn < kv_block) {
+      const __m512 ninf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+#pragma GCC unroll 4
+      for (int h = 0; h < HB; ++h) sc[h] = _mm512_mask_mov_ps(ninf, valid, sc[h]);
+    }
+#pragma GCC unroll 4
+    for (int h = 0; h < HB; ++h) {
+      __m512 mv = _mm512_set1_ps(m[h]);
+      if (AQUA_UNLIKELY(_mm512_cmp_ps_mask(sc[h], mv, _CMP_GT_OQ) != 0)) {
+        const float bm = hmax256(_mm256_max_ps(low_half(sc[h]), high_half(sc[h])));
+        const float alpha = m[h] == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(m[h] - bm);
+        l[h] = (l[h] + hsum256_pd(lsum[h])) * alpha;
+        lsum[h] = _mm256_setzero_pd();
+        const __m512 al = _mm512_set1_ps(alpha);
+        float* ah = acc + h * acc_stride;
+        for (index_t c = 0; c < d; c += 16)
+          _mm512_storeu_ps(ah + c, _mm512_mul_ps(al, _mm512_loadu_ps(ah + c)));
+        m[h] = bm;
+        mv = _mm512_set1_ps(bm);
+      }
+      const __m512 p = exp512(_mm512_sub_ps(sc[h], mv));
+      _mm512_store_ps(pbuf[h], p);
+      const __m256 ps = _mm256_add_ps(low_half(p), high_half(p));
+      lsum[h] = _mm256_add_pd(lsum[h], _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(ps)),
+                                                     _mm256_cvtps_pd(_mm256_extractf128_ps(ps, 1))));
+    }
+    const float* vb = a.values + t0 * d;
+    index_t c = 0;
+    for (; c + 16 * NV <= d; c += 16 * NV)
+      value_slice_avx512<HB, NV>(vb + c, d, jn, &pbuf[0][0], kv_block, acc + c, acc_stride, pf);
+    for (; c < d; c += 16)
+      value_slice_avx512<HB, 1>(vb + c, d, jn, &pbuf[0][0], kv_block, acc + c, acc_stride, pf);
+  }
+#pragma GCC unroll 4
+  for (int h = 0; h < HB; ++h) l[h] += hsum256_pd(lsum[h]);
+}
+
+template <bool Wide>
+inline void fused_decode_heads(int heads, bool lists, const fused_args& a, index_t b_begin, index_t b_end,
+                               float* m, double* l, float* acc, index_t acc_stride) {
+#define AQUA_FUSED_CASE(HB, LISTS)                                              \
+  case HB * 2 + LISTS:                                                          \
+    if (Wide)                                                                   \
+      fused_decode_avx512<HB, LISTS>(a, b_begin, b_end, m, l, acc, acc_stride); \
+    else                                                                        \
+      fused_decode_avx2<HB, LISTS>(a, b_begin, b_end, m, l, acc, acc_stride);   \
+    return;
+  switch (heads * 2 + (lists ? 1 : 0)) {
+    AQUA_FUSED_CASE(1, false)
+    AQUA_FUSED_CASE(1, true)
+    AQUA_FUSED_CASE(2, false)
+    AQUA_FUSED_CASE(2, true)
+    AQUA_FUSED_CASE(3, false)
+    AQUA_FUSED_CASE(3, true)
+    AQUA_FUSED_CASE(4, false)
+    default:
+      AQUA_FUSED_CASE(4, true)
+  }
+#undef AQUA_FUSED_CASE
+}
+
 /// Fused decode for `heads` (1..4) heads; false when only the portable chunked path applies.
 inline bool fused_decode(int heads, bool lists, const fused_args& a, index_t b_begin, index_t b_end, float* m,
                          double* l, float* acc, index_t acc_stride) {
   if (!has_avx2_fma() || a.d % 8 != 0) return false;
-  switch (heads * 2 + (lists ? 1 : 0)) {
-    case 2:
-      fused_decode_avx2<1, false>(a, b_begin, b_end, m, l, acc, acc_stride);
-      return true;
-    case 3:
-      fused_decode_avx2<1, true>(a, b_begin, b_end, m, l, acc, acc_stride);
-      return true;
-    case 4:
-      fused_decode_avx2<2, false>(a, b_begin, b_end, m, l, acc, acc_stride);
-      return true;
-    case 5:
-      fused_decode_avx2<2, true>(a, b_begin, b_end, m, l, acc, acc_stride);
-      return true;
-    case 6:
-      fused_decode_avx2<3, false>(a, b_begin, b_end, m, l, acc, acc_stride);
-      return true;
-    case 7:
-      fused_decode_avx2<3, true>(a, b_begin, b_end, m, l, acc, acc_stride);
-      return true;
-    case 8:
-      fused_decode_avx2<4, false>(a, b_begin, b_end, m, l, acc, acc_stride);
-      return true;
-    default:
-      fused_decode_avx2<4, true>(a, b_begin, b_end, m, l, acc, acc_stride);
-      return true;
-  }
+  if (has_avx512f() && a.d % 16 == 0)
+    fused_decode_heads<true>(heads, lists, a, b_begin, b_end, m, l, acc, acc_stride);
+  else
+    fused_decode_heads<false>(heads, lists, a, b_begin, b_end, m, l, acc, acc_stride);
+  return true;
 }
 #else
 inline bool fused_decode(int, bool, const fused_args&, index_t, index_t, float*, double*, float*, index_t) {

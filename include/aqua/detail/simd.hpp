@@ -17,15 +17,18 @@
 #define AQUA_HAS_X86_SIMD 1
 #include <immintrin.h>
 #define AQUA_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define AQUA_TARGET_AVX512 __attribute__((target("avx2,fma,avx512f")))
 #else
 #define AQUA_HAS_X86_SIMD 0
 #define AQUA_TARGET_AVX2
+#define AQUA_TARGET_AVX512
 #endif
 
 namespace aqua {
 namespace detail {
 
-/// Test hook: 1 forces the portable kernels even on AVX2 machines (the tests run both paths).
+/// Test hook: 1 forces the portable kernels even on AVX2 machines, 2 keeps AVX2 but not the
+/// AVX-512 kernels (the tests run every path the CPU has).
 inline int& simd_disabled() {
   static int disabled = 0;
   return disabled;
@@ -34,7 +37,19 @@ inline int& simd_disabled() {
 inline bool has_avx2_fma() {
 #if AQUA_HAS_X86_SIMD
   static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return supported && !simd_disabled();
+  return supported && simd_disabled() != 1;
+#else
+  return false;
+#endif
+}
+
+/// AVX-512F (with AVX2 and FMA): the fused decode kernel has a 512-bit twin, one vector per
+/// 16-token key block, that halves the instructions per byte of a memory-bound pass.
+inline bool has_avx512f() {
+#if AQUA_HAS_X86_SIMD
+  static const bool supported =
+      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return supported && simd_disabled() == 0;
 #else
   return false;
 #endif
@@ -63,6 +78,50 @@ AQUA_TARGET_AVX2 inline __m256 exp256(__m256 x) {
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
   y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
   return _mm256_andnot_ps(zero_below, y);
+}
+
+// GCC 12.2's unmasked AVX-512 intrinsics (max, min, roundscale, cvtt, slli, extract) pass an
+// "undefined" source built as `__m512 y = y;`, which -Wmaybe-uninitialized reports in every user's
+// build (GCC PR 105593). The all-ones masked forms run the same instruction without it.
+constexpr __mmask16 all16 = static_cast<__mmask16>(0xFFFF);
+
+/// exp256 on 16 floats: the same operations lane for lane, so the two give identical results.
+AQUA_TARGET_AVX512 inline __m512 exp512(__m512 x) {
+  const __m512 hi = _mm512_set1_ps(88.3762626647949f), lo = _mm512_set1_ps(-88.3762626647949f);
+  const __mmask16 zero_below = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_LT_OQ);
+  x = _mm512_mask_min_ps(x, all16, hi, x);
+  x = _mm512_mask_max_ps(x, all16, lo, x);
+  __m512 fx = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), _mm512_set1_ps(0.5f));
+  fx = _mm512_mask_roundscale_ps(fx, all16, fx, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(0.693359375f), x);
+  x = _mm512_fnmadd_ps(fx, _mm512_set1_ps(-2.12194440e-4f), x);
+  __m512 y = _mm512_set1_ps(1.9875691500E-4f);
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.3981999507E-3f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(8.3334519073E-3f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(4.1665795894E-2f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(1.6666665459E-1f));
+  y = _mm512_fmadd_ps(y, x, _mm512_set1_ps(5.0000001201E-1f));
+  const __m512 x2 = _mm512_mul_ps(x, x);
+  y = _mm512_fmadd_ps(y, x2, _mm512_add_ps(x, _mm512_set1_ps(1.0f)));
+  const __m512i bias = _mm512_set1_epi32(127);
+  __m512i e = _mm512_mask_cvttps_epi32(bias, all16, fx);
+  e = _mm512_add_epi32(e, bias);
+  e = _mm512_mask_slli_epi32(e, all16, e, 23);
+  y = _mm512_mul_ps(y, _mm512_castsi512_ps(e));
+  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~zero_below), y);
+}
+
+/// Lanes 8 Half .. 8 Half + 8 of v (GCC 12's _mm512_castps512_ps256 is an unmasked extract too).
+template <int Half>
+AQUA_TARGET_AVX512 inline __m256 half_of(__m512 v) {
+  return _mm256_castpd_ps(_mm512_mask_extractf64x4_pd(_mm256_setzero_pd(), static_cast<__mmask8>(0xFF),
+                                                      _mm512_castps_pd(v), Half));
+}
+AQUA_TARGET_AVX512 inline __m256 low_half(__m512 v) {
+  return half_of<0>(v);
+}
+AQUA_TARGET_AVX512 inline __m256 high_half(__m512 v) {
+  return half_of<1>(v);
 }
 
 AQUA_TARGET_AVX2 inline float hmax256(__m256 v) {
