@@ -229,22 +229,9 @@ struct block_prefetcher {
   /// once more on odd tokens).
   template <int NV>
   AQUA_TARGET_AVX2 AQUA_ALWAYS_INLINE void token(const float*, index_t j) {
-    steps<NV / 2>();
+#pragma GCC unroll 4
+    for (int u = 0; u + 1 < NV; u += 2) step();
     if ((NV & 1) && (j & 1)) step();
-  }
-  /// N steps; when all N fall among the current block's value lines (the common case in the
-  /// value loop), one test and N prefetches instead of N tests.
-  template <int N>
-  AQUA_TARGET_AVX2 AQUA_ALWAYS_INLINE void steps() {
-    if (N > 1 && pos >= key_lines && pos + N < lines) {
-#pragma GCC unroll 16
-      for (int i = 0; i < N; ++i) _mm_prefetch(reinterpret_cast<const char*>(vnext + 64 * i), _MM_HINT_T0);
-      vnext += 64 * N;
-      pos += N;
-    } else {
-#pragma GCC unroll 16
-      for (int i = 0; i < N; ++i) step();
-    }
   }
   AQUA_TARGET_AVX2 AQUA_ALWAYS_INLINE void step() {
     if (pos < key_lines) {
@@ -444,9 +431,11 @@ AQUA_TARGET_AVX512 AQUA_ALWAYS_INLINE void value_slice_avx512(const float* v, in
   for (index_t j = 0; j < cnt; ++j) {
     const float* row = v + j * d;
     __m512 vr[NV];
-    pf.template steps<NV>();
 #pragma GCC unroll 16
-    for (int u = 0; u < NV; ++u) vr[u] = _mm512_loadu_ps(row + 16 * u);
+    for (int u = 0; u < NV; ++u) {
+      pf.step();
+      vr[u] = _mm512_loadu_ps(row + 16 * u);
+    }
 #pragma GCC unroll 16
     for (int h = 0; h < HB; ++h) {
       const __m512 pb = _mm512_set1_ps(p[h * p_stride + j]);
