@@ -111,6 +111,8 @@ void write_decode_table(std::FILE* f, const std::vector<json>& rows) {
   }
   for (const auto& r : rows) bandwidth[r["threads"].get<int>()].push_back(r["bandwidth_gbps"].get<double>());
   const long long n_max = *ns.rbegin();
+  if (rows.front().contains("isa"))
+    std::fprintf(f, "Kernels: %s.\n\n", rows.front()["isa"].get<std::string>().c_str());
   std::fprintf(f, "| threads | select | k |");
   for (long long n : ns) std::fprintf(f, " speedup, N = %s |", n_text(n).c_str());
   std::fprintf(f,

@@ -9,6 +9,8 @@
 #   sweep.jsonl             aqua_compare --sweep-break-even --json (k 96 and 32, tile and group,
 #                           1 and 2 threads, dense baseline "plain")
 #   sweep_projected.jsonl   the same sweep, 1 thread, tile, against dense over the projected cache
+#   decode_avx2.jsonl       decode at N = 32k, 1 thread, both sides forced onto the AVX2 kernels
+#                           (aqua_compare --isa avx2; on a CPU without AVX-512 it equals the default)
 #   performance.md          the markdown tables (machine, decode table with bandwidth fractions,
 #                           measured vs modelled break-even)
 #   measured_speedup.svg    measured speedup against N beside the model (README shows docs/ copy)
@@ -38,6 +40,7 @@ if [ ! -x "$compare" ] || [ ! -x "$report" ]; then
 fi
 mkdir -p "$out"
 : >"$out/decode.jsonl"
+: >"$out/decode_avx2.jsonl"
 : >"$out/sweep.jsonl"
 log=$out/machine.txt
 {
@@ -65,6 +68,9 @@ for r in $(seq "$runs"); do
     run "$compare" --sweep-break-even --k 96,32 --select tile,group --hq 32 --hkv 8 --d 128 --sweep-n 64:32768 \
       --threads "$t" --reps "$sweep_reps" --clock "$clock" --basis "$basis" --json >>"$out/sweep.jsonl"
   done
+  run "$compare" --mode decode --n 32768 --k 32,64,96 --hq 32 --hkv 8 --d 128 --select per-head,group,tile \
+    --threads 1 --reps "$reps" --clock "$clock" --basis "$basis" --baseline plain --isa avx2 \
+    --json >>"$out/decode_avx2.jsonl"
   echo "load after run $r: $(uptime | sed 's/.*load average/load average/')" >>"$log"
 done
 run "$compare" --sweep-break-even --k 96,32 --select tile --hq 32 --hkv 8 --d 128 --sweep-n 16:32768 \
@@ -74,6 +80,7 @@ echo "elapsed: $(($(date +%s) - start)) s" >>"$log"
 
 run "$report" --table "$out/decode.jsonl" --sweep "$out/sweep.jsonl" --sweep "$out/sweep_projected.jsonl" \
   --markdown "$out/tables.md"
+run "$report" --table "$out/decode_avx2.jsonl" --markdown "$out/tables_avx2.md"
 run "$report" --sweep "$out/sweep.jsonl" --plot "$out/measured_speedup.svg"
 {
   echo "### Machine and run"
@@ -83,8 +90,12 @@ run "$report" --sweep "$out/sweep.jsonl" --plot "$out/measured_speedup.svg"
   echo '```'
   echo
   cat "$out/tables.md"
+  echo
+  echo "#### Decode at N = 32k with the AVX2 kernels (--isa avx2), same runs"
+  echo
+  sed '0,/^#### Decode, dense against AQUA/d' "$out/tables_avx2.md"
 } >"$out/performance.md"
-rm -f "$out/tables.md"
+rm -f "$out/tables.md" "$out/tables_avx2.md"
 if [ "${AQUA_REPORT_PNG:-0}" = 1 ] && command -v rsvg-convert >/dev/null; then
   rsvg-convert -o "$out/measured_speedup.png" "$out/measured_speedup.svg"
 fi
