@@ -17,12 +17,15 @@
 //                     [--hq 32] [--hkv 8] [--threads 1] [--select per-head,group,tile]
 //                     [--tile 32] [--spectrum 32] [--reps 10] [--json] [--clock wall|cpu]
 //                     [--basis identity|random] [--baseline projected|plain] [--budget TOKENS]
-//                     [--isa auto|avx2|portable]
+//                     [--isa auto|avx2|portable] [--probe-bytes 1G]
 //        aqua_compare --sweep-break-even [--k 96,32] [--select tile] [--hq 32] [--hkv 8]
 //                     [--sweep-n 64:32768] [--baseline plain|projected|reference] [--threads 1]
 //                     [--reps 15] [--basis random] [--json] [--clock cpu] ...
 // --isa avx2 / portable run both sides on narrower kernels than the CPU has (auto: AVX-512 where
 // present), to measure what the wider kernels buy.
+// --probe-bytes sizes the bandwidth probe's buffer (default 1G; each sample still reads 1 GiB): with
+// a buffer the size of a small cache (e.g. --n 2048 --probe-bytes 16M) both sides and the probe read
+// from the same cache level, which shows whether the kernels keep up with a faster source than DRAM.
 // --clock cpu times with process CPU time / threads instead of wall time: on a machine shared
 // with other jobs it leaves out the time the process was descheduled.
 // --budget B (decode): AQUA runs on a second cache filled with the same N tokens, on which 32
@@ -98,6 +101,7 @@ struct config {
   index_t sweep_min = 64, sweep_max = 32768;
   // --isa: which kernels run, auto (the widest the CPU has: AVX-512, AVX2, portable), avx2, portable
   std::string isa = "auto";
+  std::size_t probe_bytes = std::size_t(1) << 30;  // --probe-bytes: buffer of the bandwidth probe
   std::string
       baseline;  // --baseline: projected | plain | reference (sweep only); default plain (sweep), projected
 };
@@ -115,7 +119,7 @@ std::vector<std::string> split(const std::string& s, char sep = ',') {
                "aqua_compare: %s\nusage: aqua_compare [--mode decode|prefill] [--n N[,N..]] [--m M] [--d D] "
                "[--k K[,K..]] [--hq HQ] [--hkv HKV] [--threads T] [--select per-head|group|tile[,..]] "
                "[--tile T] [--spectrum TAU] [--reps R] [--json] [--clock wall|cpu] [--basis identity|random] "
-               "[--baseline projected|plain] [--budget TOKENS] [--isa auto|avx2|portable]\n"
+               "[--baseline projected|plain] [--budget TOKENS] [--isa auto|avx2|portable] [--probe-bytes B]\n"
                "       aqua_compare --sweep-break-even [--k K[,K..]] [--select ..] [--sweep-n MIN:MAX] "
                "[--baseline plain|projected|reference] [same options]\n",
                msg);
@@ -182,6 +186,19 @@ config parse(int argc, char** argv) {
         const std::string v = next();
         if (v != "identity" && v != "random") usage("--basis takes identity or random");
         c.random_basis = v == "random";
+      } else if (a == "--probe-bytes") {
+        const std::string v = next();
+        std::size_t pos = 0;
+        const double x = std::stod(v, &pos);
+        const std::string unit = v.substr(pos);
+        const double scale = unit.empty()  ? 1
+                             : unit == "K" ? 1 << 10
+                             : unit == "M" ? 1 << 20
+                             : unit == "G" ? 1 << 30
+                                           : 0;
+        if (scale == 0 || !(x * scale >= 65536 && x * scale <= double(std::size_t(1) << 34)))
+          usage("--probe-bytes takes 64K to 16G (a number with an optional K, M or G suffix)");
+        c.probe_bytes = static_cast<std::size_t>(x * scale);
       } else if (a == "--isa") {
         c.isa = next();
         if (c.isa != "auto" && c.isa != "avx2" && c.isa != "portable")
@@ -283,9 +300,13 @@ float sum_floats(const float* x, std::size_t n) {
   return a[0] + a[1] + a[2] + a[3] + a[4] + a[5] + a[6] + a[7];
 }
 
-/// Best of 5 read passes over 1 GiB (split across `threads`), in GB/s (1e9 bytes).
-double measure_bandwidth(const aqua_examples::bench_clock& clock, int threads) {
-  const std::size_t count = std::size_t(1) << 28;  // 2^28 floats = 1 GiB
+/// Best of 5 samples, each reading 1 GiB (split across `threads`), in GB/s (1e9 bytes): one pass
+/// over a 1 GiB buffer by default, or repeated passes over a buffer of `bytes` (--probe-bytes: a
+/// buffer that fits in a cache level measures that level, for comparison with a decode whose cache
+/// is as small).
+double measure_bandwidth(const aqua_examples::bench_clock& clock, int threads, std::size_t bytes) {
+  const std::size_t count = bytes / sizeof(float) / 64 * 64;
+  const std::size_t passes = ((std::size_t(1) << 30) + bytes - 1) / bytes;
   auto buffer = aqua::detail::allocate_zeroed(static_cast<index_t>(count));
   float* x = buffer.get();
   for (std::size_t i = 0; i < count; i += 1024) x[i] = 1.0f;
@@ -299,15 +320,27 @@ double measure_bandwidth(const aqua_examples::bench_clock& clock, int threads) {
       pool.emplace_back([&, t] {
         const std::size_t b = count * std::size_t(t) / std::size_t(threads) / 64 * 64;
         const std::size_t e = count * std::size_t(t + 1) / std::size_t(threads) / 64 * 64;
-        partial[std::size_t(t)] = sum_floats(x + b, e - b);
+        for (std::size_t pass = 0; pass < passes; ++pass) partial[std::size_t(t)] += sum_floats(x + b, e - b);
       });
-    partial[0] = sum_floats(x, count / std::size_t(threads) / 64 * 64);
+    for (std::size_t pass = 0; pass < passes; ++pass)
+      partial[0] += sum_floats(x, count / std::size_t(threads) / 64 * 64);
     for (auto& th : pool) th.join();
     const double s = (clock.now_ms() - t0) * 1e-3;
     for (float p : partial) sink = sink + p;
-    best = std::max(best, double(count * sizeof(float)) / s / 1e9);
+    best = std::max(best, double(passes * count * sizeof(float)) / s / 1e9);
   }
   return best;
+}
+
+std::string byte_text(std::size_t bytes) {
+  char buf[32];
+  if (bytes % (std::size_t(1) << 30) == 0)
+    std::snprintf(buf, sizeof buf, "%zu GiB", bytes >> 30);
+  else if (bytes % (std::size_t(1) << 20) == 0)
+    std::snprintf(buf, sizeof buf, "%zu MiB", bytes >> 20);
+  else
+    std::snprintf(buf, sizeof buf, "%zu bytes", bytes);
+  return buf;
 }
 
 /// The widest kernels the decode path runs on this CPU under --isa.
@@ -339,8 +372,9 @@ void print(const config& c, const result& r, bool header) {
       std::printf(",\"m\":%lld,\"dense_score_ms\":%.4f,\"aqua_score_ms\":%.4f,\"score_speedup\":%.4f",
                   (long long)r.m, r.dense_score_ms, r.aqua_score_ms, r.score_speedup);
     if (r.budget > 0) std::printf(",\"budget\":%lld", (long long)r.budget);
-    std::printf(",\"basis\":\"%s\",\"baseline\":\"%s\",\"clock\":\"%s\",\"isa\":\"%s\"}\n", r.basis.c_str(),
-                c.baseline.c_str(), c.cpu_clock ? "cpu" : "wall", kernel_isa());
+    std::printf(
+        ",\"basis\":\"%s\",\"baseline\":\"%s\",\"clock\":\"%s\",\"isa\":\"%s\",\"probe_bytes\":%zu}\n",
+        r.basis.c_str(), c.baseline.c_str(), c.cpu_clock ? "cpu" : "wall", kernel_isa(), c.probe_bytes);
   } else {
     if (header) {
       std::printf("%-8s %6s %4s %4s %4s/%-3s %2s %-9s %9s %9s %7s %8s %8s %8s %9s %6s", "mode", "n", "d", "k",
@@ -776,11 +810,12 @@ int main(int argc, char** argv) {
   aqua::detail::simd_disabled() = c.isa == "portable" ? 1 : c.isa == "avx2" ? 2 : 0;
   g_clock.cpu = c.cpu_clock;
   g_clock.threads = c.threads;
-  const double bandwidth = measure_bandwidth(g_clock, c.threads);
+  const double bandwidth = measure_bandwidth(g_clock, c.threads, c.probe_bytes);
   if (!c.json)
     std::printf(
-        "memory-read bandwidth (sum over 1 GiB, best of 5, %d thread%s, %s clock): %.2f GB/s; kernels: %s\n",
-        c.threads, c.threads == 1 ? "" : "s", c.cpu_clock ? "cpu" : "wall", bandwidth, kernel_isa());
+        "memory-read bandwidth (sum over %s, best of 5, %d thread%s, %s clock): %.2f GB/s; kernels: %s\n",
+        byte_text(c.probe_bytes).c_str(), c.threads, c.threads == 1 ? "" : "s", c.cpu_clock ? "cpu" : "wall",
+        bandwidth, kernel_isa());
   try {
     if (c.sweep) return run_sweep(c, bandwidth);
     if (c.mode == "decode")
