@@ -92,7 +92,6 @@ run "$report" --sweep "$out/sweep.jsonl" --plot "$out/measured_speedup.svg"
   cat "$out/tables.md"
   echo
   echo "#### Decode at N = 32k with the AVX2 kernels (--isa avx2), same runs"
-  echo
   sed '0,/^#### Decode, dense against AQUA/d' "$out/tables_avx2.md"
 } >"$out/performance.md"
 rm -f "$out/tables.md" "$out/tables_avx2.md"
