@@ -88,84 +88,11 @@ inline double seconds_since(profile_clock::time_point t0) {
   return std::chrono::duration<double>(profile_clock::now() - t0).count();
 }
 
-/// Number of entries of bits[0..n) that are >= t.
-inline index_t count_at_least_portable(const std::uint32_t* bits, index_t n, std::uint32_t t) {
-  index_t c = 0;
-  for (index_t i = 0; i < n; ++i) c += bits[i] >= t;
-  return c;
-}
-#if AQUA_HAS_X86_SIMD
-AQUA_TARGET_AVX2 inline index_t count_at_least_avx2(const std::uint32_t* bits, index_t n, std::uint32_t t) {
-  // Values are < 2^31 (bit patterns of non-negative floats), so signed compares are exact.
-  const __m256i tm1 = _mm256_set1_epi32(static_cast<int>(t) - 1);
-  __m256i acc = _mm256_setzero_si256();
-  index_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    acc = _mm256_sub_epi32(
-        acc, _mm256_cmpgt_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bits + i)), tm1));
-  alignas(32) std::int32_t lanes[8];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc);
-  index_t c = 0;
-  for (int l = 0; l < 8; ++l) c += lanes[l];
-  for (; i < n; ++i) c += bits[i] >= t;
-  return c;
-}
-#endif
-
-/// The k largest of the non-negative weights w[0..n) (ties: lower index first), written in
-/// ascending index order. Binary search on the float bit patterns for the k-th largest value:
-/// O(31 n) vector compares, no sort (about 25x faster than a partial sort at n = 128).
-inline void select_top_ascending(const float* w, index_t n, index_t k, std::uint32_t* bits,
-                                 std::int32_t* out) {
-  std::uint32_t top = 0;
-  for (index_t i = 0; i < n; ++i) {
-    std::uint32_t b;
-    std::memcpy(&b, w + i, sizeof(b));
-    b &= 0x7fffffffu;  // -0.0 counts as 0
-    bits[i] = b;
-    top = std::max(top, b);
-  }
-#if AQUA_HAS_X86_SIMD
-  const bool simd = has_avx2_fma();
-#endif
-  auto count = [&](std::uint32_t t) {
-#if AQUA_HAS_X86_SIMD
-    if (simd) return count_at_least_avx2(bits, n, t);
-#endif
-    return count_at_least_portable(bits, n, t);
-  };
-  // Invariant: count(lo) >= k > count(hi).
-  std::uint64_t lo = 0, hi = std::uint64_t(top) + 1;
-  while (hi - lo > 1) {
-    const std::uint64_t mid = (lo + hi) / 2;
-    if (count(static_cast<std::uint32_t>(mid)) >= k)
-      lo = mid;
-    else
-      hi = mid;
-  }
-  const std::uint32_t t = static_cast<std::uint32_t>(lo);
-  index_t ties = k - (hi <= top ? count(static_cast<std::uint32_t>(hi)) : 0);
-  index_t c = 0;
-  for (index_t i = 0; i < n; ++i) {
-    if (bits[i] > t || (bits[i] == t && ties > 0)) {
-      if (bits[i] == t) --ties;
-      out[c++] = static_cast<std::int32_t>(i);
-    }
-  }
-}
-
 /// Selection of one query (or summed group) into ascending dims; returns the count.
 /// `mode_tile` picks whole tiles by energy instead of single dims.
 inline index_t select_dims(const float* weight, const float* energy, index_t r, index_t tile, bool mode_tile,
                            const selection_spec& spec, std::int32_t* rank_scratch, std::int32_t* dims_out) {
-  if (!mode_tile) {
-    if (spec.type != selection_spec::kind::energy) {
-      const index_t count = selection_count(spec, r);
-      select_top_ascending(weight, r, count, reinterpret_cast<std::uint32_t*>(rank_scratch), dims_out);
-      return count;
-    }
-    return select_ranked_ascending(weight, energy, r, spec, rank_scratch, dims_out);
-  }
+  if (!mode_tile) return select_ranked_ascending(weight, energy, r, spec, rank_scratch, dims_out);
   const index_t tiles = (r + tile - 1) / tile;
   float tile_energy[1024];
   float* te = tile_energy;
