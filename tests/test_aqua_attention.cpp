@@ -171,8 +171,8 @@ TEST_CASE("AQUA decode of the last token equals the last row of AQUA prefill", "
   }
 }
 
-TEST_CASE("the AVX-512 and AVX2 decode kernels agree bit for bit, outputs and token probabilities",
-          "[aqua][decode][simd]") {
+TEST_CASE("the AVX-512 and AVX2 kernels agree bit for bit: decode outputs, token probabilities, prefill",
+          "[aqua][decode][prefill][simd]") {
   if (!aqua_test::cpu_has_avx512()) {
     WARN("this CPU has no AVX-512F: the 512-bit decode kernel is not built into the run");
     return;
@@ -184,6 +184,10 @@ TEST_CASE("the AVX-512 and AVX2 decode kernels agree bit for bit, outputs and to
   const index_t hkv = 2, hq = g * hkv, n = 149;
   CAPTURE(g, d);
   layer L(hq, hkv, d, n);
+  // Causal prefill of the last m tokens: a key chunk of 8 blocks, then a partial one.
+  const index_t m = 140;
+  std::vector<float> prefill_q(std::size_t(hq * m * d));
+  aqua_test::fill_normal(prefill_q, 77);
   const aqua::selection_spec specs[] = {aqua::selection_spec::top_k(d / 4), aqua::selection_spec::energy(0.9),
                                         aqua::selection_spec::top_k(d)};
   for (auto mode : aqua_test::all_modes) {
@@ -191,20 +195,24 @@ TEST_CASE("the AVX-512 and AVX2 decode kernels agree bit for bit, outputs and to
       CAPTURE(mode_name(mode), int(spec.type), spec.k);
       aqua::aqua_options opt;
       opt.mode = mode;
-      std::vector<float> out[2], probs[2], dense[2];
+      std::vector<float> out[2], probs[2], dense[2], prefill[2];
       for (int path : {0, 1}) {
         aqua::detail::simd_disabled() = path == 0 ? 0 : 2;
         out[path].assign(std::size_t(hq * d), 0.0f);
         probs[path].assign(std::size_t(hkv * n), 0.0f);
         dense[path].assign(std::size_t(hq * d), 0.0f);
+        prefill[path].assign(prefill_q.size(), 0.0f);
         aqua::aqua_decode(L.qv(), L.cache, spec, aqua::make_view(out[path].data(), hq, d), opt,
                           aqua::make_view(probs[path].data(), hkv, n));
         aqua::dense_decode(L.qv(), L.cache, aqua::make_view(dense[path].data(), hq, d));
+        aqua::aqua_prefill(aqua::make_view(static_cast<const float*>(prefill_q.data()), hq, m, d), L.cache,
+                           spec, aqua::make_view(prefill[path].data(), hq, m, d), opt);
       }
       aqua::detail::simd_disabled() = 0;
       CHECK(aqua_test::bitwise_equal(out[0], out[1]));
       CHECK(aqua_test::bitwise_equal(probs[0], probs[1]));
       CHECK(aqua_test::bitwise_equal(dense[0], dense[1]));
+      CHECK(aqua_test::bitwise_equal(prefill[0], prefill[1]));
     }
   }
 }
