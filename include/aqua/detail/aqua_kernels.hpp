@@ -262,6 +262,13 @@ struct block_prefetcher {
   std::uintptr_t koff = 0;   // bytes from block 0's key rows to the current block's
   std::uintptr_t vnext = 0;  // next value line (the value rows of all blocks are contiguous)
 
+  /// The stream of a fused decode (fused_args a) over blocks from first_block on.
+  AQUA_TARGET_AVX2 AQUA_ALWAYS_INLINE void start_decode(const fused_args& a, index_t first_block) {
+    rows = a.prefetch_rows ? a.prefetch_rows : a.rows;
+    key_lines = a.prefetch_rows ? a.prefetch_count : a.ns;
+    key_block_bytes = static_cast<std::uintptr_t>(a.block_stride) * sizeof(float);
+    start(a.values, kv_block * a.d, first_block, decode_prefetch_lead_lines);
+  }
   /// Positions the prefetcher `lead` lines past the start of block first_block.
   AQUA_TARGET_AVX2 AQUA_ALWAYS_INLINE void start(const float* values, index_t value_block_floats,
                                                  index_t first_block, index_t lead) {
@@ -353,6 +360,24 @@ AQUA_TARGET_AVX2 void value_avx2(const float* v, index_t d, index_t cnt, const f
   }
 }
 
+/// A head's running max rises to bm: its normaliser (with the block sums not yet folded in) and
+/// its unnormalised output are rescaled by e^(m - bm).
+AQUA_TARGET_AVX2 AQUA_ALWAYS_INLINE void raise_max(float& m, double& l, __m256d& lsum, float bm, float* acc,
+                                                   index_t d) {
+  const float alpha = m == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(m - bm);
+  l = (l + hsum256_pd(lsum)) * alpha;
+  lsum = _mm256_setzero_pd();
+  const __m256 al = _mm256_set1_ps(alpha);
+  for (index_t c = 0; c < d; c += 8) _mm256_storeu_ps(acc + c, _mm256_mul_ps(al, _mm256_loadu_ps(acc + c)));
+  m = bm;
+}
+
+/// lsum += the 8 floats of ps (a block's probabilities folded from 16 lanes), widened to double.
+AQUA_TARGET_AVX2 AQUA_ALWAYS_INLINE void add_block_sum(__m256d& lsum, __m256 ps) {
+  lsum = _mm256_add_pd(lsum, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(ps)),
+                                           _mm256_cvtps_pd(_mm256_extractf128_ps(ps, 1))));
+}
+
 /// Fused decode over whole 16-token blocks [b_begin, b_end) of one KV head, for HB query heads:
 /// per block the HB x 16 scores stay in registers, the online softmax updates in place, and the
 /// value rows of the same 16 tokens are accumulated at once, so keys and values are consumed as
@@ -369,11 +394,8 @@ AQUA_TARGET_AVX2 void fused_decode_avx2(const fused_args& a, index_t b_begin, in
   constexpr int NV = HB == 1 ? 8 : HB == 2 ? 4 : 2;  // value columns per slice, in vectors of 8
   const index_t d = a.d, ns = a.ns, bs = a.block_stride;
   block_prefetcher pf;
-  pf.rows = a.prefetch_rows ? a.prefetch_rows : a.rows;
-  pf.key_lines = a.prefetch_rows ? a.prefetch_count : ns;
+  pf.start_decode(a, b_begin);
   index_t spread = 0;  // per-head lists: the distinct rows' steps spread over the ns iterations
-  pf.key_block_bytes = static_cast<std::uintptr_t>(bs) * sizeof(float);
-  pf.start(a.values, kv_block * d, b_begin, decode_prefetch_lead_lines);
   alignas(32) float pbuf[HB][kv_block];
   __m256d lsum[HB];
 #pragma GCC unroll 4
@@ -437,23 +459,13 @@ AQUA_TARGET_AVX2 void fused_decode_avx2(const fused_args& a, index_t b_begin, in
       const __m256 bmax = _mm256_max_ps(sc[h][0], sc[h][1]);
       if (AQUA_UNLIKELY(_mm256_movemask_ps(_mm256_cmp_ps(bmax, mv, _CMP_GT_OQ)) != 0)) {
         // The running max rises (often in the first blocks, rarely later): rescale this head.
-        const float bm = hmax256(bmax);
-        const float alpha = m[h] == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(m[h] - bm);
-        l[h] = (l[h] + hsum256_pd(lsum[h])) * alpha;
-        lsum[h] = _mm256_setzero_pd();
-        const __m256 al = _mm256_set1_ps(alpha);
-        float* ah = acc + h * acc_stride;
-        for (index_t c = 0; c < d; c += 8)
-          _mm256_storeu_ps(ah + c, _mm256_mul_ps(al, _mm256_loadu_ps(ah + c)));
-        m[h] = bm;
-        mv = _mm256_set1_ps(bm);
+        raise_max(m[h], l[h], lsum[h], hmax256(bmax), acc + h * acc_stride, d);
+        mv = _mm256_set1_ps(m[h]);
       }
       const __m256 p0 = exp256(_mm256_sub_ps(sc[h][0], mv)), p1 = exp256(_mm256_sub_ps(sc[h][1], mv));
       _mm256_store_ps(pbuf[h], p0);
       _mm256_store_ps(pbuf[h] + 8, p1);
-      const __m256 ps = _mm256_add_ps(p0, p1);
-      lsum[h] = _mm256_add_pd(lsum[h], _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(ps)),
-                                                     _mm256_cvtps_pd(_mm256_extractf128_ps(ps, 1))));
+      add_block_sum(lsum[h], _mm256_add_ps(p0, p1));
     }
     const float* vb = a.values + t0 * d;
     index_t c = 0;
@@ -508,11 +520,8 @@ AQUA_TARGET_AVX512 void fused_decode_avx512(const fused_args& a, index_t b_begin
   constexpr int NV = HB <= 2 ? 8 : 4;  // value columns per slice, in vectors of 16
   const index_t d = a.d, ns = a.ns, bs = a.block_stride;
   block_prefetcher pf;
-  pf.rows = a.prefetch_rows ? a.prefetch_rows : a.rows;
-  pf.key_lines = a.prefetch_rows ? a.prefetch_count : ns;
-  index_t spread = 0;
-  pf.key_block_bytes = static_cast<std::uintptr_t>(bs) * sizeof(float);
-  pf.start(a.values, kv_block * d, b_begin, decode_prefetch_lead_lines);
+  pf.start_decode(a, b_begin);
+  index_t spread = 0;  // per-head lists: the distinct rows' steps spread over the ns iterations
   alignas(64) float pbuf[HB][kv_block];
   __m256d lsum[HB];
 #pragma GCC unroll 4
@@ -552,22 +561,13 @@ AQUA_TARGET_AVX512 void fused_decode_avx512(const fused_args& a, index_t b_begin
     for (int h = 0; h < HB; ++h) {
       __m512 mv = _mm512_set1_ps(m[h]);
       if (AQUA_UNLIKELY(_mm512_cmp_ps_mask(sc[h], mv, _CMP_GT_OQ) != 0)) {
-        const float bm = hmax256(_mm256_max_ps(low_half(sc[h]), high_half(sc[h])));
-        const float alpha = m[h] == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(m[h] - bm);
-        l[h] = (l[h] + hsum256_pd(lsum[h])) * alpha;
-        lsum[h] = _mm256_setzero_pd();
-        const __m512 al = _mm512_set1_ps(alpha);
-        float* ah = acc + h * acc_stride;
-        for (index_t c = 0; c < d; c += 16)
-          _mm512_storeu_ps(ah + c, _mm512_mul_ps(al, _mm512_loadu_ps(ah + c)));
-        m[h] = bm;
-        mv = _mm512_set1_ps(bm);
+        raise_max(m[h], l[h], lsum[h], hmax256(_mm256_max_ps(low_half(sc[h]), high_half(sc[h]))),
+                  acc + h * acc_stride, d);
+        mv = _mm512_set1_ps(m[h]);
       }
       const __m512 p = exp512(_mm512_sub_ps(sc[h], mv));
       _mm512_store_ps(pbuf[h], p);
-      const __m256 ps = _mm256_add_ps(low_half(p), high_half(p));
-      lsum[h] = _mm256_add_pd(lsum[h], _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(ps)),
-                                                     _mm256_cvtps_pd(_mm256_extractf128_ps(ps, 1))));
+      add_block_sum(lsum[h], _mm256_add_ps(low_half(p), high_half(p)));
     }
     const float* vb = a.values + t0 * d;
     index_t c = 0;
@@ -620,70 +620,56 @@ inline bool fused_decode(int, bool, const fused_args&, index_t, index_t, float*,
 }
 #endif
 
+#if AQUA_HAS_X86_SIMD
+/// score_avx512 (Wide) or score_avx2 for HB heads, NB blocks at once. Without streaming (prefill)
+/// the 512-bit kernel takes twice the blocks per row read: as many accumulators, half the vectors.
+template <bool Wide, int HB, int NB, bool Prefetch>
+void score_simd(const float* const* rows, index_t ns, const float* q, index_t q_stride, index_t block_stride,
+                index_t b0, index_t nb, float* scores, index_t score_stride, side_prefetch side) {
+  constexpr int blocks = Wide && !Prefetch ? 2 * NB : NB;
+  if constexpr (Wide)
+    score_avx512<HB, blocks, Prefetch>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride,
+                                       side);
+  else
+    score_avx2<HB, NB, Prefetch>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride, side);
+}
+
+template <bool Wide>
+void score_heads(int heads, bool stream, const float* const* rows, index_t ns, const float* q,
+                 index_t q_stride, index_t block_stride, index_t b0, index_t nb, float* scores,
+                 index_t score_stride, side_prefetch side) {
+  // Prefetching past the end of a tile is harmless: a prefetch never faults.
+#define AQUA_SCORE_CASE(HB, NB)                                                                        \
+  return stream ? score_simd<Wide, HB, NB, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores,  \
+                                                 score_stride, side)                                   \
+                : score_simd<Wide, HB, NB, false>(rows, ns, q, q_stride, block_stride, b0, nb, scores, \
+                                                  score_stride, side);
+  switch (heads) {
+    case 1:
+      AQUA_SCORE_CASE(1, 4)
+    case 2:
+      AQUA_SCORE_CASE(2, 2)
+    case 3:
+      AQUA_SCORE_CASE(3, 1)
+    default:
+      AQUA_SCORE_CASE(4, 1)
+  }
+#undef AQUA_SCORE_CASE
+}
+#endif
+
 /// Scores for `heads` (<= 4) heads sharing one row list. `stream` (decode: keys come from DRAM)
 /// adds software prefetch of the rows a few blocks ahead; prefill's keys sit in cache.
 inline void score_dispatch(int heads, const float* const* rows, index_t ns, const float* q, index_t q_stride,
                            index_t block_stride, index_t b0, index_t nb, float* scores, index_t score_stride,
                            bool stream = false, side_prefetch side = {}) {
 #if AQUA_HAS_X86_SIMD
-  if (has_avx512f()) {
-    // Twice the blocks per row read of the AVX2 kernel: as many accumulators, half the vectors.
-    if (stream) {
-      switch (heads) {
-        case 1:
-          return score_avx512<1, 4, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride,
-                                          side);
-        case 2:
-          return score_avx512<2, 2, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride,
-                                          side);
-        case 3:
-          return score_avx512<3, 1, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride,
-                                          side);
-        default:
-          return score_avx512<4, 1, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride,
-                                          side);
-      }
-    }
-    switch (heads) {
-      case 1:
-        return score_avx512<1, 8, false>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
-      case 2:
-        return score_avx512<2, 4, false>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
-      case 3:
-        return score_avx512<3, 2, false>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
-      default:
-        return score_avx512<4, 2, false>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
-    }
-  }
-  if (has_avx2_fma()) {
-    if (stream) {
-      // Prefetching past the end of a tile is harmless: a prefetch never faults.
-      switch (heads) {
-        case 1:
-          return score_avx2<1, 4, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride,
-                                        side);
-        case 2:
-          return score_avx2<2, 2, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride,
-                                        side);
-        case 3:
-          return score_avx2<3, 1, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride,
-                                        side);
-        default:
-          return score_avx2<4, 1, true>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride,
-                                        side);
-      }
-    }
-    switch (heads) {
-      case 1:
-        return score_avx2<1, 4, false>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
-      case 2:
-        return score_avx2<2, 2, false>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
-      case 3:
-        return score_avx2<3, 1, false>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
-      default:
-        return score_avx2<4, 1, false>(rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride);
-    }
-  }
+  if (has_avx512f())
+    return score_heads<true>(heads, stream, rows, ns, q, q_stride, block_stride, b0, nb, scores, score_stride,
+                             side);
+  if (has_avx2_fma())
+    return score_heads<false>(heads, stream, rows, ns, q, q_stride, block_stride, b0, nb, scores,
+                              score_stride, side);
 #endif
   switch (heads) {
     case 1:
