@@ -22,6 +22,17 @@ inline const char* mode_name(aqua::selection_mode m) {
                                              : "tile";
 }
 
+/// Resets the kernel test hooks when a check leaves its scope, thrown out of or not.
+struct hook_guard {
+  hook_guard() = default;
+  hook_guard(const hook_guard&) = delete;
+  hook_guard& operator=(const hook_guard&) = delete;
+  ~hook_guard() {
+    aqua::detail::simd_disabled() = 0;
+    aqua::detail::prefill_union_test_ratio() = 0;
+  }
+};
+
 /// Whether the CPU runs the AVX-512 decode kernel (then the tests also force the AVX2 one).
 inline bool cpu_has_avx512() {
   return aqua::detail::has_avx512f();
@@ -32,6 +43,7 @@ inline bool cpu_has_avx512() {
 template <class F>
 void both_paths(F&& f) {
   const bool wide = cpu_has_avx512();
+  const hook_guard reset;
   for (int off : {0, 2, 1}) {
     if (off == 2 && !wide) continue;
     aqua::detail::simd_disabled() = off;

@@ -190,6 +190,7 @@ TEST_CASE("the AVX-512 and AVX2 kernels agree bit for bit: decode outputs, token
   aqua_test::fill_normal(prefill_q, 77);
   const aqua::selection_spec specs[] = {aqua::selection_spec::top_k(d / 4), aqua::selection_spec::energy(0.9),
                                         aqua::selection_spec::top_k(d)};
+  const aqua_test::hook_guard reset;
   for (auto mode : aqua_test::all_modes) {
     for (const auto& spec : specs) {
       CAPTURE(mode_name(mode), int(spec.type), spec.k);
@@ -215,6 +216,40 @@ TEST_CASE("the AVX-512 and AVX2 kernels agree bit for bit: decode outputs, token
       CHECK(aqua_test::bitwise_equal(prefill[0], prefill[1]));
     }
   }
+}
+
+TEST_CASE("prefill scores groups of queries over the union of their dims exactly as each query alone",
+          "[aqua][prefill]") {
+  // Grouping is chosen by how much the union exceeds the queries' own dims; the hook forces it
+  // off (ratio 1) and on for every group (ratio 1000). Causal and full, per-dim and tile
+  // selection, fixed and energy specs, group sizes 1 and 4 (a group never spans two heads).
+  const index_t g = GENERATE(1, 4);
+  const index_t hkv = 2, hq = g * hkv, d = 64, n = 150, m = 137;
+  CAPTURE(g);
+  layer L(hq, hkv, d, n);
+  std::vector<float> q(std::size_t(hq * m * d));
+  aqua_test::fill_normal(q, 91);
+  const auto qv = aqua::make_view(static_cast<const float*>(q.data()), hq, m, d);
+  const aqua_test::hook_guard reset;
+  both_paths([&] {
+    for (auto mode : {aqua::selection_mode::per_head, aqua::selection_mode::tile})
+      for (const auto& spec : {aqua::selection_spec::top_k(16), aqua::selection_spec::energy(0.8)})
+        for (bool causal : {true, false}) {
+          CAPTURE(mode_name(mode), int(spec.type), causal);
+          aqua::aqua_options opt;
+          opt.mode = mode;
+          opt.causal = causal;
+          std::vector<float> alone(q.size()), grouped(q.size(), -1.0f), chosen(q.size(), -2.0f);
+          aqua::detail::prefill_union_test_ratio() = 1;
+          aqua::aqua_prefill(qv, L.cache, spec, aqua::make_view(alone.data(), hq, m, d), opt);
+          aqua::detail::prefill_union_test_ratio() = 1000;
+          aqua::aqua_prefill(qv, L.cache, spec, aqua::make_view(grouped.data(), hq, m, d), opt);
+          aqua::detail::prefill_union_test_ratio() = 0;
+          aqua::aqua_prefill(qv, L.cache, spec, aqua::make_view(chosen.data(), hq, m, d), opt);
+          CHECK(aqua_test::bitwise_equal(grouped, alone));
+          CHECK(aqua_test::bitwise_equal(chosen, alone));
+        }
+  });
 }
 
 TEST_CASE("thread counts 1, 2 and 3 agree within float rounding, with and without segment merging",

@@ -47,12 +47,12 @@ struct attention_profile {
 class aqua_workspace {
 public:
   struct worker {
-    std::vector<float> scores, acc, m, alpha, qsel, qblock, qinter;
+    std::vector<float> scores, acc, m, alpha, qsel, qblock, qinter, qunion;
     std::vector<double> l;
-    std::vector<const float*> rows, prefetch_rows, rows_inter;
+    std::vector<const float*> rows, prefetch_rows, rows_inter, union_rows;
     std::vector<char> row_used;
-    std::vector<std::int32_t> dims, rank;
-    std::vector<index_t> counts;
+    std::vector<std::int32_t> dims, rank, query_dims;
+    std::vector<index_t> counts, groups;
     row_matrix<float> logits, proj;
     attention_profile profile;
   };
@@ -465,6 +465,66 @@ inline void run_decode(const kv_cache& cache, const decode_plan& p, int threads,
   }
 }
 
+/// Prefill scoring in groups of up to 4 consecutive queries: when the union of their selected dims
+/// is no larger than prefill_union_ratio allows (neighbouring queries often pick the same tiles),
+/// the group is scored as 4 heads sharing the union's rows, each query's weights zero on the dims
+/// it did not select. One read of a key row then serves 4 queries. The union ascends like
+/// every selection, so each score sums the same products in the same order (the zeros add exact
+/// zeros): the result equals scoring each query alone. Fills w.groups with (first query, count,
+/// union size or 0 for "score alone", unused) per group; union rows and weights of the group whose
+/// first query is i at w.union_rows / w.qunion + i * r (weights [query][dim of the union]).
+inline index_t group_queries(aqua_workspace::worker& w, index_t rows, index_t r, const kv_cache& cache,
+                             index_t kv, index_t tile) {
+  const index_t ratio_num =
+      prefill_union_test_ratio() > 0 ? prefill_union_test_ratio() : prefill_union_ratio_num;
+  w.groups.resize(static_cast<std::size_t>(4 * ((rows + 3) / 4)));
+  w.union_rows.resize(static_cast<std::size_t>(rows * r));
+  w.qunion.resize(static_cast<std::size_t>(rows * r));
+  w.row_used.resize(static_cast<std::size_t>(r));
+  index_t groups = 0;
+  for (index_t i = 0; i < rows; i += 4, ++groups) {
+    const index_t hn = std::min<index_t>(4, rows - i);
+    index_t* g = w.groups.data() + 4 * groups;
+    g[0] = i;
+    g[1] = hn;
+    g[2] = 0;
+    g[3] = 0;
+    if (hn < 2) continue;
+    std::fill(w.row_used.begin(), w.row_used.end(), char(0));
+    index_t selected = 0;
+    for (index_t h = 0; h < hn; ++h) {
+      const index_t cnt = w.counts[static_cast<std::size_t>(i + h)];
+      selected += cnt;
+      for (index_t s = 0; s < cnt; ++s)
+        w.row_used[static_cast<std::size_t>(w.query_dims[static_cast<std::size_t>((i + h) * r + s)])] = 1;
+    }
+    index_t nu = 0;
+    for (index_t dim = 0; dim < r; ++dim) nu += w.row_used[static_cast<std::size_t>(dim)];
+    if (nu * hn * prefill_union_ratio_den > ratio_num * selected) continue;
+    g[2] = nu;
+    // Union rows ascending (its dims in w.rank); weights of query h at qunion[i * r + h * nu + u],
+    // zero where h did not select.
+    const float** urows = w.union_rows.data() + i * r;
+    std::int32_t* udims = w.rank.data();
+    float* qu = w.qunion.data() + i * r;
+    std::fill(qu, qu + hn * nu, 0.0f);
+    for (index_t dim = 0, u = 0; dim < r; ++dim) {
+      if (!w.row_used[static_cast<std::size_t>(dim)]) continue;
+      udims[u] = static_cast<std::int32_t>(dim);
+      urows[u++] = cache.key_tile(kv, dim / tile) + (dim % tile) * kv_block;
+    }
+    for (index_t h = 0; h < hn; ++h) {
+      const index_t cnt = w.counts[static_cast<std::size_t>(i + h)];
+      for (index_t s = 0, at = 0; s < cnt; ++s, ++at) {  // both lists ascend
+        const std::int32_t dim = w.query_dims[static_cast<std::size_t>((i + h) * r + s)];
+        while (udims[at] != dim) ++at;
+        qu[h * nu + at] = w.qsel[static_cast<std::size_t>((i + h) * r + s)];
+      }
+    }
+  }
+  return groups;
+}
+
 /// AQUA causal / full prefill: per (query head, block of query rows), per-query selection, scores
 /// over the tiles, softmax, then P V by Eigen GEMM on the token-major values.
 inline void run_prefill(const tensor3_view<const float>& q, const kv_cache& cache, const selection_spec& spec,
@@ -487,6 +547,7 @@ inline void run_prefill(const tensor3_view<const float>& q, const kv_cache& cach
     w.dims.resize(static_cast<std::size_t>(r));
     w.rank.resize(static_cast<std::size_t>(r));
     w.counts.resize(static_cast<std::size_t>(block_rows));
+    w.query_dims.resize(static_cast<std::size_t>(block_rows * r));
     w.m.resize(static_cast<std::size_t>(r));      // |q| weights
     w.alpha.resize(static_cast<std::size_t>(r));  // q^2 energies
     for (index_t item = begin; item < end; ++item) {
@@ -516,6 +577,7 @@ inline void run_prefill(const tensor3_view<const float>& q, const kv_cache& cach
         w.counts[static_cast<std::size_t>(i)] = cnt;
         for (index_t s = 0; s < cnt; ++s) {
           const std::int32_t dim = w.dims[static_cast<std::size_t>(s)];
+          w.query_dims[static_cast<std::size_t>(i * r + s)] = dim;
           w.qsel[static_cast<std::size_t>(i * r + s)] = qp[dim];
           w.rows[static_cast<std::size_t>(i * r + s)] =
               cache.key_tile(kv, dim / tile) + (dim % tile) * kv_block;
@@ -524,14 +586,30 @@ inline void run_prefill(const tensor3_view<const float>& q, const kv_cache& cach
       auto t_score = wp ? profile_clock::now() : profile_clock::time_point();
       const index_t padded = (visible + kv_block - 1) / kv_block * kv_block;
       w.logits.resize(rows, padded);
+      const index_t groups = group_queries(w, rows, r, cache, kv, tile);
       // Key chunks outer, queries inner: a chunk's tiles stay in L2 while every query reads it.
       for (index_t kc = 0; kc < visible; kc += key_chunk_blocks * kv_block) {
-        for (index_t i = 0; i < rows; ++i) {
-          const index_t vis_i = causal ? first_position + i + 1 : n;
-          if (kc >= vis_i) continue;
-          const index_t nb = std::min(key_chunk_blocks, (vis_i - kc + kv_block - 1) / kv_block);
-          score_dispatch(1, w.rows.data() + i * r, w.counts[static_cast<std::size_t>(i)],
-                         w.qsel.data() + i * r, r, bs, kc / kv_block, nb, w.logits.row(i).data() + kc, 0);
+        for (index_t gi = 0; gi < groups; ++gi) {
+          const index_t i = w.groups[static_cast<std::size_t>(4 * gi)];
+          const index_t hn = w.groups[static_cast<std::size_t>(4 * gi + 1)];
+          const index_t nu = w.groups[static_cast<std::size_t>(4 * gi + 2)];
+          if (nu > 0) {
+            // The group's last query sees the most keys; the others' extra scores are masked below.
+            const index_t vis_g = causal ? first_position + i + hn : n;
+            if (kc >= vis_g) continue;
+            const index_t nb = std::min(key_chunk_blocks, (vis_g - kc + kv_block - 1) / kv_block);
+            score_dispatch(static_cast<int>(hn), w.union_rows.data() + i * r, nu, w.qunion.data() + i * r, nu,
+                           bs, kc / kv_block, nb, w.logits.row(i).data() + kc, w.logits.cols());
+            continue;
+          }
+          for (index_t q_i = i; q_i < i + hn; ++q_i) {
+            const index_t vis_i = causal ? first_position + q_i + 1 : n;
+            if (kc >= vis_i) continue;
+            const index_t nb = std::min(key_chunk_blocks, (vis_i - kc + kv_block - 1) / kv_block);
+            score_dispatch(1, w.rows.data() + q_i * r, w.counts[static_cast<std::size_t>(q_i)],
+                           w.qsel.data() + q_i * r, r, bs, kc / kv_block, nb, w.logits.row(q_i).data() + kc,
+                           0);
+          }
         }
       }
       auto t_soft = wp ? profile_clock::now() : profile_clock::time_point();

@@ -43,6 +43,18 @@ constexpr index_t decode_value_prefetch_tokens = 16;
 // Prefill: key blocks (of 16 tokens) per chunk that every query of a 64-row block reads while
 // the chunk's tiles sit in L1/L2 (4-8 measured best at d = 128).
 constexpr index_t prefill_key_blocks = 8;
+// Prefill: 4 consecutive queries are scored together over the union of their selected dims when
+// 4 x union <= num / den x (their selected dims together). Measured at M = N = 4096, k = 32
+// (score phase against the AVX-512 GEMM): ratio 1 (groups only queries whose selections
+// coincide, common with tiles) takes tile selection from 2.6x to 3.0x and leaves per-dim selection
+// at 2.0x; ratios 1.25 / 1.75 / 2.5 / always took per-dim selection to 1.95x / 1.75x / 1.58x /
+// 1.58x (the multiply-adds on zero weights cost more than the row reads they share).
+constexpr index_t prefill_union_ratio_num = 4, prefill_union_ratio_den = 4;
+/// Test / measurement hook: a ratio numerator to use instead (0: the constant; 1: never group).
+inline index_t& prefill_union_test_ratio() {
+  static index_t ratio = 0;
+  return ratio;
+}
 
 template <int HB>
 void score_portable(const float* const* rows, index_t ns, const float* q, index_t q_stride,
