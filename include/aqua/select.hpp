@@ -349,8 +349,9 @@ inline void partition3(rank_list<std::int32_t> from, std::int32_t lo, std::int32
 }
 
 #if AQUA_HAS_X86_SIMD
-/// |x| and x * x of n contiguous floats, 8 at a time; returns whether all are finite.
-AQUA_TARGET_AVX2 inline bool magnitudes_avx2(const float* x, index_t n, float* mag, float* sq) {
+/// |x| and x * x (squared in double) of n contiguous floats, 8 at a time; returns whether all are
+/// finite.
+AQUA_TARGET_AVX2 inline bool magnitudes_avx2(const float* x, index_t n, float* mag, double* sq) {
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   const __m256 largest = _mm256_set1_ps(std::numeric_limits<float>::max());
   __m256 finite = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
@@ -359,23 +360,27 @@ AQUA_TARGET_AVX2 inline bool magnitudes_avx2(const float* x, index_t n, float* m
     const __m256 v = _mm256_loadu_ps(x + i);
     const __m256 a = _mm256_and_ps(v, abs_mask);
     _mm256_storeu_ps(mag + i, a);
-    _mm256_storeu_ps(sq + i, _mm256_mul_ps(v, v));
+    const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v)),
+                  hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+    _mm256_storeu_pd(sq + i, _mm256_mul_pd(lo, lo));
+    _mm256_storeu_pd(sq + i + 4, _mm256_mul_pd(hi, hi));
     finite = _mm256_and_ps(finite, _mm256_cmp_ps(a, largest, _CMP_LE_OQ));  // false for inf, NaN
   }
   bool ok = _mm256_movemask_ps(finite) == 0xff;
   for (; i < n; ++i) {
     mag[i] = std::abs(x[i]);
-    sq[i] = x[i] * x[i];
+    sq[i] = double(x[i]) * double(x[i]);
     ok &= mag[i] <= std::numeric_limits<float>::max();
   }
   return ok;
 }
 #endif
 
-/// |x| and x * x of n values x[i * step]; returns whether all are finite (|x| <= max fails for
-/// inf and NaN).
+/// |x| and x * x of n values x[i * step], the squares in double (a float square can underflow,
+/// overflow or round where the double one does not, and every selection path must agree); returns
+/// whether all are finite (|x| <= max fails for inf and NaN).
 template <class T>
-bool magnitudes(const T* x, index_t step, index_t n, T* mag, T* sq) {
+bool magnitudes(const T* x, index_t step, index_t n, T* mag, double* sq) {
 #if AQUA_HAS_X86_SIMD
   if constexpr (std::is_same<T, float>::value) {
     if (step == 1 && has_avx2_fma()) return magnitudes_avx2(x, n, mag, sq);
@@ -385,7 +390,7 @@ bool magnitudes(const T* x, index_t step, index_t n, T* mag, T* sq) {
   for (index_t i = 0; i < n; ++i) {
     const T xi = x[i * step];
     mag[i] = std::abs(xi);
-    sq[i] = xi * xi;
+    sq[i] = double(xi) * double(xi);
     finite &= mag[i] <= std::numeric_limits<T>::max();
   }
   return finite;
@@ -602,7 +607,8 @@ index_t select_top(vector_view<const detail::identity_t<T>> values, const select
   // check rides along; require_finite then names the culprit.
   constexpr index_t stack = 512;
   if (n <= stack) {
-    T mag[stack], sq[stack];
+    T mag[stack];
+    double sq[stack];
     if (!detail::magnitudes(values.data(), values.stride(0), n, mag, sq))
       detail::require_finite(values, fn, "values");
     return detail::select_ranked(mag, sq, n, spec, indices.data());

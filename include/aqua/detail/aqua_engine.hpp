@@ -48,7 +48,7 @@ class aqua_workspace {
 public:
   struct worker {
     std::vector<float> scores, acc, m, alpha, qsel, qblock, qinter, qunion;
-    std::vector<double> l;
+    std::vector<double> l, energy;
     std::vector<const float*> rows, prefetch_rows, rows_inter, union_rows;
     std::vector<char> row_used;
     std::vector<std::int32_t> dims, rank, query_dims;
@@ -57,7 +57,8 @@ public:
     attention_profile profile;
   };
   std::vector<worker> workers;
-  std::vector<float> qproj, qsel, part_acc, part_m, logits, weight, energy;
+  std::vector<float> qproj, qsel, part_acc, part_m, logits, weight;
+  std::vector<double> energy;  // squares of the projected queries, in double like select_top's
   std::vector<double> part_l;
   std::vector<std::int32_t> dims, rank;
   std::vector<index_t> counts;
@@ -90,19 +91,19 @@ inline double seconds_since(profile_clock::time_point t0) {
 
 /// Selection of one query (or summed group) into ascending dims; returns the count.
 /// `mode_tile` picks whole tiles by energy instead of single dims.
-inline index_t select_dims(const float* weight, const float* energy, index_t r, index_t tile, bool mode_tile,
+inline index_t select_dims(const float* weight, const double* energy, index_t r, index_t tile, bool mode_tile,
                            const selection_spec& spec, std::int32_t* rank_scratch, std::int32_t* dims_out) {
   if (!mode_tile) return select_ranked_ascending(weight, energy, r, spec, rank_scratch, dims_out);
   const index_t tiles = (r + tile - 1) / tile;
-  float tile_energy[1024];
-  float* te = tile_energy;
-  std::vector<float> big;
+  double tile_energy[1024];
+  double* te = tile_energy;
+  std::vector<double> big;
   if (tiles > 1024) {
     big.resize(static_cast<std::size_t>(tiles));
     te = big.data();
   }
   for (index_t t = 0; t < tiles; ++t) {
-    float e = 0;
+    double e = 0;
     for (index_t i = t * tile; i < std::min(r, (t + 1) * tile); ++i) e += energy[i];
     te[t] = e;
   }
@@ -162,12 +163,12 @@ inline void plan_decode(const matrix_view<const float>& q, const kv_cache& cache
     }
     const index_t h0 = p.shared ? list * p.g : list, hn = p.shared ? p.g : 1;
     std::fill(ws.weight.begin(), ws.weight.end(), 0.0f);
-    std::fill(ws.energy.begin(), ws.energy.end(), 0.0f);
+    std::fill(ws.energy.begin(), ws.energy.end(), 0.0);
     for (index_t h = h0; h < h0 + hn; ++h) {
       const float* qp = ws.qproj.data() + h * r;
       for (index_t c = 0; c < r; ++c) {
         ws.weight[static_cast<std::size_t>(c)] += std::abs(qp[c]);
-        ws.energy[static_cast<std::size_t>(c)] += qp[c] * qp[c];
+        ws.energy[static_cast<std::size_t>(c)] += double(qp[c]) * double(qp[c]);
       }
     }
     ws.counts[static_cast<std::size_t>(list)] =
@@ -548,8 +549,8 @@ inline void run_prefill(const tensor3_view<const float>& q, const kv_cache& cach
     w.rank.resize(static_cast<std::size_t>(r));
     w.counts.resize(static_cast<std::size_t>(block_rows));
     w.query_dims.resize(static_cast<std::size_t>(block_rows * r));
-    w.m.resize(static_cast<std::size_t>(r));      // |q| weights
-    w.alpha.resize(static_cast<std::size_t>(r));  // q^2 energies
+    w.m.resize(static_cast<std::size_t>(r));  // |q| weights
+    w.energy.resize(static_cast<std::size_t>(r));
     for (index_t item = begin; item < end; ++item) {
       const index_t head = item / blocks_per_head, kv = head / g;
       const index_t i0 = (item % blocks_per_head) * block_rows, rows = std::min(block_rows, m - i0);
@@ -570,10 +571,10 @@ inline void run_prefill(const tensor3_view<const float>& q, const kv_cache& cach
         const float* qp = w.proj.row(i).data();
         for (index_t c = 0; c < r; ++c) {
           w.m[static_cast<std::size_t>(c)] = std::abs(qp[c]);
-          w.alpha[static_cast<std::size_t>(c)] = qp[c] * qp[c];
+          w.energy[static_cast<std::size_t>(c)] = double(qp[c]) * double(qp[c]);
         }
         const index_t cnt =
-            select_dims(w.m.data(), w.alpha.data(), r, tile, tile_mode, spec, w.rank.data(), w.dims.data());
+            select_dims(w.m.data(), w.energy.data(), r, tile, tile_mode, spec, w.rank.data(), w.dims.data());
         w.counts[static_cast<std::size_t>(i)] = cnt;
         for (index_t s = 0; s < cnt; ++s) {
           const std::int32_t dim = w.dims[static_cast<std::size_t>(s)];
