@@ -230,7 +230,6 @@ TEST_CASE("prefill scores groups of queries over the union of their dims exactly
   std::vector<float> q(std::size_t(hq * m * d));
   aqua_test::fill_normal(q, 91);
   const auto qv = aqua::make_view(static_cast<const float*>(q.data()), hq, m, d);
-  const aqua_test::hook_guard reset;
   both_paths([&] {
     for (auto mode : {aqua::selection_mode::per_head, aqua::selection_mode::tile})
       for (const auto& spec : {aqua::selection_spec::top_k(16), aqua::selection_spec::energy(0.8)})

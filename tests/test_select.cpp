@@ -433,9 +433,9 @@ TEST_CASE("energy selection over many runs of the ranking sums in rank order", "
 
 TEST_CASE("select_ranked ranks float weights and thresholds separate energies like the oracle", "[select]") {
   // The engine's shape: float weights (summed magnitudes), separate energies (float here, to
-  // exercise the generic template; the engine passes its squares in double), int32 indices. Weights here also
-  // take negative values and both zeros: the ranking must follow the value order (negative weights last),
-  // which select_count's weight overload exposes.
+  // exercise the generic template; the engine passes its squares in double), int32 indices.
+  // Weights here also take negative values and both zeros: the ranking must follow the value
+  // order (negative weights last), which select_count's weight overload exposes.
   const index_t n = GENERATE(1, 5, 32, 100, 128, 256, 400, 512, 513, 700);
   const int trial = GENERATE(0, 1, 2, 3);
   std::mt19937 rng(unsigned(n) * 13 + unsigned(trial));

@@ -52,7 +52,7 @@ public:
     std::vector<const float*> rows, prefetch_rows, rows_inter, union_rows;
     std::vector<char> row_used;
     std::vector<std::int32_t> dims, rank, query_dims;
-    std::vector<index_t> counts, groups;
+    std::vector<index_t> counts, group_union;
     row_matrix<float> logits, proj;
     attention_profile profile;
   };
@@ -471,25 +471,21 @@ inline void run_decode(const kv_cache& cache, const decode_plan& p, int threads,
 /// the group is scored as 4 heads sharing the union's rows, each query's weights zero on the dims
 /// it did not select. One read of a key row then serves 4 queries. The union ascends like
 /// every selection, so each score sums the same products in the same order (the zeros add exact
-/// zeros): the result equals scoring each query alone. Fills w.groups with (first query, count,
-/// union size or 0 for "score alone", unused) per group; union rows and weights of the group whose
-/// first query is i at w.union_rows / w.qunion + i * r (weights [query][dim of the union]).
+/// zeros): the result equals scoring each query alone. Group gi holds queries [4 gi, 4 gi + 4) of
+/// the block; w.group_union[gi] is its union size, 0 where its queries are scored alone. The union
+/// rows and weights of the group whose first query is i are at w.union_rows / w.qunion + i * r
+/// (weights [query][dim of the union]). Returns the number of groups.
 inline index_t group_queries(aqua_workspace::worker& w, index_t rows, index_t r, const kv_cache& cache,
                              index_t kv, index_t tile) {
   const index_t ratio_num =
       prefill_union_test_ratio() > 0 ? prefill_union_test_ratio() : prefill_union_ratio_num;
-  w.groups.resize(static_cast<std::size_t>(4 * ((rows + 3) / 4)));
+  w.group_union.assign(static_cast<std::size_t>((rows + 3) / 4), 0);
   w.union_rows.resize(static_cast<std::size_t>(rows * r));
   w.qunion.resize(static_cast<std::size_t>(rows * r));
   w.row_used.resize(static_cast<std::size_t>(r));
-  index_t groups = 0;
-  for (index_t i = 0; i < rows; i += 4, ++groups) {
-    const index_t hn = std::min<index_t>(4, rows - i);
-    index_t* g = w.groups.data() + 4 * groups;
-    g[0] = i;
-    g[1] = hn;
-    g[2] = 0;
-    g[3] = 0;
+  const index_t groups = (rows + 3) / 4;
+  for (index_t gi = 0; gi < groups; ++gi) {
+    const index_t i = 4 * gi, hn = std::min<index_t>(4, rows - i);
     if (hn < 2) continue;
     std::fill(w.row_used.begin(), w.row_used.end(), char(0));
     index_t selected = 0;
@@ -502,7 +498,7 @@ inline index_t group_queries(aqua_workspace::worker& w, index_t rows, index_t r,
     index_t nu = 0;
     for (index_t dim = 0; dim < r; ++dim) nu += w.row_used[static_cast<std::size_t>(dim)];
     if (nu * hn * prefill_union_ratio_den > ratio_num * selected) continue;
-    g[2] = nu;
+    w.group_union[static_cast<std::size_t>(gi)] = nu;
     // Union rows ascending (its dims in w.rank); weights of query h at qunion[i * r + h * nu + u],
     // zero where h did not select.
     const float** urows = w.union_rows.data() + i * r;
@@ -591,9 +587,8 @@ inline void run_prefill(const tensor3_view<const float>& q, const kv_cache& cach
       // Key chunks outer, queries inner: a chunk's tiles stay in L2 while every query reads it.
       for (index_t kc = 0; kc < visible; kc += key_chunk_blocks * kv_block) {
         for (index_t gi = 0; gi < groups; ++gi) {
-          const index_t i = w.groups[static_cast<std::size_t>(4 * gi)];
-          const index_t hn = w.groups[static_cast<std::size_t>(4 * gi + 1)];
-          const index_t nu = w.groups[static_cast<std::size_t>(4 * gi + 2)];
+          const index_t i = 4 * gi, hn = std::min<index_t>(4, rows - i);
+          const index_t nu = w.group_union[static_cast<std::size_t>(gi)];
           if (nu > 0) {
             // The group's last query sees the most keys; the others' extra scores are masked below.
             const index_t vis_g = causal ? first_position + i + hn : n;

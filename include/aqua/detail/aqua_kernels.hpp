@@ -261,10 +261,10 @@ struct row_ahead_prefetch {
 /// Software prefetch for the fused decode. The lines a 16-token block consumes form one stream:
 /// its selected key rows (one 64-byte line per distinct row), then its value rows (d lines at d
 /// floats per token). The prefetcher walks that stream a fixed number of lines ahead of the
-/// kernel and issues one line for every line consumed, in both the score and the value loop, so DRAM sees a
-/// steady request rate whatever the split between key and value bytes (k = 32 reads 32 key lines and 128
-/// value lines per block, dense 128 + 128). Addresses are formed as integers: lines past the end of the cache
-/// are requested but never read (a prefetch does not fault).
+/// kernel and issues one line for every line consumed, in both the score and the value loop, so
+/// DRAM sees a steady request rate whatever the split between key and value bytes (k = 32 reads
+/// 32 key lines and 128 value lines per block, dense 128 + 128). Addresses are formed as integers:
+/// lines past the end of the cache are requested but never read (a prefetch does not fault).
 struct block_prefetcher {
   const float* const* rows = nullptr;  // the key rows of block 0
   index_t key_lines = 0;
@@ -597,7 +597,7 @@ inline void fused_decode_heads(int heads, bool lists, const fused_args& a, index
                                float* m, double* l, float* acc, index_t acc_stride) {
 #define AQUA_FUSED_CASE(HB, LISTS)                                              \
   case HB * 2 + LISTS:                                                          \
-    if (Wide)                                                                   \
+    if constexpr (Wide)                                                         \
       fused_decode_avx512<HB, LISTS>(a, b_begin, b_end, m, l, acc, acc_stride); \
     else                                                                        \
       fused_decode_avx2<HB, LISTS>(a, b_begin, b_end, m, l, acc, acc_stride);   \
