@@ -307,8 +307,8 @@ float sum_floats(const float* x, std::size_t n) {
 double measure_bandwidth(const aqua_examples::bench_clock& clock, int threads, std::size_t bytes) {
   const std::size_t count = bytes / sizeof(float) / 64 * 64;
   const std::size_t passes = ((std::size_t(1) << 30) + bytes - 1) / bytes;
-  auto buffer = aqua::detail::allocate_zeroed(static_cast<index_t>(count));
-  float* x = buffer.get();
+  auto buffer = aqua::detail::allocate_zeroed(count * sizeof(float), "the bandwidth probe");
+  auto* x = reinterpret_cast<float*>(buffer.get());
   for (std::size_t i = 0; i < count; i += 1024) x[i] = 1.0f;
   double best = 0;
   volatile float sink = 0;

@@ -75,9 +75,18 @@ public:
   index_t kv_heads() const noexcept { return hkv_; }
   /// Tokens per head the policy holds scores for (the cache's size at the last accumulate/evict).
   index_t tokens() const noexcept { return static_cast<index_t>(scores_[0].size()); }
-  /// Accumulated score of stored token j of KV head h.
+  /// Accumulated score of stored token j of KV head h. Preconditions (asserted when assertions
+  /// are on): head < kv_heads(), token < tokens(); score_at checks them.
   double score(index_t head, index_t token) const noexcept {
+    AQUA_ASSERT(head >= 0 && head < hkv_ && token >= 0 && token < tokens());
     return scores_[static_cast<std::size_t>(head)][static_cast<std::size_t>(token)];
+  }
+  /// score() with its preconditions checked (aqua::error).
+  double score_at(index_t head, index_t token) const {
+    AQUA_CHECK(head >= 0 && head < hkv_ && token >= 0 && token < tokens(),
+               "aqua::h2o_policy::score_at: (head ", head, ", token ", token, ") is outside [0, ", hkv_,
+               ") x [0, ", tokens(), ")");
+    return score(head, token);
   }
   /// Evictions performed and tokens evicted per head in total.
   index_t evictions() const noexcept { return evictions_; }

@@ -16,6 +16,10 @@
 //
 // Static truncation keeps only the first r projected dims (whole tiles unless r == d), cutting key
 // memory to r / d; selection then happens within them. Values keep all d dims.
+// Storage: keys and values are each stored as f32, bf16 or f16 (aqua/float16.hpp), chosen
+// independently. Keys are projected in float and rounded once on append; kernels widen to float.
+// A 16-bit block row of one dim is then 32 bytes (half a line): tile selection reads whole tiles
+// either way, single-dim selections read half lines.
 // Each stored token carries its sequence position (consecutive from 0 on append); retain() keeps a
 // subset of tokens (eviction) and their positions; retain_per_head() keeps a different subset per
 // KV head (H2O, aqua/h2o.hpp), positions then tracked per head; shrink_to_fit() releases memory. Not
@@ -25,6 +29,7 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -39,6 +44,7 @@
 
 #include "aqua/config.hpp"
 #include "aqua/detail/validate.hpp"
+#include "aqua/float16.hpp"
 #include "aqua/tensor_view.hpp"
 
 namespace aqua {
@@ -51,15 +57,19 @@ struct kv_cache_options {
   index_t rank = 0;
   /// Tokens to reserve up front (the cache grows on demand anyway).
   index_t capacity = 0;
+  /// How projected keys are stored (rounded once on append).
+  storage_type key_type = storage_type::f32;
+  /// How values are stored.
+  storage_type value_type = storage_type::f32;
 };
 
 namespace detail {
 
 struct aligned_deleter {
   std::size_t alignment = 64;  // what the array was allocated with (64 bytes, or 2 MB for huge pages)
-  void operator()(float* p) const noexcept { ::operator delete[](p, std::align_val_t(alignment)); }
+  void operator()(unsigned char* p) const noexcept { ::operator delete[](p, std::align_val_t(alignment)); }
 };
-using aligned_floats = std::unique_ptr<float[], aligned_deleter>;
+using aligned_bytes = std::unique_ptr<unsigned char[], aligned_deleter>;
 
 /// Test hook: whether large cache arrays ask the OS for transparent huge pages (Linux).
 inline bool& use_huge_pages() {
@@ -67,12 +77,18 @@ inline bool& use_huge_pages() {
   return on;
 }
 
-/// Zeroed, 64-byte aligned floats. On Linux, arrays of 2 MB or more are 2 MB aligned and advised
+/// The largest array a cache allocates: 2^46 bytes (64 TiB), below every x86-64 / AArch64 user
+/// address space, so size arithmetic in 64 bits never wraps before it is checked.
+constexpr std::uint64_t max_cache_array_bytes = std::uint64_t(1) << 46;
+
+/// Zeroed, 64-byte aligned bytes. On Linux, arrays of 2 MB or more are 2 MB aligned and advised
 /// to use transparent huge pages before they are first touched: decode streams through hundreds
 /// of MB, and 4 KB pages cost a TLB walk (and a prefetcher restart) every 64 cache lines.
-inline aligned_floats allocate_zeroed(index_t count) {
-  if (count <= 0) return aligned_floats();
-  const std::size_t bytes = static_cast<std::size_t>(count) * sizeof(float);
+/// An allocation the system refuses is an aqua::error naming `what` and the bytes.
+inline aligned_bytes allocate_zeroed(std::uint64_t bytes, const char* what) {
+  if (bytes == 0) return aligned_bytes();
+  AQUA_CHECK(bytes <= max_cache_array_bytes, "aqua::kv_cache: ", what, " would need ", bytes,
+             " bytes, beyond the limit of 2^46 bytes per array");
   std::size_t alignment = 64;
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   // Start on a 2 MB boundary, so that every whole 2 MB of the array can be a huge page: with
@@ -81,7 +97,19 @@ inline aligned_floats allocate_zeroed(index_t count) {
   constexpr std::size_t huge = std::size_t(1) << 21;
   if (use_huge_pages() && bytes >= huge) alignment = huge;
 #endif
-  auto* p = static_cast<float*>(::operator new[](bytes, std::align_val_t(alignment)));
+  unsigned char* p = nullptr;
+#if AQUA_HAS_EXCEPTIONS
+  try {
+    p = static_cast<unsigned char*>(
+        ::operator new[](static_cast<std::size_t>(bytes), std::align_val_t(alignment)));
+  } catch (const std::bad_alloc&) {
+    AQUA_THROW("aqua::kv_cache: cannot allocate ", bytes, " bytes for ", what);
+  }
+#else
+  p = static_cast<unsigned char*>(
+      ::operator new[](static_cast<std::size_t>(bytes), std::align_val_t(alignment), std::nothrow));
+  AQUA_CHECK(p != nullptr, "aqua::kv_cache: cannot allocate ", bytes, " bytes for ", what);
+#endif
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   if (alignment == huge) {
     const auto begin = reinterpret_cast<std::uintptr_t>(p);
@@ -89,15 +117,50 @@ inline aligned_floats allocate_zeroed(index_t count) {
     if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
   }
 #endif
-  std::memset(p, 0, bytes);
-  return aligned_floats(p, aligned_deleter{alignment});
+  std::memset(p, 0, static_cast<std::size_t>(bytes));
+  return aligned_bytes(p, aligned_deleter{alignment});
 }
+
+/// Stores float x as storage type t at element i of a typed array.
+inline void store_element(unsigned char* base, storage_type t, index_t i, float x) noexcept {
+  if (t == storage_type::f32) {
+    std::memcpy(base + i * 4, &x, 4);
+  } else {
+    const std::uint16_t b = t == storage_type::bf16 ? float_to_bf16_bits(x) : float_to_f16_bits(x);
+    std::memcpy(base + i * 2, &b, 2);
+  }
+}
+inline float load_element(const unsigned char* base, storage_type t, index_t i) noexcept {
+  if (t == storage_type::f32) {
+    float x;
+    std::memcpy(&x, base + i * 4, 4);
+    return x;
+  }
+  std::uint16_t b;
+  std::memcpy(&b, base + i * 2, 2);
+  return t == storage_type::bf16 ? bf16_bits_to_float(b) : f16_bits_to_float(b);
+}
+
+template <class T>
+struct storage_of;
+template <>
+struct storage_of<float> {
+  static constexpr storage_type value = storage_type::f32;
+};
+template <>
+struct storage_of<bf16> {
+  static constexpr storage_type value = storage_type::bf16;
+};
+template <>
+struct storage_of<f16> {
+  static constexpr storage_type value = storage_type::f16;
+};
 
 }  // namespace detail
 
 class kv_cache {
 public:
-  /// Tokens per block inside a tile: one block row (16 floats) is one cache line.
+  /// Tokens per block inside a tile: one f32 block row (16 floats) is one cache line.
   static constexpr index_t block_tokens = 16;
 
   /// A cache whose keys arrive already in projected coordinates (identity projection).
@@ -110,25 +173,37 @@ public:
 
   /// A cache projecting keys with one orthogonal basis per KV head: projections[h] is [d, d] with
   /// column j the projected dimension j (columns by decreasing importance); k~ = k P. The bases are
-  /// copied (only their first r columns).
+  /// copied (only their first r columns). A basis that is not orthogonal (max |P^T P - I| above
+  /// 1e-3) is an aqua::error: with it, keeping every dimension would not be exact attention.
   explicit kv_cache(const std::vector<matrix_view<const float>>& projections,
                     const kv_cache_options& options = {}) {
     constexpr const char* fn = "aqua::kv_cache";
     AQUA_CHECK(!projections.empty(), fn, ": projections is empty; one [d, d] basis per KV head is needed");
     const index_t d = projections[0].extent(0);
     AQUA_CHECK(d >= 1, fn, ": projections[0] has shape ", detail::shape_string(projections[0]));
-    init(static_cast<index_t>(projections.size()), d, options, fn);
-    identity_ = false;
-    proj_.resize(projections.size());
     for (std::size_t h = 0; h < projections.size(); ++h) {
       const auto& p = projections[h];
       detail::require_data(p, fn, "projections[h]");
       AQUA_CHECK(p.extent(0) == d && p.extent(1) == d, fn, ": projections[", h, "] has shape ",
                  detail::shape_string(p), " but every basis must be [d, d] = [", d, ", ", d, "]");
       detail::require_finite(p, fn, "projections[h]");
-      proj_[h] = as_eigen(p).leftCols(rank_);
+      const Eigen::MatrixXd pd = as_eigen(p).template cast<double>();
+      const double dev = (pd.transpose() * pd - Eigen::MatrixXd::Identity(d, d)).cwiseAbs().maxCoeff();
+      AQUA_CHECK(dev <= 1e-3, fn, ": projections[", h, "] is not orthogonal (max |P^T P - I| = ", dev,
+                 "); a basis must have orthonormal columns");
     }
+    init(static_cast<index_t>(projections.size()), d, options, fn);
+    identity_ = false;
+    proj_.resize(projections.size());
+    for (std::size_t h = 0; h < projections.size(); ++h) proj_[h] = as_eigen(projections[h]).leftCols(rank_);
   }
+
+  // Move-only: a cache owns hundreds of MB, and a copy is never what a decode loop means.
+  kv_cache(const kv_cache&) = delete;
+  kv_cache& operator=(const kv_cache&) = delete;
+  kv_cache(kv_cache&&) noexcept = default;
+  kv_cache& operator=(kv_cache&&) noexcept = default;
+  ~kv_cache() = default;
 
   index_t kv_heads() const noexcept { return hkv_; }
   index_t head_dim() const noexcept { return d_; }
@@ -144,42 +219,89 @@ public:
   /// Tokens storable without reallocation (a multiple of block_tokens).
   index_t capacity() const noexcept { return cap_; }
   bool identity_projection() const noexcept { return identity_; }
+  storage_type key_type() const noexcept { return key_type_; }
+  storage_type value_type() const noexcept { return value_type_; }
+  /// The most tokens a cache of this shape and storage can hold (arrays stay within 2^46 bytes).
+  index_t max_tokens() const noexcept {
+    const std::uint64_t per_token =
+        std::uint64_t(std::max(tile_ * storage_bytes(key_type_), d_ * storage_bytes(value_type_)));
+    return static_cast<index_t>(detail::max_cache_array_bytes / per_token / block_tokens * block_tokens);
+  }
 
   /// Bytes of key tiles, values and projection bases currently allocated.
   std::size_t bytes() const noexcept {
-    const std::size_t per_head = static_cast<std::size_t>(cap_ * (tiles_ * tile_ + d_));
-    std::size_t total = per_head * static_cast<std::size_t>(hkv_) * sizeof(float);
+    const std::size_t per_head =
+        static_cast<std::size_t>(cap_) *
+        static_cast<std::size_t>(tiles_ * tile_ * storage_bytes(key_type_) + d_ * storage_bytes(value_type_));
+    std::size_t total = per_head * static_cast<std::size_t>(hkv_);
     for (const auto& p : proj_) total += static_cast<std::size_t>(p.size()) * sizeof(float);
     return total;
   }
   /// Bytes of projected keys held for the stored tokens (what a dense pass over the keys reads).
   std::size_t key_bytes() const noexcept {
-    return static_cast<std::size_t>(hkv_ * padded_tokens() * tiles_ * tile_) * sizeof(float);
+    return static_cast<std::size_t>(hkv_ * padded_tokens() * tiles_ * tile_) *
+           static_cast<std::size_t>(storage_bytes(key_type_));
   }
   std::size_t value_bytes() const noexcept {
-    return static_cast<std::size_t>(hkv_ * n_ * d_) * sizeof(float);
+    return static_cast<std::size_t>(hkv_ * n_ * d_) * static_cast<std::size_t>(storage_bytes(value_type_));
   }
 
-  /// Tile t of KV head h: (capacity / 16) blocks of [tile_dims][16] floats.
-  const float* key_tile(index_t head, index_t tile) const noexcept {
+  /// Tile t of KV head h, raw: (capacity / 16) blocks of [tile_dims][16] elements of key_type().
+  const void* key_tile_data(index_t head, index_t tile) const noexcept {
+    AQUA_ASSERT(head >= 0 && head < hkv_ && tile >= 0 && tile < tiles_);
     return keys_[static_cast<std::size_t>(head * tiles_ + tile)].get();
   }
-  /// Values of KV head h, token-major with row stride head_dim().
-  const float* values(index_t head) const noexcept { return values_[static_cast<std::size_t>(head)].get(); }
-  /// Projected key element (h, j, c), c < rank().
-  float key(index_t head, index_t token, index_t dim) const noexcept {
-    const index_t t = dim / tile_, i = dim % tile_;
-    return key_tile(head, t)[((token / block_tokens) * tile_ + i) * block_tokens + token % block_tokens];
+  /// Tile t of KV head h as elements of T, which must be the key storage type (float, bf16, f16).
+  template <class T = float>
+  const T* key_tile(index_t head, index_t tile) const {
+    AQUA_CHECK(detail::storage_of<T>::value == key_type_, "aqua::kv_cache::key_tile: keys are stored as ",
+               storage_name(key_type_), ", not ", storage_name(detail::storage_of<T>::value));
+    return static_cast<const T*>(key_tile_data(head, tile));
   }
+  /// Values of KV head h, raw: token-major with row stride head_dim(), elements of value_type().
+  const void* values_data(index_t head) const noexcept {
+    AQUA_ASSERT(head >= 0 && head < hkv_);
+    return values_[static_cast<std::size_t>(head)].get();
+  }
+  /// Values of KV head h as elements of T, which must be the value storage type.
+  template <class T = float>
+  const T* values(index_t head) const {
+    AQUA_CHECK(detail::storage_of<T>::value == value_type_, "aqua::kv_cache::values: values are stored as ",
+               storage_name(value_type_), ", not ", storage_name(detail::storage_of<T>::value));
+    return static_cast<const T*>(values_data(head));
+  }
+  /// Projected key element (h, j, c) widened to float. Preconditions (asserted when assertions are
+  /// on): h < kv_heads(), j < size(), c < rank(). key_at checks them.
+  float key(index_t head, index_t token, index_t dim) const noexcept {
+    AQUA_ASSERT(head >= 0 && head < hkv_ && token >= 0 && token < n_ && dim >= 0 && dim < rank_);
+    return detail::load_element(keys_[static_cast<std::size_t>(head * tiles_ + dim / tile_)].get(), key_type_,
+                                key_offset(token, dim % tile_));
+  }
+  /// Value element (h, j, c) widened to float. Preconditions: h < kv_heads(), j < size(), c < d.
   float value(index_t head, index_t token, index_t dim) const noexcept {
-    return values(head)[token * d_ + dim];
+    AQUA_ASSERT(head >= 0 && head < hkv_ && token >= 0 && token < n_ && dim >= 0 && dim < d_);
+    return detail::load_element(values_[static_cast<std::size_t>(head)].get(), value_type_, token * d_ + dim);
   }
   /// Sequence position of stored token j (of KV head 0; every head agrees unless retain_per_head
-  /// kept different tokens per head).
+  /// kept different tokens per head). Precondition: j < size().
   index_t position(index_t token) const noexcept { return position(0, token); }
-  /// Sequence position of stored token j of KV head h.
+  /// Sequence position of stored token j of KV head h. Preconditions: h < kv_heads(), j < size().
   index_t position(index_t head, index_t token) const noexcept {
+    AQUA_ASSERT(head >= 0 && head < hkv_ && token >= 0 && token < n_);
     return positions_[static_cast<std::size_t>(head)][static_cast<std::size_t>(token)];
+  }
+  /// key(), value() and position() with their preconditions checked (aqua::error).
+  float key_at(index_t head, index_t token, index_t dim) const {
+    check_index("key_at", head, token, dim, rank_);
+    return key(head, token, dim);
+  }
+  float value_at(index_t head, index_t token, index_t dim) const {
+    check_index("value_at", head, token, dim, d_);
+    return value(head, token, dim);
+  }
+  index_t position_at(index_t head, index_t token) const {
+    check_index("position_at", head, token, 0, 1);
+    return position(head, token);
   }
   /// The position the next appended token receives.
   index_t next_position() const noexcept { return next_position_; }
@@ -220,16 +342,20 @@ public:
     return identity_ ? nullptr : &proj_[static_cast<std::size_t>(head)];
   }
 
-  /// Makes room for `tokens` tokens in total without losing stored data.
+  /// Makes room for `tokens` tokens in total without losing stored data. More than max_tokens(),
+  /// or memory the system refuses, is an aqua::error.
   void reserve(index_t tokens) {
     AQUA_CHECK(tokens >= 0, "aqua::kv_cache::reserve: tokens must be >= 0, got ", tokens);
     if (tokens <= cap_) return;
+    AQUA_CHECK(tokens <= max_tokens(), "aqua::kv_cache::reserve: ", tokens, " tokens exceed the limit of ",
+               max_tokens(), " for this shape and storage (arrays of at most 2^46 bytes)");
     reallocate(round_up(tokens));
   }
 
   /// Appends T tokens for every KV head: keys and values [Hkv, T, d] (any strides). Keys are
-  /// projected here. Non-finite keys or values are rejected (aqua::error) before anything is
-  /// stored, so kernels never need to scan the cache.
+  /// projected here, in float, then rounded to the key storage type. Non-finite keys or values are
+  /// rejected (aqua::error) before anything is stored, so kernels never need to scan the cache;
+  /// a finite value beyond the storage range (f16: |x| > 65504) is rejected likewise.
   void append(tensor3_view<const float> keys, tensor3_view<const float> values) {
     constexpr const char* fn = "aqua::kv_cache::append";
     detail::require_data(keys, fn, "keys");
@@ -245,25 +371,23 @@ public:
     if (count == 0) return;
     detail::require_finite(keys, fn, "keys");
     detail::require_finite(values, fn, "values");
-    if (n_ + count > cap_) reserve(std::max(n_ + count, 2 * cap_));
+    if (value_type_ == storage_type::f16) require_in_f16_range(values, fn, "values");
+    AQUA_CHECK(count <= max_tokens() - n_, fn, ": ", count, " more tokens would exceed the limit of ",
+               max_tokens(), " tokens for this shape and storage");
+    if (n_ + count > cap_) reserve(std::max(n_ + count, std::min(2 * cap_, max_tokens())));
+    // Keys are checked after projection (f16 range) before anything is stored.
+    project_keys(keys, count, fn);
     for (index_t h = 0; h < hkv_; ++h) {
-      const float* kh = keys.data() + h * keys.stride(0);
-      if (identity_) {
-        for (index_t j = 0; j < count; ++j)
-          for (index_t c = 0; c < rank_; ++c)
-            store_key(h, n_ + j, c, kh[j * keys.stride(1) + c * keys.stride(2)]);
-      } else {
-        auto k_rows = as_eigen(matrix_view<const float>(kh, {count, d_}, {keys.stride(1), keys.stride(2)}));
-        scratch_.resize(count, rank_);
-        scratch_.noalias() = k_rows * proj_[static_cast<std::size_t>(h)];
-        for (index_t j = 0; j < count; ++j)
-          for (index_t c = 0; c < rank_; ++c) store_key(h, n_ + j, c, scratch_(j, c));
-      }
-      float* vh = values_[static_cast<std::size_t>(h)].get();
+      for (index_t j = 0; j < count; ++j)
+        for (index_t c = 0; c < rank_; ++c)
+          detail::store_element(keys_[static_cast<std::size_t>(h * tiles_ + c / tile_)].get(), key_type_,
+                                key_offset(n_ + j, c % tile_), scratch_(h * count + j, c));
+      unsigned char* vh = values_[static_cast<std::size_t>(h)].get();
       const float* src = values.data() + h * values.stride(0);
       for (index_t j = 0; j < count; ++j)
         for (index_t c = 0; c < d_; ++c)
-          vh[(n_ + j) * d_ + c] = src[j * values.stride(1) + c * values.stride(2)];
+          detail::store_element(vh, value_type_, (n_ + j) * d_ + c,
+                                src[j * values.stride(1) + c * values.stride(2)]);
     }
     for (auto& pos : positions_)
       for (index_t j = 0; j < count; ++j) pos.push_back(next_position_ + j);
@@ -284,16 +408,11 @@ public:
                  "] = ", keep(i - 1), " and keep[", i, "] = ", keep(i));
     }
     for (index_t h = 0; h < hkv_; ++h) {
-      float* vh = values_[static_cast<std::size_t>(h)].get();
       for (index_t i = 0; i < count; ++i) {
         const index_t src = keep(i);
-        if (src == i) continue;
-        for (index_t c = 0; c < rank_; ++c) store_key(h, i, c, key(h, src, c));
-        std::memmove(vh + i * d_, vh + src * d_, static_cast<std::size_t>(d_) * sizeof(float));
+        if (src != i) move_token(h, src, i);
       }
-      // Padding lanes of the last block stay zero so block kernels read finite numbers there.
-      for (index_t j = count; j < padded_tokens(); ++j)
-        for (index_t c = 0; c < rank_; ++c) store_key(h, j, c, 0.0f);
+      clear_padding(h, count);
     }
     for (auto& pos : positions_) {
       for (index_t i = 0; i < count; ++i)
@@ -323,25 +442,14 @@ public:
                    "] = ", keep(h, i - 1), " and keep[", h, ", ", i, "] = ", keep(h, i));
       }
     for (index_t h = 0; h < hkv_; ++h) {
-      float* vh = values_[static_cast<std::size_t>(h)].get();
       auto& pos = positions_[static_cast<std::size_t>(h)];
       for (index_t i = 0; i < count; ++i) {
         const index_t src = keep(h, i);
         pos[static_cast<std::size_t>(i)] = pos[static_cast<std::size_t>(src)];
-        if (src == i) continue;
-        // Token j of a tile sits at ((j / 16) * T + dim) * 16 + j % 16: one stride-16 walk per tile.
-        const index_t from = (src / block_tokens) * tile_ * block_tokens + src % block_tokens;
-        const index_t to = (i / block_tokens) * tile_ * block_tokens + i % block_tokens;
-        for (index_t t = 0; t < tiles_; ++t) {
-          float* tile = keys_[static_cast<std::size_t>(h * tiles_ + t)].get();
-          const index_t width = tile_width(t);
-          for (index_t c = 0; c < width; ++c) tile[to + c * block_tokens] = tile[from + c * block_tokens];
-        }
-        std::memmove(vh + i * d_, vh + src * d_, static_cast<std::size_t>(d_) * sizeof(float));
+        if (src != i) move_token(h, src, i);
       }
       pos.resize(static_cast<std::size_t>(count));
-      for (index_t j = count; j < padded_tokens(); ++j)
-        for (index_t c = 0; c < rank_; ++c) store_key(h, j, c, 0.0f);
+      clear_padding(h, count);
     }
     n_ = count;
   }
@@ -350,6 +458,8 @@ public:
   /// blocks (at least one block), so bytes() falls after an eviction. `tokens` keeps room for the
   /// growth expected before the next eviction (no reallocation, no doubling on the next append).
   void shrink_to_fit(index_t tokens = 0) {
+    AQUA_CHECK(tokens >= 0 && tokens <= max_tokens(), "aqua::kv_cache::shrink_to_fit: tokens = ", tokens,
+               " must lie in [0, ", max_tokens(), "]");
     const index_t new_cap = std::max(round_up(std::max(n_, tokens)), block_tokens);
     if (new_cap < cap_) reallocate(new_cap);
   }
@@ -357,26 +467,107 @@ public:
   /// Forgets every token (memory is kept); positions restart at 0.
   void clear() {
     for (auto& tile : keys_)
-      std::memset(tile.get(), 0, static_cast<std::size_t>(cap_ * tile_) * sizeof(float));
+      std::memset(tile.get(), 0, static_cast<std::size_t>(cap_ * tile_ * storage_bytes(key_type_)));
     n_ = 0;
     next_position_ = 0;
     for (auto& pos : positions_) pos.clear();
   }
 
 private:
+  /// Element offset of (token, dim i within its tile) inside a tile array.
+  index_t key_offset(index_t token, index_t i) const noexcept {
+    return ((token / block_tokens) * tile_ + i) * block_tokens + token % block_tokens;
+  }
+
+  void check_index(const char* what, index_t head, index_t token, index_t dim, index_t dims) const {
+    AQUA_CHECK(head >= 0 && head < hkv_ && token >= 0 && token < n_ && dim >= 0 && dim < dims,
+               "aqua::kv_cache::", what, ": index (head ", head, ", token ", token, ", dim ", dim,
+               ") is outside [0, ", hkv_, ") x [0, ", n_, ") x [0, ", dims, ")");
+  }
+
+  static void require_in_f16_range(const tensor3_view<const float>& x, const char* fn, const char* name) {
+    for (index_t a = 0; a < x.extent(0); ++a)
+      for (index_t b = 0; b < x.extent(1); ++b)
+        for (index_t c = 0; c < x.extent(2); ++c) {
+          const float v = x(a, b, c);
+          AQUA_CHECK(std::abs(v) <= 65504.0f, fn, ": ", name, "[", a, ", ", b, ", ", c, "] = ", v,
+                     " is beyond the f16 range (65504); store as bf16 or f32");
+        }
+  }
+
+  /// Projects the keys of every head into scratch_ [Hkv * count, r] (float), checking the f16 range.
+  void project_keys(const tensor3_view<const float>& keys, index_t count, const char* fn) {
+    scratch_.resize(hkv_ * count, rank_);
+    for (index_t h = 0; h < hkv_; ++h) {
+      const float* kh = keys.data() + h * keys.stride(0);
+      auto dst = scratch_.middleRows(h * count, count);
+      if (identity_) {
+        for (index_t j = 0; j < count; ++j)
+          for (index_t c = 0; c < rank_; ++c) dst(j, c) = kh[j * keys.stride(1) + c * keys.stride(2)];
+      } else {
+        auto k_rows = as_eigen(matrix_view<const float>(kh, {count, d_}, {keys.stride(1), keys.stride(2)}));
+        dst.noalias() = k_rows * proj_[static_cast<std::size_t>(h)];
+      }
+    }
+    if (key_type_ == storage_type::f16) {
+      for (index_t i = 0; i < scratch_.rows(); ++i)
+        for (index_t c = 0; c < rank_; ++c)
+          AQUA_CHECK(std::abs(scratch_(i, c)) <= 65504.0f, fn, ": projected key (head ", i / count,
+                     ", token ", i % count, ", dim ", c, ") = ", scratch_(i, c),
+                     " is beyond the f16 range (65504); store keys as bf16 or f32");
+    } else if (!identity_) {
+      // A float projection of finite keys can still overflow.
+      for (index_t i = 0; i < scratch_.rows(); ++i)
+        for (index_t c = 0; c < rank_; ++c)
+          AQUA_CHECK(std::isfinite(scratch_(i, c)), fn, ": projected key (head ", i / count, ", token ",
+                     i % count, ", dim ", c, ") overflows float; scale the keys down");
+    }
+  }
+
+  /// Moves stored token src of head h to slot dst (keys in every tile, and the value row).
+  void move_token(index_t h, index_t src, index_t dst) noexcept {
+    const std::size_t kb = static_cast<std::size_t>(storage_bytes(key_type_));
+    const index_t from = key_offset(src, 0), to = key_offset(dst, 0);
+    for (index_t t = 0; t < tiles_; ++t) {
+      unsigned char* tile = keys_[static_cast<std::size_t>(h * tiles_ + t)].get();
+      const index_t width = tile_width(t);
+      // Token j of a tile sits at ((j / 16) * T + dim) * 16 + j % 16: one stride-16 walk per tile.
+      for (index_t c = 0; c < width; ++c)
+        std::memcpy(tile + static_cast<std::size_t>(to + c * block_tokens) * kb,
+                    tile + static_cast<std::size_t>(from + c * block_tokens) * kb, kb);
+    }
+    const std::size_t row = static_cast<std::size_t>(d_ * storage_bytes(value_type_));
+    unsigned char* vh = values_[static_cast<std::size_t>(h)].get();
+    std::memmove(vh + static_cast<std::size_t>(dst) * row, vh + static_cast<std::size_t>(src) * row, row);
+  }
+  /// Padding lanes of the last block stay zero so block kernels read finite numbers there.
+  void clear_padding(index_t h, index_t count) noexcept {
+    for (index_t j = count; j < round_up(count) && j < cap_; ++j)
+      for (index_t c = 0; c < rank_; ++c)
+        detail::store_element(keys_[static_cast<std::size_t>(h * tiles_ + c / tile_)].get(), key_type_,
+                              key_offset(j, c % tile_), 0.0f);
+    // Tokens evicted past the new end of the last block leave stale data behind, which no kernel
+    // reads (blocks past the last one are never visited).
+  }
+
   /// Moves the stored tokens (whole used key blocks, n_ value rows) into arrays of `new_cap` tokens.
   void reallocate(index_t new_cap) {
     const index_t used = padded_tokens();
-    for (auto& tile : keys_) {
-      auto fresh = detail::allocate_zeroed(new_cap * tile_);
-      if (used) std::memcpy(fresh.get(), tile.get(), static_cast<std::size_t>(used * tile_) * sizeof(float));
-      tile = std::move(fresh);
+    const std::uint64_t kb = static_cast<std::uint64_t>(storage_bytes(key_type_));
+    const std::uint64_t vb = static_cast<std::uint64_t>(storage_bytes(value_type_));
+    std::vector<detail::aligned_bytes> keys(keys_.size()), values(values_.size());
+    for (std::size_t i = 0; i < keys_.size(); ++i) {
+      keys[i] = detail::allocate_zeroed(std::uint64_t(new_cap) * std::uint64_t(tile_) * kb, "a key tile");
+      if (used) std::memcpy(keys[i].get(), keys_[i].get(), static_cast<std::size_t>(used * tile_ * kb));
     }
-    for (auto& vals : values_) {
-      auto fresh = detail::allocate_zeroed(new_cap * d_);
-      if (n_) std::memcpy(fresh.get(), vals.get(), static_cast<std::size_t>(n_ * d_) * sizeof(float));
-      vals = std::move(fresh);
+    for (std::size_t i = 0; i < values_.size(); ++i) {
+      values[i] =
+          detail::allocate_zeroed(std::uint64_t(new_cap) * std::uint64_t(d_) * vb, "the values of a head");
+      if (n_) std::memcpy(values[i].get(), values_[i].get(), static_cast<std::size_t>(n_ * d_ * vb));
     }
+    // Only now that every array exists: a refused allocation leaves the cache as it was.
+    keys_ = std::move(keys);
+    values_ = std::move(values);
     cap_ = new_cap;
   }
   static index_t round_up(index_t tokens) {
@@ -388,6 +579,14 @@ private:
     hkv_ = hkv;
     d_ = d;
     AQUA_CHECK(o.tile_dims >= 1, fn, ": tile_dims must be at least 1, got ", o.tile_dims);
+    AQUA_CHECK(o.key_type == storage_type::f32 || o.key_type == storage_type::bf16 ||
+                   o.key_type == storage_type::f16,
+               fn, ": key_type ", int(o.key_type), " is not a storage type");
+    AQUA_CHECK(o.value_type == storage_type::f32 || o.value_type == storage_type::bf16 ||
+                   o.value_type == storage_type::f16,
+               fn, ": value_type ", int(o.value_type), " is not a storage type");
+    key_type_ = o.key_type;
+    value_type_ = o.value_type;
     tile_ = std::min(o.tile_dims, d);
     rank_ = o.rank == 0 ? d : o.rank;
     AQUA_CHECK(rank_ >= 1 && rank_ <= d, fn, ": rank r = ", o.rank, " must lie in [1, d = ", d,
@@ -395,23 +594,22 @@ private:
     AQUA_CHECK(rank_ % tile_ == 0 || rank_ == d, fn, ": rank r = ", rank_,
                " must be a multiple of tile_dims = ", tile_, " (whole tiles) or equal d = ", d);
     AQUA_CHECK(o.capacity >= 0, fn, ": capacity must be >= 0, got ", o.capacity);
+    AQUA_CHECK(hkv <= (index_t(1) << 20) && d <= (index_t(1) << 20), fn, ": kv_heads (", hkv,
+               ") and head_dim (", d, ") must be at most 2^20");
     tiles_ = (rank_ + tile_ - 1) / tile_;
+    AQUA_CHECK(o.capacity <= max_tokens(), fn, ": capacity ", o.capacity, " exceeds the limit of ",
+               max_tokens(), " tokens for this shape and storage (arrays of at most 2^46 bytes)");
     keys_.resize(static_cast<std::size_t>(hkv_ * tiles_));
     values_.resize(static_cast<std::size_t>(hkv_));
     positions_.resize(static_cast<std::size_t>(hkv_));
     reserve(std::max<index_t>(o.capacity, block_tokens));
   }
 
-  void store_key(index_t head, index_t token, index_t dim, float x) noexcept {
-    const index_t t = dim / tile_, i = dim % tile_;
-    keys_[static_cast<std::size_t>(head * tiles_ + t)]
-        .get()[((token / block_tokens) * tile_ + i) * block_tokens + token % block_tokens] = x;
-  }
-
   index_t hkv_ = 0, d_ = 0, rank_ = 0, tile_ = 0, tiles_ = 0, n_ = 0, cap_ = 0, next_position_ = 0;
   bool identity_ = true;
-  std::vector<detail::aligned_floats> keys_;     // [Hkv * tiles]
-  std::vector<detail::aligned_floats> values_;   // [Hkv]
+  storage_type key_type_ = storage_type::f32, value_type_ = storage_type::f32;
+  std::vector<detail::aligned_bytes> keys_;      // [Hkv * tiles] of [cap / 16][tile][16] elements
+  std::vector<detail::aligned_bytes> values_;    // [Hkv] of [cap][d] elements
   std::vector<row_matrix<float>> proj_;          // [Hkv] of [d, r]
   std::vector<std::vector<index_t>> positions_;  // [Hkv][n]
   row_matrix<float> scratch_;

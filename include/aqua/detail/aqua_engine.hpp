@@ -49,7 +49,8 @@ public:
   struct worker {
     std::vector<float> scores, acc, m, alpha, qsel, qblock, qinter, qunion;
     std::vector<double> l, energy;
-    std::vector<const float*> rows, prefetch_rows, rows_inter, union_rows;
+    std::vector<const unsigned char*> rows, prefetch_rows, rows_inter, union_rows;
+    std::vector<float> values;  // prefill: 16-bit values widened for the P V product
     std::vector<char> row_used;
     std::vector<std::int32_t> dims, rank, query_dims;
     std::vector<index_t> counts, group_union;
@@ -87,6 +88,17 @@ struct profile_clock {
 };
 inline double seconds_since(profile_clock::time_point t0) {
   return std::chrono::duration<double>(profile_clock::now() - t0).count();
+}
+
+/// The row of projected dim `dim` in key block 0 of KV head kv (16 elements of the key type).
+inline const unsigned char* key_row(const kv_cache& cache, index_t kv, index_t dim) {
+  const index_t tile = cache.tile_dims();
+  return static_cast<const unsigned char*>(cache.key_tile_data(kv, dim / tile)) +
+         (dim % tile) * kv_block * storage_bytes(cache.key_type());
+}
+/// Bytes from one key block to the next within a tile.
+inline index_t key_block_bytes(const kv_cache& cache) {
+  return cache.tile_dims() * kv_block * storage_bytes(cache.key_type());
 }
 
 /// Selection of one query (or summed group) into ascending dims; returns the count.
@@ -211,7 +223,8 @@ inline double key_fraction(const decode_plan& p) {
 inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv, index_t t0, index_t t1,
                          aqua_workspace::worker& w, float* acc, float* m, double* l, float* logits_out,
                          attention_profile* prof) {
-  const index_t g = p.g, r = p.r, d = p.d, C = decode_chunk, bs = p.tile * kv_block;
+  const index_t g = p.g, r = p.r, d = p.d, C = decode_chunk, bs = key_block_bytes(cache);
+  const storage_type kt = cache.key_type(), vt = cache.value_type();
   const index_t lists = p.shared ? 1 : g;
   w.rows.resize(static_cast<std::size_t>(lists * r));
   w.scores.resize(static_cast<std::size_t>(g * C));
@@ -220,8 +233,7 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
     const index_t list = p.shared ? kv : kv * g + li;
     for (index_t s = 0; s < p.counts[list]; ++s) {
       const std::int32_t dim = p.dims[list * r + s];
-      w.rows[static_cast<std::size_t>(li * r + s)] =
-          cache.key_tile(kv, dim / p.tile) + (dim % p.tile) * kv_block;
+      w.rows[static_cast<std::size_t>(li * r + s)] = key_row(cache, kv, dim);
     }
   }
   for (index_t h = 0; h < g; ++h) {
@@ -229,7 +241,8 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
     l[h] = 0;
   }
   std::fill(acc, acc + g * d, 0.0f);
-  const float* values = cache.values(kv);
+  const auto* values = static_cast<const unsigned char*>(cache.values_data(kv));
+  const index_t value_row_bytes = d * storage_bytes(vt);
   const float* qsel = p.qsel + kv * g * r;
   float* scores = w.scores.data();
   float* alpha = w.alpha.data();
@@ -240,7 +253,7 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
     fused_args fa;
     fa.rows = w.rows.data();
     fa.ns = p.counts[p.shared ? kv : kv * g];
-    fa.block_stride = bs;
+    fa.block_bytes = bs;
     fa.values = values;
     fa.d = d;
     fa.valid_end = t1;
@@ -268,8 +281,7 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
         index_t distinct = 0;
         for (index_t dim = 0; dim < r; ++dim)
           if (w.row_used[static_cast<std::size_t>(dim)])
-            w.prefetch_rows[static_cast<std::size_t>(distinct++)] =
-                cache.key_tile(kv, dim / p.tile) + (dim % p.tile) * kv_block;
+            w.prefetch_rows[static_cast<std::size_t>(distinct++)] = key_row(cache, kv, dim);
         fa.prefetch_rows = w.prefetch_rows.data();
         fa.prefetch_count = distinct;
         // The heads' rows interleaved like their queries.
@@ -281,8 +293,8 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
         fa.rows = w.rows_inter.data();
       }
       fa.logits = logits_out ? logits_out + (kv * g + hb) * p.n : nullptr;
-      done = fused_decode(static_cast<int>(hn), !p.shared, fa, t0 / kv_block, (t1 + kv_block - 1) / kv_block,
-                          m + hb, l + hb, acc + hb * d, d);
+      done = fused_decode(static_cast<int>(hn), !p.shared, fa, kt, vt, t0 / kv_block,
+                          (t1 + kv_block - 1) / kv_block, m + hb, l + hb, acc + hb * d, d);
     }
     if (done) {
       if (prof) prof->score_seconds += seconds_since(t_start);
@@ -292,24 +304,24 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
   for (index_t t = t0; t < t1; t += C) {
     const index_t cnt = std::min(C, t1 - t), nb = (cnt + kv_block - 1) / kv_block, b0 = t / kv_block;
     auto t_start = prof ? profile_clock::now() : profile_clock::time_point();
-    const side_prefetch side{reinterpret_cast<const char*>(values + t * d),
-                             kv_block * d * index_t(sizeof(float))};
+    const side_prefetch side{reinterpret_cast<const char*>(values + t * value_row_bytes),
+                             kv_block * value_row_bytes};
     if (p.shared) {
       const index_t ns = p.counts[kv];
       for (index_t hb = 0; hb < g; hb += 4)
-        score_dispatch(static_cast<int>(std::min<index_t>(4, g - hb)), w.rows.data(), ns, qsel + hb * r, r,
-                       bs, b0, nb, scores + hb * C, C, true, hb == 0 ? side : side_prefetch{});
+        score_dispatch(static_cast<int>(std::min<index_t>(4, g - hb)), kt, w.rows.data(), ns, qsel + hb * r,
+                       r, bs, b0, nb, scores + hb * C, C, true, hb == 0 ? side : side_prefetch{});
     } else {
       // Fixed-size selections have equal counts: the heads are scored together, each on its own
       // rows. Energy selections may differ per head: one head at a time.
       if (equal) {
         for (index_t hb = 0; hb < g; hb += 4)
-          score_lists_dispatch(static_cast<int>(std::min<index_t>(4, g - hb)), w.rows.data() + hb * r, r,
+          score_lists_dispatch(static_cast<int>(std::min<index_t>(4, g - hb)), kt, w.rows.data() + hb * r, r,
                                p.counts[kv * g], qsel + hb * r, r, bs, b0, nb, scores + hb * C, C,
                                hb == 0 ? side : side_prefetch{});
       } else {
         for (index_t h = 0; h < g; ++h)
-          score_dispatch(1, w.rows.data() + h * r, p.counts[kv * g + h], qsel + h * r, r, bs, b0, nb,
+          score_dispatch(1, kt, w.rows.data() + h * r, p.counts[kv * g + h], qsel + h * r, r, bs, b0, nb,
                          scores + h * C, C, true);
       }
     }
@@ -326,8 +338,8 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
     }
     auto t_value = prof ? profile_clock::now() : profile_clock::time_point();
     for (index_t hb = 0; hb < g; hb += 4)
-      value_dispatch(static_cast<int>(std::min<index_t>(4, g - hb)), values + t * d, d, cnt, scores + hb * C,
-                     C, acc + hb * d, d, alpha + hb);
+      value_dispatch(static_cast<int>(std::min<index_t>(4, g - hb)), vt, values + t * value_row_bytes, d, cnt,
+                     scores + hb * C, C, acc + hb * d, d, alpha + hb);
     if (prof) {
       prof->score_seconds += std::chrono::duration<double>(t_soft - t_start).count();
       prof->softmax_seconds += std::chrono::duration<double>(t_value - t_soft).count();
@@ -346,20 +358,16 @@ inline void decode_head_double(const kv_cache& cache, const decode_plan& p, inde
   const std::int32_t* dims = p.dims + list * r;
   const float* qh = p.qsel + h * r;
   std::vector<double> sc(static_cast<std::size_t>(n), 0.0);
-  for (index_t s = 0; s < ns; ++s) {
-    const float* row = cache.key_tile(kv, dims[s] / p.tile) + (dims[s] % p.tile) * kv_block;
+  for (index_t s = 0; s < ns; ++s)
     for (index_t j = 0; j < n; ++j)
-      sc[static_cast<std::size_t>(j)] +=
-          double(qh[s]) * row[(j / kv_block) * p.tile * kv_block + j % kv_block];
-  }
+      sc[static_cast<std::size_t>(j)] += double(qh[s]) * cache.key(kv, j, dims[s]);
   const double mx = *std::max_element(sc.begin(), sc.end());
   double total = 0;
   for (double& x : sc) total += (x = std::exp(x - mx));
   std::vector<double> acc(static_cast<std::size_t>(d), 0.0);
-  const float* v = cache.values(kv);
   for (index_t j = 0; j < n; ++j) {
     const double w = sc[static_cast<std::size_t>(j)] / total;
-    for (index_t c = 0; c < d; ++c) acc[static_cast<std::size_t>(c)] += w * v[j * d + c];
+    for (index_t c = 0; c < d; ++c) acc[static_cast<std::size_t>(c)] += w * cache.value(kv, j, c);
   }
   for (index_t c = 0; c < d; ++c) o[c * o_stride] = static_cast<float>(acc[static_cast<std::size_t>(c)]);
 }
@@ -476,7 +484,7 @@ inline void run_decode(const kv_cache& cache, const decode_plan& p, int threads,
 /// rows and weights of the group whose first query is i are at w.union_rows / w.qunion + i * r
 /// (weights [query][dim of the union]). Returns the number of groups.
 inline index_t group_queries(aqua_workspace::worker& w, index_t rows, index_t r, const kv_cache& cache,
-                             index_t kv, index_t tile) {
+                             index_t kv) {
   const index_t ratio_num =
       prefill_union_test_ratio() > 0 ? prefill_union_test_ratio() : prefill_union_ratio_num;
   w.group_union.assign(static_cast<std::size_t>((rows + 3) / 4), 0);
@@ -501,14 +509,14 @@ inline index_t group_queries(aqua_workspace::worker& w, index_t rows, index_t r,
     w.group_union[static_cast<std::size_t>(gi)] = nu;
     // Union rows ascending (its dims in w.rank); weights of query h at qunion[i * r + h * nu + u],
     // zero where h did not select.
-    const float** urows = w.union_rows.data() + i * r;
+    const unsigned char** urows = w.union_rows.data() + i * r;
     std::int32_t* udims = w.rank.data();
     float* qu = w.qunion.data() + i * r;
     std::fill(qu, qu + hn * nu, 0.0f);
     for (index_t dim = 0, u = 0; dim < r; ++dim) {
       if (!w.row_used[static_cast<std::size_t>(dim)]) continue;
       udims[u] = static_cast<std::int32_t>(dim);
-      urows[u++] = cache.key_tile(kv, dim / tile) + (dim % tile) * kv_block;
+      urows[u++] = key_row(cache, kv, dim);
     }
     for (index_t h = 0; h < hn; ++h) {
       const index_t cnt = w.counts[static_cast<std::size_t>(i + h)];
@@ -522,13 +530,35 @@ inline index_t group_queries(aqua_workspace::worker& w, index_t rows, index_t r,
   return groups;
 }
 
+/// Which value rows a prefill worker holds widened to float (16-bit values): the first `count`
+/// rows of KV head `head`. A worker's items run head by head with growing visible counts, so each
+/// row is widened once per head.
+struct widened_rows {
+  index_t head = -1, count = 0;
+};
+inline const float* widened_values(const kv_cache& cache, index_t kv, index_t rows, aqua_workspace::worker& w,
+                                   widened_rows& state) {
+  if (cache.value_type() == storage_type::f32) return cache.values(kv);
+  const index_t d = cache.head_dim();
+  if (state.head != kv) state = widened_rows{kv, 0};
+  if (rows > state.count) {
+    w.values.resize(static_cast<std::size_t>(cache.size() * d));
+    const auto* src = static_cast<const unsigned char*>(cache.values_data(kv));
+    for (index_t i = state.count * d; i < rows * d; ++i)
+      w.values[static_cast<std::size_t>(i)] = load_element(src, cache.value_type(), i);
+    state.count = rows;
+  }
+  return w.values.data();
+}
+
 /// AQUA causal / full prefill: per (query head, block of query rows), per-query selection, scores
 /// over the tiles, softmax, then P V by Eigen GEMM on the token-major values.
 inline void run_prefill(const tensor3_view<const float>& q, const kv_cache& cache, const selection_spec& spec,
                         bool tile_mode, bool causal, double scale, int threads, aqua_workspace& ws,
                         const tensor3_view<float>& out, attention_profile* prof) {
   const index_t hq = q.extent(0), m = q.extent(1), d = q.extent(2), g = hq / cache.kv_heads();
-  const index_t n = cache.size(), r = cache.rank(), tile = cache.tile_dims(), bs = tile * kv_block;
+  const index_t n = cache.size(), r = cache.rank(), tile = cache.tile_dims(), bs = key_block_bytes(cache);
+  const storage_type kt = cache.key_type();
   constexpr index_t block_rows = 64;
   const index_t key_chunk_blocks = prefill_key_blocks;
   const index_t blocks_per_head = (m + block_rows - 1) / block_rows;
@@ -539,6 +569,7 @@ inline void run_prefill(const tensor3_view<const float>& q, const kv_cache& cach
   parallel_for(items, workers, [&](index_t begin, index_t end, int wi) {
     auto& w = ws.workers[static_cast<std::size_t>(wi)];
     attention_profile* wp = prof ? &w.profile : nullptr;
+    widened_rows widened;
     w.qsel.resize(static_cast<std::size_t>(block_rows * r));
     w.rows.resize(static_cast<std::size_t>(block_rows * r));
     w.dims.resize(static_cast<std::size_t>(r));
@@ -576,14 +607,13 @@ inline void run_prefill(const tensor3_view<const float>& q, const kv_cache& cach
           const std::int32_t dim = w.dims[static_cast<std::size_t>(s)];
           w.query_dims[static_cast<std::size_t>(i * r + s)] = dim;
           w.qsel[static_cast<std::size_t>(i * r + s)] = qp[dim];
-          w.rows[static_cast<std::size_t>(i * r + s)] =
-              cache.key_tile(kv, dim / tile) + (dim % tile) * kv_block;
+          w.rows[static_cast<std::size_t>(i * r + s)] = key_row(cache, kv, dim);
         }
       }
       auto t_score = wp ? profile_clock::now() : profile_clock::time_point();
       const index_t padded = (visible + kv_block - 1) / kv_block * kv_block;
       w.logits.resize(rows, padded);
-      const index_t groups = group_queries(w, rows, r, cache, kv, tile);
+      const index_t groups = group_queries(w, rows, r, cache, kv);
       // Key chunks outer, queries inner: a chunk's tiles stay in L2 while every query reads it.
       for (index_t kc = 0; kc < visible; kc += key_chunk_blocks * kv_block) {
         for (index_t gi = 0; gi < groups; ++gi) {
@@ -594,15 +624,15 @@ inline void run_prefill(const tensor3_view<const float>& q, const kv_cache& cach
             const index_t vis_g = causal ? first_position + i + hn : n;
             if (kc >= vis_g) continue;
             const index_t nb = std::min(key_chunk_blocks, (vis_g - kc + kv_block - 1) / kv_block);
-            score_dispatch(static_cast<int>(hn), w.union_rows.data() + i * r, nu, w.qunion.data() + i * r, nu,
-                           bs, kc / kv_block, nb, w.logits.row(i).data() + kc, w.logits.cols());
+            score_dispatch(static_cast<int>(hn), kt, w.union_rows.data() + i * r, nu, w.qunion.data() + i * r,
+                           nu, bs, kc / kv_block, nb, w.logits.row(i).data() + kc, w.logits.cols());
             continue;
           }
           for (index_t q_i = i; q_i < i + hn; ++q_i) {
             const index_t vis_i = causal ? first_position + q_i + 1 : n;
             if (kc >= vis_i) continue;
             const index_t nb = std::min(key_chunk_blocks, (vis_i - kc + kv_block - 1) / kv_block);
-            score_dispatch(1, w.rows.data() + q_i * r, w.counts[static_cast<std::size_t>(q_i)],
+            score_dispatch(1, kt, w.rows.data() + q_i * r, w.counts[static_cast<std::size_t>(q_i)],
                            w.qsel.data() + q_i * r, r, bs, kc / kv_block, nb, w.logits.row(q_i).data() + kc,
                            0);
           }
@@ -616,7 +646,7 @@ inline void run_prefill(const tensor3_view<const float>& q, const kv_cache& cach
         softmax_inplace_fast(row, visible);
       }
       auto t_value = wp ? profile_clock::now() : profile_clock::time_point();
-      Eigen::Map<const row_matrix<float>> v_rows(cache.values(kv), visible, d);
+      Eigen::Map<const row_matrix<float>> v_rows(widened_values(cache, kv, visible, w, widened), visible, d);
       auto out_rows = as_eigen(matrix_view<float>(out.data() + head * out.stride(0) + i0 * out.stride(1),
                                                   {rows, d}, {out.stride(1), out.stride(2)}));
       out_rows.noalias() = w.logits.leftCols(visible) * v_rows;

@@ -16,8 +16,8 @@
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #define AQUA_HAS_X86_SIMD 1
 #include <immintrin.h>
-#define AQUA_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#define AQUA_TARGET_AVX512 __attribute__((target("avx2,fma,avx512f")))
+#define AQUA_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define AQUA_TARGET_AVX512 __attribute__((target("avx2,fma,f16c,avx512f")))
 #else
 #define AQUA_HAS_X86_SIMD 0
 #define AQUA_TARGET_AVX2
@@ -36,7 +36,9 @@ inline int& simd_disabled() {
 
 inline bool has_avx2_fma() {
 #if AQUA_HAS_X86_SIMD
-  static const bool supported = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  // Every AVX2 CPU has F16C too (Haswell, Excavator and later); the 16-bit loads need it.
+  static const bool supported =
+      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   return supported && simd_disabled() != 1;
 #else
   return false;
@@ -47,8 +49,8 @@ inline bool has_avx2_fma() {
 /// 16-token key block, that halves the instructions per byte of a memory-bound pass.
 inline bool has_avx512f() {
 #if AQUA_HAS_X86_SIMD
-  static const bool supported =
-      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
+                                __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   return supported && simd_disabled() == 0;
 #else
   return false;
