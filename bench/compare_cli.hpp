@@ -85,7 +85,8 @@ inline void add_options(CLI::App& app, config& c) {
   auto* select = aqua_cli::choice_list(app, "--select", c.select, {"per-head", "group", "tile"},
                                        "selection modes (sweep default: tile)");
   aqua_cli::real(app, "--spectrum", c.spectrum, 0, 1e9, "TAU of the key spectrum exp(-i / TAU)", true);
-  auto* reps = aqua_cli::integer<int>(app, "--reps", c.reps, 1, 100000, "interleaved pairs (sweep default: 15)");
+  auto* reps =
+      aqua_cli::integer<int>(app, "--reps", c.reps, 1, 100000, "interleaved pairs (sweep default: 15)");
   app.add_flag("--json", c.json, "one JSON line per configuration");
   app.add_option_function<std::string>(
          "--clock", [&c](const std::string& v) { c.cpu_clock = v == "cpu"; },
@@ -100,31 +101,34 @@ inline void add_options(CLI::App& app, config& c) {
                                   "dense side: projected (decode default), plain (sweep default), reference "
                                   "(sweep only)")
                        ->check(CLI::IsMember({"projected", "plain", "reference"}));
-  auto* budget =
-      aqua_cli::integer<index_t>(app, "--budget", c.budget, 0, max_tokens, "H2O token budget of the AQUA side (0: none)");
+  auto* budget = aqua_cli::integer<index_t>(app, "--budget", c.budget, 0, max_tokens,
+                                            "H2O token budget of the AQUA side (0: none)");
   app.add_option_function<std::string>(
-         "--isa", [&c](const std::string& v) { c.isa = v; }, "kernels: auto, avx2 or portable [default: auto]")
+         "--isa", [&c](const std::string& v) { c.isa = v; },
+         "kernels: auto, avx2 or portable [default: auto]")
       ->check(CLI::IsMember({"auto", "avx2", "portable"}));
   app.add_option_function<std::string>(
-         "--probe-bytes",
-         [&c](const std::string& v) { detail::parse_bytes(v, c.probe_bytes); },
+         "--probe-bytes", [&c](const std::string& v) { detail::parse_bytes(v, c.probe_bytes); },
          "buffer of the bandwidth probe, 64K to 16G (K, M, G suffixes) [default: 1G]")
       ->check(CLI::Validator(
           [](std::string& v) -> std::string {
             std::size_t b = 0;
-            return detail::parse_bytes(v, b) ? "" : "'" + v + "' is not a size in 64K..16G (a number with an optional K, M or G suffix)";
+            return detail::parse_bytes(v, b)
+                       ? ""
+                       : "'" + v + "' is not a size in 64K..16G (a number with an optional K, M or G suffix)";
           },
           "BYTES", "bytes"));
-  auto* sweep = app.add_flag("--sweep-break-even", c.sweep, "measure the break-even N for each k and selection");
+  auto* sweep =
+      app.add_flag("--sweep-break-even", c.sweep, "measure the break-even N for each k and selection");
   app.add_option_function<std::string>(
          "--sweep-n", [&c](const std::string& v) { detail::parse_sweep_n(v, c.sweep_min, c.sweep_max); },
          "MIN:MAX of the sweep, doubling [default: 64:32768]")
       ->check(CLI::Validator(
           [](std::string& v) -> std::string {
             index_t lo = 0, hi = 0;
-            return detail::parse_sweep_n(v, lo, hi) ? ""
-                                                    : "'" + v + "' is not MIN:MAX with 16 <= MIN <= MAX <= " +
-                                                          std::to_string(max_tokens);
+            return detail::parse_sweep_n(v, lo, hi)
+                       ? ""
+                       : "'" + v + "' is not MIN:MAX with 16 <= MIN <= MAX <= " + std::to_string(max_tokens);
           },
           "MIN:MAX", "sweep_n"));
   budget->excludes(sweep);
@@ -137,24 +141,28 @@ inline void add_options(CLI::App& app, config& c) {
       if (!baseline_given) c.baseline = "plain";
     } else {
       if (!baseline_given) c.baseline = "projected";
-      if (c.baseline == "reference") throw aqua_cli::usage_error("--baseline reference is a --sweep-break-even option");
-      if (baseline_given && c.mode != "decode") throw aqua_cli::usage_error("--baseline takes effect in decode mode only");
+      if (c.baseline == "reference")
+        throw aqua_cli::usage_error("--baseline reference is a --sweep-break-even option");
+      if (baseline_given && c.mode != "decode")
+        throw aqua_cli::usage_error("--baseline takes effect in decode mode only");
     }
     if (c.hq % c.hkv != 0)
       throw aqua_cli::usage_error("--hq " + std::to_string(c.hq) + " must be a multiple of --hkv " +
                                   std::to_string(c.hkv));
     for (index_t v : c.k)
       if (v > c.d)
-        throw aqua_cli::usage_error("--k " + std::to_string(v) + " is larger than --d " + std::to_string(c.d));
+        throw aqua_cli::usage_error("--k " + std::to_string(v) + " is larger than --d " +
+                                    std::to_string(c.d));
     // Memory: keys and values (float) of the largest N in up to three caches (AQUA, plain, budget).
     index_t n_max = c.sweep ? c.sweep_max : 0;
     for (index_t v : c.n) n_max = std::max(n_max, v);
     // Prefill adds the queries and both outputs [Hq, M, d]; the probe its buffer.
     const double tokens = double(n_max) * double(c.d);
-    aqua_cli::check_memory(24.0 * double(c.hkv) * tokens + (c.mode == "prefill" ? 12.0 * double(c.hq) * tokens : 0.0) +
+    aqua_cli::check_memory(24.0 * double(c.hkv) * tokens +
+                               (c.mode == "prefill" ? 12.0 * double(c.hq) * tokens : 0.0) +
                                double(c.probe_bytes),
-                           "--n " + std::to_string(n_max) + " with --hkv " + std::to_string(c.hkv) + ", --d " +
-                               std::to_string(c.d));
+                           "--n " + std::to_string(n_max) + " with --hkv " + std::to_string(c.hkv) +
+                               ", --d " + std::to_string(c.d));
   });
 }
 

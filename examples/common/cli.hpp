@@ -75,6 +75,15 @@ bool parse_integer(const std::string& s, T& out) {
   return result.ec == std::errc() && result.ptr == last;
 }
 
+/// Whether s is written as a decimal integer (whether or not it fits a type).
+inline bool integer_syntax(const std::string& s) {
+  const std::size_t first = !s.empty() && s[0] == '-' ? 1 : 0;
+  if (s.size() == first) return false;
+  for (std::size_t i = first; i < s.size(); ++i)
+    if (s[i] < '0' || s[i] > '9') return false;
+  return true;
+}
+
 /// Finite decimal reals: digits, at most one '.', an optional exponent; no nan, inf, hex or spaces.
 inline bool parse_real(const std::string& s, double& out) {
   if (s.empty() || s.size() > 64) return false;
@@ -111,7 +120,9 @@ CLI::Validator integer_in(T lo, T hi, const std::string& why = "") {
   return CLI::Validator(
       [lo, hi, range, why](std::string& s) -> std::string {
         T v{};
-        if (!detail::parse_integer(s, v)) return "'" + s + "' is not an integer";
+        if (!detail::parse_integer(s, v))
+          return detail::integer_syntax(s) ? s + " is out of range " + range
+                                           : "'" + s + "' is not an integer";
         if (v < lo || v > hi) return s + " is out of range " + range + (why.empty() ? "" : " (" + why + ")");
         s = std::to_string(v);
         return {};
@@ -149,10 +160,12 @@ inline CLI::Validator writable_file() {
         }
         const auto slash = path.find_last_of('/');
         const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
-        if (slash != std::string::npos && slash + 1 == path.size()) return path + " names a directory, not a file";
+        if (slash != std::string::npos && slash + 1 == path.size())
+          return path + " names a directory, not a file";
         if (::stat(dir.c_str(), &st) != 0) return "the directory " + dir + " does not exist";
         if (!S_ISDIR(st.st_mode)) return dir + " is not a directory";
-        if (::access(dir.c_str(), W_OK | X_OK) != 0) return "cannot write into " + dir + ": " + std::strerror(errno);
+        if (::access(dir.c_str(), W_OK | X_OK) != 0)
+          return "cannot write into " + dir + ": " + std::strerror(errno);
         return {};
       },
       "FILE (writable)", "writable_file");
@@ -167,16 +180,20 @@ inline CLI::Validator writable_dir() {
         struct stat st {};
         if (::stat(path.c_str(), &st) == 0) {
           if (!S_ISDIR(st.st_mode)) return path + " exists and is not a directory";
-          if (::access(path.c_str(), W_OK | X_OK) != 0) return "cannot write into " + path + ": " + std::strerror(errno);
+          if (::access(path.c_str(), W_OK | X_OK) != 0)
+            return "cannot write into " + path + ": " + std::strerror(errno);
           return {};
         }
         std::string trimmed = path;
         while (trimmed.size() > 1 && trimmed.back() == '/') trimmed.pop_back();
         const auto slash = trimmed.find_last_of('/');
-        const std::string parent = slash == std::string::npos ? "." : slash == 0 ? "/" : trimmed.substr(0, slash);
+        const std::string parent = slash == std::string::npos ? "."
+                                   : slash == 0               ? "/"
+                                                              : trimmed.substr(0, slash);
         if (::stat(parent.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
           return "cannot create " + path + ": the directory " + parent + " does not exist";
-        if (::access(parent.c_str(), W_OK | X_OK) != 0) return "cannot create " + path + ": " + std::strerror(errno);
+        if (::access(parent.c_str(), W_OK | X_OK) != 0)
+          return "cannot create " + path + ": " + std::strerror(errno);
         return {};
       },
       "DIR (writable)", "writable_dir");
@@ -204,7 +221,8 @@ inline CLI::Validator readable_dir() {
         if (path.empty()) return "the directory name is empty";
         if (::stat(path.c_str(), &st) != 0) return "cannot open " + path + ": " + std::strerror(errno);
         if (!S_ISDIR(st.st_mode)) return path + " is not a directory";
-        if (::access(path.c_str(), R_OK | X_OK) != 0) return "cannot read " + path + ": " + std::strerror(errno);
+        if (::access(path.c_str(), R_OK | X_OK) != 0)
+          return "cannot read " + path + ": " + std::strerror(errno);
         return {};
       },
       "DIR (readable)", "readable_dir");
@@ -274,7 +292,8 @@ inline std::string gib_text(double bytes) {
 inline void check_memory(double bytes, const std::string& what) {
   const double have = physical_memory_bytes();
   if (have > 0 && bytes > have)
-    throw usage_error(what + " needs about " + gib_text(bytes) + " of memory; this machine has " + gib_text(have));
+    throw usage_error(what + " needs about " + gib_text(bytes) + " of memory; this machine has " +
+                      gib_text(have));
 }
 
 /// The App every tool starts from: its description, the exit-status footer, no abbreviations.
