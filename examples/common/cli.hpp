@@ -326,7 +326,8 @@ inline int parse(CLI::App& app, int argc, const char* const* argv) {
 }
 
 /// main() of a tool: parse, then run body() (which returns the exit status); an exception from the
-/// body is a runtime error (exit 1), reported as "<tool>: <what>".
+/// body is a runtime error (exit 1), reported as "<tool>: <what>", except a usage_error (exit 2: a
+/// value checked against an input's header, e.g. --max-tokens against the model's context).
 template <class Body>
 int run(CLI::App& app, int argc, const char* const* argv, Body&& body) {
   const int status = parse(app, argc, argv);
@@ -334,6 +335,9 @@ int run(CLI::App& app, int argc, const char* const* argv, Body&& body) {
   const std::string tool = app.get_name();
   try {
     return std::forward<Body>(body)();
+  } catch (const usage_error& e) {  // a value that only the input files show to be wrong
+    std::fprintf(stderr, "%s: %s (see %s --help)\n", tool.c_str(), one_line(e.what()).c_str(), tool.c_str());
+    return exit_usage_error;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s: %s\n", tool.c_str(), one_line(e.what()).c_str());
     return exit_runtime_error;

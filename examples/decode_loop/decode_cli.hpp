@@ -56,8 +56,9 @@ inline void add_options(CLI::App& app, config& c) {
   budget->excludes(fraction);
   auto* recent = aqua_cli::integer<index_t>(app, "--recent", c.recent, 0, max_tokens,
                                             "recent tokens kept, at most the budget [default: budget / 2]");
-  auto* slack = aqua_cli::integer<index_t>(app, "--slack", c.slack, 0, max_tokens,
-                                           "tokens over budget before an eviction [default: max(16, budget / 64)]");
+  auto* slack =
+      aqua_cli::integer<index_t>(app, "--slack", c.slack, 0, max_tokens,
+                                 "tokens over budget before an eviction [default: max(16, budget / 64)]");
   fraction->default_str("");
   recent->default_str("");
   slack->default_str("");
@@ -67,20 +68,25 @@ inline void add_options(CLI::App& app, config& c) {
   aqua_cli::threads(app, c.threads);
   aqua_cli::real(app, "--spectrum", c.spectrum, 0, 1e9, "TAU of the spectrum A exp(-i / TAU)", true);
   aqua_cli::real(app, "--amplitude", c.amplitude, 0, 1000, "A of the spectrum", true);
-  aqua_cli::real(app, "--query-noise", c.query_noise, 0, 1000, "fresh noise per step around each head's mean");
+  aqua_cli::real(app, "--query-noise", c.query_noise, 0, 1000,
+                 "fresh noise per step around each head's mean");
   aqua_cli::integer<unsigned>(app, "--seed", c.seed, 0, 4294967295u, "random seed");
   app.add_option_function<std::string>(
          "--clock", [&c](const std::string& v) { c.cpu_clock = v == "cpu"; },
          "wall, or cpu: process CPU time / threads [default: wall]")
       ->check(CLI::IsMember({"wall", "cpu"}));
   app.add_flag("--json", c.json, "one JSON line per interval");
-  auto* sweep = app.add_flag("--sweep-rank", c.sweep_rank, "report static key truncation for r = d/4, d/2, 3d/4, d");
+  auto* sweep =
+      app.add_flag("--sweep-rank", c.sweep_rank, "report static key truncation for r = d/4, d/2, 3d/4, d");
   sweep->excludes(budget)->excludes(fraction)->excludes(rank);
   app.callback([&c, recent, slack] {
-    if (c.hq % c.hkv != 0) throw aqua_cli::usage_error("--hq " + str(c.hq) + " must be a multiple of --hkv " + str(c.hkv));
+    if (c.hq % c.hkv != 0)
+      throw aqua_cli::usage_error("--hq " + str(c.hq) + " must be a multiple of --hkv " + str(c.hkv));
     if (c.warmup >= c.n)
-      throw aqua_cli::usage_error("--warmup " + str(c.warmup) + " must lie in [0, N) (N = --n " + str(c.n) + ")");
-    if (c.rank > c.d) throw aqua_cli::usage_error("--rank " + str(c.rank) + " is larger than --d " + str(c.d));
+      throw aqua_cli::usage_error("--warmup " + str(c.warmup) + " must lie in [0, N) (N = --n " + str(c.n) +
+                                  ")");
+    if (c.rank > c.d)
+      throw aqua_cli::usage_error("--rank " + str(c.rank) + " is larger than --d " + str(c.d));
     if (c.rank != 0 && c.rank != c.d && c.rank % c.tile != 0)
       throw aqua_cli::usage_error("--rank " + str(c.rank) + " must be a multiple of --tile " + str(c.tile) +
                                   ", or d");
@@ -93,14 +99,15 @@ inline void add_options(CLI::App& app, config& c) {
     if (c.budget == 0 && (recent->count() > 0 || slack->count() > 0))
       throw aqua_cli::usage_error("--recent and --slack need --budget or --budget-fraction");
     if (recent->count() > 0 && c.recent > c.budget)
-      throw aqua_cli::usage_error("--recent " + str(c.recent) + " is larger than the budget " + str(c.budget));
+      throw aqua_cli::usage_error("--recent " + str(c.recent) + " is larger than the budget " +
+                                  str(c.budget));
     if (recent->count() == 0) c.recent = c.budget / 2;  // H2O's split: half heavy hitters, half recent
     if (slack->count() == 0) c.slack = c.budget > 0 ? std::max<index_t>(16, c.budget / 64) : 0;
     // Memory: the AQUA cache, the full dense cache and the layer's raw keys and values (float).
     const double tokens = double(c.n) + double(c.steps);
-    aqua_cli::check_memory(24.0 * double(c.hkv) * tokens * double(c.d),
-                           "--n " + str(c.n) + " + --steps " + str(c.steps) + " with --hkv " + str(c.hkv) +
-                               ", --d " + str(c.d));
+    aqua_cli::check_memory(
+        24.0 * double(c.hkv) * tokens * double(c.d),
+        "--n " + str(c.n) + " + --steps " + str(c.steps) + " with --hkv " + str(c.hkv) + ", --d " + str(c.d));
   });
 }
 
