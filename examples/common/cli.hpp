@@ -3,8 +3,10 @@
 // count, output paths checked before any work, and one exit-code convention. Not part of the
 // library: the headers in include/ never include CLI11.
 //
-// Exit status of every tool: 0 success (also --help), 1 runtime error (a file that cannot be read
-// or written, an error reported by the library), 2 usage error (a bad flag or value; nothing ran).
+// Exit status of every tool: 0 success (also --help), 1 runtime error (an input that is malformed
+// or fails to read, an output that fails to write, an error reported by the library), 2 usage error
+// (a bad flag or value, a path that does not exist, is of the wrong kind or is not writable; nothing
+// ran).
 // A usage error is one line on stderr: "<tool>: <message> (see <tool> --help)".
 //
 // Each tool puts its options into a function `add_options(CLI::App&, config&)` in a header
@@ -41,8 +43,10 @@ enum exit_status : int { exit_ok = 0, exit_runtime_error = 1, exit_usage_error =
 
 /// The footer every tool's --help ends with.
 inline const char* const exit_status_footer =
-    "Exit status: 0 success (also --help); 1 runtime error (a file that cannot be read or written, an error "
-    "reported by the library); 2 usage error (a bad flag or value: nothing has run). See docs/errors.md.";
+    "Exit status: 0 success (also --help); 1 runtime error (an input file that is malformed or fails to "
+    "read, an output that fails to write, an error reported by the library); 2 usage error (a bad flag or "
+    "value, a path that does not exist, is of the wrong kind or cannot be written: nothing has run). See "
+    "docs/errors.md.";
 
 /// A usage error found after parsing (a combination of options): exit status 2.
 struct usage_error : CLI::ValidationError {

@@ -55,19 +55,22 @@ inline void add_options(CLI::App& app, options& o) {
       "$AQUA_DATA_DIR, ../shared/data).");
   app.add_option("--model", o.model, "llama2.c checkpoint")->check(aqua_cli::readable_file());
   app.add_option("--tokenizer", o.tokenizer, "llama2.c tokenizer")->check(aqua_cli::readable_file());
-  app.add_option("--data-dir", o.data_dir, "data directory (stories260K/, text/)")->check(aqua_cli::readable_dir());
+  app.add_option("--data-dir", o.data_dir, "data directory (stories260K/, text/)")
+      ->check(aqua_cli::readable_dir());
   aqua_cli::threads(app, o.threads);
   app.add_flag("--json", o.json, "a JSON line with the result");
   auto* prompt = app.add_option("--prompt", o.prompt, "generation: the prompt");
-  auto* steps = aqua_cli::integer(app, "--steps", o.steps, 0, max_context,
-                                  "generation: tokens to generate, at most the context (0: the whole context)");
+  auto* steps =
+      aqua_cli::integer(app, "--steps", o.steps, 0, max_context,
+                        "generation: tokens to generate, at most the context (0: the whole context)");
   auto* ppl = app.add_option("--ppl", o.ppl,
                              "perplexity of TEXT_FILE (a relative path missing here is looked up in the data "
                              "directory)")
                   ->check(CLI::Validator(
                       [](std::string& v) -> std::string {
                         std::error_code ec;
-                        if (!v.empty() && !std::filesystem::exists(v, ec) && v[0] != '/') return "";  // data dir
+                        if (!v.empty() && !std::filesystem::exists(v, ec) && v[0] != '/')
+                          return "";  // data dir
                         std::string path = v;
                         return aqua_cli::readable_file()(path);
                       },
@@ -91,21 +94,25 @@ inline void add_options(CLI::App& app, options& o) {
   auto* projection = app.add_option("--projection", o.projection,
                                     "AQUA attention with the per-head bases of an aqua_calibrate file")
                          ->check(aqua_cli::readable_file());
-  auto* identity = app.add_flag("--identity", o.identity, "AQUA attention with identity bases (no calibration)");
+  auto* identity =
+      app.add_flag("--identity", o.identity, "AQUA attention with identity bases (no calibration)");
   identity->excludes(projection);
   auto* k = aqua_cli::integer(app, "--k", o.k, 1, max_dim, "AQUA: projected dims kept per query, in [1, r]");
   k->default_str("");
-  auto* energy = aqua_cli::real(app, "--energy", o.energy, 0, 1,
-                                "AQUA: keep the fewest dims holding TAU of the query's energy, in (0, 1]", true);
+  auto* energy =
+      aqua_cli::real(app, "--energy", o.energy, 0, 1,
+                     "AQUA: keep the fewest dims holding TAU of the query's energy, in (0, 1]", true);
   energy->default_str("");
   k->excludes(energy);
-  auto* select = aqua_cli::choice(app, "--select", o.select, {"per-head", "group", "tile"},
-                                  "AQUA: per-head, group (one set per KV group; decode only, so perplexity runs "
-                                  "token by token) or tile (whole tiles per KV group)");
+  auto* select =
+      aqua_cli::choice(app, "--select", o.select, {"per-head", "group", "tile"},
+                       "AQUA: per-head, group (one set per KV group; decode only, so perplexity runs "
+                       "token by token) or tile (whole tiles per KV group)");
   auto* r = aqua_cli::integer(app, "--r", o.r, 0, max_dim,
                               "AQUA: keep only the first R projected dims of every key (0: all)");
-  auto* tile = aqua_cli::integer(app, "--tile", o.tile, 0, max_dim,
-                                 "AQUA: projected dims per key tile (0: aqua's default, or R when truncating)");
+  auto* tile =
+      aqua_cli::integer(app, "--tile", o.tile, 0, max_dim,
+                        "AQUA: projected dims per key tile (0: aqua's default, or R when truncating)");
   auto* policy = app.add_option("--policy", o.policy, "AQUA attention under a policy written by --fit-policy")
                      ->check(aqua_cli::readable_file());
   auto* fit = app.add_option("--fit-policy", o.fit_policy,
@@ -116,14 +123,15 @@ inline void add_options(CLI::App& app, options& o) {
                                  "--fit-policy: basis of the projection");
   auto* weight = aqua_cli::choice(app, "--weight", o.weight, {"none", "key-rms", "key-std"},
                                   "--fit-policy: weight of the selection score");
-  auto* budget = aqua_cli::real(app, "--budget", o.budget, 1, max_dim, "--fit-policy: mean dims per query head");
+  auto* budget =
+      aqua_cli::real(app, "--budget", o.budget, 1, max_dim, "--fit-policy: mean dims per query head");
   budget->default_str("");
   auto* alloc = aqua_cli::choice(app, "--alloc", o.alloc, {"uniform", "dp", "lagrange"},
                                  "--fit-policy: allocation of the budget over heads");
   auto* rule = aqua_cli::choice(app, "--rule", o.rule, {"fixed", "energy", "energy-head"},
                                 "--fit-policy: fixed counts, one energy threshold or one per head");
-  app.callback([&o, prompt, steps, ppl, lines, max_tokens, windows, block, dump, k, energy, select, r, tile, fit,
-                basis, weight, budget, alloc, rule] {
+  app.callback([&o, prompt, steps, ppl, lines, max_tokens, windows, block, dump, k, energy, select, r, tile,
+                fit, basis, weight, budget, alloc, rule] {
     using aqua_cli::usage_error;
     o.generate = ppl->count() == 0;
     o.steps_given = steps->count() > 0;
@@ -133,7 +141,8 @@ inline void add_options(CLI::App& app, options& o) {
         if (opt->count() > 0) throw usage_error(opt->get_name() + " needs --ppl");
     } else {
       for (const auto* opt : {prompt, steps})
-        if (opt->count() > 0) throw usage_error(opt->get_name() + " is for generation; it does not go with --ppl");
+        if (opt->count() > 0)
+          throw usage_error(opt->get_name() + " is for generation; it does not go with --ppl");
     }
     if (!o.lines.empty()) parse_lines(o.lines, o.first_line, o.last_line);
     if (o.aqua()) {
@@ -145,7 +154,8 @@ inline void add_options(CLI::App& app, options& o) {
     }
     if (tile->count() > 0 && o.select != "tile") throw usage_error("--tile needs --select tile");
     if (o.r > 0 && o.tile > 0 && o.r % o.tile != 0)
-      throw usage_error("--r " + std::to_string(o.r) + " must be a multiple of --tile " + std::to_string(o.tile));
+      throw usage_error("--r " + std::to_string(o.r) + " must be a multiple of --tile " +
+                        std::to_string(o.tile));
     if (fit->count() == 0) {
       for (const auto* opt : {basis, weight, budget, alloc, rule})
         if (opt->count() > 0) throw usage_error(opt->get_name() + " needs --fit-policy");
@@ -154,7 +164,8 @@ inline void add_options(CLI::App& app, options& o) {
       if (o.alloc == "lagrange" && o.rule != "energy-head")
         throw usage_error("--alloc lagrange needs --rule energy-head");
       if (o.rule == "energy" && o.alloc == "dp")
-        throw usage_error("--rule energy (one threshold) has no per-head budget; use energy-head with --alloc dp");
+        throw usage_error(
+            "--rule energy (one threshold) has no per-head budget; use energy-head with --alloc dp");
       if (o.rule == "fixed" && o.alloc == "uniform" && o.budget != std::floor(o.budget))
         throw usage_error("--rule fixed with --alloc uniform needs a whole --budget, got " +
                           aqua_cli::detail::real_text(o.budget));
@@ -165,7 +176,8 @@ inline void add_options(CLI::App& app, options& o) {
 /// The checks that depend on the model, from its header alone (throws aqua_cli::usage_error).
 inline void check_against_model(const options& o, const llama2c::config& c) {
   const auto over = [](const std::string& flag, double value, const std::string& limit) {
-    return aqua_cli::usage_error(flag + " " + aqua_cli::detail::real_text(value) + " exceeds the model's " + limit);
+    return aqua_cli::usage_error(flag + " " + aqua_cli::detail::real_text(value) + " exceeds the model's " +
+                                 limit);
   };
   const int d = c.head_dim();
   const std::string context = "context of " + std::to_string(c.seq_len) + " tokens";
