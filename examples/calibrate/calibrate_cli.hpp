@@ -29,11 +29,13 @@ inline void add_options(CLI::App& app, options& o) {
       "their retention figures; or the retention of an existing projection file (--projection FILE --eval "
       "DIR). A dump directory holds q_layer{l}.npy [Hq, rows, d] and k_layer{l}.npy [Hkv, rows, d], l = 0, "
       "1, ... (float32 or float64). Progress goes to stderr.");
-  auto* dumps = app.add_option("--dumps", o.dumps, "calibrate on the dumps in DIR")->check(aqua_cli::readable_dir());
-  auto* out =
-      app.add_option("--out", o.out, "write the projection set to FILE.safetensors")->check(aqua_cli::writable_file());
-  auto* projection = app.add_option("--projection", o.projection, "evaluate this projection file (with --eval)")
-                         ->check(aqua_cli::readable_file());
+  auto* dumps =
+      app.add_option("--dumps", o.dumps, "calibrate on the dumps in DIR")->check(aqua_cli::readable_dir());
+  auto* out = app.add_option("--out", o.out, "write the projection set to FILE.safetensors")
+                  ->check(aqua_cli::writable_file());
+  auto* projection =
+      app.add_option("--projection", o.projection, "evaluate this projection file (with --eval)")
+          ->check(aqua_cli::readable_file());
   projection->excludes(dumps)->excludes(out);
   app.add_option("--eval", o.eval, "also report retention on the held-out dumps in DIR")
       ->check(aqua_cli::readable_dir());
@@ -56,7 +58,8 @@ inline void add_options(CLI::App& app, options& o) {
     if (!o.projection.empty()) {
       if (o.eval.empty()) throw aqua_cli::usage_error("--projection needs --eval DIR");
     } else {
-      if (o.dumps.empty()) throw aqua_cli::usage_error("--dumps DIR is required (or --projection FILE --eval DIR)");
+      if (o.dumps.empty())
+        throw aqua_cli::usage_error("--dumps DIR is required (or --projection FILE --eval DIR)");
       if (o.out.empty()) throw aqua_cli::usage_error("--out FILE.safetensors is required with --dumps");
     }
   });
