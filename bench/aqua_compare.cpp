@@ -56,6 +56,7 @@
 
 #include "common/measure.hpp"
 #include "common/synthetic_data.hpp"
+#include "compare_cli.hpp"
 
 #include <algorithm>
 #include <array>
@@ -84,160 +85,7 @@ namespace {
 using aqua::index_t;
 using aqua_examples::bench_clock;
 
-struct config {
-  std::string mode = "decode";
-  std::vector<index_t> n = {32768};
-  index_t m = 0;  // prefill queries; 0 means M = N
-  index_t d = 128, hq = 32, hkv = 8, tile = 32;
-  std::vector<index_t> k = {32, 64, 96};
-  int threads = 1, reps = 10;
-  std::vector<std::string> select = {"per-head", "group", "tile"};
-  double spectrum = 32;
-  bool json = false;
-  bool cpu_clock = false;     // --clock cpu: process CPU time / threads (robust on a shared machine)
-  bool random_basis = false;  // --basis random: queries and keys rotated by a random basis per KV head
-  index_t budget = 0;         // --budget: H2O token budget of the AQUA side (decode); 0: no eviction
-  bool sweep = false;         // --sweep-break-even
-  index_t sweep_min = 64, sweep_max = 32768;
-  // --isa: which kernels run, auto (the widest the CPU has: AVX-512, AVX2, portable), avx2, portable
-  std::string isa = "auto";
-  std::size_t probe_bytes = std::size_t(1) << 30;  // --probe-bytes: buffer of the bandwidth probe
-  std::string
-      baseline;  // --baseline: projected | plain | reference (sweep only); default plain (sweep), projected
-};
-
-std::vector<std::string> split(const std::string& s, char sep = ',') {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, sep);)
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
-
-[[noreturn]] void usage(const char* msg) {
-  std::fprintf(stderr,
-               "aqua_compare: %s\nusage: aqua_compare [--mode decode|prefill] [--n N[,N..]] [--m M] [--d D] "
-               "[--k K[,K..]] [--hq HQ] [--hkv HKV] [--threads T] [--select per-head|group|tile[,..]] "
-               "[--tile T] [--spectrum TAU] [--reps R] [--json] [--clock wall|cpu] [--basis identity|random] "
-               "[--baseline projected|plain] [--budget TOKENS] [--isa auto|avx2|portable] [--probe-bytes B]\n"
-               "       aqua_compare --sweep-break-even [--k K[,K..]] [--select ..] [--sweep-n MIN:MAX] "
-               "[--baseline plain|projected|reference] [same options]\n",
-               msg);
-  std::exit(2);
-}
-
-config parse(int argc, char** argv) {
-  config c;
-  bool k_given = false, select_given = false, reps_given = false, baseline_given = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) usage(("missing value after " + a).c_str());
-      return argv[++i];
-    };
-    auto ints = [&](const std::string& s, char sep = ',') {
-      std::vector<index_t> v;
-      for (const auto& x : split(s, sep)) v.push_back(std::stoll(x));
-      if (v.empty()) usage(("empty list for " + a).c_str());
-      return v;
-    };
-    try {
-      if (a == "--mode")
-        c.mode = next();
-      else if (a == "--n")
-        c.n = ints(next());
-      else if (a == "--m")
-        c.m = std::stoll(next());
-      else if (a == "--d")
-        c.d = std::stoll(next());
-      else if (a == "--k")
-        c.k = ints(next()), k_given = true;
-      else if (a == "--hq")
-        c.hq = std::stoll(next());
-      else if (a == "--hkv")
-        c.hkv = std::stoll(next());
-      else if (a == "--tile")
-        c.tile = std::stoll(next());
-      else if (a == "--threads")
-        c.threads = std::stoi(next());
-      else if (a == "--select")
-        c.select = split(next()), select_given = true;
-      else if (a == "--spectrum")
-        c.spectrum = std::stod(next());
-      else if (a == "--reps")
-        c.reps = std::stoi(next()), reps_given = true;
-      else if (a == "--json")
-        c.json = true;
-      else if (a == "--budget")
-        c.budget = std::stoll(next());
-      else if (a == "--sweep-break-even")
-        c.sweep = true;
-      else if (a == "--sweep-n") {
-        const auto v = ints(next(), ':');
-        if (v.size() != 2) usage("--sweep-n takes MIN:MAX");
-        c.sweep_min = v[0];
-        c.sweep_max = v[1];
-      } else if (a == "--baseline") {
-        c.baseline = next();
-        if (c.baseline != "projected" && c.baseline != "plain" && c.baseline != "reference")
-          usage("--baseline takes projected, plain or reference");
-        baseline_given = true;
-      } else if (a == "--basis") {
-        const std::string v = next();
-        if (v != "identity" && v != "random") usage("--basis takes identity or random");
-        c.random_basis = v == "random";
-      } else if (a == "--probe-bytes") {
-        const std::string v = next();
-        std::size_t pos = 0;
-        const double x = std::stod(v, &pos);
-        const std::string unit = v.substr(pos);
-        const double scale = unit.empty()  ? 1
-                             : unit == "K" ? 1 << 10
-                             : unit == "M" ? 1 << 20
-                             : unit == "G" ? 1 << 30
-                                           : 0;
-        if (scale == 0 || !(x * scale >= 65536 && x * scale <= double(std::size_t(1) << 34)))
-          usage("--probe-bytes takes 64K to 16G (a number with an optional K, M or G suffix)");
-        c.probe_bytes = static_cast<std::size_t>(x * scale);
-      } else if (a == "--isa") {
-        c.isa = next();
-        if (c.isa != "auto" && c.isa != "avx2" && c.isa != "portable")
-          usage("--isa takes auto, avx2 or portable");
-      } else if (a == "--clock") {
-        const std::string v = next();
-        if (v != "cpu" && v != "wall") usage("--clock takes cpu or wall");
-        c.cpu_clock = v == "cpu";
-      } else if (a == "--help" || a == "-h")
-        usage("help");
-      else
-        usage(("unknown flag " + a).c_str());
-    } catch (const std::logic_error&) {
-      usage(("bad number after " + a).c_str());
-    }
-  }
-  if (c.sweep) {
-    if (!k_given) c.k = {96, 32};
-    if (!select_given) c.select = {"tile"};
-    if (!reps_given) c.reps = 15;
-    if (c.sweep_min < 16 || c.sweep_max < c.sweep_min) usage("--sweep-n needs 16 <= MIN <= MAX");
-    if (c.budget > 0) usage("--sweep-break-even does not take --budget");
-    if (!baseline_given) c.baseline = "plain";
-  } else {
-    if (!baseline_given) c.baseline = "projected";
-    if (c.baseline == "reference" || (baseline_given && c.mode != "decode"))
-      usage("--baseline reference is a --sweep-break-even option; --baseline takes effect in decode mode");
-  }
-  if (c.mode != "decode" && c.mode != "prefill") usage("--mode must be decode or prefill");
-  for (const auto& s : c.select)
-    if (s != "per-head" && s != "group" && s != "tile") usage("--select takes per-head, group or tile");
-  if (c.reps < 1 || c.threads < 1) usage("--reps and --threads must be >= 1");
-  if (c.budget < 0) usage("--budget must be >= 0");
-  if (c.d < 1 || c.hq < 1 || c.hkv < 1 || c.hq % c.hkv != 0)
-    usage("--hq must be a positive multiple of --hkv");
-  for (index_t k : c.k)
-    if (k < 1 || k > c.d) usage("--k values must lie in [1, d]");
-  return c;
-}
+using aqua_compare_cli::config;
 
 aqua::selection_mode mode_of(const std::string& s) {
   return s == "per-head" ? aqua::selection_mode::per_head
@@ -815,25 +663,24 @@ int run_sweep(const config& c, double bandwidth) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const config c = parse(argc, argv);
-  aqua::detail::simd_disabled() = c.isa == "portable" ? 1 : c.isa == "avx2" ? 2 : 0;
-  g_clock.cpu = c.cpu_clock;
-  g_clock.threads = c.threads;
-  const double bandwidth = measure_bandwidth(g_clock, c.threads, c.probe_bytes);
-  if (!c.json)
-    std::printf(
-        "memory-read bandwidth (sum over %s, best of 5, %d thread%s, %s clock): %.2f GB/s; kernels: %s\n",
-        byte_text(c.probe_bytes).c_str(), c.threads, c.threads == 1 ? "" : "s", c.cpu_clock ? "cpu" : "wall",
-        bandwidth, kernel_isa());
-  try {
+  CLI::App app{"", "aqua_compare"};
+  config c;
+  aqua_compare_cli::add_options(app, c);
+  return aqua_cli::run(app, argc, argv, [&] {
+    aqua::detail::simd_disabled() = c.isa == "portable" ? 1 : c.isa == "avx2" ? 2 : 0;
+    g_clock.cpu = c.cpu_clock;
+    g_clock.threads = c.threads;
+    const double bandwidth = measure_bandwidth(g_clock, c.threads, c.probe_bytes);
+    if (!c.json)
+      std::printf(
+          "memory-read bandwidth (sum over %s, best of 5, %d thread%s, %s clock): %.2f GB/s; kernels: %s\n",
+          byte_text(c.probe_bytes).c_str(), c.threads, c.threads == 1 ? "" : "s",
+          c.cpu_clock ? "cpu" : "wall", bandwidth, kernel_isa());
     if (c.sweep) return run_sweep(c, bandwidth);
     if (c.mode == "decode")
       run_decode(c, bandwidth);
     else
       run_prefill(c, bandwidth);
-  } catch (const aqua::error& e) {
-    std::fprintf(stderr, "aqua_compare: %s\n", e.what());
-    return 1;
-  }
-  return 0;
+    return 0;
+  });
 }

@@ -9,12 +9,15 @@
 // l = 0, 1, ... (float32 or float64). The first form calibrates on DIR, writes the projection set
 // and prints the retention table on the calibration dumps (and on --eval DIR when given); the
 // second evaluates an existing projection file. --json prints one JSON object per line instead of
-// tables. Progress goes to stderr. Exit status: 0 success, 1 bad input or failure, 2 bad usage.
+// tables. Progress goes to stderr. Exit status: 0 success, 1 bad input or failure, 2 bad usage
+// (flags, and paths that do not exist or cannot be written: checked before anything is read).
 #include <aqua/calibrate.hpp>
 #include <aqua/io.hpp>
 #include <aqua/projection.hpp>
 
 #include <nlohmann/json.hpp>
+
+#include "calibrate/calibrate_cli.hpp"
 
 #include <chrono>
 #include <cstdio>
@@ -33,91 +36,7 @@ using aqua::index_t;
 
 namespace {
 
-const char* const usage =
-    "usage:\n"
-    "  aqua_calibrate --dumps DIR --out FILE.safetensors [--source queries|keys|queries_and_keys]\n"
-    "                 [--center] [--eval DIR] [--json] [--threads N] [--max-queries N] [--max-keys N]\n"
-    "                 [--model NAME]\n"
-    "  aqua_calibrate --projection FILE.safetensors --eval DIR [--json] [--threads N] [--max-queries N]\n"
-    "                 [--max-keys N]\n"
-    "\n"
-    "A dump directory holds q_layer{l}.npy [Hq, rows, d] and k_layer{l}.npy [Hkv, rows, d], l = 0, 1, ...\n"
-    "  --source       vectors that calibrate each KV head (default queries: its g query heads stacked)\n"
-    "  --center       decompose the covariance about the mean instead of X^T X\n"
-    "  --eval DIR     also report retention on held-out dumps with the same layout\n"
-    "  --json         one JSON object per line (dataset, layer, kv_head, k, retention_topk,\n"
-    "                 retention_prefix, score_rel_err, queries) instead of tables\n"
-    "  --threads N    worker threads (default 1)\n"
-    "  --max-queries  queries per query head and layer used for retention (default 512, 0 = all)\n"
-    "  --max-keys     keys per KV head and layer scored against each query (default 1024, 0 = all)\n"
-    "  --model NAME   stored in the projection file's metadata as \"model\"\n";
-
-struct usage_error {
-  std::string message;
-};
-
-struct options {
-  std::string dumps, out, projection, eval, model;
-  aqua::calibration_source source = aqua::calibration_source::queries;
-  bool center = false, json = false;
-  int threads = 1;
-  index_t max_queries = 512, max_keys = 1024;
-};
-
-long parse_count(const std::string& flag, const std::string& text, long min) {
-  char* end = nullptr;
-  const long v = std::strtol(text.c_str(), &end, 10);
-  if (text.empty() || *end != '\0' || v < min || v > 1000000000L)
-    throw usage_error{flag + " needs an integer >= " + std::to_string(min) + ", got \"" + text + "\""};
-  return v;
-}
-
-options parse_args(int argc, char** argv) {
-  options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw usage_error{flag + " needs a value"};
-      return argv[++i];
-    };
-    if (flag == "--dumps")
-      o.dumps = value();
-    else if (flag == "--out")
-      o.out = value();
-    else if (flag == "--projection")
-      o.projection = value();
-    else if (flag == "--eval")
-      o.eval = value();
-    else if (flag == "--model")
-      o.model = value();
-    else if (flag == "--source") {
-      const std::string s = value();
-      if (s != "queries" && s != "keys" && s != "queries_and_keys")
-        throw usage_error{"--source must be queries, keys or queries_and_keys, got \"" + s + "\""};
-      o.source = aqua::parse_calibration_source(s);
-    } else if (flag == "--center")
-      o.center = true;
-    else if (flag == "--json")
-      o.json = true;
-    else if (flag == "--threads")
-      o.threads = static_cast<int>(parse_count(flag, value(), 1));
-    else if (flag == "--max-queries")
-      o.max_queries = parse_count(flag, value(), 0);
-    else if (flag == "--max-keys")
-      o.max_keys = parse_count(flag, value(), 0);
-    else
-      throw usage_error{"unknown argument \"" + flag + "\""};
-  }
-  if (!o.projection.empty()) {
-    if (!o.dumps.empty() || !o.out.empty())
-      throw usage_error{"--projection evaluates an existing file: it does not go with --dumps or --out"};
-    if (o.eval.empty()) throw usage_error{"--projection needs --eval DIR"};
-  } else {
-    if (o.dumps.empty()) throw usage_error{"--dumps DIR is required (or --projection FILE --eval DIR)"};
-    if (o.out.empty()) throw usage_error{"--out FILE.safetensors is required with --dumps"};
-  }
-  return o;
-}
+using aqua_calibrate_cli::options;
 
 [[noreturn]] void fail(const std::string& message) {
   throw std::runtime_error(message);
@@ -135,15 +54,22 @@ std::string k_path(const std::string& dir, index_t l) {
   return (fs::path(dir) / ("k_layer" + std::to_string(l) + ".npy")).string();
 }
 
+/// The number of layers of a dump directory, from its file names alone (nothing is read): q_layer{l}.npy
+/// and k_layer{l}.npy must be regular files for l = 0 .. layers-1.
 index_t count_layers(const std::string& dir) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) fail("dump directory \"" + dir + "\" does not exist or is not a directory");
+  auto must_be_file = [&](const std::string& path) {
+    if (!fs::is_regular_file(path, ec)) fail(path + " is not a regular file");
+  };
   index_t layers = 0;
-  while (fs::exists(q_path(dir, layers), ec)) ++layers;
+  while (fs::exists(q_path(dir, layers), ec)) must_be_file(q_path(dir, layers++));
   if (layers == 0) fail("dump directory \"" + dir + "\" has no q_layer0.npy");
-  for (index_t l = 0; l < layers; ++l)
+  for (index_t l = 0; l < layers; ++l) {
     if (!fs::exists(k_path(dir, l), ec))
       fail(k_path(dir, l) + " is missing (there is a " + q_path(dir, l) + ")");
+    must_be_file(k_path(dir, l));
+  }
   if (fs::exists(k_path(dir, layers), ec))
     fail(k_path(dir, layers) + " exists but " + q_path(dir, layers) + " does not");
   return layers;
@@ -275,6 +201,9 @@ void evaluate(const std::string& dataset, const std::string& dir, const aqua::pr
 }
 
 int run(const options& o) {
+  // The layouts of both dump directories before the (long) calibration.
+  if (!o.dumps.empty()) count_layers(o.dumps);
+  if (!o.eval.empty()) count_layers(o.eval);
   if (!o.projection.empty()) {
     const aqua::projection_set set = aqua::load_projection_set(o.projection);
     progress("loaded " + o.projection + " (" + std::to_string(set.layers()) + " layers, " +
@@ -321,18 +250,8 @@ int run(const options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i)
-    if (std::string(argv[i]) == "--help" || std::string(argv[i]) == "-h") {
-      std::cout << usage;
-      return 0;
-    }
-  try {
-    return run(parse_args(argc, argv));
-  } catch (const usage_error& e) {
-    std::cerr << "aqua_calibrate: " << e.message << "\n\n" << usage;
-    return 2;
-  } catch (const std::exception& e) {
-    std::cerr << "aqua_calibrate: error: " << e.what() << "\n";
-    return 1;
-  }
+  CLI::App app{"", "aqua_calibrate"};
+  options o;
+  aqua_calibrate_cli::add_options(app, o);
+  return aqua_cli::run(app, argc, argv, [&] { return run(o); });
 }

@@ -5,8 +5,11 @@
 //
 //   aqua_make_synthetic_dump DIR [--layers 2] [--query-heads 4] [--kv-heads 2] [--rows 256] [--d 32]
 //                                [--rank 4] [--seed 1]
+// Exit status: 0 success (also --help), 1 a file that fails to write, 2 bad usage.
 #include <aqua/io.hpp>
 #include <aqua/projection.hpp>
+
+#include "calibrate/make_dump_cli.hpp"
 
 #include <cstdio>
 #include <cstdlib>
@@ -16,53 +19,15 @@
 #include <string>
 #include <vector>
 
-namespace {
-
-long parse_positive(const std::string& flag, const char* text) {
-  char* end = nullptr;
-  const long v = std::strtol(text, &end, 10);
-  if (end == text || *end != '\0' || v < 1) {
-    std::cerr << "aqua_make_synthetic_dump: " << flag << " needs a positive integer, got \"" << text
-              << "\"\n";
-    std::exit(2);
-  }
-  return v;
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
-  if (argc < 2 || std::string(argv[1]) == "--help") {
-    std::cerr << "usage: aqua_make_synthetic_dump DIR [--layers L] [--query-heads HQ] [--kv-heads HKV] "
-                 "[--rows N] [--d D] [--rank R] [--seed S]\n";
-    return argc < 2 ? 2 : 0;
-  }
-  const std::string dir = argv[1];
-  long layers = 2, hq = 4, hkv = 2, rows = 256, d = 32, rank = 4, seed = 1;
-  for (int i = 2; i < argc; i += 2) {
-    const std::string flag = argv[i];
-    if (i + 1 >= argc) {
-      std::cerr << "aqua_make_synthetic_dump: " << flag << " needs a value\n";
-      return 2;
-    }
-    long* target = flag == "--layers"        ? &layers
-                   : flag == "--query-heads" ? &hq
-                   : flag == "--kv-heads"    ? &hkv
-                   : flag == "--rows"        ? &rows
-                   : flag == "--d"           ? &d
-                   : flag == "--rank"        ? &rank
-                   : flag == "--seed"        ? &seed
-                                             : nullptr;
-    if (!target) {
-      std::cerr << "aqua_make_synthetic_dump: unknown option " << flag << "\n";
-      return 2;
-    }
-    *target = parse_positive(flag, argv[i + 1]);
-  }
-  if (hq % hkv != 0 || rank > d) {
-    std::cerr << "aqua_make_synthetic_dump: need query heads a multiple of KV heads and rank <= d\n";
-    return 2;
-  }
+  CLI::App app{"", "aqua_make_synthetic_dump"};
+  aqua_make_dump_cli::options o;
+  aqua_make_dump_cli::add_options(app, o);
+  const int status = aqua_cli::parse(app, argc, argv);
+  if (status >= 0) return status;
+  const std::string& dir = o.dir;
+  const long layers = o.layers, hq = o.hq, hkv = o.hkv, rows = o.rows, d = o.d, rank = o.rank;
+  const unsigned seed = o.seed;
   try {
     std::filesystem::create_directories(dir);
     std::mt19937 rng(static_cast<std::uint32_t>(seed));

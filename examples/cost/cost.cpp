@@ -9,139 +9,23 @@
 #include <aqua/cost_model.hpp>
 
 #include "common/svg_plot.hpp"
+#include "cost/cost_cli.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 namespace {
 
-struct options {
-  aqua::cost_config config;
-  bool d_given = false, k_given = false;
-  std::optional<double> n;
-  bool json = false;
-  std::string plot;
-};
-
-[[noreturn]] void usage_error(const std::string& message) {
-  std::fprintf(stderr, "aqua_cost: %s (try --help)\n", message.c_str());
-  std::exit(2);
-}
-
-void print_help() {
-  std::printf(
-      "aqua_cost: modelled FLOPs, bytes and break-even context length of AQUA against dense attention\n"
-      "\n"
-      "Without --k or --n: the break-even table for d in {64,128,256} (or --d) and k/d in {1/8..7/8}.\n"
-      "With --k or --n: one configuration (default N = 4096), its costs, ratios and break-even.\n"
-      "\n"
-      "  --d D              head dimension (default 128)\n"
-      "  --k K              kept projected dims per query (default d)\n"
-      "  --r R              stored projected key dims, truncation (default d)\n"
-      "  --n N              context length for the ratios (default 4096)\n"
-      "  --hq H --hkv H     query and KV heads (default 1 and 1; hq a multiple of hkv)\n"
-      "  --tile T           projected dims per key tile; reads are whole tiles (default 32)\n"
-      "  --elem-bytes E     bytes per cached key/value element (default 4; 2 for fp16)\n"
-      "  --proj-bytes E     bytes per element of the projection P (default 4; 0: P stays in cache)\n"
-      "  --amortised        key projection not charged: done once per key at cache insertion (default)\n"
-      "  --per-query        key projection charged d^2 per query head (the paper's 2 d^2/(d-k))\n"
-      "  --per-new-key      key projection charged d^2 per KV head per step (what decode pays)\n"
-      "  --group-shared     one selection per GQA group (default: per head, reading the union)\n"
-      "  --union-spread S   per-head union = k + S (min(r, g k) - k), S in [0,1] (default 1, the bound)\n"
-      "  --selection-flops S  selection FLOPs per dim per query head (default 0; 'topk' = %g)\n"
-      "  --budget B         H2O token budget: at most B tokens kept and read (default 0: none)\n"
-      "  --no-values        leave the value aggregation (same for both) out of the FLOPs\n"
-      "  --json             one JSON object per line instead of text\n"
-      "  --plot FILE.svg    also write an SVG plot of modelled decode speedup against N\n",
-      aqua::selection_flops_topk);
-}
-
-double parse_number(const char* flag, const char* text) {
-  char* end = nullptr;
-  const double value = std::strtod(text, &end);
-  if (end == text || *end != '\0' || !std::isfinite(value))
-    usage_error(std::string(flag) + " needs a number, got '" + text + "'");
-  return value;
-}
-
-std::int64_t parse_integer(const char* flag, const char* text) {
-  char* end = nullptr;
-  const long long value = std::strtoll(text, &end, 10);
-  if (end == text || *end != '\0') usage_error(std::string(flag) + " needs an integer, got '" + text + "'");
-  return static_cast<std::int64_t>(value);
-}
-
-options parse(int argc, char** argv) {
-  options o;
-  auto& c = o.config;
-  bool r_given = false;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    const auto value = [&]() -> const char* {
-      if (i + 1 >= argc) usage_error(flag + " needs a value");
-      return argv[++i];
-    };
-    if (flag == "--help" || flag == "-h") {
-      print_help();
-      std::exit(0);
-    } else if (flag == "--d") {
-      c.d = parse_integer("--d", value());
-      o.d_given = true;
-    } else if (flag == "--k") {
-      c.k = parse_integer("--k", value());
-      o.k_given = true;
-    } else if (flag == "--r") {
-      c.r = parse_integer("--r", value());
-      r_given = true;
-    } else if (flag == "--n") {
-      o.n = parse_number("--n", value());
-    } else if (flag == "--hq") {
-      c.hq = parse_integer("--hq", value());
-    } else if (flag == "--hkv") {
-      c.hkv = parse_integer("--hkv", value());
-    } else if (flag == "--tile") {
-      c.tile = parse_integer("--tile", value());
-    } else if (flag == "--elem-bytes") {
-      c.elem_bytes = parse_number("--elem-bytes", value());
-    } else if (flag == "--proj-bytes") {
-      c.projection_elem_bytes = parse_number("--proj-bytes", value());
-    } else if (flag == "--amortised") {
-      c.key_projection = aqua::key_projection_cost::amortised;
-    } else if (flag == "--per-query") {
-      c.key_projection = aqua::key_projection_cost::per_query;
-    } else if (flag == "--per-new-key") {
-      c.key_projection = aqua::key_projection_cost::per_new_key;
-    } else if (flag == "--group-shared") {
-      c.sharing = aqua::selection_sharing::group_shared;
-    } else if (flag == "--union-spread") {
-      c.union_spread = parse_number("--union-spread", value());
-    } else if (flag == "--selection-flops") {
-      const char* text = value();
-      c.selection_flops_per_dim = std::strcmp(text, "topk") == 0 ? aqua::selection_flops_topk
-                                                                 : parse_number("--selection-flops", text);
-    } else if (flag == "--budget") {
-      c.token_budget = parse_integer("--budget", value());
-    } else if (flag == "--no-values") {
-      c.include_values = false;
-    } else if (flag == "--json") {
-      o.json = true;
-    } else if (flag == "--plot") {
-      o.plot = value();
-    } else {
-      usage_error("unknown option '" + flag + "'");
-    }
-  }
-  if (!o.k_given) c.k = c.d;
-  if (!r_given) c.r = 0;
-  return o;
-}
+using aqua_cost_cli::options;
 
 const char* key_projection_name(aqua::key_projection_cost kp) {
   switch (kp) {
@@ -421,7 +305,7 @@ void write_plot(const options& o) {
   const auto [y_max, y_step] = svg::y_axis_for(highest);
 
   std::FILE* f = std::fopen(o.plot.c_str(), "w");
-  if (!f) usage_error("cannot write '" + o.plot + "'");
+  if (!f) throw std::runtime_error("cannot write '" + o.plot + "': " + std::strerror(errno));
   const double width = 1100, height = 560;
   char title[256];
   std::snprintf(title, sizeof title,
@@ -448,14 +332,17 @@ void write_plot(const options& o) {
       "Dots mark the break-even length N*; generated by aqua_cost from include/aqua/cost_model.hpp (a model, "
       "not a measurement).");
   svg::end_document(f);
-  std::fclose(f);
+  const bool written = !std::ferror(f);
+  if (std::fclose(f) != 0 || !written) throw std::runtime_error("cannot write '" + o.plot + "'");
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  const options o = parse(argc, argv);
-  try {
+  CLI::App app{"", "aqua_cost"};
+  options o;
+  aqua_cost_cli::add_options(app, o);
+  return aqua_cli::run(app, argc, argv, [&] {
     if (o.k_given || o.n)
       print_configuration(o);
     else
@@ -464,9 +351,6 @@ int main(int argc, char** argv) {
       write_plot(o);
       if (!o.json) std::printf("\nwrote %s\n", o.plot.c_str());
     }
-  } catch (const aqua::error& e) {
-    std::fprintf(stderr, "aqua_cost: %s\n", e.what());
-    return 1;
-  }
-  return 0;
+    return 0;
+  });
 }

@@ -33,6 +33,7 @@
 
 #include "common/measure.hpp"
 #include "common/synthetic_data.hpp"
+#include "decode_loop/decode_cli.hpp"
 
 #include <Eigen/Core>
 
@@ -53,104 +54,7 @@ namespace {
 
 using aqua::index_t;
 
-struct config {
-  index_t n = 8192, steps = 128, interval = 16, hq = 32, hkv = 8, d = 128, k = 64, rank = 0, tile = 32;
-  index_t budget = 0, recent = -1, slack = -1, warmup = 32;
-  double budget_fraction = 0, spectrum = 32, amplitude = 2.7, query_noise = 0.5;
-  std::string select = "group";
-  int threads = 1;
-  unsigned seed = 1;
-  bool cpu_clock = false, json = false, sweep_rank = false;
-};
-
-[[noreturn]] void usage(const std::string& msg) {
-  std::fprintf(
-      stderr,
-      "aqua_decode: %s\nusage: aqua_decode [--n N] [--steps S] [--interval I] [--hq HQ] [--hkv HKV] [--d D] "
-      "[--k K] [--rank R] [--budget B | --budget-fraction F] [--recent W] [--slack S] [--warmup STEPS] "
-      "[--select group|per-head|tile] [--tile T] [--threads T] [--spectrum TAU] [--amplitude A] "
-      "[--query-noise NOISE] [--seed S] "
-      "[--clock wall|cpu] [--json] [--sweep-rank]\n",
-      msg.c_str());
-  std::exit(2);
-}
-
-config parse(int argc, char** argv) {
-  config c;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto next = [&]() -> std::string {
-      if (i + 1 >= argc) usage("missing value after " + a);
-      return argv[++i];
-    };
-    try {
-      if (a == "--n")
-        c.n = std::stoll(next());
-      else if (a == "--steps")
-        c.steps = std::stoll(next());
-      else if (a == "--interval")
-        c.interval = std::stoll(next());
-      else if (a == "--hq")
-        c.hq = std::stoll(next());
-      else if (a == "--hkv")
-        c.hkv = std::stoll(next());
-      else if (a == "--d")
-        c.d = std::stoll(next());
-      else if (a == "--k")
-        c.k = std::stoll(next());
-      else if (a == "--rank")
-        c.rank = std::stoll(next());
-      else if (a == "--tile")
-        c.tile = std::stoll(next());
-      else if (a == "--budget")
-        c.budget = std::stoll(next());
-      else if (a == "--budget-fraction")
-        c.budget_fraction = std::stod(next());
-      else if (a == "--recent")
-        c.recent = std::stoll(next());
-      else if (a == "--slack")
-        c.slack = std::stoll(next());
-      else if (a == "--warmup")
-        c.warmup = std::stoll(next());
-      else if (a == "--select")
-        c.select = next();
-      else if (a == "--threads")
-        c.threads = std::stoi(next());
-      else if (a == "--spectrum")
-        c.spectrum = std::stod(next());
-      else if (a == "--amplitude")
-        c.amplitude = std::stod(next());
-      else if (a == "--query-noise")
-        c.query_noise = std::stod(next());
-      else if (a == "--seed")
-        c.seed = unsigned(std::stoul(next()));
-      else if (a == "--clock") {
-        const std::string v = next();
-        if (v != "cpu" && v != "wall") usage("--clock takes cpu or wall");
-        c.cpu_clock = v == "cpu";
-      } else if (a == "--json")
-        c.json = true;
-      else if (a == "--sweep-rank")
-        c.sweep_rank = true;
-      else if (a == "--help" || a == "-h")
-        usage("help");
-      else
-        usage("unknown flag " + a);
-    } catch (const std::logic_error&) {
-      usage("bad number after " + a);
-    }
-  }
-  if (c.select != "group" && c.select != "per-head" && c.select != "tile")
-    usage("--select takes group, per-head or tile");
-  if (c.warmup < 0 || c.warmup >= c.n) usage("--warmup must lie in [0, N)");
-  if (c.n < 1 || c.steps < 0 || c.interval < 1 || c.threads < 1)
-    usage("--n, --interval, --threads must be >= 1");
-  if (c.budget_fraction < 0 || c.budget_fraction > 1) usage("--budget-fraction must lie in [0, 1]");
-  if (c.budget_fraction > 0) c.budget = std::max<index_t>(1, index_t(c.budget_fraction * double(c.n)));
-  if (c.recent < 0) c.recent = c.budget / 2;  // H2O's split: half heavy hitters, half recent
-  if (c.slack < 0) c.slack = c.budget > 0 ? std::max<index_t>(16, c.budget / 64) : 0;
-  return c;
-}
+using aqua_decode_cli::config;
 
 aqua::selection_mode mode_of(const std::string& s) {
   return s == "per-head" ? aqua::selection_mode::per_head
@@ -468,13 +372,12 @@ int run(const config& c) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const config c = parse(argc, argv);
-  g_threads = c.threads;
-  g_cpu_clock = c.cpu_clock;
-  try {
+  CLI::App app{"", "aqua_decode"};
+  config c;
+  aqua_decode_cli::add_options(app, c);
+  return aqua_cli::run(app, argc, argv, [&] {
+    g_threads = c.threads;
+    g_cpu_clock = c.cpu_clock;
     return c.sweep_rank ? sweep_rank(c) : run(c);
-  } catch (const aqua::error& e) {
-    std::fprintf(stderr, "aqua_decode: %s\n", e.what());
-    return 1;
-  }
+  });
 }

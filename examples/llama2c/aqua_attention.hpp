@@ -6,9 +6,10 @@
 // the layer's cache; `attend` runs aqua_decode for one new token (M = 1) and aqua_prefill for a
 // block (M > 1). The engine's own dense cache is not read: AQUA reads only its projected keys.
 //
-// Selection: per_head (each query head keeps its own top-k dims, the paper's rule) or group (one
-// set per KV group from the summed magnitudes of the group's query heads). aqua_prefill selects
-// per head in either mode, so a group-shared figure needs token-by-token decoding (M = 1).
+// Selection: per_head (each query head keeps its own top-k dims, the paper's rule), group (one
+// set per KV group from the summed magnitudes of the group's query heads) or tile (whole key tiles
+// per KV group until k dims are covered). aqua_prefill treats group as per head, so a group-shared
+// figure needs token-by-token decoding (M = 1).
 #pragma once
 
 #include <aqua/attention.hpp>
@@ -30,6 +31,9 @@ struct aqua_attention_options {
   aqua::selection_mode mode = aqua::selection_mode::per_head;
   /// Static truncation: keep the first r projected dims of every key (0 = all d).
   index_t rank = 0;
+  /// Projected dims per key tile (tile mode selects whole tiles); 0: aqua's default, or r when
+  /// truncating.
+  index_t tile_dims = 0;
   int threads = 1;
 };
 
@@ -50,8 +54,10 @@ public:
       aqua::select_count<float>(aqua::make_view(ones.data(), r), options.select);
     }
     aqua::kv_cache_options cache_options;
-    // One tile of exactly r dims when truncating (the cache keeps whole tiles), else aqua's default.
+    // One tile of exactly r dims when truncating (the cache keeps whole tiles), else aqua's default;
+    // or tile_dims when given (r must then be a multiple of it, or d).
     if (r < d) cache_options.tile_dims = r;
+    if (options.tile_dims > 0) cache_options.tile_dims = options.tile_dims;
     cache_options.rank = r;
     for (index_t l = 0; l < projections.layers(); ++l) {
       std::vector<aqua::matrix_view<const float>> bases;

@@ -90,6 +90,21 @@ public:
     return load(bytes.data(), bytes.size(), path);
   }
 
+  /// Only the header of the checkpoint at `path` (28 bytes read, validated as load() does): what a
+  /// tool checks its flags against before loading the weights.
+  static config read_config(const std::string& path) {
+    std::error_code ec;
+    AQUA_CHECK(!std::filesystem::is_directory(path, ec), "llama2c checkpoint '", path, "': is a directory");
+    std::ifstream in(path, std::ios::binary);
+    AQUA_CHECK(in.good(), "llama2c checkpoint '", path, "': cannot open the file");
+    std::int32_t h[7];
+    in.read(reinterpret_cast<char*>(h), sizeof h);
+    AQUA_CHECK(in.gcount() == static_cast<std::streamsize>(sizeof h), "llama2c checkpoint '", path,
+               "': the file is shorter than the ", header_bytes,
+               "-byte header (truncated or not a checkpoint)");
+    return parse_header(h, path);
+  }
+
   /// The same from the bytes of a checkpoint file in memory (`size` bytes at `data`, copied);
   /// errors call them `name`. The file overload reads the file and calls this one.
   static checkpoint load(const void* data, std::size_t size, const std::string& name = "<memory>") {
@@ -106,18 +121,7 @@ public:
     checkpoint ck;
     ck.path_ = path;
     config& c = ck.cfg_;
-    c.dim = h[0];
-    c.hidden_dim = h[1];
-    c.n_layers = h[2];
-    c.n_heads = h[3];
-    c.n_kv_heads = h[4];
-    c.shared_classifier = h[5] > 0;
-    // The sign of vocab_size only selects the classifier; 64-bit so that INT_MIN has a magnitude.
-    const std::int64_t vocab = h[5] < 0 ? -static_cast<std::int64_t>(h[5]) : h[5];
-    check_range(vocab, 1, max_vocab, "|vocab_size|", path);
-    c.vocab_size = static_cast<int>(vocab);
-    c.seq_len = h[6];
-    validate_header(c, path);
+    c = parse_header(h, path);
 
     const std::uint64_t expected = expected_file_size(c, path);
     AQUA_CHECK(file_size >= expected, "llama2c checkpoint '", path, "': truncated: the header (",
@@ -171,6 +175,23 @@ private:
                                 " n_heads=", c.n_heads, " n_kv_heads=", c.n_kv_heads,
                                 " vocab_size=", c.shared_classifier ? "" : "-", c.vocab_size,
                                 " seq_len=", c.seq_len);
+  }
+
+  static config parse_header(const std::int32_t (&h)[7], const std::string& path) {
+    config c;
+    c.dim = h[0];
+    c.hidden_dim = h[1];
+    c.n_layers = h[2];
+    c.n_heads = h[3];
+    c.n_kv_heads = h[4];
+    c.shared_classifier = h[5] > 0;
+    // The sign of vocab_size only selects the classifier; 64-bit so that INT_MIN has a magnitude.
+    const std::int64_t vocab = h[5] < 0 ? -static_cast<std::int64_t>(h[5]) : h[5];
+    check_range(vocab, 1, max_vocab, "|vocab_size|", path);
+    c.vocab_size = static_cast<int>(vocab);
+    c.seq_len = h[6];
+    validate_header(c, path);
+    return c;
   }
 
   static void check_range(std::int64_t value, std::int64_t lo, std::int64_t hi, const char* name,

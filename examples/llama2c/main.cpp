@@ -1,11 +1,12 @@
 // aqua_llama: a small inference engine for llama2.c checkpoints whose attention runs in aqua.
 //
+// aqua_llama --help lists every flag. Outline:
 //   aqua_llama [--model FILE] [--tokenizer FILE] [--data-dir DIR] [--threads T] [--json]
 //              [--prompt TEXT] [--steps N]                                   greedy generation
 //              --ppl TEXT_FILE [--lines A-B] [--max-tokens N] [--windows W] [--block B]
 //                    [--dump-qk DIR]                                         perplexity
 //              [--projection FILE.safetensors | --identity] (--k K | --energy TAU)
-//                    [--select per-head|group] [--r R]                       AQUA attention
+//                    [--select per-head|group|tile] [--tile T] [--r R]         AQUA attention
 //
 // Without --projection/--identity attention is exact (aqua::dense_prefill / dense_decode); with
 // one of them it is AQUA over a projected KV cache (aqua_attention.hpp), each query keeping K
@@ -28,6 +29,7 @@
 
 #include "aqua_attention.hpp"
 #include "llama2c.hpp"
+#include "llama_cli.hpp"
 #include "policy.hpp"
 #include "qk_dump.hpp"
 
@@ -37,177 +39,7 @@
 
 namespace {
 
-struct options {
-  std::string model, tokenizer, data_dir, prompt, ppl, lines, dump_qk;
-  int steps = 256, max_tokens = 512, windows = 1, threads = 1, block = 0;
-  bool json = false, generate = true;
-  // AQUA attention (used when a projection is given or --identity).
-  std::string projection, select = "per-head";
-  bool identity = false;
-  int k = 0, r = 0;
-  double energy = 0;
-  // Selection policies (policy.hpp): evaluate one, or fit one on the --ppl text.
-  std::string policy, fit_policy, basis = "queries", weight = "none", alloc = "uniform", rule = "fixed";
-  double budget = 0;
-  bool aqua() const { return identity || !projection.empty(); }
-};
-
-[[noreturn]] void usage(int code) {
-  std::fprintf(
-      code == 0 ? stdout : stderr,
-      "usage: aqua_llama [--model FILE] [--tokenizer FILE] [--data-dir DIR] [--threads T] [--json]\n"
-      "                  [--prompt TEXT] [--steps N]\n"
-      "                  | --ppl TEXT_FILE [--lines A-B] [--max-tokens N] [--windows W] [--block B]\n"
-      "                    [--dump-qk DIR]\n"
-      "                  [--projection FILE.safetensors | --identity] (--k K | --energy TAU)\n"
-      "                    [--select per-head|group] [--r R]\n"
-      "  --windows W: W consecutive windows of max-tokens (each BOS + the next tokens), 0 = all\n"
-      "  --block B: perplexity in forward calls of B tokens (1 = token by token; default all at once)\n"
-      "  --projection: AQUA attention with the per-head bases of an aqua_calibrate file\n"
-      "  --identity: AQUA attention with identity bases (no calibration)\n"
-      "  --k K / --energy TAU: projected dims kept per query: K, or the fewest holding TAU of its energy\n"
-      "  --select: per-head (default) or group (one set per KV group; decode only, so perplexity\n"
-      "            then runs token by token)\n"
-      "  --r R: keep only the first R projected dims of every key (static truncation)\n"
-      "  --policy FILE: AQUA attention under a selection policy written by --fit-policy\n"
-      "  --fit-policy OUT: fit a policy on the --ppl text (exact attention, every window minus its\n"
-      "            last position) and write it to OUT: --basis of the projection (queries: the\n"
-      "            paper's; joint / joint-centered: keys whitened by their second moment /\n"
-      "            covariance), --weight of the selection score (key-rms / key-std: |q~_i| times\n"
-      "            the RMS / std of projected keys), --budget mean dims per query head, --alloc of\n"
-      "            the budget over heads (dp: minimal calibration error at fixed counts; lagrange:\n"
-      "            per-head thresholds trading calibration error against dims), --rule fixed\n"
-      "            counts, one energy threshold (energy) or one per head (energy-head)\n");
-  std::exit(code);
-}
-
-int to_int(const char* flag, const char* text) {
-  char* end = nullptr;
-  const long v = std::strtol(text, &end, 10);
-  AQUA_CHECK(end != text && *end == '\0' && v >= 0 && v <= 1 << 30, "aqua_llama: ", flag,
-             " needs a non-negative integer, got '", text, "'");
-  return static_cast<int>(v);
-}
-
-options parse(int argc, char** argv) {
-  options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "-h" || a == "--help") usage(0);
-    if (a == "--json") {
-      o.json = true;
-      continue;
-    }
-    if (a == "--identity") {
-      o.identity = true;
-      continue;
-    }
-    static const char* const with_value[] = {
-        "--model",      "--tokenizer",  "--data-dir", "--prompt",  "--steps",   "--ppl",
-        "--lines",      "--max-tokens", "--windows",  "--dump-qk", "--threads", "--projection",
-        "--k",          "--energy",     "--select",   "--r",       "--block",   "--policy",
-        "--fit-policy", "--basis",      "--weight",   "--budget",  "--alloc",   "--rule"};
-    if (std::find(std::begin(with_value), std::end(with_value), a) == std::end(with_value)) {
-      std::fprintf(stderr, "aqua_llama: unknown argument %s\n", a.c_str());
-      usage(2);
-    }
-    if (i + 1 >= argc) {
-      std::fprintf(stderr, "aqua_llama: %s needs a value\n", a.c_str());
-      usage(2);
-    }
-    const char* v = argv[++i];
-    if (a == "--model")
-      o.model = v;
-    else if (a == "--tokenizer")
-      o.tokenizer = v;
-    else if (a == "--data-dir")
-      o.data_dir = v;
-    else if (a == "--prompt")
-      o.prompt = v;
-    else if (a == "--steps")
-      o.steps = to_int("--steps", v);
-    else if (a == "--ppl")
-      o.ppl = v, o.generate = false;
-    else if (a == "--lines")
-      o.lines = v;
-    else if (a == "--max-tokens")
-      o.max_tokens = to_int("--max-tokens", v);
-    else if (a == "--windows")
-      o.windows = to_int("--windows", v);
-    else if (a == "--dump-qk")
-      o.dump_qk = v;
-    else if (a == "--threads")
-      o.threads = to_int("--threads", v);
-    else if (a == "--block")
-      o.block = to_int("--block", v);
-    else if (a == "--projection")
-      o.projection = v;
-    else if (a == "--k")
-      o.k = to_int("--k", v);
-    else if (a == "--r")
-      o.r = to_int("--r", v);
-    else if (a == "--select")
-      o.select = v;
-    else if (a == "--policy")
-      o.policy = v;
-    else if (a == "--fit-policy")
-      o.fit_policy = v, o.generate = false;
-    else if (a == "--basis")
-      o.basis = v;
-    else if (a == "--weight")
-      o.weight = v;
-    else if (a == "--alloc")
-      o.alloc = v;
-    else if (a == "--rule")
-      o.rule = v;
-    else if (a == "--budget") {
-      char* end = nullptr;
-      o.budget = std::strtod(v, &end);
-      AQUA_CHECK(end != v && *end == '\0' && o.budget >= 1, "aqua_llama: --budget needs a number >= 1, got '",
-                 v, "'");
-    } else if (a == "--energy") {
-      char* end = nullptr;
-      o.energy = std::strtod(v, &end);
-      AQUA_CHECK(end != v && *end == '\0' && o.energy > 0 && o.energy <= 1,
-                 "aqua_llama: --energy needs a fraction in (0, 1], got '", v, "'");
-    }
-  }
-  AQUA_CHECK(!(o.identity && !o.projection.empty()),
-             "aqua_llama: --identity and --projection exclude each other");
-  AQUA_CHECK(o.select == "per-head" || o.select == "group",
-             "aqua_llama: --select must be per-head or group, got '", o.select, "'");
-  if (o.aqua())
-    AQUA_CHECK((o.k > 0) != (o.energy > 0),
-               "aqua_llama: AQUA attention needs exactly one of --k K and --energy TAU");
-  else
-    AQUA_CHECK(o.k == 0 && o.energy == 0 && o.r == 0 && o.select == "per-head",
-               "aqua_llama: --k, --energy, --select and --r need --projection FILE or --identity");
-  AQUA_CHECK(o.policy.empty() || (!o.aqua() && o.fit_policy.empty()),
-             "aqua_llama: --policy excludes --projection, --identity and --fit-policy");
-  AQUA_CHECK(o.fit_policy.empty() || (!o.ppl.empty() && !o.aqua() && o.budget >= 1),
-             "aqua_llama: --fit-policy needs --ppl TEXT and --budget K, and no --projection/--identity");
-  AQUA_CHECK(
-      o.basis == "identity" || o.basis == "queries" || o.basis == "joint" || o.basis == "joint-centered",
-      "aqua_llama: --basis must be identity, queries, joint or joint-centered, got '", o.basis, "'");
-  AQUA_CHECK(o.weight == "none" || o.weight == "key-rms" || o.weight == "key-std",
-             "aqua_llama: --weight must be none, key-rms or key-std, got '", o.weight, "'");
-  AQUA_CHECK(o.alloc == "uniform" || o.alloc == "dp" || o.alloc == "lagrange",
-             "aqua_llama: --alloc must be uniform, dp or lagrange, got '", o.alloc, "'");
-  AQUA_CHECK(o.alloc != "lagrange" || o.rule == "energy-head",
-             "aqua_llama: --alloc lagrange needs --rule energy-head");
-  AQUA_CHECK(o.rule == "fixed" || o.rule == "energy" || o.rule == "energy-head",
-             "aqua_llama: --rule must be fixed, energy or energy-head, got '", o.rule, "'");
-  AQUA_CHECK(
-      !(o.rule == "energy" && o.alloc == "dp"),
-      "aqua_llama: --rule energy (one threshold) has no per-head budget; use energy-head with --alloc dp");
-  AQUA_CHECK(!(o.rule == "fixed" && o.alloc == "uniform" && o.budget != std::floor(o.budget)),
-             "aqua_llama: --rule fixed with --alloc uniform needs a whole --budget, got ", o.budget);
-  AQUA_CHECK(o.block == 0 || !o.generate, "aqua_llama: --block needs --ppl");
-  AQUA_CHECK(o.dump_qk.empty() || !o.generate, "aqua_llama: --dump-qk needs --ppl");
-  AQUA_CHECK(o.lines.empty() || !o.generate, "aqua_llama: --lines needs --ppl");
-  AQUA_CHECK(o.windows == 1 || !o.generate, "aqua_llama: --windows needs --ppl");
-  return o;
-}
+using aqua_llama_cli::options;
 
 bool exists(const std::string& path) {
   std::error_code ec;
@@ -278,8 +110,11 @@ std::unique_ptr<llama2c::attention_backend> make_attention(const options& o, con
              " but the model has ", c.n_layers, " x ", c.n_kv_heads, " of d = ", c.head_dim());
   llama2c::aqua_attention_options a;
   a.select = o.energy > 0 ? aqua::selection_spec::energy(o.energy) : aqua::selection_spec::top_k(o.k);
-  a.mode = o.select == "group" ? aqua::selection_mode::group : aqua::selection_mode::per_head;
+  a.mode = o.select == "group"  ? aqua::selection_mode::group
+           : o.select == "tile" ? aqua::selection_mode::tile
+                                : aqua::selection_mode::per_head;
   a.rank = o.r;
+  a.tile_dims = o.tile;
   a.threads = o.threads;
   return std::make_unique<llama2c::aqua_attention>(projections, a);
 }
@@ -307,7 +142,6 @@ int fit_policy(const options& o, const llama2c::checkpoint& model,
                const std::vector<std::vector<int>>& windows) {
   const auto& c = model.cfg();
   const int layers = c.n_layers, hq = c.n_heads, hkv = c.n_kv_heads, d = c.head_dim(), heads = layers * hq;
-  AQUA_CHECK(o.budget <= d, "aqua_llama: --budget ", o.budget, " exceeds the head dimension d = ", d);
   // The reference's 511-position rule: a window's last position predicts nothing, so its query
   // (and key) stay out of the calibration rows.
   auto run_windows = [&](llama2c::attention_backend& a) {
@@ -413,7 +247,17 @@ int run(const options& o) {
                "(use --data-dir or AQUA_DATA_DIR)");
     return data_dir + "/stories260K/" + file;
   };
-  const llama2c::checkpoint model = llama2c::checkpoint::load(default_path(o.model, "stories260K.bin"));
+  const std::string model_path = default_path(o.model, "stories260K.bin");
+  // Every flag is checked before anything is loaded: those that depend on the model against its
+  // header, the text file (which may live in the data directory) for being readable.
+  aqua_llama_cli::check_against_model(o, llama2c::checkpoint::read_config(model_path));
+  const std::string text_path = o.generate ? "" : in_data_dir(o.ppl, data_dir);
+  if (!o.generate) {
+    std::string path = text_path;
+    const std::string problem = aqua_cli::readable_file()(path);
+    if (!problem.empty()) throw aqua_cli::usage_error("--ppl: " + problem);
+  }
+  const llama2c::checkpoint model = llama2c::checkpoint::load(model_path);
   const llama2c::tokenizer tok =
       llama2c::tokenizer::load(default_path(o.tokenizer, "tok512.bin"), model.cfg().vocab_size);
   const auto& c = model.cfg();
@@ -443,19 +287,10 @@ int run(const options& o) {
     return 0;
   }
 
-  const std::string text_path = in_data_dir(o.ppl, data_dir);
-  std::string text;
-  if (o.lines.empty()) {
-    text = llama2c::read_text_flat(text_path);
-  } else {
-    int first = 0, last = 0;
-    char tail = 0;
-    AQUA_CHECK(std::sscanf(o.lines.c_str(), "%d-%d%c", &first, &last, &tail) == 2,
-               "aqua_llama: --lines wants A-B, got '", o.lines, "'");
-    text = llama2c::join_lines(llama2c::read_lines(text_path), first, last, text_path);
-  }
-  const int max_tokens = o.max_tokens > 0 ? std::min(o.max_tokens, c.seq_len) : c.seq_len;
-  const auto windows = llama2c::perplexity_windows(tok, text, max_tokens, o.windows);
+  const std::string text = o.lines.empty() ? llama2c::read_text_flat(text_path)
+                                           : llama2c::join_lines(llama2c::read_lines(text_path), o.first_line,
+                                                                 o.last_line, text_path);
+  const auto windows = llama2c::perplexity_windows(tok, text, std::min(o.max_tokens, c.seq_len), o.windows);
   if (!o.fit_policy.empty()) return fit_policy(o, model, windows);
 
   llama2c::qk_dump dump(c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim());
@@ -500,10 +335,8 @@ int run(const options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
-    return run(parse(argc, argv));
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "%s\n", e.what());
-    return 1;
-  }
+  CLI::App app{"", "aqua_llama"};
+  options o;
+  aqua_llama_cli::add_options(app, o);
+  return aqua_cli::run(app, argc, argv, [&] { return run(o); });
 }

@@ -1,0 +1,169 @@
+// aqua_compare's command line (CLI11): its configuration and options, shared by the tool
+// (bench/aqua_compare.cpp) and the argument-vector fuzz target (tests/fuzz/fuzz_cli.cpp).
+// Every value and combination is checked here, before the bandwidth probe runs.
+#pragma once
+
+#include <aqua/config.hpp>
+
+#include "common/cli.hpp"
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+namespace aqua_compare_cli {
+
+using aqua::index_t;
+
+struct config {
+  std::string mode = "decode";
+  std::vector<index_t> n = {32768};
+  index_t m = 0;  // prefill queries; 0 means M = N
+  index_t d = 128, hq = 32, hkv = 8, tile = 32;
+  std::vector<index_t> k = {32, 64, 96};
+  int threads = 1, reps = 10;
+  std::vector<std::string> select = {"per-head", "group", "tile"};
+  double spectrum = 32;
+  bool json = false;
+  bool cpu_clock = false;     // --clock cpu: process CPU time / threads (robust on a shared machine)
+  bool random_basis = false;  // --basis random: queries and keys rotated by a random basis per KV head
+  index_t budget = 0;         // --budget: H2O token budget of the AQUA side (decode); 0: no eviction
+  bool sweep = false;         // --sweep-break-even
+  index_t sweep_min = 64, sweep_max = 32768;
+  // --isa: which kernels run, auto (the widest the CPU has: AVX-512, AVX2, portable), avx2, portable
+  std::string isa = "auto";
+  std::size_t probe_bytes = std::size_t(1) << 30;  // --probe-bytes: buffer of the bandwidth probe
+  std::string
+      baseline;  // --baseline: projected | plain | reference (sweep only); default plain (sweep), projected
+};
+
+constexpr index_t max_tokens = index_t(1) << 24;  // --n, --m, --budget, --sweep-n
+constexpr index_t max_dim = 4096;                 // --d, --k, --tile
+constexpr index_t max_heads = 1024;               // --hq, --hkv
+
+namespace detail {
+
+/// "64K", "16M", "1G", "65536": bytes in [64 KiB, 16 GiB].
+inline bool parse_bytes(const std::string& s, std::size_t& out) {
+  if (s.empty()) return false;
+  const char unit = s.back();
+  const std::size_t scale = unit == 'K' ? 1u << 10 : unit == 'M' ? 1u << 20 : unit == 'G' ? 1u << 30 : 1;
+  const std::string digits = scale == 1 ? s : s.substr(0, s.size() - 1);
+  std::size_t v = 0;
+  if (!aqua_cli::detail::parse_integer(digits, v) || v > (std::size_t(1) << 34) / scale) return false;
+  out = v * scale;
+  return out >= 65536 && out <= (std::size_t(1) << 34);
+}
+
+/// "MIN:MAX" with 16 <= MIN <= MAX <= max_tokens.
+inline bool parse_sweep_n(const std::string& s, index_t& lo, index_t& hi) {
+  const auto colon = s.find(':');
+  if (colon == std::string::npos) return false;
+  return aqua_cli::detail::parse_integer(s.substr(0, colon), lo) &&
+         aqua_cli::detail::parse_integer(s.substr(colon + 1), hi) && lo >= 16 && lo <= hi && hi <= max_tokens;
+}
+
+}  // namespace detail
+
+/// The options of aqua_compare into `app`, parsed into `c`; the final callback checks the
+/// combinations and fills the defaults that depend on --sweep-break-even.
+inline void add_options(CLI::App& app, config& c) {
+  aqua_cli::configure(app);
+  app.description(
+      "aqua_compare: dense vs AQUA attention side by side on identical synthetic data (decode and prefill "
+      "tables, or --sweep-break-even). Measures the memory-read bandwidth first.");
+  aqua_cli::choice(app, "--mode", c.mode, {"decode", "prefill"}, "what to compare");
+  aqua_cli::integer_list<index_t>(app, "--n", c.n, 1, max_tokens, "cache tokens N, one run per value");
+  aqua_cli::integer<index_t>(app, "--m", c.m, 0, max_tokens, "prefill queries M (0: M = N)");
+  aqua_cli::integer<index_t>(app, "--d", c.d, 1, max_dim, "head dimension d");
+  auto* k = aqua_cli::integer_list<index_t>(app, "--k", c.k, 1, max_dim,
+                                            "selected dims k, each in [1, d] (sweep default: 96,32)");
+  aqua_cli::integer<index_t>(app, "--hq", c.hq, 1, max_heads, "query heads (a multiple of --hkv)");
+  aqua_cli::integer<index_t>(app, "--hkv", c.hkv, 1, max_heads, "KV heads");
+  aqua_cli::integer<index_t>(app, "--tile", c.tile, 1, max_dim, "projected dims per key tile");
+  aqua_cli::threads(app, c.threads);
+  auto* select = aqua_cli::choice_list(app, "--select", c.select, {"per-head", "group", "tile"},
+                                       "selection modes (sweep default: tile)");
+  aqua_cli::real(app, "--spectrum", c.spectrum, 0, 1e9, "TAU of the key spectrum exp(-i / TAU)", true);
+  auto* reps =
+      aqua_cli::integer<int>(app, "--reps", c.reps, 1, 100000, "interleaved pairs (sweep default: 15)");
+  app.add_flag("--json", c.json, "one JSON line per configuration");
+  app.add_option_function<std::string>(
+         "--clock", [&c](const std::string& v) { c.cpu_clock = v == "cpu"; },
+         "wall, or cpu: process CPU time / threads (leaves out descheduled time) [default: wall]")
+      ->check(CLI::IsMember({"wall", "cpu"}));
+  app.add_option_function<std::string>(
+         "--basis", [&c](const std::string& v) { c.random_basis = v == "random"; },
+         "identity (keys already projected) or random (a random orthogonal basis per KV head) "
+         "[default: identity]")
+      ->check(CLI::IsMember({"identity", "random"}));
+  auto* baseline = app.add_option("--baseline", c.baseline,
+                                  "dense side: projected (decode default), plain (sweep default), reference "
+                                  "(sweep only)")
+                       ->check(CLI::IsMember({"projected", "plain", "reference"}));
+  auto* budget = aqua_cli::integer<index_t>(app, "--budget", c.budget, 0, max_tokens,
+                                            "H2O token budget of the AQUA side (0: none)");
+  app.add_option_function<std::string>(
+         "--isa", [&c](const std::string& v) { c.isa = v; },
+         "kernels: auto, avx2 or portable [default: auto]")
+      ->check(CLI::IsMember({"auto", "avx2", "portable"}));
+  app.add_option_function<std::string>(
+         "--probe-bytes", [&c](const std::string& v) { detail::parse_bytes(v, c.probe_bytes); },
+         "buffer of the bandwidth probe, 64K to 16G (K, M, G suffixes) [default: 1G]")
+      ->check(CLI::Validator(
+          [](std::string& v) -> std::string {
+            std::size_t b = 0;
+            return detail::parse_bytes(v, b)
+                       ? ""
+                       : "'" + v + "' is not a size in 64K..16G (a number with an optional K, M or G suffix)";
+          },
+          "BYTES", "bytes"));
+  auto* sweep =
+      app.add_flag("--sweep-break-even", c.sweep, "measure the break-even N for each k and selection");
+  app.add_option_function<std::string>(
+         "--sweep-n", [&c](const std::string& v) { detail::parse_sweep_n(v, c.sweep_min, c.sweep_max); },
+         "MIN:MAX of the sweep, doubling [default: 64:32768]")
+      ->check(CLI::Validator(
+          [](std::string& v) -> std::string {
+            index_t lo = 0, hi = 0;
+            return detail::parse_sweep_n(v, lo, hi)
+                       ? ""
+                       : "'" + v + "' is not MIN:MAX with 16 <= MIN <= MAX <= " + std::to_string(max_tokens);
+          },
+          "MIN:MAX", "sweep_n"));
+  budget->excludes(sweep);
+  app.callback([&c, k, select, reps, baseline] {
+    const bool baseline_given = baseline->count() > 0;
+    if (c.sweep) {
+      if (k->count() == 0) c.k = {96, 32};
+      if (select->count() == 0) c.select = {"tile"};
+      if (reps->count() == 0) c.reps = 15;
+      if (!baseline_given) c.baseline = "plain";
+    } else {
+      if (!baseline_given) c.baseline = "projected";
+      if (c.baseline == "reference")
+        throw aqua_cli::usage_error("--baseline reference is a --sweep-break-even option");
+      if (baseline_given && c.mode != "decode")
+        throw aqua_cli::usage_error("--baseline takes effect in decode mode only");
+    }
+    if (c.hq % c.hkv != 0)
+      throw aqua_cli::usage_error("--hq " + std::to_string(c.hq) + " must be a multiple of --hkv " +
+                                  std::to_string(c.hkv));
+    for (index_t v : c.k)
+      if (v > c.d)
+        throw aqua_cli::usage_error("--k " + std::to_string(v) + " is larger than --d " +
+                                    std::to_string(c.d));
+    // Memory: keys and values (float) of the largest N in up to three caches (AQUA, plain, budget).
+    index_t n_max = c.sweep ? c.sweep_max : 0;
+    for (index_t v : c.n) n_max = std::max(n_max, v);
+    // Prefill adds the queries and both outputs [Hq, M, d]; the probe its buffer.
+    const double tokens = double(n_max) * double(c.d);
+    aqua_cli::check_memory(24.0 * double(c.hkv) * tokens +
+                               (c.mode == "prefill" ? 12.0 * double(c.hq) * tokens : 0.0) +
+                               double(c.probe_bytes),
+                           "--n " + std::to_string(n_max) + " with --hkv " + std::to_string(c.hkv) +
+                               ", --d " + std::to_string(c.d));
+  });
+}
+
+}  // namespace aqua_compare_cli

@@ -1,0 +1,196 @@
+// aqua_llama's command line (CLI11): its options, shared by the tool (main.cpp) and the
+// argument-vector fuzz target (tests/fuzz/fuzz_cli.cpp). Parsing checks every value and
+// combination and the files named (readable inputs, writable outputs); check_against_model() then
+// checks what depends on the model (context length, head dimension) from the checkpoint's header
+// alone, before the weights, the tokenizer or the text are loaded.
+#pragma once
+
+#include "checkpoint.hpp"
+#include "common/cli.hpp"
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+namespace aqua_llama_cli {
+
+struct options {
+  std::string model, tokenizer, data_dir, prompt, ppl, lines, dump_qk;
+  int steps = 256, max_tokens = 512, windows = 1, threads = 1, block = 0;
+  bool json = false, generate = true;
+  // AQUA attention (used when a projection is given or --identity).
+  std::string projection, select = "per-head";
+  bool identity = false;
+  int k = 0, r = 0, tile = 0;
+  double energy = 0;
+  // Selection policies (policy.hpp): evaluate one, or fit one on the --ppl text.
+  std::string policy, fit_policy, basis = "queries", weight = "none", alloc = "uniform", rule = "fixed";
+  double budget = 0;
+  int first_line = 0, last_line = 0;  // --lines A-B
+  // Given explicitly: then larger than the model's context is an error; the defaults (256 steps,
+  // 512 tokens) are capped at the context of a smaller model.
+  bool steps_given = false, max_tokens_given = false;
+  bool aqua() const { return identity || !projection.empty(); }
+};
+
+constexpr int max_context = llama2c::checkpoint::max_seq_len;  // --steps, --max-tokens, --block
+constexpr int max_dim = llama2c::checkpoint::max_dim;          // --k, --r, --tile
+
+/// "A-B" with 1 <= A <= B.
+inline bool parse_lines(const std::string& s, int& first, int& last) {
+  const auto dash = s.find('-');
+  return dash != std::string::npos && aqua_cli::detail::parse_integer(s.substr(0, dash), first) &&
+         aqua_cli::detail::parse_integer(s.substr(dash + 1), last) && first >= 1 && first <= last;
+}
+
+/// The options of aqua_llama into `app`, parsed into `o`.
+inline void add_options(CLI::App& app, options& o) {
+  aqua_cli::configure(app);
+  app.description(
+      "aqua_llama: a llama2.c inference engine whose attention runs in aqua: greedy generation (default) or "
+      "perplexity (--ppl), with exact attention or AQUA (--projection FILE or --identity with --k or "
+      "--energy). Without --model/--tokenizer it loads stories260K from the data directory (--data-dir, "
+      "$AQUA_DATA_DIR, ../shared/data).");
+  app.add_option("--model", o.model, "llama2.c checkpoint")->check(aqua_cli::readable_file());
+  app.add_option("--tokenizer", o.tokenizer, "llama2.c tokenizer")->check(aqua_cli::readable_file());
+  app.add_option("--data-dir", o.data_dir, "data directory (stories260K/, text/)")
+      ->check(aqua_cli::readable_dir());
+  aqua_cli::threads(app, o.threads);
+  app.add_flag("--json", o.json, "a JSON line with the result");
+  auto* prompt = app.add_option("--prompt", o.prompt, "generation: the prompt");
+  auto* steps =
+      aqua_cli::integer(app, "--steps", o.steps, 0, max_context,
+                        "generation: tokens to generate, at most the context (0: the whole context)");
+  auto* ppl = app.add_option("--ppl", o.ppl,
+                             "perplexity of TEXT_FILE (a relative path missing here is looked up in the data "
+                             "directory)")
+                  ->check(CLI::Validator(
+                      [](std::string& v) -> std::string {
+                        std::error_code ec;
+                        if (!v.empty() && !std::filesystem::exists(v, ec) && v[0] != '/')
+                          return "";  // data dir
+                        std::string path = v;
+                        return aqua_cli::readable_file()(path);
+                      },
+                      "TEXT_FILE", "text_file"));
+  auto* lines = app.add_option("--lines", o.lines, "perplexity: lines A-B of the file, joined by spaces")
+                    ->check(CLI::Validator(
+                        [](std::string& v) -> std::string {
+                          int a = 0, b = 0;
+                          return parse_lines(v, a, b) ? "" : "'" + v + "' is not A-B with 1 <= A <= B";
+                        },
+                        "A-B", "lines"));
+  auto* max_tokens = aqua_cli::integer(app, "--max-tokens", o.max_tokens, 2, max_context,
+                                       "perplexity: tokens per window (BOS included), at most the context");
+  auto* windows = aqua_cli::integer(app, "--windows", o.windows, 0, 1 << 24,
+                                    "perplexity: consecutive windows of --max-tokens (0: all)");
+  auto* block =
+      aqua_cli::integer(app, "--block", o.block, 0, max_context,
+                        "perplexity in forward calls of B tokens (1: token by token; 0: all at once)");
+  auto* dump = app.add_option("--dump-qk", o.dump_qk, "perplexity: write q_layer*.npy / k_layer*.npy to DIR")
+                   ->check(aqua_cli::writable_dir());
+  auto* projection = app.add_option("--projection", o.projection,
+                                    "AQUA attention with the per-head bases of an aqua_calibrate file")
+                         ->check(aqua_cli::readable_file());
+  auto* identity =
+      app.add_flag("--identity", o.identity, "AQUA attention with identity bases (no calibration)");
+  identity->excludes(projection);
+  auto* k = aqua_cli::integer(app, "--k", o.k, 1, max_dim, "AQUA: projected dims kept per query, in [1, r]");
+  k->default_str("");
+  auto* energy =
+      aqua_cli::real(app, "--energy", o.energy, 0, 1,
+                     "AQUA: keep the fewest dims holding TAU of the query's energy, in (0, 1]", true);
+  energy->default_str("");
+  k->excludes(energy);
+  auto* select =
+      aqua_cli::choice(app, "--select", o.select, {"per-head", "group", "tile"},
+                       "AQUA: per-head, group (one set per KV group; decode only, so perplexity runs "
+                       "token by token) or tile (whole tiles per KV group)");
+  auto* r = aqua_cli::integer(app, "--r", o.r, 0, max_dim,
+                              "AQUA: keep only the first R projected dims of every key (0: all)");
+  auto* tile =
+      aqua_cli::integer(app, "--tile", o.tile, 0, max_dim,
+                        "AQUA: projected dims per key tile (0: aqua's default, or R when truncating)");
+  auto* policy = app.add_option("--policy", o.policy, "AQUA attention under a policy written by --fit-policy")
+                     ->check(aqua_cli::readable_file());
+  auto* fit = app.add_option("--fit-policy", o.fit_policy,
+                             "fit a selection policy on the --ppl text (exact attention) and write it to OUT")
+                  ->check(aqua_cli::writable_file());
+  policy->excludes(projection)->excludes(identity)->excludes(fit);
+  auto* basis = aqua_cli::choice(app, "--basis", o.basis, {"identity", "queries", "joint", "joint-centered"},
+                                 "--fit-policy: basis of the projection");
+  auto* weight = aqua_cli::choice(app, "--weight", o.weight, {"none", "key-rms", "key-std"},
+                                  "--fit-policy: weight of the selection score");
+  auto* budget =
+      aqua_cli::real(app, "--budget", o.budget, 1, max_dim, "--fit-policy: mean dims per query head");
+  budget->default_str("");
+  auto* alloc = aqua_cli::choice(app, "--alloc", o.alloc, {"uniform", "dp", "lagrange"},
+                                 "--fit-policy: allocation of the budget over heads");
+  auto* rule = aqua_cli::choice(app, "--rule", o.rule, {"fixed", "energy", "energy-head"},
+                                "--fit-policy: fixed counts, one energy threshold or one per head");
+  app.callback([&o, prompt, steps, ppl, lines, max_tokens, windows, block, dump, k, energy, select, r, tile,
+                fit, basis, weight, budget, alloc, rule] {
+    using aqua_cli::usage_error;
+    o.generate = ppl->count() == 0;
+    o.steps_given = steps->count() > 0;
+    o.max_tokens_given = max_tokens->count() > 0;
+    if (o.generate) {
+      for (const auto* opt : {lines, max_tokens, windows, block, dump, fit})
+        if (opt->count() > 0) throw usage_error(opt->get_name() + " needs --ppl");
+    } else {
+      for (const auto* opt : {prompt, steps})
+        if (opt->count() > 0)
+          throw usage_error(opt->get_name() + " is for generation; it does not go with --ppl");
+    }
+    if (!o.lines.empty()) parse_lines(o.lines, o.first_line, o.last_line);
+    if (o.aqua()) {
+      if (k->count() == 0 && energy->count() == 0)
+        throw usage_error("AQUA attention (--projection or --identity) needs --k K or --energy TAU");
+    } else {
+      for (const auto* opt : {k, energy, select, r, tile})
+        if (opt->count() > 0) throw usage_error(opt->get_name() + " needs --projection FILE or --identity");
+    }
+    if (tile->count() > 0 && o.select != "tile") throw usage_error("--tile needs --select tile");
+    if (o.r > 0 && o.tile > 0 && o.r % o.tile != 0)
+      throw usage_error("--r " + std::to_string(o.r) + " must be a multiple of --tile " +
+                        std::to_string(o.tile));
+    if (fit->count() == 0) {
+      for (const auto* opt : {basis, weight, budget, alloc, rule})
+        if (opt->count() > 0) throw usage_error(opt->get_name() + " needs --fit-policy");
+    } else {
+      if (budget->count() == 0) throw usage_error("--fit-policy needs --budget K");
+      if (o.alloc == "lagrange" && o.rule != "energy-head")
+        throw usage_error("--alloc lagrange needs --rule energy-head");
+      if (o.rule == "energy" && o.alloc == "dp")
+        throw usage_error(
+            "--rule energy (one threshold) has no per-head budget; use energy-head with --alloc dp");
+      if (o.rule == "fixed" && o.alloc == "uniform" && o.budget != std::floor(o.budget))
+        throw usage_error("--rule fixed with --alloc uniform needs a whole --budget, got " +
+                          aqua_cli::detail::real_text(o.budget));
+    }
+  });
+}
+
+/// The checks that depend on the model, from its header alone (throws aqua_cli::usage_error).
+inline void check_against_model(const options& o, const llama2c::config& c) {
+  const auto over = [](const std::string& flag, double value, const std::string& limit) {
+    return aqua_cli::usage_error(flag + " " + aqua_cli::detail::real_text(value) + " exceeds the model's " +
+                                 limit);
+  };
+  const int d = c.head_dim();
+  const std::string context = "context of " + std::to_string(c.seq_len) + " tokens";
+  const std::string head_dim = "head dimension " + std::to_string(d);
+  if (o.steps_given && o.steps > c.seq_len) throw over("--steps", o.steps, context);
+  if (o.max_tokens_given && o.max_tokens > c.seq_len) throw over("--max-tokens", o.max_tokens, context);
+  if (o.block > c.seq_len) throw over("--block", o.block, context);
+  if (o.r > d) throw over("--r", o.r, head_dim);
+  if (o.tile > d) throw over("--tile", o.tile, head_dim);
+  if (o.k > d) throw over("--k", o.k, head_dim);
+  if (o.r > 0 && o.k > o.r)
+    throw aqua_cli::usage_error("--k " + std::to_string(o.k) + " is larger than --r " + std::to_string(o.r));
+  if (!o.fit_policy.empty() && o.budget > d) throw over("--budget", o.budget, head_dim);
+}
+
+}  // namespace aqua_llama_cli
