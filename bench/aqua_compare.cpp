@@ -104,10 +104,16 @@ struct synthetic {
     if (c.random_basis) bases = aqua_examples::random_orthogonal_bases(c.hkv, c.d, bases_rng);
   }
   aqua::kv_cache make_cache(index_t capacity) const {
+    return make_cache(capacity, c.key_type, c.value_type, !bases.empty());
+  }
+  aqua::kv_cache make_cache(index_t capacity, aqua::storage_type key_type, aqua::storage_type value_type,
+                            bool projected) const {
     aqua::kv_cache_options opt;
     opt.tile_dims = c.tile;
     opt.capacity = capacity;
-    if (bases.empty()) return aqua::kv_cache(c.hkv, c.d, opt);
+    opt.key_type = key_type;
+    opt.value_type = value_type;
+    if (!projected) return aqua::kv_cache(c.hkv, c.d, opt);
     return aqua::kv_cache(aqua_examples::basis_views(bases), opt);
   }
   std::vector<float> queries(index_t rows_per_head, unsigned seed) const {
@@ -206,7 +212,14 @@ struct result {
   double aqua_select_ms = -1;  // prefill: the part of aqua_score_ms spent projecting and selecting
   index_t budget = 0;
   std::string basis = "identity";
+  double storage_err = -1;  // decode, 16-bit storage: dense over this cache against dense over f32
 };
+
+/// "bf16", or "bf16/f16" when keys and values are stored differently.
+std::string storage_label(const config& c) {
+  if (c.key_type == c.value_type) return aqua::storage_name(c.key_type);
+  return std::string(aqua::storage_name(c.key_type)) + "/" + aqua::storage_name(c.value_type);
+}
 
 void print(const config& c, const result& r, bool header) {
   if (c.json) {
@@ -223,6 +236,9 @@ void print(const config& c, const result& r, bool header) {
           "\"aqua_select_ms\":%.4f",
           (long long)r.m, r.dense_score_ms, r.aqua_score_ms, r.score_speedup, r.aqua_select_ms);
     if (r.budget > 0) std::printf(",\"budget\":%lld", (long long)r.budget);
+    if (r.storage_err >= 0) std::printf(",\"storage_err\":%.6g", r.storage_err);
+    std::printf(",\"key_type\":\"%s\",\"value_type\":\"%s\"", aqua::storage_name(c.key_type),
+                aqua::storage_name(c.value_type));
     std::printf(
         ",\"basis\":\"%s\",\"baseline\":\"%s\",\"clock\":\"%s\",\"isa\":\"%s\",\"probe_bytes\":%zu}\n",
         r.basis.c_str(), c.baseline.c_str(), c.cpu_clock ? "cpu" : "wall", kernel_isa(), c.probe_bytes);
@@ -234,6 +250,8 @@ void print(const config& c, const result& r, bool header) {
       if (r.mode == "prefill")
         std::printf(" %9s %9s %7s %9s", "dscore_ms", "ascore_ms", "s_spdup", "asel_ms");
       if (r.budget > 0) std::printf(" %7s", "budget");
+      std::printf(" %-8s", "kv");
+      if (r.storage_err >= 0) std::printf(" %9s", "store_err");
       std::printf("\n");
     }
     std::printf(
@@ -245,6 +263,8 @@ void print(const config& c, const result& r, bool header) {
       std::printf(" %9.3f %9.3f %7.3f %9.3f", r.dense_score_ms, r.aqua_score_ms, r.score_speedup,
                   r.aqua_select_ms);
     if (r.budget > 0) std::printf(" %7lld", (long long)r.budget);
+    std::printf(" %-8s", storage_label(c).c_str());
+    if (r.storage_err >= 0) std::printf(" %9.3g", r.storage_err);
     std::printf("\n");
   }
   std::fflush(stdout);
@@ -318,7 +338,7 @@ void run_decode(const config& c, double bandwidth) {
     // --baseline plain with a random basis: dense runs on a cache without projection holding the
     // raw keys (with the identity basis the projected cache is that cache already).
     const bool separate_plain = c.baseline == "plain" && !data.bases.empty();
-    aqua::kv_cache plain(c.hkv, c.d, {c.tile, 0, separate_plain ? n : 1});
+    aqua::kv_cache plain = data.make_cache(separate_plain ? n : 1, c.key_type, c.value_type, false);
     auto fill = [&](aqua::kv_cache& target, bool keep_plain) {
       std::mt19937 rng(1000);  // the same seed: an evicted copy holds the same tokens
       aqua_examples::append_spectrum_tokens(rng, data.spectrum, data.bases, n, {&target},
@@ -340,6 +360,20 @@ void run_decode(const config& c, double bandwidth) {
       return m;
     };
     const auto q = c.budget > 0 ? persistent_query(8) : data.queries(1, 7);
+    // 16-bit storage: the error it adds, dense over this cache against dense over the same tokens
+    // stored in f32.
+    double storage_err = -1;
+    if (c.key_type != aqua::storage_type::f32 || c.value_type != aqua::storage_type::f32) {
+      aqua::kv_cache f32 =
+          data.make_cache(n, aqua::storage_type::f32, aqua::storage_type::f32, !data.bases.empty());
+      std::mt19937 rng(1000);
+      aqua_examples::append_spectrum_tokens(rng, data.spectrum, data.bases, n, {&f32},
+                                            [](const float*, const float*, index_t) {});
+      std::vector<float> o16(std::size_t(c.hq * c.d)), o32(o16.size());
+      aqua::dense_decode(aqua::make_view(q.data(), c.hq, c.d), cache, aqua::make_view(o16.data(), c.hq, c.d));
+      aqua::dense_decode(aqua::make_view(q.data(), c.hq, c.d), f32, aqua::make_view(o32.data(), c.hq, c.d));
+      storage_err = aqua_examples::rel_l2(o16, o32);
+    }
     const double key_bytes = double(cache.key_bytes()), value_bytes = double(cache.value_bytes());
     for (const auto& sel : c.select)
       for (index_t k : c.k) {
@@ -381,6 +415,7 @@ void run_decode(const config& c, double bandwidth) {
         r.rel_err = m.rel_err;
         r.budget = evicted ? c.budget : 0;
         r.basis = c.random_basis ? "random" : "identity";
+        r.storage_err = storage_err;
         print(c, r, header);
         header = false;
       }
@@ -542,7 +577,7 @@ int run_sweep(const config& c, double bandwidth) {
     aqua::kv_cache cache = data.make_cache(cap);
     // --baseline plain: the raw keys in a cache without projection (the same tiled kernel, no q~ = q P);
     // --baseline reference: the raw keys and values token-major, [Hkv, cap, d].
-    aqua::kv_cache plain = aqua::kv_cache(c.hkv, c.d, {c.tile, 0, c.baseline == "plain" ? cap : 1});
+    aqua::kv_cache plain = data.make_cache(c.baseline == "plain" ? cap : 1, c.key_type, c.value_type, false);
     std::vector<float> raw_k, raw_v;
     if (c.baseline == "reference") {
       raw_k.resize(std::size_t(c.hkv * cap * c.d));

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <aqua/config.hpp>
+#include <aqua/float16.hpp>
 
 #include "common/cli.hpp"
 
@@ -33,6 +34,8 @@ struct config {
   // --isa: which kernels run, auto (the widest the CPU has: AVX-512, AVX2, portable), avx2, portable
   std::string isa = "auto";
   std::size_t probe_bytes = std::size_t(1) << 30;  // --probe-bytes: buffer of the bandwidth probe
+  // --kv-type (both), --key-type, --value-type: how the caches store keys and values
+  aqua::storage_type key_type = aqua::storage_type::f32, value_type = aqua::storage_type::f32;
   std::string
       baseline;  // --baseline: projected | plain | reference (sweep only); default plain (sweep), projected
 };
@@ -42,6 +45,12 @@ constexpr index_t max_dim = 4096;                 // --d, --k, --tile
 constexpr index_t max_heads = 1024;               // --hq, --hkv
 
 namespace detail {
+
+inline aqua::storage_type storage_of(const std::string& name) {
+  return name == "bf16"  ? aqua::storage_type::bf16
+         : name == "f16" ? aqua::storage_type::f16
+                         : aqua::storage_type::f32;
+}
 
 /// "64K", "16M", "1G", "65536": bytes in [64 KiB, 16 GiB].
 inline bool parse_bytes(const std::string& s, std::size_t& out) {
@@ -118,6 +127,21 @@ inline void add_options(CLI::App& app, config& c) {
                        : "'" + v + "' is not a size in 64K..16G (a number with an optional K, M or G suffix)";
           },
           "BYTES", "bytes"));
+  auto* kv_type =
+      app.add_option_function<std::string>(
+             "--kv-type", [&c](const std::string& v) { c.key_type = c.value_type = detail::storage_of(v); },
+             "storage of keys and values: f32, bf16 or f16 [default: f32]")
+          ->check(CLI::IsMember({"f32", "bf16", "f16"}));
+  app.add_option_function<std::string>(
+         "--key-type", [&c](const std::string& v) { c.key_type = detail::storage_of(v); },
+         "storage of the keys alone: f32, bf16 or f16")
+      ->check(CLI::IsMember({"f32", "bf16", "f16"}))
+      ->excludes(kv_type);
+  app.add_option_function<std::string>(
+         "--value-type", [&c](const std::string& v) { c.value_type = detail::storage_of(v); },
+         "storage of the values alone: f32, bf16 or f16")
+      ->check(CLI::IsMember({"f32", "bf16", "f16"}))
+      ->excludes(kv_type);
   auto* sweep =
       app.add_flag("--sweep-break-even", c.sweep, "measure the break-even N for each k and selection");
   app.add_option_function<std::string>(
