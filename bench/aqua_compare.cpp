@@ -13,7 +13,11 @@
 // are already projected (no query projection at run time); --basis random rotates queries and keys
 // by a random orthogonal basis per KV head, so AQUA pays q~ = q P on every call, as in a model.
 //
-// Usage: aqua_compare [--mode decode|prefill] [--n 32768[,..]] [--m M] [--d 128] [--k 32,64,96]
+// --mode views: exact dense decode over an engine's own token-major buffers (aqua::dense_decode on
+// views [Hkv, N, d] laid out [N][Hkv][d] as llama.cpp keeps them, elements of --kv-type) against
+// dense decode over the tiled kv_cache holding the same tokens, interleaved; speedup is cache time
+// / views time (1: the views path is as fast as the cache path).
+// Usage: aqua_compare [--mode decode|prefill|views] [--n 32768[,..]] [--m M] [--d 128] [--k 32,64,96]
 //                     [--hq 32] [--hkv 8] [--threads 1] [--select per-head,group,tile]
 //                     [--tile 32] [--spectrum 32] [--reps 10] [--json] [--clock wall|cpu]
 //                     [--basis identity|random] [--baseline projected|plain] [--budget TOKENS]
@@ -422,6 +426,86 @@ void run_decode(const config& c, double bandwidth) {
   }
 }
 
+void run_views(const config& c, double bandwidth) {
+  bool header = true;
+  const synthetic data(c);
+  for (index_t n : c.n) {
+    aqua::kv_cache cache = data.make_cache(n);
+    aqua::detail::with_storage(c.key_type, [&](auto key_tag) {
+      aqua::detail::with_storage(c.value_type, [&](auto value_tag) {
+        using K = decltype(key_tag);
+        using V = decltype(value_tag);
+        // The engine's buffers, token-major: [N][Hkv][d] as llama.cpp lays out its K and V
+        // (--layout interleaved), or [Hkv][N][d] (head-major).
+        const bool interleaved = c.layout == "interleaved";
+        // Allocated like the cache's arrays (2 MB aligned, transparent huge pages where Linux has
+        // them) unless --engine-pages 4k: then the kernels are compared on the same page size.
+        const std::size_t count = std::size_t(n * c.hkv * c.d);
+        aqua::detail::use_huge_pages() = c.engine_huge_pages;
+        auto kmem = aqua::detail::allocate_zeroed(count * sizeof(K), "the engine's keys");
+        auto vmem = aqua::detail::allocate_zeroed(count * sizeof(V), "the engine's values");
+        aqua::detail::use_huge_pages() = true;
+        K* kbuf = reinterpret_cast<K*>(kmem.get());
+        V* vbuf = reinterpret_cast<V*>(vmem.get());
+        index_t filled = 0;
+        std::mt19937 rng(1000);
+        aqua_examples::append_spectrum_tokens(
+            rng, data.spectrum, data.bases, n, {&cache},
+            [&](const float* keys, const float* values, index_t cnt) {
+              for (index_t h = 0; h < c.hkv; ++h)
+                for (index_t j = 0; j < cnt; ++j)
+                  for (index_t i = 0; i < c.d; ++i) {
+                    const std::size_t to = interleaved ? std::size_t(((filled + j) * c.hkv + h) * c.d + i)
+                                                       : std::size_t((h * n + filled + j) * c.d + i);
+                    kbuf[to] = K(keys[(h * cnt + j) * c.d + i]);
+                    vbuf[to] = V(values[(h * cnt + j) * c.d + i]);
+                  }
+              filled += cnt;
+            });
+        const auto q = data.queries(1, 7);
+        const auto qv = aqua::make_view(q.data(), c.hq, c.d);
+        const std::array<index_t, 3> ext = {c.hkv, n, c.d};
+        const std::array<index_t, 3> str = interleaved ? std::array<index_t, 3>{c.d, c.hkv * c.d, 1}
+                                                       : std::array<index_t, 3>{n * c.d, c.d, 1};
+        std::vector<float> out_cache(std::size_t(c.hq * c.d)), out_views(out_cache.size());
+        aqua::attention_options opt;
+        opt.threads = c.threads;
+        aqua::aqua_workspace ws;
+        auto on_cache = [&] {
+          aqua::dense_decode(qv, cache, aqua::make_view(out_cache.data(), c.hq, c.d), opt, &ws);
+        };
+        auto on_views = [&] {
+          aqua::dense_decode(qv, aqua::tensor3_view<const K>(kbuf, ext, str),
+                             aqua::tensor3_view<const V>(vbuf, ext, str),
+                             aqua::make_view(out_views.data(), c.hq, c.d), opt);
+        };
+        const auto t = aqua_examples::time_interleaved(g_clock, c.reps, 2, 1, on_cache, on_views);
+        result r;
+        r.mode = "views";
+        r.select = c.layout == "interleaved" ? "interlvd" : "head-maj";
+        r.n = n;
+        r.d = c.d;
+        r.k = c.d;
+        r.hq = c.hq;
+        r.hkv = c.hkv;
+        r.threads = c.threads;
+        r.dense_ms = t.median_a();
+        r.aqua_ms = t.median_b();
+        r.speedup = t.median_ratio();
+        const double bytes = double(c.hkv * n * c.d) * (sizeof(K) + sizeof(V));
+        r.dense_gbps = double(cache.key_bytes() + cache.value_bytes()) / (r.dense_ms * 1e-3) / 1e9;
+        r.aqua_gbps = bytes / (r.aqua_ms * 1e-3) / 1e9;
+        r.bandwidth = bandwidth;
+        r.rel_err = aqua_examples::rel_l2(out_views, out_cache);
+        r.key_fraction = 1.0;
+        r.basis = c.random_basis ? "random" : "identity";
+        print(c, r, header);
+        header = false;
+      });
+    });
+  }
+}
+
 void run_prefill(const config& c, double bandwidth) {
   bool header = true;
   const synthetic data(c);
@@ -714,6 +798,8 @@ int main(int argc, char** argv) {
     if (c.sweep) return run_sweep(c, bandwidth);
     if (c.mode == "decode")
       run_decode(c, bandwidth);
+    else if (c.mode == "views")
+      run_views(c, bandwidth);
     else
       run_prefill(c, bandwidth);
     return 0;

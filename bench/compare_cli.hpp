@@ -36,6 +36,8 @@ struct config {
   std::size_t probe_bytes = std::size_t(1) << 30;  // --probe-bytes: buffer of the bandwidth probe
   // --kv-type (both), --key-type, --value-type: how the caches store keys and values
   aqua::storage_type key_type = aqua::storage_type::f32, value_type = aqua::storage_type::f32;
+  std::string layout = "interleaved";  // --layout (views mode): the engine buffers' layout
+  bool engine_huge_pages = true;       // --engine-pages (views mode): huge or 4k
   std::string
       baseline;  // --baseline: projected | plain | reference (sweep only); default plain (sweep), projected
 };
@@ -81,7 +83,8 @@ inline void add_options(CLI::App& app, config& c) {
   app.description(
       "aqua_compare: dense vs AQUA attention side by side on identical synthetic data (decode and prefill "
       "tables, or --sweep-break-even). Measures the memory-read bandwidth first.");
-  aqua_cli::choice(app, "--mode", c.mode, {"decode", "prefill"}, "what to compare");
+  aqua_cli::choice(app, "--mode", c.mode, {"decode", "prefill", "views"},
+                   "what to compare (views: dense decode over engine buffers against dense over the cache)");
   aqua_cli::integer_list<index_t>(app, "--n", c.n, 1, max_tokens, "cache tokens N, one run per value");
   aqua_cli::integer<index_t>(app, "--m", c.m, 0, max_tokens, "prefill queries M (0: M = N)");
   aqua_cli::integer<index_t>(app, "--d", c.d, 1, max_dim, "head dimension d");
@@ -142,6 +145,13 @@ inline void add_options(CLI::App& app, config& c) {
          "storage of the values alone: f32, bf16 or f16")
       ->check(CLI::IsMember({"f32", "bf16", "f16"}))
       ->excludes(kv_type);
+  aqua_cli::choice(app, "--layout", c.layout, {"interleaved", "head-major"},
+                   "views mode: engine buffers [N][Hkv][d] (interleaved, llama.cpp) or [Hkv][N][d]");
+  app.add_option_function<std::string>(
+         "--engine-pages", [&c](const std::string& v) { c.engine_huge_pages = v == "huge"; },
+         "views mode: the engine buffers in transparent huge pages like the cache (huge) or in 4 KB pages "
+         "(4k) [default: huge]")
+      ->check(CLI::IsMember({"huge", "4k"}));
   auto* sweep =
       app.add_flag("--sweep-break-even", c.sweep, "measure the break-even N for each k and selection");
   app.add_option_function<std::string>(

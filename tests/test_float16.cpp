@@ -72,7 +72,7 @@ TEST_CASE("bf16 keeps infinities, NaN and subnormals and overflows to infinity",
   CHECK(bf(inf) == 0x7F80);
   CHECK(bf(-inf) == 0xFF80);
   CHECK(bf(std::numeric_limits<float>::max()) == 0x7F80);  // beyond (2 - 2^-8) 2^127: rounds up
-  CHECK(bf(from_bits(0x7F7F7FFFu)) == 0x7F7F);              // just below the halfway point
+  CHECK(bf(from_bits(0x7F7F7FFFu)) == 0x7F7F);             // just below the halfway point
   CHECK(std::isnan(static_cast<float>(aqua::bf16(std::nanf("")))));
   // A NaN whose payload sits only in the dropped bits must not round into infinity.
   CHECK(std::isnan(static_cast<float>(aqua::bf16(from_bits(0x7F800001u)))));
@@ -94,10 +94,10 @@ TEST_CASE("f16 rounds to nearest with ties to even over its whole range", "[floa
   CHECK(hf(65520.0f) == 0x7C00);  // the tie goes to the even pattern, which is infinity
   CHECK(hf(1e6f) == 0x7C00);
   CHECK(hf(-1e6f) == 0xFC00);
-  CHECK(hf(0x1p-14f) == 0x0400);        // smallest normal
-  CHECK(hf(0x1p-24f) == 0x0001);        // smallest subnormal
-  CHECK(hf(0x1p-25f) == 0x0000);        // tie with zero: zero is even
-  CHECK(hf(3 * 0x1p-25f) == 0x0002);    // tie between 0x0001 and 0x0002
+  CHECK(hf(0x1p-14f) == 0x0400);      // smallest normal
+  CHECK(hf(0x1p-24f) == 0x0001);      // smallest subnormal
+  CHECK(hf(0x1p-25f) == 0x0000);      // tie with zero: zero is even
+  CHECK(hf(3 * 0x1p-25f) == 0x0002);  // tie between 0x0001 and 0x0002
   CHECK(hf(0x1p-25f * 1.0001f) == 0x0001);
   CHECK(hf(1023 * 0x1p-24f) == 0x03FF);  // largest subnormal
   CHECK(hf(from_bits(0x00000001u)) == 0x0000);
@@ -153,7 +153,8 @@ TEST_CASE("random floats convert to the nearest representable value, ties to eve
 #if defined(AQUA_TEST_X86)
 namespace {
 __attribute__((target("f16c"))) std::uint16_t hardware_f16(float x) {
-  return static_cast<std::uint16_t>(_mm_extract_epi16(_mm_cvtps_ph(_mm_set_ss(x), _MM_FROUND_TO_NEAREST_INT), 0));
+  return static_cast<std::uint16_t>(
+      _mm_extract_epi16(_mm_cvtps_ph(_mm_set_ss(x), _MM_FROUND_TO_NEAREST_INT), 0));
 }
 }  // namespace
 
@@ -168,7 +169,8 @@ TEST_CASE("f16 conversion agrees with the F16C instruction on every float class"
     const float x = from_bits(bits(rng));
     if (std::isnan(x)) continue;  // both give a NaN, payloads may differ
     const std::uint16_t want = hardware_f16(x), got = hf(x);
-    if (want != got) FAIL("f16(" << x << " = 0x" << std::hex << to_bits(x) << ") = " << got << ", F16C " << want);
+    if (want != got)
+      FAIL("f16(" << x << " = 0x" << std::hex << to_bits(x) << ") = " << got << ", F16C " << want);
   }
   // Near the subnormal and overflow boundaries, densely.
   for (std::uint32_t u = 0x33000000u; u < 0x38900000u; u += 97) {

@@ -36,7 +36,13 @@ struct stored_layer {
 
   stored_layer(index_t hq_, index_t hkv_, index_t d_, index_t n_, storage_type kt, storage_type vt,
                index_t tile = 16)
-      : hq(hq_), hkv(hkv_), d(d_), n(n_), q(std::size_t(hq_ * d_)), k(std::size_t(hkv_ * n_ * d_)), v(k.size()),
+      : hq(hq_),
+        hkv(hkv_),
+        d(d_),
+        n(n_),
+        q(std::size_t(hq_ * d_)),
+        k(std::size_t(hkv_ * n_ * d_)),
+        v(k.size()),
         cache(hkv_, d_, options(kt, vt, tile)) {
     aqua_test::fill_normal(q, 3);
     aqua_test::fill_normal(k, 4);
@@ -110,7 +116,8 @@ TEST_CASE("typed tile access names the storage type it holds", "[storage]") {
   CHECK_THROWS_WITH(L.cache.values<aqua::bf16>(0), Contains("values are stored as f16, not bf16"));
 }
 
-TEST_CASE("decode over 16-bit storage is exact attention on the rounded keys and values", "[storage][decode]") {
+TEST_CASE("decode over 16-bit storage is exact attention on the rounded keys and values",
+          "[storage][decode]") {
   const index_t d = GENERATE(48, 128);
   const index_t group = GENERATE(1, 4);
   const index_t n = GENERATE(1, 37, 300);
@@ -141,7 +148,8 @@ TEST_CASE("decode over 16-bit storage is exact attention on the rounded keys and
     }
 }
 
-TEST_CASE("prefill over 16-bit storage is exact causal attention on the rounded inputs", "[storage][prefill]") {
+TEST_CASE("prefill over 16-bit storage is exact causal attention on the rounded inputs",
+          "[storage][prefill]") {
   const index_t d = 64, n = 150, m = 70;
   for (storage_type kt : storage_types)
     for (storage_type vt : storage_types) {
@@ -190,10 +198,12 @@ TEST_CASE("AVX-512 and AVX2 kernels agree bit for bit on 16-bit storage", "[stor
         opt.mode = mode;
         aqua::detail::simd_disabled() = 0;
         aqua::aqua_decode(aqua::make_view(static_cast<const float*>(L.q.data()), L.hq, L.d), L.cache, k,
-                          aqua::make_view(wide.data(), L.hq, L.d), opt, aqua::make_view(pw.data(), L.hkv, L.n));
+                          aqua::make_view(wide.data(), L.hq, L.d), opt,
+                          aqua::make_view(pw.data(), L.hkv, L.n));
         aqua::detail::simd_disabled() = 2;
         aqua::aqua_decode(aqua::make_view(static_cast<const float*>(L.q.data()), L.hq, L.d), L.cache, k,
-                          aqua::make_view(narrow.data(), L.hq, L.d), opt, aqua::make_view(pn.data(), L.hkv, L.n));
+                          aqua::make_view(narrow.data(), L.hq, L.d), opt,
+                          aqua::make_view(pn.data(), L.hkv, L.n));
         aqua::detail::simd_disabled() = 0;
         CHECK(aqua_test::bitwise_equal(wide, narrow));
         CHECK(aqua_test::bitwise_equal(pw, pn));
@@ -240,4 +250,111 @@ TEST_CASE("eviction moves 16-bit keys and values with their tokens", "[storage][
         if (L.cache.key(h, i, c) != L.k_stored[src] || L.cache.value(h, i, c) != L.v_stored[src])
           FAIL("token " << i << " of head " << h << " did not move with its data");
       }
+}
+
+namespace {
+
+/// Token-major engine buffers [N][Hkv][d] (llama.cpp's layout: the token stride is Hkv * d) holding
+/// k and v of a layer rounded to K and V, viewed as [Hkv, N, d].
+template <class T>
+std::vector<T> engine_layout(const std::vector<float>& x, index_t hkv, index_t n, index_t d) {
+  std::vector<T> out(x.size());
+  for (index_t h = 0; h < hkv; ++h)
+    for (index_t j = 0; j < n; ++j)
+      for (index_t c = 0; c < d; ++c)
+        out[std::size_t((j * hkv + h) * d + c)] = T(x[std::size_t((h * n + j) * d + c)]);
+  return out;
+}
+
+template <class T>
+aqua::tensor3_view<const T> engine_view(const std::vector<T>& x, index_t hkv, index_t n, index_t d) {
+  return aqua::tensor3_view<const T>(x.data(), {hkv, n, d}, {d, hkv * d, 1});
+}
+
+template <class K, class V>
+void check_engine_buffers_decode(index_t group, index_t n, index_t d, bool masked) {
+  const storage_type kt = aqua::detail::storage_of<K>::value, vt = aqua::detail::storage_of<V>::value;
+  CAPTURE(aqua::storage_name(kt), aqua::storage_name(vt), group, n, d, masked);
+  stored_layer L(2 * group, 2, d, n, kt, vt);
+  const auto kb = engine_layout<K>(L.k, L.hkv, n, d);
+  const auto vb = engine_layout<V>(L.v, L.hkv, n, d);
+  std::vector<float> mask(std::size_t(n), 0.0f);
+  for (index_t j = 0; j < n; j += 3)
+    mask[std::size_t(j)] = j % 2 ? -std::numeric_limits<float>::infinity() : -1.5f;
+  std::vector<double> ref;
+  for (index_t h = 0; h < L.hq; ++h) {
+    const index_t kv = h / group;
+    auto row = aqua_test::oracle_row(
+        d, n, 1.0 / std::sqrt(double(d)), [&](index_t c) { return L.q[std::size_t(h * d + c)]; },
+        [&](index_t j, index_t c) { return L.k_stored[std::size_t((kv * n + j) * d + c)]; },
+        [&](index_t j, index_t c) { return L.v_stored[std::size_t((kv * n + j) * d + c)]; },
+        [&](index_t j) { return masked ? double(mask[std::size_t(j)]) : 0.0; });
+    ref.insert(ref.end(), row.begin(), row.end());
+  }
+  aqua_test::both_paths([&] {
+    for (int threads : {1, 2}) {
+      std::vector<float> out(std::size_t(L.hq * d));
+      aqua::attention_options opt;
+      opt.threads = threads;
+      aqua::dense_decode(aqua::make_view(static_cast<const float*>(L.q.data()), L.hq, d),
+                         engine_view(kb, L.hkv, n, d), engine_view(vb, L.hkv, n, d),
+                         aqua::make_view(out.data(), L.hq, d), opt,
+                         masked ? aqua::make_view(static_cast<const float*>(mask.data()), n)
+                                : aqua::vector_view<const float>());
+      CHECK(storage_error(out, ref) < 1e-5);
+    }
+  });
+}
+
+}  // namespace
+
+TEST_CASE("dense decode reads 16-bit engine buffers in place as exact attention on their values",
+          "[storage][decode][views]") {
+  const index_t group = GENERATE(1, 4, 5);
+  const index_t n = GENERATE(1, 37, 600);
+  const index_t d = GENERATE(40, 64, 128);
+  const bool masked = GENERATE(false, true);
+  check_engine_buffers_decode<aqua::bf16, aqua::bf16>(group, n, d, masked);
+  check_engine_buffers_decode<aqua::f16, aqua::f16>(group, n, d, masked);
+  check_engine_buffers_decode<aqua::bf16, aqua::f16>(group, n, d, masked);
+  check_engine_buffers_decode<float, aqua::bf16>(group, n, d, masked);
+  check_engine_buffers_decode<float, float>(group, n, d, masked);
+}
+
+TEST_CASE("dense prefill over 16-bit engine buffers is exact causal attention on their values",
+          "[storage][prefill][views]") {
+  const index_t d = 64, n = 130, m = 70, hkv = 2, hq = 4;
+  stored_layer L(hq, hkv, d, n, storage_type::bf16, storage_type::f16);
+  const auto kb = engine_layout<aqua::bf16>(L.k, hkv, n, d);
+  const auto vb = engine_layout<aqua::f16>(L.v, hkv, n, d);
+  std::vector<float> qp(std::size_t(hq * m * d));
+  aqua_test::fill_normal(qp, 21);
+  std::vector<double> ref;
+  for (index_t h = 0; h < hq; ++h)
+    for (index_t i = 0; i < m; ++i) {
+      auto row = L.oracle_row(h, qp.data() + (h * m + i) * d, n - m + i + 1);
+      ref.insert(ref.end(), row.begin(), row.end());
+    }
+  for (int threads : {1, 2}) {
+    std::vector<float> out(qp.size());
+    aqua::attention_options opt;
+    opt.threads = threads;
+    aqua::dense_prefill(aqua::make_view(static_cast<const float*>(qp.data()), hq, m, d),
+                        engine_view(kb, hkv, n, d), engine_view(vb, hkv, n, d),
+                        aqua::make_view(out.data(), hq, m, d), opt);
+    CHECK(storage_error(out, ref) < 1e-5);
+  }
+}
+
+TEST_CASE("16-bit engine buffers need unit inner stride and consistent shapes", "[storage][views][errors]") {
+  std::vector<aqua::bf16> k(2 * 10 * 16), v(k.size());
+  std::vector<float> q(2 * 16), out(q.size());
+  const auto qv = aqua::make_view(static_cast<const float*>(q.data()), 2, 16);
+  const aqua::tensor3_view<const aqua::bf16> strided(k.data(), {2, 5, 16}, {160, 32, 2});
+  const auto kv = aqua::make_view(static_cast<const aqua::bf16*>(k.data()), 2, 10, 16);
+  CHECK_THROWS_WITH(aqua::dense_decode(qv, strided, strided, aqua::make_view(out.data(), 2, 16)),
+                    Contains("need unit inner stride"));
+  const auto short_v = aqua::make_view(static_cast<const aqua::bf16*>(v.data()), 2, 9, 16);
+  CHECK_THROWS_WITH(aqua::dense_decode(qv, kv, short_v, aqua::make_view(out.data(), 2, 16)),
+                    Contains("v must be [Hkv, N, d] like k"));
 }

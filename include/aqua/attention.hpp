@@ -28,6 +28,7 @@
 
 #include "aqua/config.hpp"
 #include "aqua/detail/aqua_engine.hpp"
+#include "aqua/detail/dense_rows.hpp"
 #include "aqua/detail/parallel.hpp"
 #include "aqua/detail/simd.hpp"
 #include "aqua/detail/softmax.hpp"
@@ -65,8 +66,8 @@ double resolve_scale(const attention_options& opt, index_t d, const char* fn) {
   return *opt.scale;
 }
 
-template <class T>
-void validate_kv(const tensor3_view<const T>& k, const tensor3_view<const T>& v, index_t hq, index_t d,
+template <class K, class V>
+void validate_kv(const tensor3_view<const K>& k, const tensor3_view<const V>& v, index_t hq, index_t d,
                  const char* fn, attention_shape& s) {
   require_data(k, fn, "k");
   require_data(v, fn, "v");
@@ -154,31 +155,147 @@ void with_head_rows(const tensor3_view<const T>& k, const tensor3_view<const T>&
 
 }  // namespace detail
 
+namespace detail {
+
+/// The checks every dense decode entry point makes, and the shape facts they yield.
+template <class T, class K, class V>
+attention_shape validate_dense_decode(const matrix_view<const T>& q, const tensor3_view<const K>& k,
+                                      const tensor3_view<const V>& v, const matrix_view<T>& out,
+                                      const attention_options& options, const vector_view<const T>& mask,
+                                      const char* fn) {
+  require_data(q, fn, "q");
+  require_data(out, fn, "out");
+  require_threads(options.threads, fn);
+  attention_shape s;
+  s.hq = q.extent(0);
+  s.d = q.extent(1);
+  AQUA_CHECK(s.hq >= 1 && s.d >= 1, fn, ": q has shape ", shape_string(q),
+             "; it must be [Hq, d] with Hq >= 1 and d >= 1");
+  validate_kv(k, v, s.hq, s.d, fn, s);
+  AQUA_CHECK(out.extent(0) == s.hq && out.extent(1) == s.d, fn, ": out has shape ", shape_string(out),
+             " but q has shape ", shape_string(q));
+  AQUA_CHECK(mask.size() == 0 || (mask.extent(0) == s.n), fn, ": mask has length ", mask.extent(0),
+             " but the cache holds N = ", s.n, " keys");
+  require_data(mask, fn, "mask");
+  require_finite(q, fn, "q");
+  require_mask_values(mask, fn, "mask");
+  s.scale = resolve_scale<T>(options, s.d, fn);
+  return s;
+}
+
+/// The checks every dense prefill entry point makes.
+template <class T, class K, class V>
+attention_shape validate_dense_prefill(const tensor3_view<const T>& q, const tensor3_view<const K>& k,
+                                       const tensor3_view<const V>& v, const tensor3_view<T>& out,
+                                       const attention_options& options, const matrix_view<const T>& mask,
+                                       const char* fn) {
+  require_data(q, fn, "q");
+  require_data(out, fn, "out");
+  require_threads(options.threads, fn);
+  attention_shape s;
+  s.hq = q.extent(0);
+  s.m = q.extent(1);
+  s.d = q.extent(2);
+  AQUA_CHECK(s.hq >= 1 && s.m >= 1 && s.d >= 1, fn, ": q has shape ", shape_string(q),
+             "; it must be [Hq, M, d] with every extent >= 1");
+  validate_kv(k, v, s.hq, s.d, fn, s);
+  AQUA_CHECK(s.m <= s.n, fn, ": M = ", s.m, " queries but only N = ", s.n,
+             " keys; prefill needs N >= M (the queries are the last M positions)");
+  AQUA_CHECK(out.extent(0) == s.hq && out.extent(1) == s.m && out.extent(2) == s.d, fn, ": out has shape ",
+             shape_string(out), " but q has shape ", shape_string(q));
+  AQUA_CHECK(mask.size() == 0 || (mask.extent(0) == s.m && mask.extent(1) == s.n), fn, ": mask has shape ",
+             shape_string(mask), " but must be [M, N] = [", s.m, ", ", s.n, "]");
+  require_data(mask, fn, "mask");
+  require_finite(q, fn, "q");
+  require_mask_values(mask, fn, "mask");
+  s.scale = resolve_scale<T>(options, s.d, fn);
+  return s;
+}
+
+template <class K, class V>
+void require_unit_inner_stride(const tensor3_view<const K>& k, const tensor3_view<const V>& v,
+                               const char* fn) {
+  AQUA_CHECK(k.stride(2) == 1 && v.stride(2) == 1, fn,
+             ": 16-bit k and v are read in place and need unit inner ", "stride (k has ", k.stride(2),
+             ", v has ", v.stride(2), ")");
+}
+
+/// Prefill over engine buffers for every element type: per (query head, block of 64 query rows),
+/// Eigen products over the head's keys and values (16-bit ones widened to float once per KV head).
+template <class T, class K, class V>
+void run_dense_prefill(const tensor3_view<const T>& q, const tensor3_view<const K>& k,
+                       const tensor3_view<const V>& v, const tensor3_view<T>& out,
+                       const attention_options& options, const matrix_view<const T>& mask,
+                       const attention_shape& s) {
+  // Query rows go in blocks so the logits scratch stays block x N, not M x N.
+  constexpr index_t block_rows = 64;
+  const index_t blocks_per_head = (s.m + block_rows - 1) / block_rows;
+  std::vector<attention_profile> profiles(static_cast<std::size_t>(std::max(1, options.threads)));
+  parallel_for(s.hq * blocks_per_head, options.threads, [&](index_t begin, index_t end, int worker) {
+    attention_profile* prof = options.profile ? &profiles[static_cast<std::size_t>(worker)] : nullptr;
+    row_matrix<T> logits;
+    row_matrix<float> wide_k, wide_v;  // 16-bit inputs: this worker's KV head widened
+    index_t wide_head = -1;
+    for (index_t item = begin; item < end; ++item) {
+      const index_t head = item / blocks_per_head, kv = head / s.group;
+      const index_t i0 = (item % blocks_per_head) * block_rows;
+      const index_t rows = std::min(block_rows, s.m - i0);
+      const index_t first_position = s.n - s.m + i0;
+      const index_t visible = options.causal ? first_position + rows : s.n;
+      auto q_rows = head_rows(q, head, i0, rows);
+      auto out_rows = as_eigen(matrix_view<T>(out.data() + head * out.stride(0) + i0 * out.stride(1),
+                                              {rows, s.d}, {out.stride(1), out.stride(2)}));
+      const T* mask_rows = mask.size() ? mask.data() + i0 * mask.stride(0) : nullptr;
+      auto block = [&](const auto& keys, const auto& values) {
+        dense_block<T>(q_rows, keys, values, out_rows, visible, s.scale, mask_rows,
+                       mask.size() ? mask.stride(0) : 0, mask.size() ? mask.stride(1) : 0,
+                       options.causal ? first_position : -1, logits, prof);
+      };
+      if constexpr (std::is_same<K, T>::value && std::is_same<V, T>::value) {
+        with_head_rows<T>(k, v, kv, s.n, block);
+      } else {
+        if (wide_head != kv) {
+          wide_k.resize(s.n, s.d);
+          wide_v.resize(s.n, s.d);
+          for (index_t j = 0; j < s.n; ++j)
+            for (index_t c = 0; c < s.d; ++c) {
+              wide_k(j, c) = static_cast<float>(k.data()[kv * k.stride(0) + j * k.stride(1) + c]);
+              wide_v(j, c) = static_cast<float>(v.data()[kv * v.stride(0) + j * v.stride(1) + c]);
+            }
+          wide_head = kv;
+        }
+        block(wide_k, wide_v);
+      }
+    }
+  });
+  if (options.profile) {
+    *options.profile = attention_profile{};
+    for (const auto& p : profiles) {
+      options.profile->score_seconds += p.score_seconds;
+      options.profile->softmax_seconds += p.softmax_seconds;
+      options.profile->value_seconds += p.value_seconds;
+    }
+  }
+}
+
+}  // namespace detail
+
 /// Exact dense decode: one query token per query head against the N cached keys and values.
+/// Float views with unit inner strides (every engine layout) stream through the SIMD kernel in
+/// place; other strides and double go through Eigen products.
 template <class T>
 void dense_decode(matrix_view<const detail::identity_t<T>> q, tensor3_view<const detail::identity_t<T>> k,
                   tensor3_view<const detail::identity_t<T>> v, matrix_view<T> out,
                   const attention_options& options = {}, vector_view<const detail::identity_t<T>> mask = {}) {
   static_assert(std::is_floating_point<T>::value, "aqua::dense_decode: T must be float or double");
-  constexpr const char* fn = "aqua::dense_decode";
-  detail::require_data(q, fn, "q");
-  detail::require_data(out, fn, "out");
-  detail::require_threads(options.threads, fn);
-  detail::attention_shape s;
-  s.hq = q.extent(0);
-  s.d = q.extent(1);
-  AQUA_CHECK(s.hq >= 1 && s.d >= 1, fn, ": q has shape ", detail::shape_string(q),
-             "; it must be [Hq, d] with Hq >= 1 and d >= 1");
-  detail::validate_kv<T>(k, v, s.hq, s.d, fn, s);
-  AQUA_CHECK(out.extent(0) == s.hq && out.extent(1) == s.d, fn, ": out has shape ", detail::shape_string(out),
-             " but q has shape ", detail::shape_string(q));
-  AQUA_CHECK(mask.size() == 0 || (mask.extent(0) == s.n), fn, ": mask has length ", mask.extent(0),
-             " but the cache holds N = ", s.n, " keys");
-  detail::require_data(mask, fn, "mask");
-  detail::require_finite(q, fn, "q");
-  detail::require_mask_values(mask, fn, "mask");
-  s.scale = detail::resolve_scale<T>(options, s.d, fn);
-
+  const detail::attention_shape s =
+      detail::validate_dense_decode<T>(q, k, v, out, options, mask, "aqua::dense_decode");
+  if constexpr (std::is_same<T, float>::value) {
+    if (k.stride(2) == 1 && v.stride(2) == 1) {
+      detail::dense_decode_rows(q, k, v, out, s, options.threads, mask);
+      return;
+    }
+  }
   // One work item per KV group reads that head's keys once for all of its query heads. The
   // items do not depend on the thread count, so every thread count gives bitwise equal results.
   detail::parallel_for(s.hkv, options.threads, [&](index_t begin, index_t end, int) {
@@ -198,6 +315,22 @@ void dense_decode(matrix_view<const detail::identity_t<T>> q, tensor3_view<const
   });
 }
 
+/// Exact dense decode over 16-bit engine buffers: k and v of aqua::bf16 or aqua::f16 elements (one
+/// of them may be float), const views with unit inner stride, read in place; computed in float
+/// with the same numerics as the float path.
+template <class K, class V,
+          std::enable_if_t<detail::is_storage_element<K> && detail::is_storage_element<V> &&
+                               (detail::is_storage16<K> || detail::is_storage16<V>),
+                           int> = 0>
+void dense_decode(matrix_view<const float> q, tensor3_view<const K> k, tensor3_view<const V> v,
+                  matrix_view<float> out, const attention_options& options = {},
+                  vector_view<const float> mask = {}) {
+  constexpr const char* fn = "aqua::dense_decode";
+  const detail::attention_shape s = detail::validate_dense_decode<float>(q, k, v, out, options, mask, fn);
+  detail::require_unit_inner_stride(k, v, fn);
+  detail::dense_decode_rows(q, k, v, out, s, options.threads, mask);
+}
+
 /// Exact dense prefill: M query tokens per query head against N >= M keys and values.
 template <class T>
 void dense_prefill(tensor3_view<const detail::identity_t<T>> q, tensor3_view<const detail::identity_t<T>> k,
@@ -205,60 +338,24 @@ void dense_prefill(tensor3_view<const detail::identity_t<T>> q, tensor3_view<con
                    const attention_options& options = {},
                    matrix_view<const detail::identity_t<T>> mask = {}) {
   static_assert(std::is_floating_point<T>::value, "aqua::dense_prefill: T must be float or double");
-  constexpr const char* fn = "aqua::dense_prefill";
-  detail::require_data(q, fn, "q");
-  detail::require_data(out, fn, "out");
-  detail::require_threads(options.threads, fn);
-  detail::attention_shape s;
-  s.hq = q.extent(0);
-  s.m = q.extent(1);
-  s.d = q.extent(2);
-  AQUA_CHECK(s.hq >= 1 && s.m >= 1 && s.d >= 1, fn, ": q has shape ", detail::shape_string(q),
-             "; it must be [Hq, M, d] with every extent >= 1");
-  detail::validate_kv<T>(k, v, s.hq, s.d, fn, s);
-  AQUA_CHECK(s.m <= s.n, fn, ": M = ", s.m, " queries but only N = ", s.n,
-             " keys; prefill needs N >= M (the queries are the last M positions)");
-  AQUA_CHECK(out.extent(0) == s.hq && out.extent(1) == s.m && out.extent(2) == s.d, fn, ": out has shape ",
-             detail::shape_string(out), " but q has shape ", detail::shape_string(q));
-  AQUA_CHECK(mask.size() == 0 || (mask.extent(0) == s.m && mask.extent(1) == s.n), fn, ": mask has shape ",
-             detail::shape_string(mask), " but must be [M, N] = [", s.m, ", ", s.n, "]");
-  detail::require_data(mask, fn, "mask");
-  detail::require_finite(q, fn, "q");
-  detail::require_mask_values(mask, fn, "mask");
-  s.scale = detail::resolve_scale<T>(options, s.d, fn);
+  const detail::attention_shape s =
+      detail::validate_dense_prefill<T>(q, k, v, out, options, mask, "aqua::dense_prefill");
+  detail::run_dense_prefill<T>(q, k, v, out, options, mask, s);
+}
 
-  // Query rows go in blocks so the logits scratch stays block x N, not M x N.
-  constexpr index_t block_rows = 64;
-  const index_t blocks_per_head = (s.m + block_rows - 1) / block_rows;
-  std::vector<attention_profile> profiles(static_cast<std::size_t>(std::max(1, options.threads)));
-  detail::parallel_for(s.hq * blocks_per_head, options.threads, [&](index_t begin, index_t end, int worker) {
-    attention_profile* prof = options.profile ? &profiles[static_cast<std::size_t>(worker)] : nullptr;
-    row_matrix<T> logits;
-    for (index_t item = begin; item < end; ++item) {
-      const index_t head = item / blocks_per_head, kv = head / s.group;
-      const index_t i0 = (item % blocks_per_head) * block_rows;
-      const index_t rows = std::min(block_rows, s.m - i0);
-      const index_t first_position = s.n - s.m + i0;
-      const index_t visible = options.causal ? first_position + rows : s.n;
-      auto q_rows = detail::head_rows(q, head, i0, rows);
-      auto out_rows = as_eigen(matrix_view<T>(out.data() + head * out.stride(0) + i0 * out.stride(1),
-                                              {rows, s.d}, {out.stride(1), out.stride(2)}));
-      const T* mask_rows = mask.size() ? mask.data() + i0 * mask.stride(0) : nullptr;
-      detail::with_head_rows<T>(k, v, kv, s.n, [&](const auto& keys, const auto& values) {
-        detail::dense_block<T>(q_rows, keys, values, out_rows, visible, s.scale, mask_rows,
-                               mask.size() ? mask.stride(0) : 0, mask.size() ? mask.stride(1) : 0,
-                               options.causal ? first_position : -1, logits, prof);
-      });
-    }
-  });
-  if (options.profile) {
-    *options.profile = attention_profile{};
-    for (const auto& p : profiles) {
-      options.profile->score_seconds += p.score_seconds;
-      options.profile->softmax_seconds += p.softmax_seconds;
-      options.profile->value_seconds += p.value_seconds;
-    }
-  }
+/// Exact dense prefill over 16-bit engine buffers (as the 16-bit dense_decode): each KV head's
+/// keys and values are widened to float once per worker, then the float products run.
+template <class K, class V,
+          std::enable_if_t<detail::is_storage_element<K> && detail::is_storage_element<V> &&
+                               (detail::is_storage16<K> || detail::is_storage16<V>),
+                           int> = 0>
+void dense_prefill(tensor3_view<const float> q, tensor3_view<const K> k, tensor3_view<const V> v,
+                   tensor3_view<float> out, const attention_options& options = {},
+                   matrix_view<const float> mask = {}) {
+  constexpr const char* fn = "aqua::dense_prefill";
+  const detail::attention_shape s = detail::validate_dense_prefill<float>(q, k, v, out, options, mask, fn);
+  detail::require_unit_inner_stride(k, v, fn);
+  detail::run_dense_prefill<float>(q, k, v, out, options, mask, s);
 }
 
 // ---------------------------------------------------------------------------------------------

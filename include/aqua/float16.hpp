@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace aqua {
 
@@ -102,6 +103,53 @@ inline float f16_bits_to_float(std::uint16_t b) noexcept {
 
 }  // namespace detail
 
+struct bf16;
+struct f16;
+
+namespace detail {
+
+/// The storage_type of an element type (float, bf16, f16); other types do not compile.
+template <class T>
+struct storage_of;
+template <>
+struct storage_of<float> {
+  static constexpr storage_type value = storage_type::f32;
+};
+template <>
+struct storage_of<bf16> {
+  static constexpr storage_type value = storage_type::bf16;
+};
+template <>
+struct storage_of<f16> {
+  static constexpr storage_type value = storage_type::f16;
+};
+/// Stores float x as storage type t at element i of a typed array.
+inline void store_element(unsigned char* base, storage_type t, std::int64_t i, float x) noexcept {
+  if (t == storage_type::f32) {
+    std::memcpy(base + i * 4, &x, 4);
+  } else {
+    const std::uint16_t b = t == storage_type::bf16 ? float_to_bf16_bits(x) : float_to_f16_bits(x);
+    std::memcpy(base + i * 2, &b, 2);
+  }
+}
+inline float load_element(const unsigned char* base, storage_type t, std::int64_t i) noexcept {
+  if (t == storage_type::f32) {
+    float x;
+    std::memcpy(&x, base + i * 4, 4);
+    return x;
+  }
+  std::uint16_t b;
+  std::memcpy(&b, base + i * 2, 2);
+  return t == storage_type::bf16 ? bf16_bits_to_float(b) : f16_bits_to_float(b);
+}
+
+template <class T>
+constexpr bool is_storage16 = std::is_same<T, bf16>::value || std::is_same<T, f16>::value;
+template <class T>
+constexpr bool is_storage_element = std::is_same<T, float>::value || is_storage16<T>;
+
+}  // namespace detail
+
 /// bfloat16 storage element. Construction from float rounds to nearest even; widening is exact.
 struct bf16 {
   std::uint16_t bits = 0;
@@ -135,9 +183,7 @@ static_assert(sizeof(bf16) == 2 && sizeof(f16) == 2, "16-bit storage types must 
 
 /// The float that x becomes when stored as `t` (x itself for f32).
 inline float round_to_storage(float x, storage_type t) noexcept {
-  return t == storage_type::f32    ? x
-         : t == storage_type::bf16 ? float(bf16(x))
-                                   : float(f16(x));
+  return t == storage_type::f32 ? x : t == storage_type::bf16 ? float(bf16(x)) : float(f16(x));
 }
 
 }  // namespace aqua

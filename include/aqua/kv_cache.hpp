@@ -121,41 +121,6 @@ inline aligned_bytes allocate_zeroed(std::uint64_t bytes, const char* what) {
   return aligned_bytes(p, aligned_deleter{alignment});
 }
 
-/// Stores float x as storage type t at element i of a typed array.
-inline void store_element(unsigned char* base, storage_type t, index_t i, float x) noexcept {
-  if (t == storage_type::f32) {
-    std::memcpy(base + i * 4, &x, 4);
-  } else {
-    const std::uint16_t b = t == storage_type::bf16 ? float_to_bf16_bits(x) : float_to_f16_bits(x);
-    std::memcpy(base + i * 2, &b, 2);
-  }
-}
-inline float load_element(const unsigned char* base, storage_type t, index_t i) noexcept {
-  if (t == storage_type::f32) {
-    float x;
-    std::memcpy(&x, base + i * 4, 4);
-    return x;
-  }
-  std::uint16_t b;
-  std::memcpy(&b, base + i * 2, 2);
-  return t == storage_type::bf16 ? bf16_bits_to_float(b) : f16_bits_to_float(b);
-}
-
-template <class T>
-struct storage_of;
-template <>
-struct storage_of<float> {
-  static constexpr storage_type value = storage_type::f32;
-};
-template <>
-struct storage_of<bf16> {
-  static constexpr storage_type value = storage_type::bf16;
-};
-template <>
-struct storage_of<f16> {
-  static constexpr storage_type value = storage_type::f16;
-};
-
 }  // namespace detail
 
 class kv_cache {

@@ -46,6 +46,13 @@ constexpr index_t prefill_key_blocks = 8;
 // at 2.0x; ratios 1.25 / 1.75 / 2.5 / always took per-dim selection to 1.95x / 1.75x / 1.58x /
 // 1.58x (the multiply-adds on zero weights cost more than the row reads they share).
 constexpr index_t prefill_union_ratio_num = 4, prefill_union_ratio_den = 4;
+/// Token-major rows (engine buffers): software prefetch runs this many rows ahead of the kernel,
+/// about decode_prefetch_lead_lines lines when rows are contiguous (fewer, at least 2, when rows
+/// are far apart, as in [N][Hkv][d] buffers).
+inline index_t prefetch_rows_ahead(index_t row_stride_bytes) {
+  return std::max<index_t>(2, decode_prefetch_lead_lines * 64 / std::max<index_t>(row_stride_bytes, 64));
+}
+
 /// Test / measurement hook: a ratio numerator to use instead (0: the constant; 1: never group).
 inline index_t& prefill_union_test_ratio() {
   static index_t ratio = 0;
@@ -89,13 +96,13 @@ void score_portable(const unsigned char* const* rows, index_t ns, const float* q
 
 template <int HB, class V>
 void value_portable(const V* v, index_t d, index_t cnt, const float* p, index_t p_stride, float* acc,
-                    index_t acc_stride, const float* alpha) {
+                    index_t acc_stride, const float* alpha, index_t ld) {
   for (int h = 0; h < HB; ++h) {
     float* a = acc + h * acc_stride;
     for (index_t c = 0; c < d; ++c) a[c] *= alpha[h];
     for (index_t j = 0; j < cnt; ++j) {
       const float pj = p[h * p_stride + j];
-      const V* row = v + j * d;
+      const V* row = v + j * ld;
       for (index_t c = 0; c < d; ++c) a[c] += pj * static_cast<float>(row[c]);
     }
   }
@@ -300,10 +307,45 @@ inline void score_lists_dispatch(int heads, storage_type key_type, const unsigne
                    scores + h * score_stride, score_stride, true);
 }
 
-/// acc = alpha * acc + p V for `heads` (<= 4) heads over cnt value rows (elements of value_type).
+/// Scores of `heads` (<= 4) query heads (scaled rows q + h * d) against `count` token-major key
+/// rows `ld` elements apart: scores[h * score_stride + j] = q_h . k_j.
+inline void score_rows_dispatch(int heads, storage_type key_type, const unsigned char* keys, index_t ld,
+                                index_t count, const float* q, index_t d, float* scores,
+                                index_t score_stride) {
+  with_storage(key_type, [&](auto tag) {
+    using K = decltype(tag);
+    const K* rows = typed_ptr<K>(keys);
+#if AQUA_HAS_X86_SIMD
+#define AQUA_ROWS_CASES(ISA)                                                           \
+  switch (heads) {                                                                     \
+    case 1:                                                                            \
+      return ISA::score_token_rows<1, K>(rows, ld, count, q, d, scores, score_stride); \
+    case 2:                                                                            \
+      return ISA::score_token_rows<2, K>(rows, ld, count, q, d, scores, score_stride); \
+    case 3:                                                                            \
+      return ISA::score_token_rows<3, K>(rows, ld, count, q, d, scores, score_stride); \
+    default:                                                                           \
+      return ISA::score_token_rows<4, K>(rows, ld, count, q, d, scores, score_stride); \
+  }
+    if (has_avx512f() && d % 16 == 0) AQUA_ROWS_CASES(avx512)
+    if (has_avx2_fma() && d % 8 == 0) AQUA_ROWS_CASES(avx2)
+#undef AQUA_ROWS_CASES
+#endif
+    for (int h = 0; h < heads; ++h)
+      for (index_t j = 0; j < count; ++j) {
+        float acc = 0;
+        for (index_t c = 0; c < d; ++c) acc += q[h * d + c] * static_cast<float>(rows[j * ld + c]);
+        scores[h * score_stride + j] = acc;
+      }
+  });
+}
+
+/// acc = alpha * acc + p V for `heads` (<= 4) heads over cnt value rows (elements of value_type,
+/// `ld` elements apart; ld < 0 means d).
 inline void value_dispatch(int heads, storage_type value_type, const unsigned char* v, index_t d, index_t cnt,
                            const float* p, index_t p_stride, float* acc, index_t acc_stride,
-                           const float* alpha) {
+                           const float* alpha, index_t ld = -1) {
+  if (ld < 0) ld = d;
   with_storage(value_type, [&](auto tag) {
     using V = decltype(tag);
     const V* rows = typed_ptr<V>(v);
@@ -312,40 +354,40 @@ inline void value_dispatch(int heads, storage_type value_type, const unsigned ch
       switch (heads) {
         case 1:
           return avx512::value_chunk<1, avx512_ops::value_vectors(1)>(rows, d, cnt, p, p_stride, acc,
-                                                                      acc_stride, alpha);
+                                                                      acc_stride, alpha, ld);
         case 2:
           return avx512::value_chunk<2, avx512_ops::value_vectors(2)>(rows, d, cnt, p, p_stride, acc,
-                                                                      acc_stride, alpha);
+                                                                      acc_stride, alpha, ld);
         case 3:
           return avx512::value_chunk<3, avx512_ops::value_vectors(3)>(rows, d, cnt, p, p_stride, acc,
-                                                                      acc_stride, alpha);
+                                                                      acc_stride, alpha, ld);
         default:
           return avx512::value_chunk<4, avx512_ops::value_vectors(4)>(rows, d, cnt, p, p_stride, acc,
-                                                                      acc_stride, alpha);
+                                                                      acc_stride, alpha, ld);
       }
     }
     if (has_avx2_fma() && d % 8 == 0) {
       switch (heads) {
         case 1:
-          return avx2::value_chunk<1, 8>(rows, d, cnt, p, p_stride, acc, acc_stride, alpha);
+          return avx2::value_chunk<1, 8>(rows, d, cnt, p, p_stride, acc, acc_stride, alpha, ld);
         case 2:
-          return avx2::value_chunk<2, 4>(rows, d, cnt, p, p_stride, acc, acc_stride, alpha);
+          return avx2::value_chunk<2, 4>(rows, d, cnt, p, p_stride, acc, acc_stride, alpha, ld);
         case 3:
-          return avx2::value_chunk<3, 2>(rows, d, cnt, p, p_stride, acc, acc_stride, alpha);
+          return avx2::value_chunk<3, 2>(rows, d, cnt, p, p_stride, acc, acc_stride, alpha, ld);
         default:
-          return avx2::value_chunk<4, 2>(rows, d, cnt, p, p_stride, acc, acc_stride, alpha);
+          return avx2::value_chunk<4, 2>(rows, d, cnt, p, p_stride, acc, acc_stride, alpha, ld);
       }
     }
 #endif
     switch (heads) {
       case 1:
-        return value_portable<1>(rows, d, cnt, p, p_stride, acc, acc_stride, alpha);
+        return value_portable<1>(rows, d, cnt, p, p_stride, acc, acc_stride, alpha, ld);
       case 2:
-        return value_portable<2>(rows, d, cnt, p, p_stride, acc, acc_stride, alpha);
+        return value_portable<2>(rows, d, cnt, p, p_stride, acc, acc_stride, alpha, ld);
       case 3:
-        return value_portable<3>(rows, d, cnt, p, p_stride, acc, acc_stride, alpha);
+        return value_portable<3>(rows, d, cnt, p, p_stride, acc, acc_stride, alpha, ld);
       default:
-        return value_portable<4>(rows, d, cnt, p, p_stride, acc, acc_stride, alpha);
+        return value_portable<4>(rows, d, cnt, p, p_stride, acc, acc_stride, alpha, ld);
     }
   });
 }

@@ -29,7 +29,8 @@ struct row_ahead_prefetch {
   template <int Bytes>
   AQUA_KERNEL AQUA_ALWAYS_INLINE void token(const unsigned char* row, index_t) const {
 #pragma GCC unroll 8
-    for (int b = 0; b < Bytes; b += 64) _mm_prefetch(reinterpret_cast<const char*>(row + ahead + b), _MM_HINT_T0);
+    for (int b = 0; b < Bytes; b += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(row + ahead + b), _MM_HINT_T0);
   }
 };
 
@@ -60,7 +61,8 @@ struct block_prefetcher {
     const index_t block = first_block + lead / lines;
     pos = lead % lines;
     koff = static_cast<std::uintptr_t>(block) * key_block_bytes;
-    vnext = reinterpret_cast<std::uintptr_t>(a.values) + static_cast<std::uintptr_t>(block * value_block_bytes) +
+    vnext = reinterpret_cast<std::uintptr_t>(a.values) +
+            static_cast<std::uintptr_t>(block * value_block_bytes) +
             static_cast<std::uintptr_t>(pos > key_lines ? pos - key_lines : 0) * 64;
   }
   /// The value pass consumed `Bytes` of token j's row (one step per 64 bytes; a slice narrower
@@ -94,7 +96,8 @@ struct block_prefetcher {
 /// for each row consumed.
 template <int HB, int NV, class V, class Prefetch>
 AQUA_KERNEL AQUA_ALWAYS_INLINE void value_slice(const V* v, index_t d, index_t cnt, const float* p,
-                                                index_t p_stride, float* acc, index_t acc_stride, Prefetch& pf) {
+                                                index_t p_stride, float* acc, index_t acc_stride,
+                                                Prefetch& pf) {
   constexpr int W = ops::W;
   vec a[HB][NV];
 #pragma GCC unroll 16
@@ -120,12 +123,13 @@ AQUA_KERNEL AQUA_ALWAYS_INLINE void value_slice(const V* v, index_t d, index_t c
     for (int u = 0; u < NV; ++u) ops::store(acc + h * acc_stride + W * u, a[h][u]);
 }
 
-/// Chunked value pass. Tokens go in groups of 16 rows: all column slices of a group are done
-/// before the next group, so the value rows stream sequentially through memory instead of being
-/// swept once per slice; the accumulators round-trip through L1 per group. d % W == 0.
+/// Chunked value pass over rows `ld` elements apart (d in the cache). Tokens go in groups of 16 rows: all
+/// column slices of a group are done before the next group, so the value rows stream sequentially through
+/// memory instead of being swept once per slice; the accumulators round-trip through L1 per group. d % W ==
+/// 0.
 template <int HB, int NV, class V>
 AQUA_KERNEL void value_chunk(const V* v, index_t d, index_t cnt, const float* p, index_t p_stride, float* acc,
-                             index_t acc_stride, const float* alpha) {
+                             index_t acc_stride, const float* alpha, index_t ld) {
   constexpr int W = ops::W;
 #pragma GCC unroll 4
   for (int h = 0; h < HB; ++h) {
@@ -134,14 +138,15 @@ AQUA_KERNEL void value_chunk(const V* v, index_t d, index_t cnt, const float* p,
     for (index_t c = 0; c < d; c += W) ops::store(a + c, ops::mul(al, ops::load(a + c)));
   }
   constexpr index_t group = 16;
-  row_ahead_prefetch pf{decode_value_prefetch_tokens * d * index_t(sizeof(V))};
+  row_ahead_prefetch pf{decode_value_prefetch_tokens * ld * index_t(sizeof(V))};
   for (index_t j0 = 0; j0 < cnt; j0 += group) {
     const index_t jn = std::min(group, cnt - j0);
-    const V* vg = v + j0 * d;
+    const V* vg = v + j0 * ld;
     const float* pg = p + j0;
     index_t c = 0;
-    for (; c + W * NV <= d; c += W * NV) value_slice<HB, NV>(vg + c, d, jn, pg, p_stride, acc + c, acc_stride, pf);
-    for (; c < d; c += W) value_slice<HB, 1>(vg + c, d, jn, pg, p_stride, acc + c, acc_stride, pf);
+    for (; c + W * NV <= d; c += W * NV)
+      value_slice<HB, NV>(vg + c, ld, jn, pg, p_stride, acc + c, acc_stride, pf);
+    for (; c < d; c += W) value_slice<HB, 1>(vg + c, ld, jn, pg, p_stride, acc + c, acc_stride, pf);
   }
 }
 
@@ -149,8 +154,8 @@ AQUA_KERNEL void value_chunk(const V* v, index_t d, index_t cnt, const float* p,
 /// as many at once (down to 1), so a short tail keeps several independent FMA chains.
 template <int HB, int NB, bool Prefetch, class K>
 AQUA_KERNEL void score_blocks(const unsigned char* const* rows, index_t ns, const float* q, index_t q_stride,
-                              index_t block_bytes, index_t b0, index_t nb, float* scores, index_t score_stride,
-                              side_prefetch side) {
+                              index_t block_bytes, index_t b0, index_t nb, float* scores,
+                              index_t score_stride, side_prefetch side) {
   constexpr int W = ops::W, BV = ops::BV;
   const index_t ahead = decode_key_prefetch_blocks * block_bytes;
   const index_t per_s = side.base ? (side.step / 64 + ns - 1) / ns : 0;
@@ -191,7 +196,8 @@ AQUA_KERNEL void score_blocks(const unsigned char* const* rows, index_t ns, cons
 #pragma GCC unroll 16
       for (int u = 0; u < NB; ++u)
 #pragma GCC unroll 2
-        for (int i = 0; i < BV; ++i) ops::store(scores + h * score_stride + (b + u) * kv_block + i * W, acc[h][u][i]);
+        for (int i = 0; i < BV; ++i)
+          ops::store(scores + h * score_stride + (b + u) * kv_block + i * W, acc[h][u][i]);
   }
   if constexpr (NB > 1) {
     if (b < nb)
@@ -204,9 +210,9 @@ AQUA_KERNEL void score_blocks(const unsigned char* const* rows, index_t ns, cons
 /// Per-head selection: HB heads with their own row lists of equal length ns (list h starts at
 /// rows + h * list_stride), scored together so HB independent FMA chains hide latency.
 template <int HB, class K>
-AQUA_KERNEL void score_lists(const unsigned char* const* rows, index_t list_stride, index_t ns, const float* q,
-                             index_t q_stride, index_t block_bytes, index_t b0, index_t nb, float* scores,
-                             index_t score_stride, side_prefetch side) {
+AQUA_KERNEL void score_lists(const unsigned char* const* rows, index_t list_stride, index_t ns,
+                             const float* q, index_t q_stride, index_t block_bytes, index_t b0, index_t nb,
+                             float* scores, index_t score_stride, side_prefetch side) {
   constexpr int W = ops::W, BV = ops::BV;
   const index_t ahead = decode_key_prefetch_blocks * block_bytes;
   const index_t per_s = side.base ? (side.step / 64 + ns - 1) / ns : 0;
@@ -239,7 +245,8 @@ AQUA_KERNEL void score_lists(const unsigned char* const* rows, index_t list_stri
 
 /// A head's running max rises to bm: its normaliser (with the block sums not yet folded in) and
 /// its unnormalised output are rescaled by e^(m - bm).
-AQUA_KERNEL AQUA_ALWAYS_INLINE void raise_max(float& m, double& l, __m256d& lsum, float bm, float* acc, index_t d) {
+AQUA_KERNEL AQUA_ALWAYS_INLINE void raise_max(float& m, double& l, __m256d& lsum, float bm, float* acc,
+                                              index_t d) {
   const float alpha = m == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(m - bm);
   l = (l + hsum256_pd(lsum)) * alpha;
   lsum = _mm256_setzero_pd();
@@ -265,8 +272,8 @@ AQUA_KERNEL AQUA_ALWAYS_INLINE void add_block_sum(__m256d& lsum, __m256 ps) {
 /// a mask test in the common case), and the block's probabilities are summed into per-head double
 /// vectors that reach l at the next rescale or at the end. d % W == 0.
 template <int HB, bool Lists, class K, class V>
-AQUA_KERNEL void fused_decode(const fused_args& a, index_t b_begin, index_t b_end, float* m, double* l, float* acc,
-                              index_t acc_stride) {
+AQUA_KERNEL void fused_decode(const fused_args& a, index_t b_begin, index_t b_end, float* m, double* l,
+                              float* acc, index_t acc_stride) {
   constexpr int W = ops::W, BV = ops::BV, NV = ops::value_vectors(HB);
   const index_t d = a.d, ns = a.ns, bs = a.block_bytes;
   const V* values = typed<V>(a.values);
@@ -354,4 +361,73 @@ AQUA_KERNEL void fused_decode(const fused_args& a, index_t b_begin, index_t b_en
   }
 #pragma GCC unroll 4
   for (int h = 0; h < HB; ++h) l[h] += hsum256_pd(lsum[h]);
+}
+
+/// Scores of HN query heads (scaled rows q + h * d) against 4 token-major key rows: the 4 x HN dot
+/// products accumulate in W lanes as independent FMA chains, then reduce 4 at a time (hsum4).
+template <int HN, class K>
+AQUA_KERNEL AQUA_ALWAYS_INLINE void score_four_rows(const K* r, index_t ld, const float* q, index_t d,
+                                                    float* scores, index_t score_stride) {
+  constexpr int W = ops::W;
+  vec a[HN][4];
+#pragma GCC unroll 4
+  for (int h = 0; h < HN; ++h)
+#pragma GCC unroll 4
+    for (int t = 0; t < 4; ++t) a[h][t] = ops::zero();
+  for (index_t c = 0; c < d; c += W) {
+    vec k[4];
+#pragma GCC unroll 4
+    for (int t = 0; t < 4; ++t) k[t] = ops::load(r + t * ld + c);
+#pragma GCC unroll 4
+    for (int h = 0; h < HN; ++h) {
+      const vec qh = ops::load(q + h * d + c);
+#pragma GCC unroll 4
+      for (int t = 0; t < 4; ++t) a[h][t] = ops::fmadd(qh, k[t], a[h][t]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int h = 0; h < HN; ++h)
+    _mm_storeu_ps(scores + h * score_stride, ops::hsum4(a[h][0], a[h][1], a[h][2], a[h][3]));
+}
+
+/// Scores of HB query heads against `count` token-major key rows (`ld` elements apart, unit inner
+/// stride: an engine's own K buffer), scores[h * score_stride + j] = q_h . k_j. Rows go 4 at a
+/// time; the heads share the key loads (the 512-bit registers hold all HB x 4 accumulators, AVX2
+/// takes the heads in pairs and reloads the 4 rows from L1). Each dot product is summed in W
+/// lanes, then across them (the lane order differs between ISAs: not bitwise equal across them).
+/// d % W == 0.
+template <int HB, class K>
+AQUA_KERNEL void score_token_rows(const K* keys, index_t ld, index_t count, const float* q, index_t d,
+                                  float* scores, index_t score_stride) {
+  constexpr int W = ops::W;
+  constexpr int HG = W == 16 ? HB : (HB < 2 ? HB : 2);  // heads per pass over the 4 rows
+  const index_t row_bytes = d * index_t(sizeof(K));
+  const index_t ahead = prefetch_rows_ahead(ld * index_t(sizeof(K))) * ld;
+  index_t j = 0;
+  for (; j + 4 <= count; j += 4) {
+    const K* r = keys + j * ld;
+    // One line per line consumed, `ahead` rows on (a prefetch past the buffer never faults).
+#pragma GCC unroll 4
+    for (int t = 0; t < 4; ++t)
+      for (index_t b = 0; b < row_bytes; b += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(r + (t * ld + ahead)) + b, _MM_HINT_T0);
+    int h = 0;
+    for (; h + HG <= HB; h += HG)
+      score_four_rows<HG>(r, ld, q + h * d, d, scores + h * score_stride + j, score_stride);
+    if constexpr (HB % HG != 0)
+      score_four_rows<HB % HG>(r, ld, q + h * d, d, scores + h * score_stride + j, score_stride);
+  }
+  for (; j < count; ++j) {
+    const K* r0 = keys + j * ld;
+    vec a0[HB];
+#pragma GCC unroll 4
+    for (int h = 0; h < HB; ++h) a0[h] = ops::zero();
+    for (index_t c = 0; c < d; c += W) {
+      const vec k0 = ops::load(r0 + c);
+#pragma GCC unroll 4
+      for (int h = 0; h < HB; ++h) a0[h] = ops::fmadd(ops::load(q + h * d + c), k0, a0[h]);
+    }
+#pragma GCC unroll 4
+    for (int h = 0; h < HB; ++h) scores[h * score_stride + j] = ops::hsum(a0[h]);
+  }
 }
