@@ -74,8 +74,9 @@ inline aqua_oracle::layer_inputs oracle_inputs(const random_layer& L) {
   return in;
 }
 
-/// Decode queries q [hq, d] drawn N(0, 1) from seed, seed + 1, ... until every selection the oracle
-/// makes for (mode, spec) is clear of ties by aqua_oracle::required_margin(d) (the float kernels
+/// Decode queries q [hq, d] drawn N(0, 1) from seeds seed, seed + 7919, ... (keep them apart from
+/// the layer's basis seeds: a query drawn from a basis's seed lies in its leading dims) until every selection
+/// the oracle makes for (mode, spec) is clear of ties by aqua_oracle::required_margin(d) (the float kernels
 /// may break a tie either way; data near one tests nothing). Returns the oracle's result.
 inline aqua_oracle::result clear_decode_queries(const aqua_oracle::oracle& o, std::vector<float>& q,
                                                 index_t d, unsigned seed, aqua::selection_mode mode,
