@@ -311,3 +311,38 @@ TEST_CASE("the policy rejects bad options and mismatched inputs with a message n
   aqua::kv_cache other(3, 16);
   CHECK_THROWS_WITH(policy.evict(other), Contains("aqua::h2o_policy::evict") && Contains("3 KV heads"));
 }
+
+TEST_CASE("eviction ties keep the older token, with scores tied exactly by construction", "[h2o]") {
+  // Hand-built probabilities (sums of powers of two, exact in float and double): B = 3, W = 1, so
+  // token 5 stays as the recent window and two heavy hitters come from tokens 0..4. Head 0: token 1
+  // leads (0.5), tokens 0, 2, 3, 4 tie at 0.25 after two steps: the oldest, token 0, is kept. Head 1:
+  // all five tie at 0.25: tokens 0 and 1 are kept.
+  const index_t hkv = 2, d = 4, n = 6;
+  aqua::kv_cache cache(hkv, d, {4, 0, 0});
+  std::vector<float> k(std::size_t(hkv * n * d)), v(k.size());
+  for (std::size_t i = 0; i < v.size(); ++i)
+    v[i] = float(i / std::size_t(d) % std::size_t(n));  // v = token index
+  for (std::size_t i = 0; i < k.size(); ++i) k[i] = float(i % 7) - 3.0f;
+  cache.append(aqua::make_view(static_cast<const float*>(k.data()), hkv, n, d),
+               aqua::make_view(static_cast<const float*>(v.data()), hkv, n, d));
+  aqua::h2o_policy policy(hkv, {3, 1, 0, false});
+  const std::vector<float> step1 = {0.125f, 0.25f,  0.25f,  0.125f, 0.125f, 0.125f,  // head 0
+                                    0.125f, 0.125f, 0.125f, 0.125f, 0.125f, 0.375f};
+  const std::vector<float> step2 = {0.125f, 0.25f,  0.0f,   0.125f, 0.125f, 0.375f,  // head 0
+                                    0.125f, 0.125f, 0.125f, 0.125f, 0.125f, 0.375f};
+  policy.accumulate(aqua::make_view(step1.data(), hkv, n));
+  policy.accumulate(aqua::make_view(step2.data(), hkv, n));
+  for (index_t j : {0, 2, 3, 4}) CHECK(policy.score(0, j) == 0.25);
+  CHECK(policy.score(0, 1) == 0.5);
+  for (index_t j = 0; j < 5; ++j) CHECK(policy.score(1, j) == 0.25);
+  CHECK(policy.keep_set(0, n) == std::vector<index_t>{0, 1, 5});
+  CHECK(policy.keep_set(1, n) == std::vector<index_t>{0, 1, 5});
+  REQUIRE(policy.evict(cache) == n - 3);
+  REQUIRE(cache.size() == 3);
+  const index_t kept[2][3] = {{0, 1, 5}, {0, 1, 5}};
+  for (index_t h = 0; h < hkv; ++h)
+    for (index_t i = 0; i < 3; ++i) {
+      CHECK(cache.position(h, i) == kept[h][i]);
+      CHECK(cache.value(h, i, 0) == float(kept[h][i]));
+    }
+}

@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "test_support.hpp"
@@ -39,7 +40,7 @@ TEST_CASE("appended keys are stored projected (k P) and values verbatim, one or 
       for (index_t c = 0; c < d; ++c) {
         double ref = 0;
         for (index_t i = 0; i < d; ++i) ref += double(k.view(h, j, i)) * double(bases[std::size_t(h)](i, c));
-        worst = std::max(worst, std::abs(ref - double(cache.key(h, j, c))));
+        worst = aqua_test::max_or_nan(worst, std::abs(ref - double(cache.key(h, j, c))));
         REQUIRE(cache.value(h, j, c) == v.view(h, j, c));
       }
       CHECK(cache.position(j) == j);
@@ -140,3 +141,16 @@ TEST_CASE("the cache rejects bad construction and bad appends with a message nam
   CHECK_THROWS_WITH(cache.retain(aqua::make_view(static_cast<const index_t*>(keep.data()), 2)),
                     Contains("strictly increasing"));
 }
+
+// kv_cache owns its tile arrays and is meant to move, never to copy. It moves today; it is not yet
+// move-only: std::vector<std::unique_ptr> makes std::is_copy_constructible report true although a
+// copy does not compile, so the copy half of the check is guarded until kv_cache deletes its copy
+// operations (the kernel engineer's change): then build with -DAQUA_TEST_KV_CACHE_MOVE_ONLY=1, or
+// drop the guard.
+static_assert(std::is_nothrow_move_constructible<aqua::kv_cache>::value, "kv_cache moves without throwing");
+static_assert(std::is_nothrow_move_assignable<aqua::kv_cache>::value,
+              "kv_cache move-assigns without throwing");
+#if defined(AQUA_TEST_KV_CACHE_MOVE_ONLY) && AQUA_TEST_KV_CACHE_MOVE_ONLY
+static_assert(!std::is_copy_constructible<aqua::kv_cache>::value, "kv_cache is move-only");
+static_assert(!std::is_copy_assignable<aqua::kv_cache>::value, "kv_cache is move-only");
+#endif

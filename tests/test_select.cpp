@@ -505,3 +505,57 @@ TEST_CASE("select_top names a non-finite value wherever it sits, vector block or
   }
   aqua::detail::simd_disabled() = 0;
 }
+
+#include "aqua_oracle.hpp"
+
+TEST_CASE("the engine's whole-tile selection picks the tiles of the independent oracle", "[select]") {
+  // detail::select_dims(..., true, ...) against aqua_oracle::select: tiles ranked by summed energy
+  // (ties: lower tile), ceil(count / tile) tiles for fixed specs (the engine's rule; the oracle's
+  // tiles_cover_count = false, see oracle_support.hpp), the shortest energy prefix for energy
+  // specs; the dims of the chosen tiles ascending. Partial last tiles (r = 40 and 7), tied tile
+  // energies (small integers), a single tile, every kernel path of the key compares.
+  struct shape {
+    index_t r, tile;
+  };
+  const auto sh = GENERATE(shape{64, 16}, shape{40, 16}, shape{7, 3}, shape{5, 5}, shape{33, 1});
+  const bool ties = GENERATE(false, true);
+  CAPTURE(sh.r, sh.tile, ties);
+  std::vector<float> x = ties ? tied_values(sh.r, 41) : std::vector<float>(static_cast<std::size_t>(sh.r));
+  if (!ties) {
+    std::mt19937 rng(43);
+    std::normal_distribution<float> nd;
+    for (auto& v : x) v = nd(rng);
+  }
+  std::vector<float> w(x.size());
+  std::vector<double> e(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    w[i] = std::abs(x[i]);
+    e[i] = double(x[i]) * double(x[i]);
+  }
+  const std::vector<std::vector<double>> rows = {std::vector<double>(x.begin(), x.end())};
+  std::vector<aqua::selection_spec> specs;
+  for (index_t k = 1; k <= sh.r; k += std::max<index_t>(1, sh.r / 6))
+    specs.push_back(aqua::selection_spec::top_k(k));
+  specs.push_back(aqua::selection_spec::top_k(sh.r));
+  specs.push_back(aqua::selection_spec::fraction(0.3));
+  if (!ties)  // energy thresholds on random data, clear of the threshold (checked below)
+    for (double tau : {0.3, 0.7, 0.95, 1.0}) specs.push_back(aqua::selection_spec::energy(tau));
+  std::vector<std::int32_t> scratch(x.size()), out(x.size());
+  for (int simd_off : {0, 1}) {
+    aqua::detail::simd_disabled() = simd_off;
+    for (const auto& spec : specs) {
+      CAPTURE(simd_off, int(spec.type), spec.k, spec.value);
+      aqua_oracle::spec os = spec.type == aqua::selection_spec::kind::top_k ? aqua_oracle::spec::top_k(spec.k)
+                             : spec.type == aqua::selection_spec::kind::fraction
+                                 ? aqua_oracle::spec::fraction(spec.value)
+                                 : aqua_oracle::spec::energy(spec.value);
+      double margin = std::numeric_limits<double>::infinity();
+      const auto want = aqua_oracle::select(rows, sh.r, sh.tile, true, os, margin, false);
+      if (spec.type == aqua::selection_spec::kind::energy && spec.value < 1.0) REQUIRE(margin > 1e-9);
+      const index_t count = aqua::detail::select_dims(w.data(), e.data(), sh.r, sh.tile, true, spec,
+                                                      scratch.data(), out.data());
+      CHECK(std::vector<index_t>(out.begin(), out.begin() + count) == want);
+    }
+  }
+  aqua::detail::simd_disabled() = 0;
+}

@@ -38,7 +38,31 @@ Eigen::MatrixXf random_orthogonal_basis(index_t d, unsigned seed) {
   return q.template cast<float>();
 }
 
-/// ||a - b||_2 / max(||b||_2, tiny) over two equally sized ranges read through accessors.
+/// NaN-safe running maximum for error reductions: std::max(worst, NaN) keeps `worst`, so a NaN
+/// output would pass a following CHECK(worst < tol); here a NaN argument makes (and keeps) the
+/// result NaN, and every comparison with NaN fails. Every test that reduces an error uses this.
+inline double max_or_nan(double worst, double x) {
+  if (std::isnan(worst) || std::isnan(x)) return std::numeric_limits<double>::quiet_NaN();
+  return x > worst ? x : worst;
+}
+
+/// |a - b| <= tol, false when either is NaN (and for an infinite difference): the only form of
+/// tolerance check the tests use ("!(diff > tol)" would pass NaN).
+inline bool within(double a, double b, double tol) {
+  return std::abs(a - b) <= tol;
+}
+
+/// max_i |a(i) - b(i)| over count values read through accessors, NaN when any difference is NaN.
+template <class A, class B>
+double max_abs_difference(index_t count, A a, B b) {
+  double worst = 0;
+  for (index_t i = 0; i < count; ++i)
+    worst = max_or_nan(worst, std::abs(static_cast<double>(a(i)) - static_cast<double>(b(i))));
+  return worst;
+}
+
+/// ||a - b||_2 / max(||b||_2, tiny) over two equally sized ranges read through accessors (NaN when
+/// any value is NaN: the sums propagate it).
 template <class A, class B>
 double normalized_error(index_t count, A a, B b) {
   double diff = 0, ref = 0;

@@ -103,7 +103,11 @@ TEST_CASE("on a decaying spectrum the truncation error falls as r grows and r = 
   }
 }
 
-TEST_CASE("selection within a truncated cache never reads beyond the r stored dims", "[truncation]") {
+// What this case pins is the count rule on a truncated cache; that selection ranks only the r
+// stored dims, even when most query energy lies beyond r, is held against the independent oracle in
+// test_oracle_decode.cpp.
+TEST_CASE("on a truncated cache fraction(1.0) selects the r stored dims like top_k(r), and k > r is rejected",
+          "[truncation]") {
   const index_t hq = 4, hkv = 2, d = 64, n = 100;
   aqua_test::spectrum_layer layer(hq, hkv, d, 300);
   std::mt19937 rng(7);

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <iterator>
+#include <limits>
 #include <numeric>
 #include <vector>
 
@@ -27,7 +28,8 @@ struct attention_quality {
 namespace detail {
 
 /// Indices of the `count` largest entries (ties: lower index first), in that order.
-inline std::vector<index_t> top_indices(const float* x, index_t n, index_t count) {
+template <class T>
+std::vector<index_t> top_indices(const T* x, index_t n, index_t count) {
   std::vector<index_t> idx(static_cast<std::size_t>(n));
   std::iota(idx.begin(), idx.end(), index_t{0});
   std::partial_sort(idx.begin(), idx.begin() + count, idx.end(),
@@ -36,36 +38,82 @@ inline std::vector<index_t> top_indices(const float* x, index_t n, index_t count
   return idx;
 }
 
+/// Exact attention over the cache, written out in double and sharing nothing with the decode
+/// kernels: for query head h (KV head h / g), q~ = q P over the r kept dims (the cache's basis, or q
+/// itself for an identity cache), logits scale * q~ . k~_j over every stored token, softmax (max
+/// subtracted), out = sum_j p_j v_j. With r = d and an orthogonal P this is exact attention on
+/// the raw keys. out [hq * d] and logits [hq * n] are resized.
+inline void exact_attention_over_cache(matrix_view<const float> q, const kv_cache& cache, double scale,
+                                       std::vector<double>& out, std::vector<double>& logits) {
+  const index_t hq = q.extent(0), d = q.extent(1), n = cache.size(), r = cache.rank();
+  const index_t g = hq / cache.kv_heads();
+  out.assign(static_cast<std::size_t>(hq * d), 0.0);
+  logits.assign(static_cast<std::size_t>(hq * n), 0.0);
+  std::vector<double> qt(static_cast<std::size_t>(r));
+  for (index_t h = 0; h < hq; ++h) {
+    const index_t kv = h / g;
+    const row_matrix<float>* basis = cache.projection(kv);
+    for (index_t c = 0; c < r; ++c) {
+      double x = 0;
+      if (basis == nullptr) {
+        x = double(q(h, c));
+      } else {
+        for (index_t i = 0; i < d; ++i) x += double(q(h, i)) * double((*basis)(i, c));
+      }
+      qt[static_cast<std::size_t>(c)] = x;
+    }
+    double* lg = logits.data() + h * n;
+    double mx = -std::numeric_limits<double>::infinity();
+    for (index_t j = 0; j < n; ++j) {
+      double dot = 0;
+      for (index_t c = 0; c < r; ++c) dot += qt[static_cast<std::size_t>(c)] * double(cache.key(kv, j, c));
+      lg[j] = scale * dot;
+      mx = std::max(mx, lg[j]);
+    }
+    double sum = 0;
+    std::vector<double> p(static_cast<std::size_t>(n));
+    for (index_t j = 0; j < n; ++j) sum += (p[static_cast<std::size_t>(j)] = std::exp(lg[j] - mx));
+    double* o = out.data() + h * d;
+    for (index_t j = 0; j < n; ++j) {
+      const double w = p[static_cast<std::size_t>(j)] / sum;
+      for (index_t c = 0; c < d; ++c) o[c] += w * double(cache.value(kv, j, c));
+    }
+  }
+}
+
 }  // namespace detail
 
-/// Compares aqua_decode(q, cache, select, options) with exact attention over the same cache (dense
-/// over every kept dim: exact when the cache keeps r = d dims). Attended tokens are ranked per
-/// query head by their logits (softmax preserves the order).
+/// Compares aqua_decode(q, cache, select, options) with exact attention over the same cache,
+/// computed in double by detail::exact_attention_over_cache (its own loops, not the decode engine:
+/// exact when the cache keeps r = d dims). Attended tokens are ranked per query head by their
+/// logits (softmax preserves the order): the exact ones in double, AQUA's as its kernel computed
+/// them; ties go to the lower token index.
 inline attention_quality aqua_decode_quality(matrix_view<const float> q, const kv_cache& cache,
                                              const selection_spec& select, const aqua_options& options = {}) {
   constexpr const char* fn = "aqua::aqua_decode_quality";
   detail::require_data(q, fn, "q");
   detail::validate_cache_queries(q.extent(0), q.extent(1), cache, fn);
   const index_t hq = q.extent(0), d = q.extent(1), n = cache.size();
-  std::vector<float> exact(static_cast<std::size_t>(hq * d)), approx(exact.size());
-  aqua_workspace ws_exact, ws_approx;
+  std::vector<float> approx(static_cast<std::size_t>(hq * d));
+  aqua_workspace ws_approx;
   std::vector<float> probs(static_cast<std::size_t>(cache.kv_heads() * n));
   auto probs_view = make_view(probs.data(), cache.kv_heads(), n);
-  // The probability hook makes each call keep its per-head logits in the workspace.
-  detail::decode_on_cache(q, cache, nullptr, selection_mode::group, make_view(exact.data(), hq, d),
-                          options.scale, options.threads, &ws_exact, nullptr, probs_view, fn);
+  // The probability hook makes the call keep its per-head logits in the workspace.
   detail::decode_on_cache(q, cache, &select, options.mode, make_view(approx.data(), hq, d), options.scale,
                           options.threads, &ws_approx, nullptr, probs_view, fn);
+  std::vector<double> exact, exact_logits;
+  detail::exact_attention_over_cache(q, cache, detail::resolve_scale(options.scale, d, fn), exact,
+                                     exact_logits);
   attention_quality result;
   double diff = 0, ref = 0;
   for (std::size_t i = 0; i < exact.size(); ++i) {
-    diff += double(approx[i] - exact[i]) * double(approx[i] - exact[i]);
-    ref += double(exact[i]) * double(exact[i]);
+    diff += (double(approx[i]) - exact[i]) * (double(approx[i]) - exact[i]);
+    ref += exact[i] * exact[i];
   }
   result.rel_l2_error = std::sqrt(diff) / std::max(std::sqrt(ref), 1e-300);
   const index_t top = std::min<index_t>(10, n);
   for (index_t h = 0; h < hq; ++h) {
-    auto e = detail::top_indices(ws_exact.logits.data() + h * n, n, top);
+    auto e = detail::top_indices(exact_logits.data() + h * n, n, top);
     auto a = detail::top_indices(ws_approx.logits.data() + h * n, n, top);
     result.top1_agreement += e[0] == a[0] ? 1.0 : 0.0;
     std::sort(e.begin(), e.end());
