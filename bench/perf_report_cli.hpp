@@ -18,7 +18,8 @@ struct options {
 inline void add_options(CLI::App& app, options& o) {
   aqua_cli::configure(app);
   app.description(
-      "aqua_perf_report: turns aqua_compare --json output into the README's performance tables (markdown) and "
+      "aqua_perf_report: turns aqua_compare --json output into the README's performance tables (markdown) "
+      "and "
       "an SVG plot of measured decode speedup against N beside the cost model's curve.");
   app.add_option("--table", o.table, "lines of aqua_compare --mode decode --json (repeatable)")
       ->allow_extra_args(false)
@@ -27,7 +28,8 @@ inline void add_options(CLI::App& app, options& o) {
       ->allow_extra_args(false)
       ->check(aqua_cli::readable_file());
   app.add_option("--markdown", o.markdown, "write the tables to OUT.md")->check(aqua_cli::writable_file());
-  app.add_option("--plot", o.plot, "write the plot to OUT.svg (needs --sweep)")->check(aqua_cli::writable_file());
+  app.add_option("--plot", o.plot, "write the plot to OUT.svg (needs --sweep)")
+      ->check(aqua_cli::writable_file());
   app.callback([&o] {
     if (o.markdown.empty() && o.plot.empty())
       throw aqua_cli::usage_error("nothing to write: give --markdown and/or --plot");

@@ -16,7 +16,8 @@ struct options {
 /// The options of aqua_quickstart into `app`, parsed into `o`.
 inline void add_options(CLI::App& app, options& o) {
   aqua_cli::configure(app);
-  app.description("aqua_quickstart: exact dense decode on generated data, with the shapes an engine would pass.");
+  app.description(
+      "aqua_quickstart: exact dense decode on generated data, with the shapes an engine would pass.");
   aqua_cli::integer(app, "--hq", o.hq, 1L, 1024L, "query heads (a multiple of --hkv)");
   aqua_cli::integer(app, "--hkv", o.hkv, 1L, 1024L, "KV heads");
   aqua_cli::integer(app, "--d", o.d, 1L, 4096L, "head dimension");
