@@ -36,7 +36,7 @@ inline void add_options(CLI::App& app, options& o) {
   auto& c = o.config;
   auto* d = aqua_cli::integer<std::int64_t>(app, "--d", c.d, 1, max_dim, "head dimension");
   auto* k = aqua_cli::integer<std::int64_t>(app, "--k", c.k, 1, max_dim,
-                                            "kept projected dims per query [default: d]");
+                                            "kept projected dims per query [default: r]");
   k->default_str("");
   auto* r = aqua_cli::integer<std::int64_t>(app, "--r", c.r, 1, max_dim,
                                             "stored projected key dims, truncation [default: d]");
@@ -98,7 +98,7 @@ inline void add_options(CLI::App& app, options& o) {
       throw aqua_cli::usage_error("--r " + std::to_string(cfg.r) + " is larger than --d " +
                                   std::to_string(cfg.d));
     const std::int64_t stored = cfg.r == 0 ? cfg.d : cfg.r;
-    if (!o.k_given) cfg.k = cfg.d;
+    if (!o.k_given) cfg.k = stored;  // k defaults to every stored dim (was d even with --r < d)
     if (o.k_given && cfg.k > stored)
       throw aqua_cli::usage_error("--k " + std::to_string(cfg.k) + " is larger than " +
                                   (cfg.r == 0 ? "--d " : "--r ") + std::to_string(stored));
