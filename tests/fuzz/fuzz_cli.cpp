@@ -42,7 +42,8 @@ void check(const aqua_compare_cli::config& c) {
   for (auto n : c.n) require(n >= 1);
   for (auto k : c.k) require(k >= 1 && k <= c.d);
   require(c.reps >= 1 && c.budget >= 0 && !(c.sweep && c.budget > 0) && c.sweep_min >= 16 &&
-          c.sweep_min <= c.sweep_max && c.probe_bytes >= 65536 && std::isfinite(c.spectrum) && c.spectrum > 0);
+          c.sweep_min <= c.sweep_max && c.probe_bytes >= 65536 && std::isfinite(c.spectrum) &&
+          c.spectrum > 0);
   require(c.baseline == "projected" || c.baseline == "plain" || (c.sweep && c.baseline == "reference"));
 }
 void check(const aqua_llama_cli::options& o) {
@@ -122,7 +123,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       parse_with<aqua_calibrate_cli::options>("aqua_calibrate", aqua_calibrate_cli::add_options, args);
       break;
     case 4:
-      parse_with<aqua_make_dump_cli::options>("aqua_make_synthetic_dump", aqua_make_dump_cli::add_options, args);
+      parse_with<aqua_make_dump_cli::options>("aqua_make_synthetic_dump", aqua_make_dump_cli::add_options,
+                                              args);
       break;
     case 5:
       parse_with<aqua_cost_cli::options>("aqua_cost", aqua_cost_cli::add_options, args);
