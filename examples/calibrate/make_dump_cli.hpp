@@ -21,7 +21,9 @@ inline void add_options(CLI::App& app, options& o) {
       "aqua_make_synthetic_dump: writes a synthetic activation dump in the layout aqua_calibrate reads, "
       "DIR/q_layer{l}.npy [Hq, rows, d] and DIR/k_layer{l}.npy [Hkv, rows, d], with a planted low-rank "
       "subspace per layer and KV head.");
-  app.add_option("DIR", o.dir, "output directory (created if missing)")->required()->check(aqua_cli::writable_dir());
+  app.add_option("DIR", o.dir, "output directory (created if missing)")
+      ->required()
+      ->check(aqua_cli::writable_dir());
   aqua_cli::integer(app, "--layers", o.layers, 1L, 1024L, "layers");
   aqua_cli::integer(app, "--query-heads", o.hq, 1L, 1024L, "query heads (a multiple of --kv-heads)");
   aqua_cli::integer(app, "--kv-heads", o.hkv, 1L, 1024L, "KV heads");
@@ -31,14 +33,15 @@ inline void add_options(CLI::App& app, options& o) {
   aqua_cli::integer(app, "--seed", o.seed, 0u, 4294967295u, "random seed of the samples");
   app.callback([&o] {
     if (o.hq % o.hkv != 0)
-      throw aqua_cli::usage_error("--query-heads " + std::to_string(o.hq) + " must be a multiple of --kv-heads " +
-                                  std::to_string(o.hkv));
+      throw aqua_cli::usage_error("--query-heads " + std::to_string(o.hq) +
+                                  " must be a multiple of --kv-heads " + std::to_string(o.hkv));
     if (o.rank > o.d)
-      throw aqua_cli::usage_error("--rank " + std::to_string(o.rank) + " is larger than --d " + std::to_string(o.d));
+      throw aqua_cli::usage_error("--rank " + std::to_string(o.rank) + " is larger than --d " +
+                                  std::to_string(o.d));
     // One layer's q and k in memory at a time (float), and as much again on disk per layer.
     aqua_cli::check_memory(4.0 * double(o.hq + o.hkv) * double(o.rows) * double(o.d),
-                           "--query-heads " + std::to_string(o.hq) + " with --rows " + std::to_string(o.rows) +
-                               ", --d " + std::to_string(o.d));
+                           "--query-heads " + std::to_string(o.hq) + " with --rows " +
+                               std::to_string(o.rows) + ", --d " + std::to_string(o.d));
   });
 }
 

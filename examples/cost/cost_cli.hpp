@@ -21,8 +21,8 @@ struct options {
   std::string plot;
 };
 
-constexpr std::int64_t max_dim = 1 << 16;      // --d, --k, --r, --tile
-constexpr std::int64_t max_heads = 1 << 16;    // --hq, --hkv
+constexpr std::int64_t max_dim = 1 << 16;       // --d, --k, --r, --tile
+constexpr std::int64_t max_heads = 1 << 16;     // --hq, --hkv
 constexpr std::int64_t max_tokens = 1LL << 40;  // --budget
 
 /// The options of aqua_cost into `app`, parsed into `o`.
@@ -35,7 +35,8 @@ inline void add_options(CLI::App& app, options& o) {
       "and break-even.");
   auto& c = o.config;
   auto* d = aqua_cli::integer<std::int64_t>(app, "--d", c.d, 1, max_dim, "head dimension");
-  auto* k = aqua_cli::integer<std::int64_t>(app, "--k", c.k, 1, max_dim, "kept projected dims per query [default: d]");
+  auto* k = aqua_cli::integer<std::int64_t>(app, "--k", c.k, 1, max_dim,
+                                            "kept projected dims per query [default: r]");
   k->default_str("");
   auto* r = aqua_cli::integer<std::int64_t>(app, "--r", c.r, 1, max_dim,
                                             "stored projected key dims, truncation [default: d]");
@@ -45,8 +46,10 @@ inline void add_options(CLI::App& app, options& o) {
       ->check(aqua_cli::real_in(1, 1e15));
   aqua_cli::integer<std::int64_t>(app, "--hq", c.hq, 1, max_heads, "query heads (a multiple of --hkv)");
   aqua_cli::integer<std::int64_t>(app, "--hkv", c.hkv, 1, max_heads, "KV heads");
-  aqua_cli::integer<std::int64_t>(app, "--tile", c.tile, 1, max_dim, "projected dims per key tile; reads are whole tiles");
-  aqua_cli::real(app, "--elem-bytes", c.elem_bytes, 0, 64, "bytes per cached key/value element (2 for fp16)", true);
+  aqua_cli::integer<std::int64_t>(app, "--tile", c.tile, 1, max_dim,
+                                  "projected dims per key tile; reads are whole tiles");
+  aqua_cli::real(app, "--elem-bytes", c.elem_bytes, 0, 64, "bytes per cached key/value element (2 for fp16)",
+                 true);
   aqua_cli::real(app, "--proj-bytes", c.projection_elem_bytes, 0, 64,
                  "bytes per element of the projection P (0: P stays in cache)");
   auto* amortised = app.add_flag_callback(
@@ -68,7 +71,8 @@ inline void add_options(CLI::App& app, options& o) {
   app.add_option_function<std::string>(
          "--selection-flops",
          [&c](const std::string& v) {
-           c.selection_flops_per_dim = v == "topk" ? aqua::selection_flops_topk : std::strtod(v.c_str(), nullptr);
+           c.selection_flops_per_dim =
+               v == "topk" ? aqua::selection_flops_topk : std::strtod(v.c_str(), nullptr);
          },
          "selection FLOPs per dim per query head, or topk [default: 0]")
       ->check(CLI::Validator(
@@ -91,9 +95,10 @@ inline void add_options(CLI::App& app, options& o) {
     o.k_given = k->count() > 0;
     if (r->count() == 0) cfg.r = 0;
     if (cfg.r > cfg.d)
-      throw aqua_cli::usage_error("--r " + std::to_string(cfg.r) + " is larger than --d " + std::to_string(cfg.d));
+      throw aqua_cli::usage_error("--r " + std::to_string(cfg.r) + " is larger than --d " +
+                                  std::to_string(cfg.d));
     const std::int64_t stored = cfg.r == 0 ? cfg.d : cfg.r;
-    if (!o.k_given) cfg.k = cfg.d;
+    if (!o.k_given) cfg.k = stored;  // k defaults to every stored dim (was d even with --r < d)
     if (o.k_given && cfg.k > stored)
       throw aqua_cli::usage_error("--k " + std::to_string(cfg.k) + " is larger than " +
                                   (cfg.r == 0 ? "--d " : "--r ") + std::to_string(stored));

@@ -1,7 +1,10 @@
 // Quick start: exact dense attention on generated data, with the shapes an engine would pass.
 //
 //   aqua_quickstart [--hq 32] [--hkv 8] [--d 128] [--n 4096] [--threads 1]
+// (flags parsed by CLI11 in quickstart_cli.hpp; exit status 0, 1 on a library error, 2 on bad usage)
 #include <aqua/aqua.hpp>
+
+#include "quickstart/quickstart_cli.hpp"
 
 #include <chrono>
 #include <cmath>
@@ -12,28 +15,13 @@
 #include <string>
 #include <vector>
 
-namespace {
-
-long parse_flag(int argc, char** argv, const char* name, long fallback) {
-  for (int i = 1; i + 1 < argc; ++i)
-    if (std::strcmp(argv[i], name) == 0) {
-      char* end = nullptr;
-      const long value = std::strtol(argv[i + 1], &end, 10);
-      if (end == argv[i + 1] || *end != '\0' || value <= 0) {
-        std::fprintf(stderr, "aqua_quickstart: %s needs a positive integer, got '%s'\n", name, argv[i + 1]);
-        std::exit(2);
-      }
-      return value;
-    }
-  return fallback;
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
-  const long hq = parse_flag(argc, argv, "--hq", 32), hkv = parse_flag(argc, argv, "--hkv", 8);
-  const long d = parse_flag(argc, argv, "--d", 128), n = parse_flag(argc, argv, "--n", 4096);
-  const int threads = static_cast<int>(parse_flag(argc, argv, "--threads", 1));
+  CLI::App app{"", "aqua_quickstart"};
+  aqua_quickstart_cli::options o;
+  aqua_quickstart_cli::add_options(app, o);
+  if (const int status = aqua_cli::parse(app, argc, argv); status >= 0) return status;
+  const long hq = o.hq, hkv = o.hkv, d = o.d, n = o.n;
+  const int threads = o.threads;
 
   // An engine's KV cache laid out token-major, [N, Hkv, d]: the views below read it in place.
   std::vector<float> q(static_cast<std::size_t>(hq * d)), k(static_cast<std::size_t>(n * hkv * d)),

@@ -1,0 +1,113 @@
+# The command-line tools' bad input, table-driven (cmake -P script, run by ctest as
+# aqua.tools.bad_input): every row of bad_input_cases.txt runs one tool with one argument list and
+# checks its exit status and message. A new flag gets its bad cases there, in one place.
+#
+# Inputs: TOOLS ("name=path;name=path;..."), CASES (the table), WORK_DIR (scratch, recreated),
+# SOURCE_DIR (the repository), DATA_DIR (optional: the llama2.c data directory; rows that use
+# @DATA@ are skipped without it).
+#
+# Row format:  tool | exit | expected text | arguments
+#   exit 2 (usage error): stderr is exactly one line "<tool>: ...", holding the expected text, and
+#          stdout is empty (nothing ran);
+#   exit 1 (runtime error): the last stderr line holds the expected text;
+#   exit 0: the expected text is in stdout (for --help also "Exit status:").
+# Arguments are split like a shell command line (quotes group); placeholders: @WORK@ (the scratch
+# directory), @SRC@ (the repository), @DATA@ (the data directory), @CASES@ (this table: an existing
+# regular file), @MANY_THREADS@ (4x the logical cores + 1: just above the tools' thread bound).
+cmake_minimum_required(VERSION 3.16)  # CMP0053: "@VAR@" in quoted arguments stays literal
+foreach(var TOOLS CASES WORK_DIR SOURCE_DIR)
+  if(NOT ${var})
+    message(FATAL_ERROR "bad_input.cmake: pass -D${var}=...")
+  endif()
+endforeach()
+file(REMOVE_RECURSE "${WORK_DIR}")
+file(MAKE_DIRECTORY "${WORK_DIR}/dirnpy/q_layer0.npy")  # a directory where a dump file belongs
+file(WRITE "${WORK_DIR}/bad.jsonl" "{\"mode\": \"decode\", broken\n")
+cmake_host_system_information(RESULT cores QUERY NUMBER_OF_LOGICAL_CORES)
+math(EXPR many_threads "4 * ${cores} + 1")
+if(many_threads LESS 5)
+  set(many_threads 5)
+endif()
+
+foreach(entry ${TOOLS})
+  string(REGEX MATCH "^([^=]+)=(.*)$" _ "${entry}")
+  set(tool_${CMAKE_MATCH_1} "${CMAKE_MATCH_2}")
+endforeach()
+
+file(STRINGS "${CASES}" rows)
+set(passed 0)
+set(skipped 0)
+set(failures "")
+foreach(row IN LISTS rows)
+  if(row MATCHES "^[ \t]*(#|$)")
+    continue()
+  endif()
+  if(NOT row MATCHES "^([^|]*[^| ])[ ]*\\|[ ]*([0-9]+)[ ]*\\|[ ]*([^|]*[^| ])[ ]*\\|(.*)$")
+    message(FATAL_ERROR "bad_input_cases.txt: cannot read the row\n  ${row}")
+  endif()
+  set(tool "${CMAKE_MATCH_1}")
+  set(expect_exit "${CMAKE_MATCH_2}")
+  set(expect "${CMAKE_MATCH_3}")
+  string(STRIP "${CMAKE_MATCH_4}" args)
+  if(NOT DEFINED tool_${tool})
+    message(STATUS "skip (tool not built): ${row}")
+    math(EXPR skipped "${skipped} + 1")
+    continue()
+  endif()
+  if((args MATCHES "@DATA@" OR expect MATCHES "@DATA@") AND NOT DATA_DIR)
+    message(STATUS "skip (no data directory): ${row}")
+    math(EXPR skipped "${skipped} + 1")
+    continue()
+  endif()
+  foreach(var args expect)
+    string(REPLACE "@WORK@" "${WORK_DIR}" ${var} "${${var}}")
+    string(REPLACE "@SRC@" "${SOURCE_DIR}" ${var} "${${var}}")
+    string(REPLACE "@DATA@" "${DATA_DIR}" ${var} "${${var}}")
+    string(REPLACE "@CASES@" "${CASES}" ${var} "${${var}}")
+    string(REPLACE "@MANY_THREADS@" "${many_threads}" ${var} "${${var}}")
+  endforeach()
+  separate_arguments(argv UNIX_COMMAND "${args}")
+  execute_process(COMMAND "${tool_${tool}}" ${argv} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err
+                  TIMEOUT 60)
+  set(problem "")
+  if(NOT "${rc}" STREQUAL "${expect_exit}")
+    set(problem "exit ${rc}, expected ${expect_exit}")
+  elseif(expect_exit EQUAL 2)
+    string(REGEX REPLACE "\n$" "" err_body "${err}")
+    if(NOT out STREQUAL "")
+      set(problem "a usage error printed to stdout (work started?): ${out}")
+    elseif(err_body MATCHES "\n" OR NOT err MATCHES "\n$")
+      set(problem "the usage error is not one line")
+    elseif(NOT err_body MATCHES "^${tool}: ")
+      set(problem "the message does not start with '${tool}: '")
+    else()
+      string(FIND "${err_body}" "${expect}" at)
+      if(at LESS 0)
+        set(problem "stderr lacks '${expect}'")
+      endif()
+    endif()
+  elseif(expect_exit EQUAL 1)
+    string(REGEX REPLACE "\n$" "" err_body "${err}")
+    string(REGEX REPLACE "^.*\n" "" last_line "${err_body}")
+    string(FIND "${last_line}" "${expect}" at)
+    if(at LESS 0)
+      set(problem "the last stderr line lacks '${expect}'")
+    endif()
+  else()
+    string(FIND "${out}" "${expect}" at)
+    if(at LESS 0)
+      set(problem "stdout lacks '${expect}'")
+    elseif(args MATCHES "--help" AND NOT out MATCHES "Exit status:")
+      set(problem "--help lacks the exit-status footer")
+    endif()
+  endif()
+  if(problem STREQUAL "")
+    math(EXPR passed "${passed} + 1")
+  else()
+    string(APPEND failures "\n  ${tool} ${args}\n    ${problem}\n    stdout: ${out}\n    stderr: ${err}")
+  endif()
+endforeach()
+if(NOT failures STREQUAL "")
+  message(FATAL_ERROR "tools' bad input: failing rows (${passed} passed):${failures}")
+endif()
+message(STATUS "tools' bad input: ${passed} cases passed, ${skipped} skipped")
