@@ -27,9 +27,10 @@ constexpr index_t dense_rows_interleaved_chunk = 64;
 
 /// One query head (scaled query q, d floats) in double, probabilities normalised before the values
 /// are summed: the slow path for the rare head whose float value accumulator overflowed.
-inline void dense_rows_head_double(const float* q, index_t d, storage_type key_type, const unsigned char* keys,
-                                   index_t k_ld, storage_type value_type, const unsigned char* values, index_t v_ld,
-                                   index_t n, const float* mask, index_t mask_stride, float* out, index_t out_inner) {
+inline void dense_rows_head_double(const float* q, index_t d, storage_type key_type,
+                                   const unsigned char* keys, index_t k_ld, storage_type value_type,
+                                   const unsigned char* values, index_t v_ld, index_t n, const float* mask,
+                                   index_t mask_stride, float* out, index_t out_inner) {
   std::vector<double> sc(static_cast<std::size_t>(n));
   double mx = -std::numeric_limits<double>::infinity();
   for (index_t j = 0; j < n; ++j) {
@@ -45,7 +46,8 @@ inline void dense_rows_head_double(const float* q, index_t d, storage_type key_t
   for (index_t j = 0; j < n; ++j) {
     const double p = sc[static_cast<std::size_t>(j)] / total;
     if (p == 0) continue;
-    for (index_t c = 0; c < d; ++c) acc[static_cast<std::size_t>(c)] += p * load_element(values, value_type, j * v_ld + c);
+    for (index_t c = 0; c < d; ++c)
+      acc[static_cast<std::size_t>(c)] += p * load_element(values, value_type, j * v_ld + c);
   }
   for (index_t c = 0; c < d; ++c) out[c * out_inner] = static_cast<float>(acc[static_cast<std::size_t>(c)]);
 }
@@ -69,7 +71,9 @@ struct rows_source {
   const float* mask = nullptr;
   index_t mask_stride = 0;
   const unsigned char* head_keys(index_t kv) const { return keys + kv * k_head * storage_bytes(key_type); }
-  const unsigned char* head_values(index_t kv) const { return values + kv * v_head * storage_bytes(value_type); }
+  const unsigned char* head_values(index_t kv) const {
+    return values + kv * v_head * storage_bytes(value_type);
+  }
 };
 
 /// Tokens [t, t + cnt) for one group: scores, the online-softmax update, the values. `scores`
@@ -78,8 +82,8 @@ inline void rows_step(rows_group& g, const rows_source& src, index_t t, index_t 
   constexpr index_t C = dense_rows_chunk;
   const index_t d = src.d;
   const float neg_inf = -std::numeric_limits<float>::infinity();
-  score_rows_dispatch(g.hn, src.key_type, src.head_keys(g.kv) + t * src.k_ld * storage_bytes(src.key_type), src.k_ld,
-                      cnt, g.q.data(), d, scores, C);
+  score_rows_dispatch(g.hn, src.key_type, src.head_keys(g.kv) + t * src.k_ld * storage_bytes(src.key_type),
+                      src.k_ld, cnt, g.q.data(), d, scores, C);
   bool any = false;
   for (int h = 0; h < g.hn; ++h) {
     float* s = scores + h * C;
@@ -100,8 +104,8 @@ inline void rows_step(rows_group& g, const rows_source& src, index_t t, index_t 
     g.m[h] = mn;
   }
   if (any)
-    value_dispatch(g.hn, src.value_type, src.head_values(g.kv) + t * src.v_ld * storage_bytes(src.value_type), d, cnt,
-                   scores, C, g.acc.data(), d, g.alpha, src.v_ld);
+    value_dispatch(g.hn, src.value_type, src.head_values(g.kv) + t * src.v_ld * storage_bytes(src.value_type),
+                   d, cnt, scores, C, g.acc.data(), d, g.alpha, src.v_ld);
 }
 
 /// The group's outputs: acc / l per head (zeros for a fully masked head, NaN carried through).
@@ -117,8 +121,9 @@ inline void rows_finish(const rows_group& g, const rows_source& src, float* out,
       // Finite logits but a non-finite float accumulator: the unnormalised value sum overflowed
       // (values near FLT_MAX; the exact output is a weighted mean, within range). Redo this
       // head in double, off the hot path.
-      dense_rows_head_double(g.q.data() + h * d, d, src.key_type, src.head_keys(g.kv), src.k_ld, src.value_type,
-                             src.head_values(g.kv), src.v_ld, src.n, src.mask, src.mask_stride, o, out_inner);
+      dense_rows_head_double(g.q.data() + h * d, d, src.key_type, src.head_keys(g.kv), src.k_ld,
+                             src.value_type, src.head_values(g.kv), src.v_ld, src.n, src.mask,
+                             src.mask_stride, o, out_inner);
       continue;
     }
     // l = 0: every logit was -inf (zeros out); a NaN l carries a NaN input through.
@@ -134,8 +139,8 @@ inline void rows_finish(const rows_group& g, const rows_source& src, float* out,
 /// buffer at a stride.
 template <class K, class V, class Shape>
 void dense_decode_rows(const matrix_view<const float>& q, const tensor3_view<const K>& k,
-                       const tensor3_view<const V>& v, const matrix_view<float>& out, const Shape& s, int threads,
-                       const vector_view<const float>& mask) {
+                       const tensor3_view<const V>& v, const matrix_view<float>& out, const Shape& s,
+                       int threads, const vector_view<const float>& mask) {
   rows_source src;
   src.key_type = storage_of<K>::value;
   src.value_type = storage_of<V>::value;
@@ -174,8 +179,7 @@ void dense_decode_rows(const matrix_view<const float>& q, const tensor3_view<con
     std::vector<float> scores(static_cast<std::size_t>(4 * dense_rows_chunk));
     for (index_t t = 0; t < s.n; t += chunk) {
       const index_t cnt = std::min(chunk, s.n - t);
-      for (std::size_t i = 0; i < groups.size(); ++i)
-        rows_step(groups[i], src, t, cnt, scores.data());
+      for (std::size_t i = 0; i < groups.size(); ++i) rows_step(groups[i], src, t, cnt, scores.data());
     }
     for (const auto& g : groups) rows_finish(g, src, out.data(), out.stride(0), out.stride(1));
   });
