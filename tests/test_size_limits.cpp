@@ -72,14 +72,25 @@ TEST_CASE(".npy: element counts and byte counts that overflow 64 bits are errors
   const std::string path = dir.file("overflow.npy");
   // 2^32 x 2^32 elements: the element count wraps to 0 in 64 bits.
   write_bytes(path, npy("{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296), }", ""));
-  CHECK_THROWS_WITH(aqua::read_npy(path), Contains(path) && Contains("element count overflows 64 bits"));
+  CHECK_THROWS_WITH(aqua::read_npy(path), Contains(path) && Contains("extents multiply past 2^63 - 1"));
   // 2^62 elements fit, 2^62 x 8 bytes do not (it would wrap to 0 = the empty data section).
   write_bytes(path, npy("{'descr': '<f8', 'fortran_order': False, 'shape': (4611686018427387904,), }", ""));
   CHECK_THROWS_WITH(aqua::read_npy(path), Contains(path) && Contains("data size overflows 64 bits"));
-  // A zero extent makes the product 0 whatever the others are: an empty array, not an error.
+  // As in NumPy, a zero extent does not excuse the others: their product would overflow the
+  // strides of any view of the (empty) array.
   write_bytes(path,
               npy("{'descr': '<f4', 'fortran_order': False, 'shape': (0, 4294967296, 4294967296), }", ""));
-  CHECK(aqua::read_npy(path).size() == 0);
+  CHECK_THROWS_WITH(aqua::read_npy(path), Contains(path) && Contains("extents multiply past 2^63 - 1"));
+  write_bytes(path,
+              npy("{'descr': '<f4', 'fortran_order': False, 'shape': (0, 7, 1500000000000000000), }", ""));
+  CHECK_THROWS_WITH(aqua::read_npy(path), Contains(path) && Contains("extents multiply past 2^63 - 1"));
+  // Huge extents whose product fits are an empty array, and its views index without overflow.
+  write_bytes(path, npy("{'descr': '<f4', 'fortran_order': False, 'shape': (0, 4294967296, 7), }", ""));
+  const aqua::npy_array empty = aqua::read_npy(path);
+  CHECK(empty.size() == 0);
+  const auto v = empty.float_view<3>();
+  CHECK(v.empty());
+  CHECK(v.stride(0) == aqua::index_t{7} << 32);
 }
 
 TEST_CASE("npy_array rejects a shape whose element count overflows instead of wrapping to the data size",
@@ -87,7 +98,8 @@ TEST_CASE("npy_array rejects a shape whose element count overflows instead of wr
   const aqua::index_t big = aqua::index_t{1} << 32;
   // 2^32 x 2^32 wraps to 0 in 64 bits, which an empty buffer would match.
   CHECK_THROWS_WITH(aqua::npy_array({big, big}, std::vector<float>{}),
-                    Contains("aqua::npy_array") && Contains("more elements than 64 bits count"));
+                    Contains("aqua::npy_array") && Contains("multiply past 2^63 - 1"));
+  CHECK_THROWS_WITH(aqua::npy_array({0, big, big}, std::vector<float>{}), Contains("multiply past 2^63 - 1"));
   CHECK_THROWS_WITH(aqua::npy_array({2, 3}, std::vector<double>(5)),
                     Contains("holds 6 elements but the data has 5"));
 }

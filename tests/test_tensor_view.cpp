@@ -2,6 +2,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <limits>
 #include <vector>
 
 using Catch::Matchers::Contains;
@@ -69,4 +70,21 @@ TEST_CASE("views of Eigen matrices, maps and blocks alias the Eigen storage", "[
 TEST_CASE("a negative extent is rejected", "[tensor_view][errors]") {
   float x = 0;
   CHECK_THROWS_WITH((aqua::matrix_view<float>(&x, {2, -1})), Contains("extent 1 is negative (-1)"));
+}
+
+TEST_CASE("extents whose product overflows are rejected even when another extent is zero",
+          "[tensor_view][errors]") {
+  float x = 0;
+  const aqua::index_t huge = 1500000000000000000;  // 7 x huge > 2^63 - 1
+  CHECK_THROWS_WITH(
+      (aqua::tensor3_view<float>(&x, {0, 7, huge})),
+      Contains("extent 2 (1500000000000000000) takes the product of the extents past 2^63 - 1"));
+  CHECK_THROWS_WITH((aqua::tensor3_view<float>(&x, {0, 7, huge}, {0, 0, 0})), Contains("past 2^63 - 1"));
+  CHECK_THROWS_WITH((aqua::matrix_view<float>(&x, {huge, 7})), Contains("extent 1 (7)"));
+  // The largest product that fits is accepted; its strides and size are exact.
+  const aqua::tensor3_view<float> empty(&x, {0, aqua::index_t{1} << 31, aqua::index_t{1} << 31});
+  CHECK(empty.size() == 0);
+  CHECK(empty.stride(0) == aqua::index_t{1} << 62);
+  const aqua::matrix_view<float> broadcast(&x, {std::numeric_limits<aqua::index_t>::max(), 1}, {0, 0});
+  CHECK(broadcast.size() == std::numeric_limits<aqua::index_t>::max());
 }

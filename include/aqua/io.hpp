@@ -309,12 +309,15 @@ public:
 private:
   void check_size(const char* fn, std::size_t n) const {
     // Checked: a wrapped product could match a small buffer and hand out views past its end.
-    std::uint64_t expect = 1;
+    std::uint64_t span = 1;  // the product of the extents other than zero, as in the reader
     for (index_t e : shape_) {
       AQUA_CHECK(e >= 0, fn, ": negative extent ", e);
-      AQUA_CHECK(detail::checked_mul(expect, static_cast<std::uint64_t>(e), expect), fn, ": shape ",
-                 shape_string(), " holds more elements than 64 bits count");
+      AQUA_CHECK(detail::checked_mul(span, e == 0 ? 1 : static_cast<std::uint64_t>(e), span) &&
+                     span <= static_cast<std::uint64_t>(std::numeric_limits<index_t>::max()),
+                 fn, ": the extents of shape ", shape_string(), " multiply past 2^63 - 1");
     }
+    std::uint64_t expect = 1;
+    for (index_t e : shape_) expect *= static_cast<std::uint64_t>(e);
     AQUA_CHECK(expect == static_cast<std::uint64_t>(n), fn, ": shape ", shape_string(), " holds ", expect,
                " elements but the data has ", n);
   }

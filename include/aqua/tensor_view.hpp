@@ -11,6 +11,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #include "aqua/config.hpp"
@@ -101,10 +102,17 @@ public:
   }
 
 private:
+  // The extents other than zero must multiply to a representable count, so that size() and the
+  // contiguous strides never overflow, even for an empty view.
   void check_extents() const {
-    for (int i = 0; i < Rank; ++i)
-      AQUA_CHECK(extents_[static_cast<std::size_t>(i)] >= 0, "aqua::tensor_view: extent ", i,
-                 " is negative (", extents_[static_cast<std::size_t>(i)], ")");
+    index_t span = 1;
+    for (int i = 0; i < Rank; ++i) {
+      const index_t e = extents_[static_cast<std::size_t>(i)];
+      AQUA_CHECK(e >= 0, "aqua::tensor_view: extent ", i, " is negative (", e, ")");
+      AQUA_CHECK(e <= 1 || span <= std::numeric_limits<index_t>::max() / e, "aqua::tensor_view: extent ", i,
+                 " (", e, ") takes the product of the extents past 2^63 - 1");
+      if (e > 1) span *= e;
+    }
   }
 
   T* data_;

@@ -9,6 +9,7 @@
 #include <cctype>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -73,9 +74,15 @@ public:
                !have_descr   ? "'descr'"
                : !have_order ? "'fortran_order'"
                              : "'shape'");
+    // As NumPy does, the extents other than zero must multiply to a representable count even
+    // when a zero extent empties the array: every product of extents (strides included) a reader
+    // of the array may form then fits an index_t.
+    std::uint64_t span = 1;
     for (std::uint64_t e : h.shape)
-      AQUA_CHECK(checked_mul(h.elements, e, h.elements), where_,
-                 ": the shape's element count overflows 64 bits");
+      AQUA_CHECK(checked_mul(span, e == 0 ? 1 : e, span) &&
+                     span <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()),
+                 where_, ": the shape's extents multiply past 2^63 - 1");
+    for (std::uint64_t e : h.shape) h.elements *= e;
     return h;
   }
 
