@@ -201,9 +201,9 @@ std::string byte_text(std::size_t bytes) {
   return buf;
 }
 
-/// The widest kernels the decode path runs on this CPU under --isa.
+/// The kernels that run on this CPU under --isa.
 const char* kernel_isa() {
-  return aqua::detail::has_avx512f() ? "avx512" : aqua::detail::has_avx2_fma() ? "avx2" : "portable";
+  return aqua::isa_name(aqua::active_isa());
 }
 
 struct result {
@@ -786,7 +786,9 @@ int main(int argc, char** argv) {
   config c;
   aqua_compare_cli::add_options(app, c);
   return aqua_cli::run(app, argc, argv, [&] {
-    aqua::detail::simd_disabled() = c.isa == "portable" ? 1 : c.isa == "avx2" ? 2 : 0;
+    aqua::set_max_isa(c.isa == "portable" ? aqua::isa::portable
+                      : c.isa == "avx2"   ? aqua::isa::avx2
+                                          : aqua::isa::avx512);
     g_clock.cpu = c.cpu_clock;
     g_clock.threads = c.threads;
     const double bandwidth = measure_bandwidth(g_clock, c.threads, c.probe_bytes);

@@ -20,9 +20,8 @@ std::vector<float> random_rows(std::size_t n, unsigned seed) {
 /// Args: d, rows per add call, SIMD kernel allowed (1) or portable Eigen kernel only (0).
 void BM_calibrate_accumulate(benchmark::State& state) {
   const aqua::index_t d = state.range(0), rows = state.range(1);
-  aqua::calibrator_options opt;
-  opt.allow_simd = state.range(2) != 0;
-  aqua::calibrator cal(1, 1, 1, d, opt);
+  const aqua::isa previous = aqua::set_max_isa(state.range(2) != 0 ? aqua::isa::avx512 : aqua::isa::portable);
+  aqua::calibrator cal(1, 1, 1, d, {});
   const auto x = random_rows(std::size_t(rows * d), 1);
   const auto view = aqua::make_view(x.data(), rows, d);
   for (auto _ : state) {
@@ -36,7 +35,8 @@ void BM_calibrate_accumulate(benchmark::State& state) {
                                                 benchmark::Counter::kIsIterationInvariantRate);
   state.counters["bytes/s"] =
       benchmark::Counter(double(rows * d) * sizeof(float), benchmark::Counter::kIsIterationInvariantRate);
-  state.SetLabel(opt.allow_simd && aqua::detail::gram_simd_available() ? "avx2+fma" : "portable");
+  state.SetLabel(aqua::detail::gram_simd_available() ? "avx2+fma" : "portable");
+  aqua::set_max_isa(previous);
 }
 BENCHMARK(BM_calibrate_accumulate)
     ->ArgsProduct({{64, 128}, {256, 4096}, {1, 0}})

@@ -117,8 +117,9 @@ inline void add_options(CLI::App& app, config& c) {
                                             "H2O token budget of the AQUA side (0: none)");
   app.add_option_function<std::string>(
          "--isa", [&c](const std::string& v) { c.isa = v; },
-         "kernels: auto, avx2 or portable [default: auto]")
-      ->check(CLI::IsMember({"auto", "avx2", "portable"}));
+         "kernels: auto (the widest the CPU has), avx512, avx2 or portable; a cap, as aqua::set_max_isa "
+         "[default: auto]")
+      ->check(CLI::IsMember({"auto", "avx512", "avx2", "portable"}));
   app.add_option_function<std::string>(
          "--probe-bytes", [&c](const std::string& v) { detail::parse_bytes(v, c.probe_bytes); },
          "buffer of the bandwidth probe, 64K to 16G (K, M, G suffixes) [default: 1G]")

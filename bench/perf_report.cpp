@@ -91,17 +91,25 @@ std::vector<double> field(const std::vector<json>& rows, const char* key) {
   return v;
 }
 
-/// One row per (threads, select, k), one column per N: the speedup (median and range over the
-/// runs given), then time and bandwidth at the largest N.
+/// "f32", "bf16", ... or "bf16 / f16" when keys and values differ (rows before 16-bit storage: f32).
+std::string storage_of(const json& r) {
+  const std::string k = r.value("key_type", std::string("f32")),
+                    v = r.value("value_type", std::string("f32"));
+  return k == v ? k : k + " / " + v;
+}
+
+/// One row per (threads, storage, select, k), one column per N: the speedup (median and range over
+/// the runs given), then time and bandwidth at the largest N.
 void write_decode_table(std::FILE* f, const std::vector<json>& rows) {
-  using key = std::tuple<int, std::string, long long>;
+  using key = std::tuple<int, std::string, std::string, long long>;
   std::map<key, std::map<long long, std::vector<json>>> cells;
   std::set<long long> ns;
   std::map<int, std::vector<double>> bandwidth;
   std::size_t runs = 1;
   for (const auto& r : rows) {
     const long long n = r["n"].get<long long>();
-    auto& cell = cells[{r["threads"].get<int>(), r["select"].get<std::string>(), r["k"].get<long long>()}][n];
+    auto& cell = cells[{r["threads"].get<int>(), storage_of(r), r["select"].get<std::string>(),
+                        r["k"].get<long long>()}][n];
     cell.push_back(r);
     runs = std::max(runs, cell.size());
     ns.insert(n);
@@ -110,17 +118,18 @@ void write_decode_table(std::FILE* f, const std::vector<json>& rows) {
   const long long n_max = *ns.rbegin();
   if (rows.front().contains("isa"))
     std::fprintf(f, "Kernels: %s.\n\n", rows.front()["isa"].get<std::string>().c_str());
-  std::fprintf(f, "| threads | select | k |");
+  std::fprintf(f, "| threads | storage | select | k |");
   for (long long n : ns) std::fprintf(f, " speedup, N = %s |", n_text(n).c_str());
   std::fprintf(f,
                " dense / AQUA ms, N = %s | dense GB/s (%% of bw) | AQUA GB/s (%% of bw) | key bytes read | "
-               "rel. error |\n",
+               "rel. error | storage error |\n",
                n_text(n_max).c_str());
-  std::fprintf(f, "|---:|:---|---:|");
+  std::fprintf(f, "|---:|:---|:---|---:|");
   for (std::size_t i = 0; i < ns.size(); ++i) std::fprintf(f, "---:|");
-  std::fprintf(f, "---:|---:|---:|---:|---:|\n");
+  std::fprintf(f, "---:|---:|---:|---:|---:|---:|\n");
   for (const auto& [k, by_n] : cells) {
-    std::fprintf(f, "| %d | %s | %lld |", std::get<0>(k), std::get<1>(k).c_str(), std::get<2>(k));
+    std::fprintf(f, "| %d | %s | %s | %lld |", std::get<0>(k), std::get<1>(k).c_str(), std::get<2>(k).c_str(),
+                 std::get<3>(k));
     for (long long n : ns) {
       const auto it = by_n.find(n);
       std::fprintf(f, " %s |",
@@ -128,16 +137,22 @@ void write_decode_table(std::FILE* f, const std::vector<json>& rows) {
     }
     const auto it = by_n.find(n_max);
     if (it == by_n.end()) {
-      std::fprintf(f, " - | - | - | - | - |\n");
+      std::fprintf(f, " - | - | - | - | - | - |\n");
       continue;
     }
     const auto& last = it->second;
     const double bw = median_of(field(last, "bandwidth_gbps"));
     const double dg = median_of(field(last, "dense_gbps")), ag = median_of(field(last, "aqua_gbps"));
-    std::fprintf(f, " %.2f / %.2f | %.1f (%.0f %%) | %.1f (%.0f %%) | %.0f %% | %.2g |\n",
+    std::string storage_err = "-";
+    if (last.front().contains("storage_err")) {
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "%.2g", median_of(field(last, "storage_err")));
+      storage_err = buf;
+    }
+    std::fprintf(f, " %.2f / %.2f | %.1f (%.0f %%) | %.1f (%.0f %%) | %.0f %% | %.2g | %s |\n",
                  median_of(field(last, "dense_ms")), median_of(field(last, "aqua_ms")), dg, 100 * dg / bw, ag,
                  100 * ag / bw, 100 * median_of(field(last, "key_fraction_read")),
-                 median_of(field(last, "rel_err")));
+                 median_of(field(last, "rel_err")), storage_err.c_str());
   }
   std::fprintf(f,
                "\nSpeedup: dense time / AQUA time, median of interleaved pairs%s. Memory-read bandwidth (bw) "
@@ -146,7 +161,9 @@ void write_decode_table(std::FILE* f, const std::vector<json>& rows) {
   for (const auto& [t, b] : bandwidth)
     std::fprintf(f, " %s GB/s with %d thread%s;", median_range(b, "%.1f").c_str(), t, t == 1 ? "" : "s");
   std::fprintf(
-      f, " GB/s columns: bytes each side must read (AQUA: the key tiles it read, all values) per second.\n");
+      f,
+      " GB/s columns: bytes each side must read (AQUA: the key tiles it read, all values) per second. "
+      "Storage error: dense attention over this storage against dense over f32, relative.\n");
 }
 
 /// One row per (threads, baseline, select, k): measured break-even (median and range over runs)

@@ -11,6 +11,8 @@
 #   sweep_projected.jsonl   the same sweep, 1 thread, tile, against dense over the projected cache
 #   decode_avx2.jsonl       decode at N = 32k, 1 thread, both sides forced onto the AVX2 kernels
 #                           (aqua_compare --isa avx2; on a CPU without AVX-512 it equals the default)
+#   decode_16bit.jsonl      decode at N = 32k over bf16 and over f16 KV storage (--kv-type), k 32 and
+#                           96, group and tile, with the f32 rows of decode.jsonl for comparison
 #   performance.md          the markdown tables (machine, decode table with bandwidth fractions,
 #                           measured vs modelled break-even)
 #   measured_speedup.svg    measured speedup against N beside the model (README shows docs/ copy)
@@ -41,6 +43,7 @@ fi
 mkdir -p "$out"
 : >"$out/decode.jsonl"
 : >"$out/decode_avx2.jsonl"
+: >"$out/decode_16bit.jsonl"
 : >"$out/sweep.jsonl"
 log=$out/machine.txt
 {
@@ -65,6 +68,11 @@ for r in $(seq "$runs"); do
     run "$compare" --mode decode --n 1024,4096,16384,32768 --k 32,64,96 --hq 32 --hkv 8 --d 128 \
       --select per-head,group,tile --threads "$t" --reps "$reps" --clock "$clock" --basis "$basis" --baseline plain \
       --json >>"$out/decode.jsonl"
+    for kv in bf16 f16; do
+      run "$compare" --mode decode --n 32768 --k 32,96 --hq 32 --hkv 8 --d 128 --select group,tile \
+        --threads "$t" --reps "$reps" --clock "$clock" --basis "$basis" --baseline plain --kv-type "$kv" \
+        --json >>"$out/decode_16bit.jsonl"
+    done
     run "$compare" --sweep-break-even --k 96,32 --select tile,group --hq 32 --hkv 8 --d 128 --sweep-n 64:32768 \
       --threads "$t" --reps "$sweep_reps" --clock "$clock" --basis "$basis" --json >>"$out/sweep.jsonl"
   done
@@ -81,6 +89,10 @@ echo "elapsed: $(($(date +%s) - start)) s" >>"$log"
 run "$report" --table "$out/decode.jsonl" --sweep "$out/sweep.jsonl" --sweep "$out/sweep_projected.jsonl" \
   --markdown "$out/tables.md"
 run "$report" --table "$out/decode_avx2.jsonl" --markdown "$out/tables_avx2.md"
+grep '"n":32768' "$out/decode.jsonl" | grep -E '"select":"(group|tile)"' | grep -E '"k":(32|96),' \
+  >"$out/decode_32k_f32.jsonl" || true
+cat "$out/decode_32k_f32.jsonl" "$out/decode_16bit.jsonl" >"$out/decode_storage.jsonl"
+run "$report" --table "$out/decode_storage.jsonl" --markdown "$out/tables_16bit.md"
 run "$report" --sweep "$out/sweep.jsonl" --plot "$out/measured_speedup.svg"
 {
   echo "### Machine and run"
@@ -93,8 +105,11 @@ run "$report" --sweep "$out/sweep.jsonl" --plot "$out/measured_speedup.svg"
   echo
   echo "#### Decode at N = 32k with the AVX2 kernels (--isa avx2), same runs"
   sed '0,/^#### Decode, dense against AQUA/d' "$out/tables_avx2.md"
+  echo
+  echo "#### Decode at N = 32k over 16-bit KV storage (--kv-type bf16 / f16) beside f32, same runs"
+  sed '0,/^#### Decode, dense against AQUA/d' "$out/tables_16bit.md"
 } >"$out/performance.md"
-rm -f "$out/tables.md" "$out/tables_avx2.md"
+rm -f "$out/tables.md" "$out/tables_avx2.md" "$out/tables_16bit.md" "$out/decode_32k_f32.jsonl" "$out/decode_storage.jsonl"
 if [ "${AQUA_REPORT_PNG:-0}" = 1 ] && command -v rsvg-convert >/dev/null; then
   rsvg-convert -o "$out/measured_speedup.png" "$out/measured_speedup.svg"
 fi

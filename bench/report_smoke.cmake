@@ -26,7 +26,7 @@ if(NOT sweep MATCHES "\"mode\":\"break_even\",\"d\":64,\"k\":48,[^\n]*\"model_br
   message(FATAL_ERROR "unexpected sweep output:\n${sweep}")
 endif()
 file(READ "${WORK_DIR}/report.md" md)
-if(NOT md MATCHES "\\| 1 \\| tile \\| 16 \\| [0-9.]+" OR NOT md MATCHES "\\| 1 \\| plain \\| tile \\| 48 \\|")
+if(NOT md MATCHES "\\| 1 \\| f32 \\| tile \\| 16 \\| [0-9.]+" OR NOT md MATCHES "\\| 1 \\| plain \\| tile \\| 48 \\|")
   message(FATAL_ERROR "unexpected markdown:\n${md}")
 endif()
 file(READ "${WORK_DIR}/speedup.svg" svg)

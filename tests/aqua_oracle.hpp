@@ -13,18 +13,19 @@
 //     shortest prefix of the ranking whose energies reach tau * total.
 //     tile: tiles of `tile` consecutive dims (the last may be narrower), tile energy = the sum of
 //     the energies of its dims, tiles ranked by decreasing energy (ties: lower tile); fixed specs
-//     take tiles in that order until the count of the spec is covered (with tiles_cover_count =
-//     false: ceil(count / tile) tiles, the engine's rule today, see oracle_support.hpp), energy
-//     specs the shortest prefix of tiles whose energies reach tau * total. Scores then use every
+//     take tiles in that order until the count of the spec is covered, energy specs the shortest
+//     prefix of tiles whose energies reach tau * total. Scores then use every
 //     dim of the tiles.
 //   score_j = sum_{i in S} q~_i k~_j,i; p = softmax(score) over the visible tokens (causal
 //   prefill: query i of M sees tokens 0 .. N - M + i); out = sum_j p_j stored_value(v_j).
 //   token_probs[kv][j] = sum over the group's query heads of p_h,j (decode).
 //
 // Storage hook: stored_key maps each projected key element k~ (double) to what the cache stores,
-// stored_value each raw value element. Today both are the identity: the float cache rounds k~ and
-// stores v exactly, and that rounding is inside the float bound below. A bf16 / f16 cache is
-// tested by passing the rounding of its element type here.
+// stored_value each raw value element. For a float cache both are the identity: it rounds k~ to
+// float and stores v exactly, and that rounding is inside the float bound below. For a bf16 / f16
+// cache they are round_to_format with the element type's parameters; the cache rounds its float
+// projection, so the tests use bases whose float projection is exact (signed permutations), or a
+// float rounding error could flip a 16-bit rounding.
 //
 // Float bound (what the kernels' float arithmetic may add, first order in u = 2^-24, gamma(m) =
 // m u / (1 - m u), Higham's bound for a sum or dot product of m terms):
@@ -59,6 +60,25 @@
 
 namespace aqua_oracle {
 
+/// x rounded to a binary format of `significand_bits` significant bits (the implicit one
+/// included) whose normal numbers start at 2^min_normal_exp, to nearest with ties to even
+/// (std::nearbyint in the default rounding mode), subnormals kept, and infinity beyond
+/// max_finite. bf16: (8, -126, 0x1.FEp127); f16: (11, -14, 65504).
+inline double round_to_format(double x, int significand_bits, int min_normal_exp, double max_finite) {
+  if (x == 0 || !std::isfinite(x)) return x;
+  int e = 0;
+  std::frexp(x, &e);  // 2^(e-1) <= |x| < 2^e
+  const double quantum = std::ldexp(1.0, std::max(e - 1, min_normal_exp) - (significand_bits - 1));
+  const double r = std::nearbyint(x / quantum) * quantum;
+  return std::abs(r) > max_finite ? std::copysign(std::numeric_limits<double>::infinity(), x) : r;
+}
+inline double round_to_bf16(double x) {
+  return round_to_format(x, 8, -126, 0x1.FEp127);
+}
+inline double round_to_f16(double x) {
+  return round_to_format(x, 11, -14, 65504.0);
+}
+
 using index = std::ptrdiff_t;
 
 enum class mode { per_head, group, tile };
@@ -87,10 +107,6 @@ struct layer_inputs {
   double scale = std::numeric_limits<double>::quiet_NaN();
   /// Prefill only.
   bool causal = true;
-  /// Tile mode with a fixed count: true takes tiles until the count is covered (the documented
-  /// rule); false takes ceil(count / tile) tiles whatever their widths, which differs only when the
-  /// narrower last tile (r = d not a multiple of the tile) is among them (the engine's rule today).
-  bool tiles_cover_count = true;
   /// What the cache stores for a projected key element and for a raw value element (identity when
   /// empty).
   std::function<double(double)> stored_key, stored_value;
@@ -129,8 +145,7 @@ inline index fixed_count(const spec& s, index r) {
 /// The selection for one list of projected, scaled queries (rows of `qt`, r values each). Returns
 /// the dims ascending and lowers `margin` to this selection's distance from a tie.
 inline std::vector<index> select(const std::vector<std::vector<double>>& qt, index r, index tile,
-                                 bool whole_tiles, const spec& s, double& margin,
-                                 bool tiles_cover_count = true) {
+                                 bool whole_tiles, const spec& s, double& margin) {
   std::vector<double> weight(std::size_t(r), 0.0), energy(std::size_t(r), 0.0);
   for (const auto& row : qt)
     for (index i = 0; i < r; ++i) {
@@ -174,12 +189,8 @@ inline std::vector<index> select(const std::vector<std::vector<double>>& qt, ind
     }
   } else {
     const index want = fixed_count(s, r);
-    if (whole_tiles && !tiles_cover_count) {
-      taken = std::min(cands, (want + tile - 1) / tile);
-    } else {
-      index covered = 0;
-      while (covered < want) covered += width[std::size_t(order[std::size_t(taken++)])];
-    }
+    index covered = 0;
+    while (covered < want) covered += width[std::size_t(order[std::size_t(taken++)])];
   }
   if (taken < cands && wmax > 0)
     margin = std::min(
@@ -275,7 +286,7 @@ private:
       for (index kv = 0; kv < hkv; ++kv) {
         double margin = std::numeric_limits<double>::infinity();
         const std::vector<std::vector<double>> group(qt.begin() + kv * g, qt.begin() + (kv + 1) * g);
-        const auto dims = select(group, r, in_.tile, whole_tiles, s, margin, in_.tiles_cover_count);
+        const auto dims = select(group, r, in_.tile, whole_tiles, s, margin);
         for (index h = kv * g; h < (kv + 1) * g; ++h) {
           res.rows[std::size_t(h)].dims = dims;
           res.rows[std::size_t(h)].margin = margin;
@@ -284,8 +295,7 @@ private:
     } else {
       for (index row = 0; row < hq * m; ++row) {
         auto& rr = res.rows[std::size_t(row)];
-        rr.dims =
-            select({qt[std::size_t(row)]}, r, in_.tile, whole_tiles, s, rr.margin, in_.tiles_cover_count);
+        rr.dims = select({qt[std::size_t(row)]}, r, in_.tile, whole_tiles, s, rr.margin);
       }
     }
     for (const auto& rr : res.rows) res.margin = std::min(res.margin, rr.margin);

@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <functional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -44,16 +45,6 @@ inline std::string spec_name(const aqua::selection_spec& s) {
   return o.str();
 }
 
-/// KNOWN DISCREPANCY (reported with issue 21): in tile mode with a fixed count the engine takes
-/// ceil(k / tile) tiles (detail::select_dims), so when the narrower last tile of an r = d cache
-/// that is not a multiple of the tile ranks among them, fewer than k dims are scored, where the
-/// documented rule (selection_mode::tile: "until k dims are covered") takes another tile. The
-/// oracle follows the engine here so that every other behaviour stays under test; the case
-/// "tile selection covers k dims even when the narrower last tile ranks first" holds the engine
-/// to the documented rule and is tagged [!shouldfail] until it does. Fixing the engine means:
-/// set this to true and drop that tag.
-inline constexpr bool engine_tiles_cover_count = false;
-
 /// The oracle's inputs for a random_layer: its raw keys, values and bases as handed to the cache
 /// (identity when the layer is unprojected), the cache's rank and tile width.
 inline aqua_oracle::layer_inputs oracle_inputs(const random_layer& L) {
@@ -66,7 +57,13 @@ inline aqua_oracle::layer_inputs oracle_inputs(const random_layer& L) {
   in.v = L.v.data();
   in.rank = L.cache.rank();
   in.tile = L.cache.tile_dims();
-  in.tiles_cover_count = engine_tiles_cover_count;
+  const auto rounding = [](aqua::storage_type t) -> std::function<double(double)> {
+    if (t == aqua::storage_type::bf16) return aqua_oracle::round_to_bf16;
+    if (t == aqua::storage_type::f16) return aqua_oracle::round_to_f16;
+    return nullptr;
+  };
+  in.stored_key = rounding(L.key_type);
+  in.stored_value = rounding(L.value_type);
   if (!L.bases.empty()) {
     const auto* bases = &L.bases;
     in.basis = [bases](index_t h, index_t c, index_t j) { return double((*bases)[std::size_t(h)](c, j)); };

@@ -199,7 +199,7 @@ TEST_CASE("the AVX-512 and AVX2 kernels agree bit for bit: decode outputs, token
       opt.mode = mode;
       std::vector<float> out[2], probs[2], dense[2], prefill[2];
       for (int path : {0, 1}) {
-        aqua::detail::simd_disabled() = path == 0 ? 0 : 2;
+        aqua::set_max_isa(path == 0 ? aqua::isa::avx512 : aqua::isa::avx2);
         out[path].assign(std::size_t(hq * d), 0.0f);
         probs[path].assign(std::size_t(hkv * n), 0.0f);
         dense[path].assign(std::size_t(hq * d), 0.0f);
@@ -210,7 +210,7 @@ TEST_CASE("the AVX-512 and AVX2 kernels agree bit for bit: decode outputs, token
         aqua::aqua_prefill(aqua::make_view(static_cast<const float*>(prefill_q.data()), hq, m, d), L.cache,
                            spec, aqua::make_view(prefill[path].data(), hq, m, d), opt);
       }
-      aqua::detail::simd_disabled() = 0;
+      aqua::set_max_isa(aqua::isa::avx512);
       CHECK(aqua_test::bitwise_equal(out[0], out[1]));
       CHECK(aqua_test::bitwise_equal(probs[0], probs[1]));
       CHECK(aqua_test::bitwise_equal(dense[0], dense[1]));

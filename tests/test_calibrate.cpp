@@ -3,6 +3,7 @@
 #include <Eigen/SVD>
 #include <catch2/catch.hpp>
 
+#include "kernel_support.hpp"
 #include "test_support.hpp"
 
 #include <algorithm>
@@ -131,15 +132,15 @@ TEST_CASE("streaming rows in many batches equals accumulating them in one batch"
 }
 
 TEST_CASE("the accumulated gram matrix equals X^T X computed with plain loops", "[calibrate]") {
-  if (!aqua::detail::gram_simd_available())
-    WARN("no SIMD gram kernel on this CPU: the allow_simd pass runs the portable code again");
+  if (aqua::supported_isa() == aqua::isa::portable)
+    WARN("no SIMD gram kernel on this CPU: the SIMD pass runs the portable code again");
+  const aqua_test::hook_guard reset;
   for (bool simd : {false, true}) {
+    aqua::set_max_isa(simd ? aqua::isa::avx512 : aqua::isa::portable);
     for (index_t d : {1, 5, 13, 128}) {
       const index_t rows = 300;  // not a multiple of the block size
       const rowf x = random_rows(rows, d, std::uint32_t(d));
-      aqua::calibrator_options opt;
-      opt.allow_simd = simd;
-      aqua::calibrator cal(1, 1, 1, d, opt);
+      aqua::calibrator cal(1, 1, 1, d, {});
       cal.add_queries(0, 0, view(x));
       const Eigen::MatrixXd g = cal.gram(0, 0);
       double worst = 0;
@@ -550,10 +551,10 @@ TEST_CASE("strided float views and double views accumulate like contiguous float
   for (index_t r = 0; r < rows; ++r)
     for (index_t c = 0; c < d; ++c) strided[static_cast<std::size_t>(r * 2 * d + 2 * c)] = x(r, c);
   const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> xd = x.cast<double>();
+  const aqua_test::hook_guard reset;
   for (bool simd : {false, true}) {
-    aqua::calibrator_options opt;
-    opt.allow_simd = simd;
-    aqua::calibrator a(1, 1, 1, d, opt), b(1, 1, 1, d, opt), c(1, 1, 1, d, opt);
+    aqua::set_max_isa(simd ? aqua::isa::avx512 : aqua::isa::portable);
+    aqua::calibrator a(1, 1, 1, d, {}), b(1, 1, 1, d, {}), c(1, 1, 1, d, {});
     a.add_queries(0, 0, view(x));
     b.add_queries(0, 0, aqua::matrix_view<const float>(strided.data(), {rows, d}, {2 * d, 2}));
     c.add_queries(0, 0, aqua::view_of(xd));

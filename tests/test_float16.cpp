@@ -191,3 +191,27 @@ TEST_CASE("round_to_storage applies the storage type's rounding", "[float16]") {
   CHECK(aqua::storage_bytes(aqua::storage_type::bf16) == 2);
   CHECK(std::string(aqua::storage_name(aqua::storage_type::f16)) == "f16");
 }
+
+#include "aqua_oracle.hpp"
+
+TEST_CASE("the oracle's double rounding agrees with bf16 and f16 on every float class", "[float16][oracle]") {
+  // Two independent roundings (aqua's integer arithmetic, the oracle's scaled std::nearbyint in
+  // double) that the 16-bit oracle tests rely on being the same function.
+  std::mt19937 rng(13);
+  std::uniform_int_distribution<std::uint32_t> bits;
+  auto check = [](float x) {
+    if (std::isnan(x)) return;
+    const double b = aqua_oracle::round_to_bf16(x), h = aqua_oracle::round_to_f16(x);
+    if (b != double(static_cast<float>(aqua::bf16(x))))
+      FAIL("bf16: 0x" << std::hex << to_bits(x) << " oracle " << b << ", aqua "
+                      << static_cast<float>(aqua::bf16(x)));
+    if (h != double(static_cast<float>(aqua::f16(x))))
+      FAIL("f16: 0x" << std::hex << to_bits(x) << " oracle " << h << ", aqua "
+                     << static_cast<float>(aqua::f16(x)));
+  };
+  for (int i = 0; i < 300000; ++i) check(from_bits(bits(rng)));
+  for (std::uint32_t u = 0x33000000u; u < 0x38900000u; u += 97) check(from_bits(u));     // f16 subnormals
+  for (std::uint32_t u = 0x477F0000u; u < 0x47810000u; u += 3) check(from_bits(u));      // f16 overflow
+  for (std::uint32_t u = 0x7F7F0000u; u <= 0x7F7FFFFFu; u += 7) check(from_bits(u));     // bf16 overflow
+  for (std::uint32_t u = 0; u < 0x00020000u; u += 5) check(from_bits(u | 0x80000000u));  // float subnormals
+}

@@ -93,6 +93,41 @@ TEST_CASE("AQUA decode below k = d agrees with the independent oracle in every m
     }
 }
 
+TEST_CASE("AQUA decode below k = d over bf16 and f16 storage agrees with the oracle on the rounded inputs",
+          "[aqua][oracle][decode][storage]") {
+  // The oracle rounds the projected keys and the values with its own double rounding; signed
+  // permutation bases keep the cache's float projection exact, so both round the same numbers.
+  // Equal types take the fused kernels, mixed pairs the chunked path.
+  using st = aqua::storage_type;
+  struct pair {
+    st key, value;
+  };
+  const auto types = GENERATE(pair{st::bf16, st::bf16}, pair{st::f16, st::f16}, pair{st::bf16, st::f32},
+                              pair{st::f32, st::f16}, pair{st::f16, st::bf16});
+  const index_t d = GENERATE(40, 64);
+  const index_t g = GENERATE(1, 4, 5);
+  const index_t hkv = 2, hq = g * hkv, n = 300;
+  CAPTURE(aqua::storage_name(types.key), aqua::storage_name(types.value), d, g);
+  aqua_test::random_layer::options opt{16, true, 0, 1, unsigned(d * 100 + g), 300};
+  opt.key_type = types.key;
+  opt.value_type = types.value;
+  opt.permutation_bases = true;
+  const aqua_test::random_layer L(hq, hkv, d, n, opt);
+  const aqua_oracle::oracle o(aqua_test::oracle_inputs(L));
+  std::vector<float> q(std::size_t(hq * d));
+  for (auto mode : aqua_test::all_modes)
+    for (const auto& spec : {top::top_k(1), top::top_k(d / 4), top::top_k(d / 2 + 3), top::energy(0.9)}) {
+      CAPTURE(mode_name(mode), spec_name(spec));
+      const auto res = aqua_test::clear_decode_queries(o, q, d, 23, mode, spec);
+      both_paths([&] {
+        for (int threads : {1, 2}) {
+          CAPTURE(threads);
+          check_decode_against_oracle(L, q, spec, mode, threads, res);
+        }
+      });
+    }
+}
+
 TEST_CASE("AQUA decode agrees with the oracle for 1, 2 and 3 threads, with and without token segments",
           "[aqua][oracle][decode][threads]") {
   // Segments (a KV head's tokens split across threads and merged) happen when the threads do not
@@ -317,19 +352,15 @@ TEST_CASE("the prefill profiles report non-negative phase times that add up to m
   }
 }
 
-// KNOWN DISCREPANCY, hence [!shouldfail]: the engine (detail::select_dims) takes ceil(k / tile)
-// tiles, so when the narrower last tile (r = d not a multiple of the tile width) ranks first, fewer
-// than k dims are scored (8 of k = 10 here), against the documented rule (selection_mode::tile in
-// aqua_engine.hpp: "whole tiles ... until k dims are covered"). Drop the tag when the engine
-// covers k dims; if the rule is redefined instead, change aqua_oracle::select with it.
+// The engine once took ceil(k / tile) tiles, so a narrower last tile (r = d not a multiple of the
+// tile width) ranking first left fewer than k dims scored (8 of k = 10 here).
 TEST_CASE("tile selection covers k dims even when the narrower last tile ranks first",
-          "[aqua][oracle][decode][!shouldfail]") {
+          "[aqua][oracle][decode]") {
   // d = 40 with tiles of 16: tiles of 16, 16 and 8 dims. Queries whose energy sits in the last
   // tile rank it first; top_k(10) then needs a second tile to cover 10 dims.
   const index_t d = 40, hkv = 1, g = 2, hq = g * hkv, n = 50;
   const aqua_test::random_layer L(hq, hkv, d, n, {16, false, 0, 1, 3, 0});
   auto in = aqua_test::oracle_inputs(L);
-  in.tiles_cover_count = true;  // the documented rule
   const aqua_oracle::oracle o(in);
   std::vector<float> q(std::size_t(hq * d));
   aqua_test::fill_normal(q, 17);

@@ -98,3 +98,48 @@ TEST_CASE("AQUA prefill of a truncated cache agrees with the oracle over the r s
       });
     }
 }
+
+TEST_CASE("AQUA prefill below k = d over bf16 and f16 storage agrees with the oracle on the rounded inputs",
+          "[aqua][oracle][prefill][storage]") {
+  // As in decode: the oracle rounds with its own double rounding, signed permutation bases keep
+  // the cache's float projection exact. Prefill widens 16-bit values once per head.
+  using st = aqua::storage_type;
+  struct pair {
+    st key, value;
+  };
+  const auto types = GENERATE(pair{st::bf16, st::bf16}, pair{st::f16, st::f16}, pair{st::bf16, st::f16},
+                              pair{st::f32, st::bf16});
+  const index_t d = 64, g = GENERATE(1, 4), hkv = 2, hq = g * hkv, n = 100, m = 70;
+  CAPTURE(aqua::storage_name(types.key), aqua::storage_name(types.value), g);
+  aqua_test::random_layer::options lopt{16, true, 0, 1, unsigned(500 + g), 820};
+  lopt.key_type = types.key;
+  lopt.value_type = types.value;
+  lopt.permutation_bases = true;
+  const aqua_test::random_layer L(hq, hkv, d, n, lopt);
+  const aqua_oracle::oracle o(aqua_test::oracle_inputs(L));
+  std::vector<float> q(std::size_t(hq * m * d));
+  aqua_test::fill_normal(q, 8221);
+  using top = aqua::selection_spec;
+  for (auto mode : aqua_test::all_modes)
+    for (const auto& spec : {top::top_k(1), top::top_k(d / 4), top::top_k(d / 2 + 3)}) {
+      CAPTURE(mode_name(mode), spec_name(spec));
+      const auto res = o.prefill(q.data(), m, aqua_test::oracle_mode(mode), aqua_test::oracle_spec(spec));
+      both_paths([&] {
+        for (int threads : {1, 2}) {
+          CAPTURE(threads);
+          std::vector<float> out(q.size(), std::numeric_limits<float>::quiet_NaN());
+          aqua::aqua_options opt;
+          opt.mode = mode;
+          opt.threads = threads;
+          aqua::aqua_prefill(aqua::make_view(static_cast<const float*>(q.data()), hq, m, d), L.cache, spec,
+                             aqua::make_view(out.data(), hq, m, d), opt);
+          index_t ambiguous = 0;
+          aqua_test::bound_report rep;
+          aqua_test::compare_rows(rep, out, res, d, &ambiguous);
+          INFO(rep.summary());
+          CHECK(rep.outside == 0);
+          CHECK(ambiguous <= hq * m / 5);
+        }
+      });
+    }
+}

@@ -241,7 +241,7 @@ TEST_CASE("the engine's per-dim top-k selection picks the brute-force set in inc
   const auto ref = brute_ranking(x);
   std::vector<std::int32_t> scratch(x.size()), out(x.size());
   for (int simd_off : {0, 1}) {
-    aqua::detail::simd_disabled() = simd_off;
+    aqua::set_max_isa(simd_off ? aqua::isa::portable : aqua::isa::avx512);
     for (index_t k = 1; k <= n; k += std::max<index_t>(1, n / 7)) {
       std::vector<std::int32_t> expected(ref.begin(), ref.begin() + k);
       std::sort(expected.begin(), expected.end());
@@ -251,7 +251,7 @@ TEST_CASE("the engine's per-dim top-k selection picks the brute-force set in inc
       CHECK(std::vector<std::int32_t>(out.begin(), out.begin() + k) == expected);
     }
   }
-  aqua::detail::simd_disabled() = 0;
+  aqua::set_max_isa(aqua::isa::avx512);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -375,7 +375,7 @@ void check_select_top_against_oracle(const std::vector<T>& x) {
   }
   std::vector<std::int32_t> out(x.size());
   for (int simd_off : {0, 1}) {
-    aqua::detail::simd_disabled() = simd_off;
+    aqua::set_max_isa(simd_off ? aqua::isa::portable : aqua::isa::avx512);
     for (const auto& spec : select_specs_for(n)) {
       index_t expected_count = 0;
       const auto expected = select_oracle_ranking(mag, sq, spec, expected_count);
@@ -387,7 +387,7 @@ void check_select_top_against_oracle(const std::vector<T>& x) {
       CHECK(std::vector<index_t>(out.begin(), out.begin() + count) == expected);
     }
   }
-  aqua::detail::simd_disabled() = 0;
+  aqua::set_max_isa(aqua::isa::avx512);
 }
 
 }  // namespace
@@ -462,7 +462,7 @@ TEST_CASE("select_ranked ranks float weights and thresholds separate energies li
   std::vector<std::int32_t> out(w.size());
   std::vector<index_t> out64(w.size());
   for (int simd_off : {0, 1}) {
-    aqua::detail::simd_disabled() = simd_off;
+    aqua::set_max_isa(simd_off ? aqua::isa::portable : aqua::isa::avx512);
     for (const auto& spec : select_specs_for(n)) {
       index_t expected_count = 0;
       const auto expected = select_oracle_ranking(w, e, spec, expected_count);
@@ -485,12 +485,12 @@ TEST_CASE("select_ranked ranks float weights and thresholds separate energies li
       CHECK(std::vector<index_t>(ascending.begin(), ascending.begin() + count) == expected_ascending);
     }
   }
-  aqua::detail::simd_disabled() = 0;
+  aqua::set_max_isa(aqua::isa::avx512);
 }
 
 TEST_CASE("select_top names a non-finite value wherever it sits, vector block or tail", "[select][errors]") {
   for (int simd_off : {0, 1}) {
-    aqua::detail::simd_disabled() = simd_off;
+    aqua::set_max_isa(simd_off ? aqua::isa::portable : aqua::isa::avx512);
     for (index_t at : {index_t(2), index_t(9), index_t(16), index_t(18)}) {
       std::vector<float> x(19, 1.0f);
       std::vector<index_t> out(19);
@@ -503,17 +503,16 @@ TEST_CASE("select_top names a non-finite value wherever it sits, vector block or
           Contains("values holds a non-finite") && Contains("[" + std::to_string(at) + "]"));
     }
   }
-  aqua::detail::simd_disabled() = 0;
+  aqua::set_max_isa(aqua::isa::avx512);
 }
 
 #include "aqua_oracle.hpp"
 
 TEST_CASE("the engine's whole-tile selection picks the tiles of the independent oracle", "[select]") {
   // detail::select_dims(..., true, ...) against aqua_oracle::select: tiles ranked by summed energy
-  // (ties: lower tile), ceil(count / tile) tiles for fixed specs (the engine's rule; the oracle's
-  // tiles_cover_count = false, see oracle_support.hpp), the shortest energy prefix for energy
-  // specs; the dims of the chosen tiles ascending. Partial last tiles (r = 40 and 7), tied tile
-  // energies (small integers), a single tile, every kernel path of the key compares.
+  // (ties: lower tile), tiles in that order until the count is covered for fixed specs, the
+  // shortest energy prefix for energy specs; the dims of the chosen tiles ascending. Partial last tiles (r =
+  // 40 and 7), tied tile energies (small integers), a single tile, every kernel path of the key compares.
   struct shape {
     index_t r, tile;
   };
@@ -542,7 +541,7 @@ TEST_CASE("the engine's whole-tile selection picks the tiles of the independent 
     for (double tau : {0.3, 0.7, 0.95, 1.0}) specs.push_back(aqua::selection_spec::energy(tau));
   std::vector<std::int32_t> scratch(x.size()), out(x.size());
   for (int simd_off : {0, 1}) {
-    aqua::detail::simd_disabled() = simd_off;
+    aqua::set_max_isa(simd_off ? aqua::isa::portable : aqua::isa::avx512);
     for (const auto& spec : specs) {
       CAPTURE(simd_off, int(spec.type), spec.k, spec.value);
       aqua_oracle::spec os = spec.type == aqua::selection_spec::kind::top_k ? aqua_oracle::spec::top_k(spec.k)
@@ -550,12 +549,12 @@ TEST_CASE("the engine's whole-tile selection picks the tiles of the independent 
                                  ? aqua_oracle::spec::fraction(spec.value)
                                  : aqua_oracle::spec::energy(spec.value);
       double margin = std::numeric_limits<double>::infinity();
-      const auto want = aqua_oracle::select(rows, sh.r, sh.tile, true, os, margin, false);
+      const auto want = aqua_oracle::select(rows, sh.r, sh.tile, true, os, margin);
       if (spec.type == aqua::selection_spec::kind::energy && spec.value < 1.0) REQUIRE(margin > 1e-9);
       const index_t count = aqua::detail::select_dims(w.data(), e.data(), sh.r, sh.tile, true, spec,
                                                       scratch.data(), out.data());
       CHECK(std::vector<index_t>(out.begin(), out.begin() + count) == want);
     }
   }
-  aqua::detail::simd_disabled() = 0;
+  aqua::set_max_isa(aqua::isa::avx512);
 }

@@ -196,15 +196,15 @@ TEST_CASE("AVX-512 and AVX2 kernels agree bit for bit on 16-bit storage", "[stor
         std::vector<float> pw(std::size_t(L.hkv * L.n)), pn(pw.size());
         aqua::aqua_options opt;
         opt.mode = mode;
-        aqua::detail::simd_disabled() = 0;
+        aqua::set_max_isa(aqua::isa::avx512);
         aqua::aqua_decode(aqua::make_view(static_cast<const float*>(L.q.data()), L.hq, L.d), L.cache, k,
                           aqua::make_view(wide.data(), L.hq, L.d), opt,
                           aqua::make_view(pw.data(), L.hkv, L.n));
-        aqua::detail::simd_disabled() = 2;
+        aqua::set_max_isa(aqua::isa::avx2);
         aqua::aqua_decode(aqua::make_view(static_cast<const float*>(L.q.data()), L.hq, L.d), L.cache, k,
                           aqua::make_view(narrow.data(), L.hq, L.d), opt,
                           aqua::make_view(pn.data(), L.hkv, L.n));
-        aqua::detail::simd_disabled() = 0;
+        aqua::set_max_isa(aqua::isa::avx512);
         CHECK(aqua_test::bitwise_equal(wide, narrow));
         CHECK(aqua_test::bitwise_equal(pw, pn));
       }

@@ -7,6 +7,7 @@
 #include "aqua/cost_model.hpp"
 #include "aqua/h2o.hpp"
 #include "aqua/io.hpp"
+#include "aqua/isa.hpp"
 #include "aqua/kv_cache.hpp"
 #include "aqua/projection.hpp"
 #include "aqua/quality.hpp"

@@ -74,8 +74,6 @@ struct calibrator_options {
   bool center = false;
   /// Called after every add_* call that accumulated something and after every finalized head.
   std::function<void(const calibration_progress&)> progress;
-  /// Use the AVX2/FMA accumulation kernel when the CPU has it (false: portable Eigen kernel only).
-  bool allow_simd = true;
 };
 
 namespace detail {
@@ -423,14 +421,14 @@ private:
     double* AQUA_RESTRICT sum = h.sum.data();
     // GCC -O2 does not vectorise the conversion loop below (unknown trip count); it would cost a
     // quarter of the rank update at d = 128.
-    const bool simd_widen = cs == 1 && options_.allow_simd && detail::gram_simd_available();
+    const bool simd_widen = cs == 1 && detail::gram_simd_available();
     for (index_t r0 = 0; r0 < rows; r0 += block) {
       const index_t n = std::min(block, rows - r0);
 #if AQUA_DETAIL_GRAM_X86
       if constexpr (std::is_same<T, float>::value) {
         if (simd_widen) {
           detail::widen_rows_avx2(x.data() + r0 * rs, n, d_, rs, ld_, scratch.data(), sum);
-          detail::gram_update(scratch.data(), n, d_, ld_, h.gram.data(), true);
+          detail::gram_update(scratch.data(), n, d_, ld_, h.gram.data());
           continue;
         }
       }
@@ -447,7 +445,7 @@ private:
         for (index_t c = d_; c < ld_; ++c) dst[c] = 0.0;
         for (index_t c = 0; c < d_; ++c) sum[c] += dst[c];
       }
-      detail::gram_update(scratch.data(), n, d_, ld_, h.gram.data(), options_.allow_simd);
+      detail::gram_update(scratch.data(), n, d_, ld_, h.gram.data());
     }
     h.count += static_cast<std::uint64_t>(rows);
   }

@@ -119,10 +119,18 @@ inline index_t select_dims(const float* weight, const double* energy, index_t r,
     for (index_t i = t * tile; i < std::min(r, (t + 1) * tile); ++i) e += energy[i];
     te[t] = e;
   }
-  selection_spec tile_spec = spec;
-  if (spec.type != selection_spec::kind::energy)
-    tile_spec = selection_spec::top_k(std::min(tiles, (selection_count(spec, r) + tile - 1) / tile));
-  const index_t chosen = select_ranked(te, te, tiles, tile_spec, rank_scratch);
+  index_t chosen;
+  if (spec.type == selection_spec::kind::energy) {
+    chosen = select_ranked(te, te, tiles, spec, rank_scratch);
+  } else {
+    // Whole tiles in rank order until k dims are covered: ceil(k / tile) tiles would fall short
+    // when the narrower last tile (r not a multiple of the width) ranks among them.
+    const index_t want = selection_count(spec, r);
+    select_ranked(te, te, tiles, selection_spec::top_k(tiles), rank_scratch);
+    index_t covered = 0;
+    for (chosen = 0; chosen < tiles && covered < want; ++chosen)
+      covered += std::min(r, (rank_scratch[chosen] + index_t{1}) * tile) - rank_scratch[chosen] * tile;
+  }
   std::sort(rank_scratch, rank_scratch + chosen);
   index_t count = 0;
   for (index_t c = 0; c < chosen; ++c)

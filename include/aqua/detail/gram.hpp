@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "aqua/isa.hpp"
 #include "aqua/tensor_view.hpp"
 
 #if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
@@ -122,35 +123,21 @@ __attribute__((target("avx2,fma"))) inline void widen_rows_avx2(const float* x, 
   }
 }
 
-inline bool cpu_has_avx2_fma() noexcept {
-  static const bool supported = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return supported;
-}
-#else
-inline bool cpu_has_avx2_fma() noexcept {
-  return false;
-}
 #endif
 
-/// True when gram_update with allow_simd takes the AVX2/FMA kernel on this CPU.
+/// True when gram_update takes the AVX2/FMA kernel (aqua::active_isa(), which the user may cap).
 inline bool gram_simd_available() noexcept {
-  return cpu_has_avx2_fma();
+  return AQUA_DETAIL_GRAM_X86 && active_isa() >= isa::avx2;
 }
 
-/// C += A^T A (see the top of this file for the layout). allow_simd = false forces the portable
-/// kernel (tests compare the two; benchmarks measure both).
-inline void gram_update(const double* a, index_t rows, index_t d, index_t ld, double* c, bool allow_simd) {
+/// C += A^T A (see the top of this file for the layout).
+inline void gram_update(const double* a, index_t rows, index_t d, index_t ld, double* c) {
   if (rows <= 0) return;
 #if AQUA_DETAIL_GRAM_X86
-  if (allow_simd && cpu_has_avx2_fma()) {
+  if (gram_simd_available()) {
     gram_update_avx2(a, rows, ld, c);
     return;
   }
-#else
-  (void)allow_simd;
 #endif
   gram_update_portable(a, rows, d, ld, c);
 }

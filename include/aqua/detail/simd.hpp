@@ -11,6 +11,7 @@
 
 #include "aqua/config.hpp"
 #include "aqua/detail/softmax.hpp"
+#include "aqua/isa.hpp"
 #include "aqua/tensor_view.hpp"
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
@@ -27,34 +28,15 @@
 namespace aqua {
 namespace detail {
 
-/// Test hook: 1 forces the portable kernels even on AVX2 machines, 2 keeps AVX2 but not the
-/// AVX-512 kernels (the tests run every path the CPU has).
-inline int& simd_disabled() {
-  static int disabled = 0;
-  return disabled;
+/// Whether the AVX2 + FMA + F16C kernels run (aqua::active_isa(), which the user may cap).
+inline bool has_avx2_fma() noexcept {
+  return AQUA_HAS_X86_SIMD && active_isa() >= isa::avx2;
 }
 
-inline bool has_avx2_fma() {
-#if AQUA_HAS_X86_SIMD
-  // Every AVX2 CPU has F16C too (Haswell, Excavator and later); the 16-bit loads need it.
-  static const bool supported =
-      __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  return supported && simd_disabled() != 1;
-#else
-  return false;
-#endif
-}
-
-/// AVX-512F (with AVX2 and FMA): the fused decode kernel has a 512-bit twin, one vector per
-/// 16-token key block, that halves the instructions per byte of a memory-bound pass.
-inline bool has_avx512f() {
-#if AQUA_HAS_X86_SIMD
-  static const bool supported = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
-                                __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  return supported && simd_disabled() == 0;
-#else
-  return false;
-#endif
+/// Whether the AVX-512 kernels run: one vector per 16-token key block halves the instructions per
+/// byte of a memory-bound pass.
+inline bool has_avx512f() noexcept {
+  return AQUA_HAS_X86_SIMD && active_isa() == isa::avx512;
 }
 
 #if AQUA_HAS_X86_SIMD

@@ -1,0 +1,71 @@
+// Which instruction set aqua's kernels run: one CPU probe for the whole library and one
+// process-wide cap on it.
+//
+// aqua is compiled without -march flags: each kernel exists for AVX-512, AVX2 and portable C++,
+// the SIMD ones under target attributes, and every call dispatches on active_isa(). All paths
+// compute the same attention (the AVX-512 and AVX2 cache kernels agree bit for bit; the portable
+// ones to float rounding). Capping is for comparing paths (tests, benchmarks) and for hosts where
+// a narrower ISA is faster or required (for example to keep AVX-512 frequency licences off).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+namespace aqua {
+
+/// Instruction sets the kernels are written for, narrowest first.
+enum class isa : std::uint8_t {
+  portable = 0,  ///< plain C++, any CPU
+  avx2 = 1,      ///< AVX2 + FMA + F16C (Haswell, Zen 1 and later)
+  avx512 = 2,    ///< AVX-512F on top of the AVX2 set (Skylake-SP, Zen 4 and later)
+};
+
+/// "portable", "avx2" or "avx512".
+inline const char* isa_name(isa i) noexcept {
+  return i == isa::avx512 ? "avx512" : i == isa::avx2 ? "avx2" : "portable";
+}
+
+/// The widest ISA this CPU, its operating system (the AVX register state, which the compiler's
+/// CPU probe checks) and this compiler support; portable off x86 or without GCC / Clang.
+inline isa supported_isa() noexcept {
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+  static const isa probed = [] {
+    __builtin_cpu_init();  // the probe may run before main, from a static initialiser
+    const bool avx2 =
+        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    if (!avx2) return isa::portable;
+    return __builtin_cpu_supports("avx512f") ? isa::avx512 : isa::avx2;
+  }();
+  return probed;
+#else
+  return isa::portable;
+#endif
+}
+
+namespace detail {
+inline std::atomic<std::uint8_t>& isa_cap() noexcept {
+  static std::atomic<std::uint8_t> cap{static_cast<std::uint8_t>(isa::avx512)};
+  return cap;
+}
+}  // namespace detail
+
+/// The cap set by set_max_isa (avx512, i.e. none, until then).
+inline isa max_isa() noexcept {
+  return static_cast<isa>(detail::isa_cap().load(std::memory_order_relaxed));
+}
+
+/// The ISA the kernels dispatch to: the narrower of supported_isa() and max_isa().
+inline isa active_isa() noexcept {
+  const isa s = supported_isa(), cap = max_isa();
+  return static_cast<std::uint8_t>(cap) < static_cast<std::uint8_t>(s) ? cap : s;
+}
+
+/// Caps the kernels at `cap` for the whole process and returns the previous cap; a cap wider than
+/// supported_isa() selects supported_isa(). Set it before starting kernel calls: a call running on
+/// another thread while the cap changes stays correct but may mix paths, so its result agrees with
+/// either path to float rounding rather than bit for bit.
+inline isa set_max_isa(isa cap) noexcept {
+  return static_cast<isa>(detail::isa_cap().exchange(static_cast<std::uint8_t>(cap), std::memory_order_relaxed));
+}
+
+}  // namespace aqua
