@@ -39,7 +39,9 @@ TEST_CASE("supported_isa reports what the kernel says the CPU has", "[isa]") {
     return;
   }
   const bool avx2 = flags.count("avx2") && flags.count("fma") && flags.count("f16c");
-  const aqua::isa want = !avx2 ? aqua::isa::portable : flags.count("avx512f") ? aqua::isa::avx512 : aqua::isa::avx2;
+  const aqua::isa want = !avx2                    ? aqua::isa::portable
+                         : flags.count("avx512f") ? aqua::isa::avx512
+                                                  : aqua::isa::avx2;
   CAPTURE(aqua::isa_name(want));
   CHECK(aqua::supported_isa() == want);
 }
@@ -72,7 +74,8 @@ TEST_CASE("decode under every cap is the same attention to float rounding", "[is
     CAPTURE(aqua::isa_name(aqua::active_isa()));
     aqua::aqua_decode(L.qv(), L.cache, aqua::selection_spec::top_k(64), aqua::make_view(out.data(), 8, 64));
     double worst = 0;
-    for (std::size_t i = 0; i < ref.size(); ++i) worst = aqua_test::max_or_nan(worst, std::abs(ref[i] - out[i]));
+    for (std::size_t i = 0; i < ref.size(); ++i)
+      worst = aqua_test::max_or_nan(worst, std::abs(ref[i] - out[i]));
     CHECK(worst < 1e-5);
   }
 }

@@ -65,7 +65,8 @@ inline isa active_isa() noexcept {
 /// another thread while the cap changes stays correct but may mix paths, so its result agrees with
 /// either path to float rounding rather than bit for bit.
 inline isa set_max_isa(isa cap) noexcept {
-  return static_cast<isa>(detail::isa_cap().exchange(static_cast<std::uint8_t>(cap), std::memory_order_relaxed));
+  return static_cast<isa>(
+      detail::isa_cap().exchange(static_cast<std::uint8_t>(cap), std::memory_order_relaxed));
 }
 
 }  // namespace aqua

@@ -136,6 +136,17 @@ struct side_prefetch {
   index_t step = 0;  // bytes per key block
 };
 
+/// The other stream of a two-pass chunk over token-major rows (engine buffers), requested into L2
+/// one row per row consumed: the score pass asks for its chunk's value rows, the value pass for
+/// the next chunk's key rows. DRAM then serves two streams throughout, instead of one per pass
+/// with a stall at every change of pass (measured on a Xeon: views 0.83 -> 0.92-0.95 of the cache path).
+struct rows_l2_prefetch {
+  const unsigned char* base = nullptr;  // row 0; null: nothing to request
+  index_t rows = 0;                     // rows that exist from base on
+  index_t stride = 0;                   // bytes from one row to the next
+  index_t bytes = 0;                    // bytes of a row
+};
+
 #if AQUA_HAS_X86_SIMD
 namespace avx2 {
 using ops = avx2_ops;
@@ -310,22 +321,22 @@ inline void score_lists_dispatch(int heads, storage_type key_type, const unsigne
 /// Scores of `heads` (<= 4) query heads (scaled rows q + h * d) against `count` token-major key
 /// rows `ld` elements apart: scores[h * score_stride + j] = q_h . k_j.
 inline void score_rows_dispatch(int heads, storage_type key_type, const unsigned char* keys, index_t ld,
-                                index_t count, const float* q, index_t d, float* scores,
-                                index_t score_stride) {
+                                index_t count, const float* q, index_t d, float* scores, index_t score_stride,
+                                const rows_l2_prefetch& side = {}) {
   with_storage(key_type, [&](auto tag) {
     using K = decltype(tag);
     const K* rows = typed_ptr<K>(keys);
 #if AQUA_HAS_X86_SIMD
-#define AQUA_ROWS_CASES(ISA)                                                           \
-  switch (heads) {                                                                     \
-    case 1:                                                                            \
-      return ISA::score_token_rows<1, K>(rows, ld, count, q, d, scores, score_stride); \
-    case 2:                                                                            \
-      return ISA::score_token_rows<2, K>(rows, ld, count, q, d, scores, score_stride); \
-    case 3:                                                                            \
-      return ISA::score_token_rows<3, K>(rows, ld, count, q, d, scores, score_stride); \
-    default:                                                                           \
-      return ISA::score_token_rows<4, K>(rows, ld, count, q, d, scores, score_stride); \
+#define AQUA_ROWS_CASES(ISA)                                                                 \
+  switch (heads) {                                                                           \
+    case 1:                                                                                  \
+      return ISA::score_token_rows<1, K>(rows, ld, count, q, d, scores, score_stride, side); \
+    case 2:                                                                                  \
+      return ISA::score_token_rows<2, K>(rows, ld, count, q, d, scores, score_stride, side); \
+    case 3:                                                                                  \
+      return ISA::score_token_rows<3, K>(rows, ld, count, q, d, scores, score_stride, side); \
+    default:                                                                                 \
+      return ISA::score_token_rows<4, K>(rows, ld, count, q, d, scores, score_stride, side); \
   }
     if (has_avx512f() && d % 16 == 0) AQUA_ROWS_CASES(avx512)
     if (has_avx2_fma() && d % 8 == 0) AQUA_ROWS_CASES(avx2)
@@ -344,7 +355,7 @@ inline void score_rows_dispatch(int heads, storage_type key_type, const unsigned
 /// `ld` elements apart; ld < 0 means d).
 inline void value_dispatch(int heads, storage_type value_type, const unsigned char* v, index_t d, index_t cnt,
                            const float* p, index_t p_stride, float* acc, index_t acc_stride,
-                           const float* alpha, index_t ld = -1) {
+                           const float* alpha, index_t ld = -1, const rows_l2_prefetch& side = {}) {
   if (ld < 0) ld = d;
   with_storage(value_type, [&](auto tag) {
     using V = decltype(tag);
@@ -354,28 +365,28 @@ inline void value_dispatch(int heads, storage_type value_type, const unsigned ch
       switch (heads) {
         case 1:
           return avx512::value_chunk<1, avx512_ops::value_vectors(1)>(rows, d, cnt, p, p_stride, acc,
-                                                                      acc_stride, alpha, ld);
+                                                                      acc_stride, alpha, ld, side);
         case 2:
           return avx512::value_chunk<2, avx512_ops::value_vectors(2)>(rows, d, cnt, p, p_stride, acc,
-                                                                      acc_stride, alpha, ld);
+                                                                      acc_stride, alpha, ld, side);
         case 3:
           return avx512::value_chunk<3, avx512_ops::value_vectors(3)>(rows, d, cnt, p, p_stride, acc,
-                                                                      acc_stride, alpha, ld);
+                                                                      acc_stride, alpha, ld, side);
         default:
           return avx512::value_chunk<4, avx512_ops::value_vectors(4)>(rows, d, cnt, p, p_stride, acc,
-                                                                      acc_stride, alpha, ld);
+                                                                      acc_stride, alpha, ld, side);
       }
     }
     if (has_avx2_fma() && d % 8 == 0) {
       switch (heads) {
         case 1:
-          return avx2::value_chunk<1, 8>(rows, d, cnt, p, p_stride, acc, acc_stride, alpha, ld);
+          return avx2::value_chunk<1, 8>(rows, d, cnt, p, p_stride, acc, acc_stride, alpha, ld, side);
         case 2:
-          return avx2::value_chunk<2, 4>(rows, d, cnt, p, p_stride, acc, acc_stride, alpha, ld);
+          return avx2::value_chunk<2, 4>(rows, d, cnt, p, p_stride, acc, acc_stride, alpha, ld, side);
         case 3:
-          return avx2::value_chunk<3, 2>(rows, d, cnt, p, p_stride, acc, acc_stride, alpha, ld);
+          return avx2::value_chunk<3, 2>(rows, d, cnt, p, p_stride, acc, acc_stride, alpha, ld, side);
         default:
-          return avx2::value_chunk<4, 2>(rows, d, cnt, p, p_stride, acc, acc_stride, alpha, ld);
+          return avx2::value_chunk<4, 2>(rows, d, cnt, p, p_stride, acc, acc_stride, alpha, ld, side);
       }
     }
 #endif

@@ -127,9 +127,19 @@ AQUA_KERNEL AQUA_ALWAYS_INLINE void value_slice(const V* v, index_t d, index_t c
 /// column slices of a group are done before the next group, so the value rows stream sequentially through
 /// memory instead of being swept once per slice; the accumulators round-trip through L1 per group. d % W ==
 /// 0.
+/// Requests rows [j, j + count) of `side` (those that exist) into L2.
+AQUA_KERNEL AQUA_ALWAYS_INLINE void prefetch_rows_l2(const rows_l2_prefetch& side, index_t j, index_t count) {
+  const index_t end = std::min(j + count, side.rows);
+  for (; j < end; ++j) {
+    const char* row = reinterpret_cast<const char*>(side.base + j * side.stride);
+    for (index_t b = 0; b < side.bytes; b += 64) _mm_prefetch(row + b, _MM_HINT_T1);
+  }
+}
+
 template <int HB, int NV, class V>
 AQUA_KERNEL void value_chunk(const V* v, index_t d, index_t cnt, const float* p, index_t p_stride, float* acc,
-                             index_t acc_stride, const float* alpha, index_t ld) {
+                             index_t acc_stride, const float* alpha, index_t ld,
+                             const rows_l2_prefetch& side) {
   constexpr int W = ops::W;
 #pragma GCC unroll 4
   for (int h = 0; h < HB; ++h) {
@@ -147,6 +157,7 @@ AQUA_KERNEL void value_chunk(const V* v, index_t d, index_t cnt, const float* p,
     for (; c + W * NV <= d; c += W * NV)
       value_slice<HB, NV>(vg + c, ld, jn, pg, p_stride, acc + c, acc_stride, pf);
     for (; c < d; c += W) value_slice<HB, 1>(vg + c, ld, jn, pg, p_stride, acc + c, acc_stride, pf);
+    if (side.base) prefetch_rows_l2(side, j0, jn);
   }
 }
 
@@ -398,7 +409,7 @@ AQUA_KERNEL AQUA_ALWAYS_INLINE void score_four_rows(const K* r, index_t ld, cons
 /// d % W == 0.
 template <int HB, class K>
 AQUA_KERNEL void score_token_rows(const K* keys, index_t ld, index_t count, const float* q, index_t d,
-                                  float* scores, index_t score_stride) {
+                                  float* scores, index_t score_stride, const rows_l2_prefetch& side) {
   constexpr int W = ops::W;
   constexpr int HG = W == 16 ? HB : (HB < 2 ? HB : 2);  // heads per pass over the 4 rows
   const index_t row_bytes = d * index_t(sizeof(K));
@@ -411,6 +422,7 @@ AQUA_KERNEL void score_token_rows(const K* keys, index_t ld, index_t count, cons
     for (int t = 0; t < 4; ++t)
       for (index_t b = 0; b < row_bytes; b += 64)
         _mm_prefetch(reinterpret_cast<const char*>(r + (t * ld + ahead)) + b, _MM_HINT_T0);
+    if (side.base) prefetch_rows_l2(side, j, 4);
     int h = 0;
     for (; h + HG <= HB; h += HG)
       score_four_rows<HG>(r, ld, q + h * d, d, scores + h * score_stride + j, score_stride);

@@ -21,9 +21,10 @@ namespace detail {
 
 /// Tokens per chunk: 4 heads x 256 scores stay in L1 between the score and the value pass.
 constexpr index_t dense_rows_chunk = 256;
-/// Tokens per chunk when heads interleave per token: at d = 128 and 8 heads, 64 tokens of keys
-/// and values are 512 KB, which stay in L2 from the first head's pass to the last's.
-constexpr index_t dense_rows_interleaved_chunk = 64;
+/// Tokens per chunk when heads interleave per token: at d = 128 and 8 heads, 32 tokens of keys
+/// and values are 256 KB, which stay in L2 from the first head's pass to the last's (32 measured
+/// a little ahead of 64 and 128 once each pass brings the next head's rows into L2).
+constexpr index_t dense_rows_interleaved_chunk = 32;
 
 /// One query head (scaled query q, d floats) in double, probabilities normalised before the values
 /// are summed: the slow path for the rare head whose float value accumulator overflowed.
@@ -74,16 +75,30 @@ struct rows_source {
   const unsigned char* head_values(index_t kv) const {
     return values + kv * v_head * storage_bytes(value_type);
   }
+  /// Key (value) rows [t, t + count) of KV head kv, those that exist, as an L2 request.
+  rows_l2_prefetch key_rows(index_t kv, index_t t, index_t count) const {
+    const index_t b = storage_bytes(key_type);
+    return {head_keys(kv) + t * k_ld * b, std::max<index_t>(0, std::min(count, n - t)), k_ld * b, d * b};
+  }
+  rows_l2_prefetch value_rows(index_t kv, index_t t, index_t count) const {
+    const index_t b = storage_bytes(value_type);
+    return {head_values(kv) + t * v_ld * b, std::max<index_t>(0, std::min(count, n - t)), v_ld * b, d * b};
+  }
 };
 
 /// Tokens [t, t + cnt) for one group: scores, the online-softmax update, the values. `scores`
-/// holds 4 x dense_rows_chunk floats.
-inline void rows_step(rows_group& g, const rows_source& src, index_t t, index_t cnt, float* scores) {
+/// holds 4 x dense_rows_chunk floats. The score pass requests `during_scores` into L2 as it goes,
+/// the value pass `during_values`: the rows of the stream the next pass reads, so that DRAM keeps
+/// serving two streams instead of one per pass with a stall at each change.
+inline void rows_step(rows_group& g, const rows_source& src, index_t t, index_t cnt, float* scores,
+                      const rows_l2_prefetch& during_scores, const rows_l2_prefetch& during_values) {
   constexpr index_t C = dense_rows_chunk;
   const index_t d = src.d;
   const float neg_inf = -std::numeric_limits<float>::infinity();
-  score_rows_dispatch(g.hn, src.key_type, src.head_keys(g.kv) + t * src.k_ld * storage_bytes(src.key_type),
-                      src.k_ld, cnt, g.q.data(), d, scores, C);
+  const index_t kb = storage_bytes(src.key_type), vb = storage_bytes(src.value_type);
+  const unsigned char* values = src.head_values(g.kv) + t * src.v_ld * vb;
+  score_rows_dispatch(g.hn, src.key_type, src.head_keys(g.kv) + t * src.k_ld * kb, src.k_ld, cnt, g.q.data(),
+                      d, scores, C, during_scores);
   bool any = false;
   for (int h = 0; h < g.hn; ++h) {
     float* s = scores + h * C;
@@ -104,8 +119,8 @@ inline void rows_step(rows_group& g, const rows_source& src, index_t t, index_t 
     g.m[h] = mn;
   }
   if (any)
-    value_dispatch(g.hn, src.value_type, src.head_values(g.kv) + t * src.v_ld * storage_bytes(src.value_type),
-                   d, cnt, scores, C, g.acc.data(), d, g.alpha, src.v_ld);
+    value_dispatch(g.hn, src.value_type, values, d, cnt, scores, C, g.acc.data(), d, g.alpha, src.v_ld,
+                   during_values);
 }
 
 /// The group's outputs: acc / l per head (zeros for a fully masked head, NaN carried through).
@@ -177,9 +192,28 @@ void dense_decode_rows(const matrix_view<const float>& q, const tensor3_view<con
     const bool interleaved = end - begin > 1 && src.k_head < src.k_ld && src.v_head < src.v_ld;
     const index_t chunk = interleaved ? dense_rows_interleaved_chunk : dense_rows_chunk;
     std::vector<float> scores(static_cast<std::size_t>(4 * dense_rows_chunk));
-    for (index_t t = 0; t < s.n; t += chunk) {
-      const index_t cnt = std::min(chunk, s.n - t);
-      for (std::size_t i = 0; i < groups.size(); ++i) rows_step(groups[i], src, t, cnt, scores.data());
+    if (interleaved) {
+      for (index_t t = 0; t < s.n; t += chunk) {
+        const index_t cnt = std::min(chunk, s.n - t);
+        for (std::size_t i = 0; i < groups.size(); ++i) {
+          // While this head reads its strided rows of the chunk, the next KV head's rows of the
+          // chunk (or the first head's of the next chunk) come into L2: keys during the scores,
+          // values during the value pass.
+          std::size_t next = i + 1;
+          while (next < groups.size() && groups[next].kv == groups[i].kv) ++next;
+          const index_t nkv = next < groups.size() ? groups[next].kv : groups[0].kv;
+          const index_t nt = next < groups.size() ? t : t + chunk;
+          rows_step(groups[i], src, t, cnt, scores.data(), src.key_rows(nkv, nt, chunk),
+                    src.value_rows(nkv, nt, chunk));
+        }
+      }
+    } else {
+      // Heads apart: one group's keys and values as two long sequential streams, which the
+      // prefetchers (hardware, and the kernels' rows-ahead requests) follow across chunks.
+      for (auto& g : groups)
+        for (index_t t = 0; t < s.n; t += chunk)
+          rows_step(g, src, t, std::min(chunk, s.n - t), scores.data(), src.value_rows(g.kv, t, chunk),
+                    src.key_rows(g.kv, t + chunk, chunk));
     }
     for (const auto& g : groups) rows_finish(g, src, out.data(), out.stride(0), out.stride(1));
   });
