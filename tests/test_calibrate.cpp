@@ -352,6 +352,13 @@ TEST_CASE("the calibrator rejects bad shapes, non-finite vectors and empty heads
   CHECK_THROWS_WITH(aqua::calibrator(1, 3, 2, 8),
                     Contains("query_heads (3) must be a positive multiple of kv_heads (2)"));
   CHECK_THROWS_WITH(aqua::calibrator(0, 1, 1, 8), Contains("layers must be at least 1"));
+  CHECK_THROWS_WITH(aqua::calibrator(1, 1, 1, 65537), Contains("d must be in [1, 65536], got 65537"));
+  // 2^20 x 8 heads of a 128 x 128 Gram matrix (about 128 KiB each) are 2^40 bytes: within the
+  // limit; 2^30 x 8 heads are not, and nothing is allocated before the check.
+  CHECK_THROWS_WITH(
+      aqua::calibrator(index_t{1} << 30, 8, 8, 128),
+      Contains("1073741824 layers x 8 KV heads of 132096 bytes (d = 128) exceed the limit of 2^46"));
+  CHECK_THROWS_WITH(aqua::calibrator(index_t{1} << 41, 1, 1, 8), Contains("is too large"));
   aqua::calibrator cal(2, 4, 2, 8);
   std::vector<float> q(4 * 3 * 8, 0.5f);
   CHECK_THROWS_WITH(cal.add_queries(0, aqua::make_view<const float>(q.data(), 2, 6, 8)),

@@ -9,6 +9,7 @@
 #include "aqua/io.hpp"
 #include "aqua/isa.hpp"
 #include "aqua/kv_cache.hpp"
+#include "aqua/merge.hpp"
 #include "aqua/projection.hpp"
 #include "aqua/quality.hpp"
 #include "aqua/select.hpp"

@@ -49,6 +49,11 @@ struct attention_options {
   int threads = 1;
   /// When set, prefill fills in the time of its score, softmax and value phases.
   attention_profile* profile = nullptr;
+  /// Decode only, when non-empty: lse[h] receives the log-sum-exp (natural log) of query head h's
+  /// scaled scores, log sum_j exp(scale q_h.k_j + mask_j), -inf when every key is masked out: the
+  /// weight of this result in aqua::merge_attention. Views of float at unit inner stride and the
+  /// cache path only (the Eigen fallback for other strides and double does not produce it).
+  vector_view<float> lse;
 };
 
 namespace detail {
@@ -179,6 +184,7 @@ attention_shape validate_dense_decode(const matrix_view<const T>& q, const tenso
   require_data(mask, fn, "mask");
   require_finite(q, fn, "q");
   require_mask_values(mask, fn, "mask");
+  require_lse(options.lse, s.hq, fn);
   s.scale = resolve_scale<T>(options, s.d, fn);
   return s;
 }
@@ -292,10 +298,14 @@ void dense_decode(matrix_view<const detail::identity_t<T>> q, tensor3_view<const
       detail::validate_dense_decode<T>(q, k, v, out, options, mask, "aqua::dense_decode");
   if constexpr (std::is_same<T, float>::value) {
     if (k.stride(2) == 1 && v.stride(2) == 1) {
-      detail::dense_decode_rows(q, k, v, out, s, options.threads, mask);
+      detail::dense_decode_rows(q, k, v, out, s, options.threads, mask, options.lse);
       return;
     }
   }
+  AQUA_CHECK(
+      options.lse.size() == 0,
+      "aqua::dense_decode: options.lse needs float keys and values with unit inner stride (this call has ",
+      std::is_same<T, float>::value ? "a strided inner dimension" : "double", ")");
   // One work item per KV group reads that head's keys once for all of its query heads. The
   // items do not depend on the thread count, so every thread count gives bitwise equal results.
   detail::parallel_for(s.hkv, options.threads, [&](index_t begin, index_t end, int) {
@@ -328,7 +338,7 @@ void dense_decode(matrix_view<const float> q, tensor3_view<const K> k, tensor3_v
   constexpr const char* fn = "aqua::dense_decode";
   const detail::attention_shape s = detail::validate_dense_decode<float>(q, k, v, out, options, mask, fn);
   detail::require_unit_inner_stride(k, v, fn);
-  detail::dense_decode_rows(q, k, v, out, s, options.threads, mask);
+  detail::dense_decode_rows(q, k, v, out, s, options.threads, mask, options.lse);
 }
 
 /// Exact dense prefill: M query tokens per query head against N >= M keys and values.
@@ -392,6 +402,9 @@ struct aqua_options {
   aqua_workspace* workspace = nullptr;
   /// When set, filled with phase times and (decode) the fraction of key bytes read.
   attention_profile* profile = nullptr;
+  /// Decode only, when non-empty: lse[h] receives the log-sum-exp of query head h's scaled scores
+  /// over the selected dims (see attention_options::lse), for aqua::merge_attention.
+  vector_view<float> lse;
 };
 
 namespace detail {
@@ -439,7 +452,8 @@ inline double resolve_scale(const std::optional<double>& scale, index_t d, const
 inline void decode_on_cache(matrix_view<const float> q, const kv_cache& cache, const selection_spec* select,
                             selection_mode mode, matrix_view<float> out,
                             const std::optional<double>& scale_opt, int threads, aqua_workspace* workspace,
-                            attention_profile* profile, matrix_view<float> token_probs, const char* fn) {
+                            attention_profile* profile, matrix_view<float> token_probs,
+                            const vector_view<float>& lse, const char* fn) {
   require_data(q, fn, "q");
   require_data(out, fn, "out");
   require_threads(threads, fn);
@@ -452,6 +466,7 @@ inline void decode_on_cache(matrix_view<const float> q, const kv_cache& cache, c
                  (token_probs.extent(0) == cache.kv_heads() && token_probs.extent(1) == cache.size()),
              fn, ": token_probs has shape ", shape_string(token_probs), " but must be [Hkv, N] = [",
              cache.kv_heads(), ", ", cache.size(), "]");
+  require_lse(lse, q.extent(0), fn);
   require_finite(q, fn, "q");
   const double scale = resolve_scale(scale_opt, q.extent(1), fn);
   aqua_workspace local;
@@ -461,7 +476,7 @@ inline void decode_on_cache(matrix_view<const float> q, const kv_cache& cache, c
   plan_decode(q, cache, select ? *select : selection_spec::top_k(cache.rank()), mode, select == nullptr,
               scale, ws, plan);
   const double select_seconds = profile ? seconds_since(t0) : 0.0;
-  run_decode(cache, plan, threads, ws, out, token_probs, profile);
+  run_decode(cache, plan, threads, ws, out, token_probs, lse, profile);
   if (profile) profile->select_seconds = select_seconds;
   require_no_overflow(out, fn);
 }
@@ -475,7 +490,7 @@ inline void aqua_decode(matrix_view<const float> q, const kv_cache& cache, const
                         matrix_view<float> out, const aqua_options& options = {},
                         matrix_view<float> token_probs = {}) {
   detail::decode_on_cache(q, cache, &select, options.mode, out, options.scale, options.threads,
-                          options.workspace, options.profile, token_probs, "aqua::aqua_decode");
+                          options.workspace, options.profile, token_probs, options.lse, "aqua::aqua_decode");
 }
 
 /// AQUA decode keeping a fixed k dims per query head (or group, or in whole tiles).
@@ -490,7 +505,7 @@ inline void dense_decode(matrix_view<const float> q, const kv_cache& cache, matr
                          const attention_options& options = {}, aqua_workspace* workspace = nullptr,
                          matrix_view<float> token_probs = {}) {
   detail::decode_on_cache(q, cache, nullptr, selection_mode::group, out, options.scale, options.threads,
-                          workspace, options.profile, token_probs, "aqua::dense_decode(cache)");
+                          workspace, options.profile, token_probs, options.lse, "aqua::dense_decode(cache)");
 }
 
 /// AQUA prefill: q [Hq, M, d] are the queries of the cache's last M tokens; out [Hq, M, d].

@@ -385,7 +385,7 @@ inline void decode_head_double(const kv_cache& cache, const decode_plan& p, inde
 /// (max, rescaled normalisers, rescaled partial outputs).
 inline void run_decode(const kv_cache& cache, const decode_plan& p, int threads, aqua_workspace& ws,
                        const matrix_view<float>& out, const matrix_view<float>& token_probs,
-                       attention_profile* prof) {
+                       const vector_view<float>& lse, attention_profile* prof) {
   const index_t g = p.g, d = p.d, n = p.n;
   const index_t segs =
       (threads > 1 && p.hkv % threads != 0)
@@ -434,6 +434,9 @@ inline void run_decode(const kv_cache& cache, const decode_plan& p, int threads,
       weights[static_cast<std::size_t>(s)] = wgt;
       total += wgt * ws.part_l[static_cast<std::size_t>(item * g + hh)];
     }
+    if (lse.size())
+      lse.data()[h * lse.stride(0)] = total > 0 ? static_cast<float>(double(mx) + std::log(total))
+                                                : -std::numeric_limits<float>::infinity();
     bool acc_finite = true;
     for (index_t s = 0; s < segs; ++s) {
       const float* a = ws.part_acc.data() + ((kv * segs + s) * g + hh) * d;

@@ -125,9 +125,14 @@ inline void rows_step(rows_group& g, const rows_source& src, index_t t, index_t 
 
 /// The group's outputs: acc / l per head (zeros for a fully masked head, NaN carried through).
 inline void rows_finish(const rows_group& g, const rows_source& src, float* out, index_t out_stride,
-                        index_t out_inner) {
+                        index_t out_inner, const vector_view<float>& lse) {
   const index_t d = src.d;
   for (int h = 0; h < g.hn; ++h) {
+    if (lse.size())
+      lse.data()[(g.h0 + h) * lse.stride(0)] =
+          g.l[h] > 0
+              ? static_cast<float>(double(g.m[h]) + std::log(g.l[h]))
+              : (std::isnan(g.l[h]) ? static_cast<float>(g.l[h]) : -std::numeric_limits<float>::infinity());
     float* o = out + (g.h0 + h) * out_stride;
     const float* a = g.acc.data() + h * d;
     bool finite = true;
@@ -155,7 +160,8 @@ inline void rows_finish(const rows_group& g, const rows_source& src, float* out,
 template <class K, class V, class Shape>
 void dense_decode_rows(const matrix_view<const float>& q, const tensor3_view<const K>& k,
                        const tensor3_view<const V>& v, const matrix_view<float>& out, const Shape& s,
-                       int threads, const vector_view<const float>& mask) {
+                       int threads, const vector_view<const float>& mask,
+                       const vector_view<float>& lse = {}) {
   rows_source src;
   src.key_type = storage_of<K>::value;
   src.value_type = storage_of<V>::value;
@@ -215,7 +221,7 @@ void dense_decode_rows(const matrix_view<const float>& q, const tensor3_view<con
           rows_step(g, src, t, std::min(chunk, s.n - t), scores.data(), src.value_rows(g.kv, t, chunk),
                     src.key_rows(g.kv, t + chunk, chunk));
     }
-    for (const auto& g : groups) rows_finish(g, src, out.data(), out.stride(0), out.stride(1));
+    for (const auto& g : groups) rows_finish(g, src, out.data(), out.stride(0), out.stride(1), lse);
   });
 }
 

@@ -91,5 +91,13 @@ inline void require_threads(int threads, const char* fn) {
   AQUA_CHECK(threads >= 1, fn, ": threads must be at least 1, got ", threads);
 }
 
+/// An optional log-sum-exp output: empty (not asked for), or one float per query head.
+inline void require_lse(const vector_view<float>& lse, index_t hq, const char* fn) {
+  if (lse.size() == 0) return;
+  AQUA_CHECK(lse.data() != nullptr, fn, ": lse has ", lse.extent(0), " elements but no data");
+  AQUA_CHECK(lse.extent(0) == hq, fn, ": lse has ", lse.extent(0), " elements but q has ", hq,
+             " query heads (one log-sum-exp per query head)");
+}
+
 }  // namespace detail
 }  // namespace aqua
