@@ -69,13 +69,15 @@ TEST_CASE("AQUA and dense decode over cache shards, merged by their lse, are att
         aqua::aqua_options opt;
         opt.mode = mode;
         opt.lse = aqua::make_view(lses[std::size_t(s)].data(), hq);
-        aqua::aqua_decode(qv, caches[std::size_t(s)], spec, aqua::make_view(outs[std::size_t(s)].data(), hq, d),
-                          opt);
+        aqua::aqua_decode(qv, caches[std::size_t(s)], spec,
+                          aqua::make_view(outs[std::size_t(s)].data(), hq, d), opt);
         parts.push_back({aqua::make_view(static_cast<const float*>(outs[std::size_t(s)].data()), hq, d),
                          aqua::make_view(static_cast<const float*>(lses[std::size_t(s)].data()), hq)});
       }
-      std::vector<float> merged(q.size(), std::numeric_limits<float>::quiet_NaN()), merged_lse(static_cast<std::size_t>(hq));
-      aqua::merge_attention(parts, aqua::make_view(merged.data(), hq, d), aqua::make_view(merged_lse.data(), hq));
+      std::vector<float> merged(q.size(), std::numeric_limits<float>::quiet_NaN()),
+          merged_lse(static_cast<std::size_t>(hq));
+      aqua::merge_attention(parts, aqua::make_view(merged.data(), hq, d),
+                            aqua::make_view(merged_lse.data(), hq));
       // The merge adds one rounding of each weight and of each output to the shards' float error,
       // which the whole-cache bound covers twice over.
       aqua_test::bound_report rep;
@@ -117,7 +119,8 @@ TEST_CASE("dense decode over token ranges of an engine buffer merges into dense 
     double mx = -INFINITY;
     for (index_t j = 0; j < n; ++j) {
       double dot = 0;
-      for (index_t c = 0; c < d; ++c) dot += double(q[std::size_t(h * d + c)]) * k[std::size_t((kv * n + j) * d + c)];
+      for (index_t c = 0; c < d; ++c)
+        dot += double(q[std::size_t(h * d + c)]) * k[std::size_t((kv * n + j) * d + c)];
       s[std::size_t(j)] = dot * scale + mask[std::size_t(j)];
       mx = std::max(mx, s[std::size_t(j)]);
     }
@@ -143,7 +146,8 @@ TEST_CASE("dense decode over token ranges of an engine buffer merges into dense 
     aqua::dense_decode<float>(
         qv, aqua::tensor3_view<const float>(k.data() + t0 * d, {hkv, len, d}, {n * d, d, 1}),
         aqua::tensor3_view<const float>(v.data() + t0 * d, {hkv, len, d}, {n * d, d, 1}),
-        aqua::make_view(outs[p].data(), hq, d), opt, aqua::make_view(static_cast<const float*>(mask.data() + t0), len));
+        aqua::make_view(outs[p].data(), hq, d), opt,
+        aqua::make_view(static_cast<const float*>(mask.data() + t0), len));
     parts.push_back({aqua::make_view(static_cast<const float*>(outs[p].data()), hq, d),
                      aqua::make_view(static_cast<const float*>(lses[p].data()), hq)});
   }
@@ -162,16 +166,18 @@ TEST_CASE("dense decode over token ranges of an engine buffer merges into dense 
     worst = aqua_test::max_or_nan(worst, std::abs(merged[i] - ref[i]) / (bound * weight_sum[i] + 1e-30));
   CHECK(worst <= 1.0);
   for (index_t h = 0; h < hq; ++h)
-    CHECK(std::abs(merged_lse[std::size_t(h)] - ref_lse[std::size_t(h)]) <= 1e-5 * (1 + std::abs(ref_lse[std::size_t(h)])));
+    CHECK(std::abs(merged_lse[std::size_t(h)] - ref_lse[std::size_t(h)]) <=
+          1e-5 * (1 + std::abs(ref_lse[std::size_t(h)])));
 }
 
 TEST_CASE("merge_attention gives zeros and -inf where no part attends, and skips parts at -inf", "[merge]") {
   const float ninf = -std::numeric_limits<float>::infinity();
   std::vector<float> a = {1, 2, 3, 4}, b = {5, 6, 7, 8};
   std::vector<float> la = {ninf, 0.0f}, lb = {ninf, ninf};
-  std::vector<aqua::attention_part> parts = {
-      {aqua::make_view(static_cast<const float*>(a.data()), 2, 2), aqua::make_view(static_cast<const float*>(la.data()), 2)},
-      {aqua::make_view(static_cast<const float*>(b.data()), 2, 2), aqua::make_view(static_cast<const float*>(lb.data()), 2)}};
+  std::vector<aqua::attention_part> parts = {{aqua::make_view(static_cast<const float*>(a.data()), 2, 2),
+                                              aqua::make_view(static_cast<const float*>(la.data()), 2)},
+                                             {aqua::make_view(static_cast<const float*>(b.data()), 2, 2),
+                                              aqua::make_view(static_cast<const float*>(lb.data()), 2)}};
   std::vector<float> out(4, 99.0f), lse(2, 99.0f);
   aqua::merge_attention(parts, aqua::make_view(out.data(), 2, 2), aqua::make_view(lse.data(), 2));
   CHECK(out == std::vector<float>{0, 0, 3, 4});
@@ -191,10 +197,12 @@ TEST_CASE("merge_attention rejects bad parts with a message naming them", "[merg
   const auto lv = aqua::make_view(static_cast<const float*>(l.data()), 3);
   const auto ov = aqua::make_view(out.data(), 3, 2);
   CHECK_THROWS_WITH(aqua::merge_attention({}, ov), Contains("no parts to merge"));
-  CHECK_THROWS_WITH(aqua::merge_attention({{av, lv}, {aqua::make_view(static_cast<const float*>(a.data()), 2, 3), lv}}, ov),
-                    Contains("part 1 has out of shape [2, 3] but out has shape [3, 2]"));
-  CHECK_THROWS_WITH(aqua::merge_attention({{av, aqua::make_view(static_cast<const float*>(l.data()), 2)}}, ov),
-                    Contains("part 0 has 2 lse values for 3 rows"));
+  CHECK_THROWS_WITH(
+      aqua::merge_attention({{av, lv}, {aqua::make_view(static_cast<const float*>(a.data()), 2, 3), lv}}, ov),
+      Contains("part 1 has out of shape [2, 3] but out has shape [3, 2]"));
+  CHECK_THROWS_WITH(
+      aqua::merge_attention({{av, aqua::make_view(static_cast<const float*>(l.data()), 2)}}, ov),
+      Contains("part 0 has 2 lse values for 3 rows"));
   for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
     l[1] = bad;
     CHECK_THROWS_WITH(aqua::merge_attention({{av, lv}}, ov), Contains("part 0 has lse[1] = "));

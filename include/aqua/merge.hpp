@@ -34,14 +34,14 @@ inline void merge_attention(const std::vector<attention_part>& parts, matrix_vie
   AQUA_CHECK(!parts.empty(), fn, ": no parts to merge");
   detail::require_data(out, fn, "out");
   const index_t rows = out.extent(0), d = out.extent(1);
-  AQUA_CHECK(lse.size() == 0 || lse.extent(0) == rows, fn, ": lse has ", lse.extent(0), " elements but out has ",
-             rows, " rows");
+  AQUA_CHECK(lse.size() == 0 || lse.extent(0) == rows, fn, ": lse has ", lse.extent(0),
+             " elements but out has ", rows, " rows");
   for (std::size_t p = 0; p < parts.size(); ++p) {
     const attention_part& part = parts[p];
     AQUA_CHECK(part.out.extent(0) == rows && part.out.extent(1) == d, fn, ": part ", p, " has out of shape ",
                detail::shape_string(part.out), " but out has shape ", detail::shape_string(out));
-    AQUA_CHECK(part.lse.extent(0) == rows, fn, ": part ", p, " has ", part.lse.extent(0),
-               " lse values for ", rows, " rows");
+    AQUA_CHECK(part.lse.extent(0) == rows, fn, ": part ", p, " has ", part.lse.extent(0), " lse values for ",
+               rows, " rows");
     detail::require_data(part.out, fn, "a part's out");
     detail::require_data(part.lse, fn, "a part's lse");
     for (index_t r = 0; r < rows; ++r) {
@@ -62,7 +62,8 @@ inline void merge_attention(const std::vector<attention_part>& parts, matrix_vie
       continue;
     }
     double total = 0;
-    for (std::size_t p = 0; p < parts.size(); ++p) total += (weight[p] = std::exp(double(parts[p].lse(r)) - top));
+    for (std::size_t p = 0; p < parts.size(); ++p)
+      total += (weight[p] = std::exp(double(parts[p].lse(r)) - top));
     std::fill(acc.begin(), acc.end(), 0.0);
     for (std::size_t p = 0; p < parts.size(); ++p) {
       if (weight[p] == 0) continue;
