@@ -5,7 +5,8 @@
 # aqua_llama / aqua_calibrate command it runs is appended to WORK/commands.log.
 #
 #   examples/llama2c/kjv64.sh [BUILD_DIR [WORK_DIR [SECTIONS]]]
-#       defaults: build, /tmp/aqua_kjv64, "ref cal main trunc energy variants retention"
+#       defaults: build, /tmp/aqua_kjv64, "ref cal main trunc energy variants h2o retention"
+#   TAUS="0.6 0.8" examples/llama2c/kjv64.sh ...   energy thresholds of the energy section
 #
 # Needs the aqua_llama and aqua_calibrate targets built and the data directory (AQUA_DATA_DIR or
 # ../shared/data): kjv64/{model.bin,calib.txt,literature.txt}, stories260K/tok512.bin,
@@ -16,7 +17,7 @@ set -euo pipefail
 
 BUILD=${1:-build}
 WORK=${2:-/tmp/aqua_kjv64}
-SECTIONS=${3:-ref cal main trunc energy variants retention}
+SECTIONS=${3:-ref cal main trunc energy variants h2o retention}
 LLAMA="$BUILD/examples/aqua_llama"
 CALIBRATE="$BUILD/examples/aqua_calibrate"
 DATA=${AQUA_DATA_DIR:-../shared/data}
@@ -74,7 +75,7 @@ cell() {
 }
 
 KS=(8 16 24 32 48 64)
-if has main || has trunc || has energy || has variants; then
+if has main || has trunc || has energy || has variants || has h2o; then
   for text in lit pud; do for scope in single pooled; do DENSE[$text $scope]=$(ppl $text $scope); done; done
 fi
 
@@ -101,7 +102,8 @@ fi
 if has main; then
   echo "## Perplexity: dense and AQUA (calib.txt projection, reference set-up)"
   echo
-  echo "tile T = 32 is aqua's default tile; a tile selection reads ceil(k / T) whole tiles (ceil(k / T) * T dims)."
+  echo "tile T = 32 is aqua's default tile; a tile selection reads ceil(k / T) whole tiles (ceil(k / T) * T dims),"
+  echo "chosen per KV group by the summed query energy. group and tile run token by token (decode)."
   for text in lit pud; do
     for scope in single pooled; do
       echo
@@ -111,7 +113,9 @@ if has main; then
       echo "|---|---|---|---|---|---|---|"
       for sel in per-head group "tile T=32" "tile T=16" "tile T=8"; do
         local_flags=(--select "${sel%% *}")
-        [[ $sel == tile* ]] && local_flags+=(--tile "${sel##*=}")
+        # Tile and group selection are decode modes (one set per KV group); a prefill picks tiles
+        # per query head, so both run token by token here.
+        [[ $sel == tile* ]] && local_flags+=(--tile "${sel##*=}" --block 1)
         row="| $sel |"
         for k in "${KS[@]}"; do row+=" $(cell $text $scope --projection "$P_REF" --k "$k" "${local_flags[@]}") |"; done
         echo "$row"
@@ -147,7 +151,7 @@ if has energy; then
     echo
     echo "| tau | single | pooled |"
     echo "|---|---|---|"
-    for tau in ${TAUS:-0.80 0.90 0.95 0.97 0.99}; do
+    for tau in ${TAUS:-0.60 0.81 0.91 0.96 0.995}; do
       echo "| $tau | $(cell $text single --projection "$P_REF" --energy $tau) | $(cell $text pooled --projection "$P_REF" --energy $tau) |"
     done
   done
@@ -167,6 +171,27 @@ if has variants; then
     done
     for k in 8 16 24 32 48; do
       echo "| queries of all windows of calib.txt | $k | $(cell $text single --projection "$P_ALL" --k $k) | $(cell $text pooled --projection "$P_ALL" --k $k) |"
+    done
+  done
+  echo
+fi
+
+if has h2o; then
+  echo "## H2O eviction under AQUA (per-head selection, calib.txt projection, token by token)"
+  echo
+  echo "Budget B tokens per KV head out of the 512-token window, B / 2 of them the most recent; evicted after every"
+  echo "decode step, so each query attends over at most B + 1 tokens. k = 64 is exact attention plus eviction."
+  for text in lit pud; do
+    echo
+    echo "### $text: single / pooled"
+    echo
+    echo "| budget | k | single | pooled |"
+    echo "|---|---|---|---|"
+    for k in 64 32; do
+      echo "| none | $k | $(cell $text single --projection "$P_REF" --k $k --block 1) | $(cell $text pooled --projection "$P_REF" --k $k --block 1) |"
+      for b in 256 128 64; do
+        echo "| $b ($(awk -v b=$b 'BEGIN { printf "%g%%", b * 100 / 512 }')) | $k | $(cell $text single --projection "$P_REF" --k $k --h2o-budget $b) | $(cell $text pooled --projection "$P_REF" --k $k --h2o-budget $b) |"
+      done
     done
   done
   echo
