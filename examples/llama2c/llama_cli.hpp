@@ -209,6 +209,7 @@ inline void check_against_model(const options& o, const llama2c::config& c) {
   if (o.steps_given && o.steps > c.seq_len) throw over("--steps", o.steps, context);
   if (o.max_tokens_given && o.max_tokens > c.seq_len) throw over("--max-tokens", o.max_tokens, context);
   if (o.block > c.seq_len) throw over("--block", o.block, context);
+  if (o.h2o_budget > c.seq_len) throw over("--h2o-budget", o.h2o_budget, context);
   if (o.r > d) throw over("--r", o.r, head_dim);
   if (o.tile > d) throw over("--tile", o.tile, head_dim);
   if (o.k > d) throw over("--k", o.k, head_dim);
