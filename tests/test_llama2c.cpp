@@ -99,7 +99,9 @@ struct tiny_model {
   }
 
   /// Naive double-precision forward pass over `tokens`; returns the logits of every position.
-  std::vector<std::vector<double>> reference_logits(const std::vector<int>& tokens) const {
+  /// window > 0: each query attends only to the last `window` positions (itself included).
+  std::vector<std::vector<double>> reference_logits(const std::vector<int>& tokens,
+                                                    std::size_t window = 0) const {
     const int hd = head_dim(), KV = kv_dim(), group = heads / kv_heads;
     auto matvec = [](const std::vector<float>& w, std::size_t offset, int rows, int cols,
                      const std::vector<double>& x) {
@@ -148,9 +150,10 @@ struct tiny_model {
         std::vector<double> att(static_cast<std::size_t>(dim), 0.0);
         for (int h = 0; h < heads; ++h) {
           const int kvh = h / group;
-          std::vector<double> s(pos + 1);
+          const std::size_t first = window > 0 && pos + 1 > window ? pos + 1 - window : 0;
+          std::vector<double> s(pos + 1, 0.0);
           double mx = -1e300;
-          for (std::size_t t = 0; t <= pos; ++t) {
+          for (std::size_t t = first; t <= pos; ++t) {
             double dot = 0;
             for (int c = 0; c < hd; ++c)
               dot +=
@@ -159,8 +162,8 @@ struct tiny_model {
             mx = std::max(mx, s[t]);
           }
           double sum = 0;
-          for (auto& e : s) sum += (e = std::exp(e - mx));
-          for (std::size_t t = 0; t <= pos; ++t)
+          for (std::size_t t = first; t <= pos; ++t) sum += (s[t] = std::exp(s[t] - mx));
+          for (std::size_t t = first; t <= pos; ++t)
             for (int c = 0; c < hd; ++c)
               att[static_cast<std::size_t>(h * hd + c)] +=
                   s[t] / sum * vc[ul][t][static_cast<std::size_t>(kvh * hd + c)];
@@ -770,6 +773,76 @@ TEST_CASE("llama2c aqua backend: fewer dims change the result, and bad k or r ar
   REQUIRE_THROWS_WITH(llama2c::aqua_attention(set, o), Contains("rank r = 9"));
 }
 
+TEST_CASE("llama2c aqua backend: H2O eviction keeps the budget, and its recent window is a sliding window",
+          "[llama2c]") {
+  temp_dir dir;
+  const tiny_model m;
+  const auto ck = llama2c::checkpoint::load(write_model(dir, m));
+  const std::vector<int> tokens = {1, 7, 39, 0, 12, 12, 25, 3, 30, 5, 5, 17, 2, 8};
+  const aqua::index_t d = m.head_dim();
+  const auto set = aqua::projection_set::random_orthogonal(m.layers, m.kv_heads, d, m.heads / m.kv_heads, 5);
+  // Token by token through a backend, checking after every step that no layer's cache holds more
+  // than `limit` tokens.
+  auto decode_logits = [&](llama2c::aqua_attention& attention, aqua::index_t limit) {
+    llama2c::transformer engine(ck, attention);
+    std::vector<std::vector<double>> rows;
+    for (std::size_t t = 0; t < tokens.size(); ++t) {
+      const auto logits = engine.forward(&tokens[t], 1);
+      rows.emplace_back(logits.data(), logits.data() + logits.extent(1));
+      for (int l = 0; l < m.layers; ++l) REQUIRE(attention.cache(l).size() <= limit);
+    }
+    return rows;
+  };
+  auto max_diff = [](const std::vector<std::vector<double>>& a, const std::vector<std::vector<double>>& b) {
+    double worst = 0, scale = 0;
+    for (std::size_t t = 0; t < a.size(); ++t)
+      for (std::size_t j = 0; j < a[t].size(); ++j) {
+        worst = aqua_test::max_or_nan(worst, std::abs(a[t][j] - b[t][j]));
+        scale = aqua_test::max_or_nan(scale, std::abs(b[t][j]));
+      }
+    return worst / scale;
+  };
+  llama2c::aqua_attention_options o;
+  o.select = aqua::selection_spec::top_k(d);
+
+  // A budget covering the sequence evicts nothing: exact attention (the naive model).
+  o.h2o_budget = static_cast<aqua::index_t>(tokens.size());
+  o.h2o_recent = 2;
+  {
+    llama2c::aqua_attention attention(set, o);
+    CHECK(max_diff(decode_logits(attention, o.h2o_budget), m.reference_logits(tokens)) < 2e-5);
+    CHECK(attention.evicted_tokens() == 0);
+  }
+  // Every kept token recent (W = B): after each step the last B tokens stay, so each query sees
+  // itself and the B before it, a sliding window of B + 1 positions in the naive model.
+  for (const aqua::index_t b : {3, 5}) {
+    o.h2o_budget = o.h2o_recent = b;
+    llama2c::aqua_attention attention(set, o);
+    const auto got = decode_logits(attention, b);
+    INFO("B = " << b);
+    CHECK(max_diff(got, m.reference_logits(tokens, static_cast<std::size_t>(b) + 1)) < 2e-5);
+    CHECK(max_diff(got, m.reference_logits(tokens)) > 1e-3);
+    // Each layer evicts one token per KV head per step once the cache passes B.
+    CHECK(attention.evicted_tokens() == double(m.layers) * double(tokens.size() - std::size_t(b)));
+  }
+  // Heavy hitters (W < B): still within the budget; the engine resets between windows.
+  o.h2o_budget = 4;
+  o.h2o_recent = 1;
+  {
+    llama2c::aqua_attention attention(set, o);
+    decode_logits(attention, 4);
+    llama2c::transformer engine(ck, attention);
+    const std::vector<std::vector<int>> windows = {{1, 5, 9, 13, 2, 7, 30}, {1, 7, 7, 30}};
+    CHECK(std::isfinite(llama2c::perplexity(engine, windows, 1).perplexity));
+    // A block of queries is refused (eviction is per decode step).
+    engine.reset();
+    REQUIRE_THROWS_WITH(engine.forward(tokens.data(), 3), Contains("token by token"));
+  }
+  o.h2o_budget = 0;
+  o.h2o_recent = 1;
+  REQUIRE_THROWS_WITH(llama2c::aqua_attention(set, o), Contains("needs an H2O budget"));
+}
+
 // =============================================================================================
 // Selection policies (policy.hpp)
 
@@ -1094,4 +1167,118 @@ TEST_CASE("llama2c stories260K: a projection calibrated on English queries beats
   CHECK(with_identity == Approx(98.63).epsilon(0.02));
   CHECK(with_calibration < 0.95 * with_identity);
   CHECK(with_calibration == Approx(86.04).epsilon(0.02));
+}
+
+// =============================================================================================
+// The d = 64 model (kjv64, issue 22; skipped without the data)
+
+namespace {
+
+// The data directory holding kjv64/ and the stories260K tokenizer it uses, under the same rules as
+// stories260k_data_dir(): "" after a loud skip when none is found, a failure when AQUA_DATA_DIR is
+// set but lacks the files.
+std::string kjv64_data_dir() {
+  const std::string repo_root = fs::path(__FILE__).parent_path().parent_path().string();
+  const char* env = std::getenv("AQUA_DATA_DIR");
+  const bool configured = env != nullptr && *env != '\0';
+  std::string data;
+  try {
+    data = llama2c::resolve_data_dir("", repo_root);
+  } catch (const aqua::error& e) {
+    FAIL(e.what());
+  }
+  const bool present = !data.empty() && fs::exists(data + "/kjv64/model.bin") &&
+                       fs::exists(data + "/kjv64/literature.txt") &&
+                       fs::exists(data + "/stories260K/tok512.bin");
+  if (configured && !present)
+    FAIL("AQUA_DATA_DIR='" << env
+                           << "' lacks kjv64/model.bin, kjv64/literature.txt or stories260K/tok512.bin");
+  if (!present) {
+    aqua_test::skip_case("kjv64 not found (set AQUA_DATA_DIR or place it in ../shared/data)");
+    return "";
+  }
+  return data;
+}
+
+}  // namespace
+
+TEST_CASE("llama2c kjv64: greedy text and dense perplexity match the llama2.c and float64 references",
+          "[llama2c][data]") {
+  const std::string data = kjv64_data_dir();
+  if (data.empty()) return;
+  const auto ck = llama2c::checkpoint::load(data + "/kjv64/model.bin");
+  const auto& c = ck.cfg();
+  REQUIRE(c.head_dim() == 64);
+  REQUIRE(c.n_heads == 4);
+  REQUIRE(c.n_kv_heads == 2);
+  const auto tok = llama2c::tokenizer::load(data + "/stories260K/tok512.bin", c.vocab_size);
+  llama2c::dense_attention attention;
+  llama2c::transformer engine(ck, attention);
+
+  // The reference runner: this sentence, then BOS (so fewer tokens than the 256 steps allowed).
+  const auto g = llama2c::generate_greedy(engine, tok, "", 256);
+  CHECK(g.text == "And the second many people are all their enemies.");
+  CHECK(g.tokens.size() < 257);
+
+  // Dense perplexity over the first 512 tokens of the held-out text: 15.3627 (0.1%).
+  const auto literature =
+      llama2c::perplexity_tokens(tok, llama2c::read_text_flat(data + "/kjv64/literature.txt"), 512);
+  const auto lit = llama2c::perplexity(engine, literature);
+  CHECK(lit.tokens == 512);
+  CHECK(lit.predicted == 511);
+  CHECK(lit.perplexity == Approx(15.3627).epsilon(0.001));
+  // Token by token (the decode path) gives the same figure.
+  CHECK(llama2c::perplexity(engine, literature, 1).perplexity == Approx(15.3627).epsilon(0.001));
+
+  // Out of domain: en_pud sentences 501-1000 joined by single spaces, 19.4919 (0.1%).
+  const std::string en = data + "/text/en_pud.txt";
+  if (fs::exists(en)) {
+    const auto pud = llama2c::perplexity(
+        engine,
+        llama2c::perplexity_tokens(tok, llama2c::join_lines(llama2c::read_lines(en), 501, 1000, en), 512));
+    CHECK(pud.perplexity == Approx(19.4919).epsilon(0.001));
+  } else {
+    WARN("text/en_pud.txt not found: the out-of-domain figure is not checked");
+  }
+}
+
+TEST_CASE("llama2c kjv64: AQUA with a calib.txt projection matches the float64 reference at k = 48, 32, 16",
+          "[llama2c][data]") {
+  const std::string data = kjv64_data_dir();
+  if (data.empty()) return;
+  const std::string calib_txt = data + "/kjv64/calib.txt";
+  if (!fs::exists(calib_txt)) {
+    if (std::getenv("AQUA_DATA_DIR") != nullptr && *std::getenv("AQUA_DATA_DIR") != '\0')
+      FAIL("AQUA_DATA_DIR lacks kjv64/calib.txt");
+    aqua_test::skip_case("kjv64/calib.txt not found");
+    return;
+  }
+  const auto ck = llama2c::checkpoint::load(data + "/kjv64/model.bin");
+  const auto& c = ck.cfg();
+  const auto tok = llama2c::tokenizer::load(data + "/stories260K/tok512.bin", c.vocab_size);
+
+  // The reference set-up: post-RoPE queries of the 511 positions of calib.txt's first 512-token
+  // window that predict a token (a causal 511-token run gives exactly those rows), no centering.
+  aqua::calibrator calib(c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim());
+  llama2c::dense_attention dense;
+  llama2c::transformer engine(ck, dense);
+  engine.set_qk_observer([&](int layer, aqua::index_t, aqua::tensor3_view<const float> q,
+                             aqua::tensor3_view<const float>) { calib.add_queries(layer, q); });
+  llama2c::perplexity(engine, llama2c::perplexity_tokens(tok, llama2c::read_text_flat(calib_txt), 511));
+  const aqua::projection_set set = calib.finalize();
+
+  const auto literature =
+      llama2c::perplexity_tokens(tok, llama2c::read_text_flat(data + "/kjv64/literature.txt"), 512);
+  auto ppl_at = [&](int k) {
+    llama2c::aqua_attention_options o;
+    o.select = aqua::selection_spec::top_k(k);
+    llama2c::aqua_attention attention(set, o);
+    llama2c::transformer model(ck, attention);
+    return llama2c::perplexity(model, literature).perplexity;
+  };
+  // Figures of an independent float64 implementation of the same set-up (0.1%); k = d is exact.
+  CHECK(ppl_at(64) == Approx(15.3627).epsilon(0.001));
+  CHECK(ppl_at(48) == Approx(15.365).epsilon(0.001));
+  CHECK(ppl_at(32) == Approx(15.402).epsilon(0.001));
+  CHECK(ppl_at(16) == Approx(15.597).epsilon(0.001));
 }

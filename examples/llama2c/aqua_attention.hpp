@@ -10,9 +10,16 @@
 // set per KV group from the summed magnitudes of the group's query heads) or tile (whole key tiles
 // per KV group until k dims are covered). aqua_prefill treats group as per head, so a group-shared
 // figure needs token-by-token decoding (M = 1).
+//
+// H2O eviction (optional, h2o_budget > 0): one aqua::h2o_policy per layer, fed with the
+// probabilities of AQUA's own decode; after every decode step each KV head keeps its h2o_recent
+// newest tokens and the h2o_budget - h2o_recent older ones with the largest accumulated attention
+// (slack 0: H2O's per-step eviction), so every query attends over at most budget + 1 tokens (the
+// kept ones and its own). Eviction is decode-only: a block of M > 1 queries is an error.
 #pragma once
 
 #include <aqua/attention.hpp>
+#include <aqua/h2o.hpp>
 #include <aqua/kv_cache.hpp>
 #include <aqua/projection.hpp>
 #include <aqua/select.hpp>
@@ -35,6 +42,10 @@ struct aqua_attention_options {
   /// truncating.
   index_t tile_dims = 0;
   int threads = 1;
+  /// H2O: tokens kept per KV head after each decode step (0: no eviction), and how many of them
+  /// are the most recent (0 <= h2o_recent <= h2o_budget).
+  index_t h2o_budget = 0;
+  index_t h2o_recent = 0;
 };
 
 class aqua_attention final : public attention_backend {
@@ -65,6 +76,15 @@ public:
         bases.push_back(projections.head(l, h).basis_view());
       caches_.emplace_back(bases, cache_options);
     }
+    if (options.h2o_budget > 0) {
+      aqua::h2o_options h;
+      h.budget = options.h2o_budget;
+      h.recent = options.h2o_recent;
+      for (index_t l = 0; l < projections.layers(); ++l) policies_.emplace_back(projections.kv_heads(), h);
+    } else {
+      AQUA_CHECK(options.h2o_recent == 0, fn, ": h2o_recent = ", options.h2o_recent,
+                 " needs an H2O budget (h2o_budget > 0)");
+    }
     aqua_options_.mode = options.mode;
     aqua_options_.threads = options.threads;
     aqua_options_.workspace = &workspace_;
@@ -83,14 +103,24 @@ public:
       aqua::matrix_view<const float> q1(q.data(), {q.extent(0), q.extent(2)}, {q.stride(0), q.stride(2)});
       aqua::matrix_view<float> out1(out.data(), {out.extent(0), out.extent(2)},
                                     {out.stride(0), out.stride(2)});
-      aqua::aqua_decode(q1, c, options_.select, out1, aqua_options_);
+      if (policies_.empty()) {
+        aqua::aqua_decode(q1, c, options_.select, out1, aqua_options_);
+      } else {
+        aqua::h2o_policy& p = policies_[static_cast<std::size_t>(layer)];
+        p.decode(q1, c, options_.select, out1, aqua_options_);
+        evicted_ += static_cast<double>(p.evict(mutable_cache(layer)));
+      }
     } else {
+      AQUA_CHECK(policies_.empty(),
+                 "llama2c::aqua_attention: H2O eviction runs token by token, but a block of ", q.extent(1),
+                 " queries was given (use block = 1)");
       aqua::aqua_prefill(q, c, options_.select, out, aqua_options_);
     }
   }
 
   void reset() override {
     for (auto& c : caches_) c.clear();
+    for (auto& p : policies_) p.reset();
   }
 
   const char* name() const override { return "aqua"; }
@@ -100,6 +130,9 @@ public:
   double mean_selected() const { return queries_ == 0 ? 0.0 : selected_ / queries_; }
 
   const aqua::kv_cache& cache(int layer) const { return caches_[static_cast<std::size_t>(layer)]; }
+
+  /// H2O: tokens evicted per KV head, summed over layers and steps since construction.
+  double evicted_tokens() const { return evicted_; }
 
 private:
   aqua::kv_cache& mutable_cache(int layer) { return caches_[static_cast<std::size_t>(layer)]; }
@@ -133,7 +166,8 @@ private:
   std::vector<aqua::kv_cache> caches_;
   aqua::aqua_options aqua_options_;
   aqua::aqua_workspace workspace_;
-  double selected_ = 0, queries_ = 0;
+  std::vector<aqua::h2o_policy> policies_;  // one per layer when evicting
+  double selected_ = 0, queries_ = 0, evicted_ = 0;
 };
 
 }  // namespace llama2c

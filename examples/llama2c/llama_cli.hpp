@@ -25,6 +25,9 @@ struct options {
   bool identity = false;
   int k = 0, r = 0, tile = 0;
   double energy = 0;
+  // H2O eviction under AQUA attention (aqua_attention.hpp): tokens kept per KV head, recent ones
+  // among them (-1: half the budget, rounded down).
+  int h2o_budget = 0, h2o_recent = -1;
   // Selection policies (policy.hpp): evaluate one, or fit one on the --ppl text.
   std::string policy, fit_policy, basis = "queries", weight = "none", alloc = "uniform", rule = "fixed";
   double budget = 0;
@@ -113,6 +116,14 @@ inline void add_options(CLI::App& app, options& o) {
   auto* tile =
       aqua_cli::integer(app, "--tile", o.tile, 0, max_dim,
                         "AQUA: projected dims per key tile (0: aqua's default, or R when truncating)");
+  auto* h2o_budget =
+      aqua_cli::integer(app, "--h2o-budget", o.h2o_budget, 1, max_context,
+                        "AQUA: H2O eviction keeping B tokens per KV head after every decode step (token by "
+                        "token)");
+  h2o_budget->default_str("");
+  auto* h2o_recent = aqua_cli::integer(app, "--h2o-recent", o.h2o_recent, 0, max_context,
+                                       "H2O: the W most recent of the B tokens, in [0, B] (default B / 2)");
+  h2o_recent->default_str("");
   auto* policy = app.add_option("--policy", o.policy, "AQUA attention under a policy written by --fit-policy")
                      ->check(aqua_cli::readable_file());
   auto* fit = app.add_option("--fit-policy", o.fit_policy,
@@ -131,7 +142,7 @@ inline void add_options(CLI::App& app, options& o) {
   auto* rule = aqua_cli::choice(app, "--rule", o.rule, {"fixed", "energy", "energy-head"},
                                 "--fit-policy: fixed counts, one energy threshold or one per head");
   app.callback([&o, prompt, steps, ppl, lines, max_tokens, windows, block, dump, k, energy, select, r, tile,
-                fit, basis, weight, budget, alloc, rule] {
+                h2o_budget, h2o_recent, fit, basis, weight, budget, alloc, rule] {
     using aqua_cli::usage_error;
     o.generate = ppl->count() == 0;
     o.steps_given = steps->count() > 0;
@@ -149,8 +160,21 @@ inline void add_options(CLI::App& app, options& o) {
       if (k->count() == 0 && energy->count() == 0)
         throw usage_error("AQUA attention (--projection or --identity) needs --k K or --energy TAU");
     } else {
-      for (const auto* opt : {k, energy, select, r, tile})
+      for (const auto* opt : {k, energy, select, r, tile, h2o_budget})
         if (opt->count() > 0) throw usage_error(opt->get_name() + " needs --projection FILE or --identity");
+    }
+    if (h2o_budget->count() == 0) {
+      if (h2o_recent->count() > 0) throw usage_error("--h2o-recent needs --h2o-budget");
+    } else {
+      if (o.h2o_recent < 0) o.h2o_recent = o.h2o_budget / 2;
+      if (o.h2o_recent > o.h2o_budget)
+        throw usage_error("--h2o-recent " + std::to_string(o.h2o_recent) + " exceeds --h2o-budget " +
+                          std::to_string(o.h2o_budget));
+      if (o.block > 1)
+        throw usage_error("--h2o-budget evicts after every decode step: it needs --block 1 (or none), got " +
+                          std::to_string(o.block));
+      if (o.generate && prompt->count() > 0)
+        throw usage_error("--h2o-budget runs token by token: it does not go with --prompt (a prefill)");
     }
     if (tile->count() > 0 && o.select != "tile") throw usage_error("--tile needs --select tile");
     if (o.r > 0 && o.tile > 0 && o.r % o.tile != 0)
@@ -185,6 +209,7 @@ inline void check_against_model(const options& o, const llama2c::config& c) {
   if (o.steps_given && o.steps > c.seq_len) throw over("--steps", o.steps, context);
   if (o.max_tokens_given && o.max_tokens > c.seq_len) throw over("--max-tokens", o.max_tokens, context);
   if (o.block > c.seq_len) throw over("--block", o.block, context);
+  if (o.h2o_budget > c.seq_len) throw over("--h2o-budget", o.h2o_budget, context);
   if (o.r > d) throw over("--r", o.r, head_dim);
   if (o.tile > d) throw over("--tile", o.tile, head_dim);
   if (o.k > d) throw over("--k", o.k, head_dim);

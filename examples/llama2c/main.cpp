@@ -7,10 +7,13 @@
 //                    [--dump-qk DIR]                                         perplexity
 //              [--projection FILE.safetensors | --identity] (--k K | --energy TAU)
 //                    [--select per-head|group|tile] [--tile T] [--r R]         AQUA attention
+//                    [--h2o-budget B [--h2o-recent W]]                         H2O eviction
 //
 // Without --projection/--identity attention is exact (aqua::dense_prefill / dense_decode); with
 // one of them it is AQUA over a projected KV cache (aqua_attention.hpp), each query keeping K
-// projected dims (or the fewest reaching energy fraction TAU) out of the first R.
+// projected dims (or the fewest reaching energy fraction TAU) out of the first R. --h2o-budget
+// adds H2O eviction (token by token): after every decode step each KV head keeps B tokens, the W
+// most recent and the B - W older ones with the largest accumulated AQUA attention.
 //
 // Without --model/--tokenizer it loads stories260K from the data directory: --data-dir, else
 // $AQUA_DATA_DIR, else ../shared/data from the current directory or from the repository root.
@@ -116,6 +119,8 @@ std::unique_ptr<llama2c::attention_backend> make_attention(const options& o, con
   a.rank = o.r;
   a.tile_dims = o.tile;
   a.threads = o.threads;
+  a.h2o_budget = o.h2o_budget;
+  a.h2o_recent = o.h2o_budget > 0 ? o.h2o_recent : 0;
   return std::make_unique<llama2c::aqua_attention>(projections, a);
 }
 
@@ -298,7 +303,8 @@ int run(const options& o) {
     engine.set_qk_observer([&](int layer, aqua::index_t, aqua::tensor3_view<const float> q,
                                aqua::tensor3_view<const float> k) { dump.add(layer, q, k); });
   // Group-shared selection exists in decode only, so it is measured token by token.
-  const int block = o.block > 0 ? o.block : o.select == "group" ? 1 : 0;
+  // H2O evicts after every decode step: token by token too.
+  const int block = o.block > 0 ? o.block : (o.select == "group" || o.h2o_budget > 0) ? 1 : 0;
   const llama2c::perplexity_result r = llama2c::perplexity(engine, windows, block);
   const double s = seconds();
   std::printf(
@@ -312,6 +318,10 @@ int run(const options& o) {
                 o.identity ? "identity bases" : o.projection.c_str(), o.select.c_str(),
                 selection_text(o, *attention).c_str(), o.r == 0 ? c.head_dim() : o.r,
                 block == 1 ? ", token by token" : "");
+  if (o.h2o_budget > 0)
+    std::printf(
+        "h2o: budget %d tokens per KV head (%d recent), %.0f tokens evicted per KV head over all layers\n",
+        o.h2o_budget, o.h2o_recent, static_cast<const llama2c::aqua_attention&>(*attention).evicted_tokens());
   if (!o.policy.empty()) std::printf("policy: %s, mean k %.4f\n", o.policy.c_str(), mean_k(o, *attention));
   if (!o.dump_qk.empty()) {
     std::filesystem::create_directories(o.dump_qk);
@@ -325,10 +335,12 @@ int run(const options& o) {
     std::printf(
         "{\"mode\": \"perplexity\", \"attention\": \"%s\", \"perplexity\": %.6f, \"mean_nll\": %.8f, "
         "\"tokens\": %d, \"predicted\": %d, \"windows\": %zu, \"text_file\": %s, \"lines\": %s, "
-        "\"k\": %d, \"energy\": %g, \"mean_k\": %.4f, \"select\": \"%s\", \"r\": %d, \"block\": %d}\n",
+        "\"k\": %d, \"energy\": %g, \"mean_k\": %.4f, \"select\": \"%s\", \"r\": %d, \"block\": %d, "
+        "\"h2o_budget\": %d, \"h2o_recent\": %d}\n",
         attention->name(), r.perplexity, r.mean_nll, r.tokens, r.predicted, windows.size(),
         json_string(text_path).c_str(), json_string(o.lines).c_str(), o.k, o.energy, mean_k(o, *attention),
-        o.select.c_str(), o.r == 0 ? c.head_dim() : o.r, block);
+        o.select.c_str(), o.r == 0 ? c.head_dim() : o.r, block, o.h2o_budget,
+        o.h2o_budget > 0 ? o.h2o_recent : 0);
   return 0;
 }
 
