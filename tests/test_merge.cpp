@@ -228,3 +228,62 @@ TEST_CASE("decode entry points check the lse output's length", "[merge][decode][
   CHECK_THROWS_WITH(aqua::dense_decode(L.qv(), L.cache, aqua::make_view(out.data(), 4, 32), dopt),
                     Contains("lse has 3 elements but q has 4 query heads"));
 }
+
+TEST_CASE("AQUA prefill's lse is each query's log-sum-exp over the keys it sees", "[merge][prefill]") {
+  const index_t hkv = 2, g = 2, hq = hkv * g, d = 64, n = 150, m = 70;
+  const aqua_test::random_layer L(hq, hkv, d, n, {16, true, 0, 1, 77, 710});
+  std::vector<float> q(static_cast<std::size_t>(hq * m * d)), out(q.size()),
+      lse(static_cast<std::size_t>(hq * m));
+  aqua_test::fill_normal(q, 78);
+  const auto qv = aqua::make_view(static_cast<const float*>(q.data()), hq, m, d);
+  const double scale = 1.0 / std::sqrt(double(d));
+  for (bool causal : {true, false}) {
+    CAPTURE(causal);
+    // k = d: the exact scores, recomputed from the raw q and k in double (the bases are orthogonal).
+    aqua::aqua_options opt;
+    opt.mode = aqua::selection_mode::per_head;
+    opt.causal = causal;
+    opt.prefill_lse = aqua::make_view(lse.data(), hq, m);
+    aqua::aqua_prefill(qv, L.cache, aqua::selection_spec::top_k(d), aqua::make_view(out.data(), hq, m, d),
+                       opt);
+    double worst = 0;
+    for (index_t h = 0; h < hq; ++h)
+      for (index_t i = 0; i < m; ++i) {
+        const index_t visible = causal ? n - m + i + 1 : n;
+        std::vector<double> s(static_cast<std::size_t>(visible));
+        double mx = -INFINITY;
+        for (index_t j = 0; j < visible; ++j) {
+          double dot = 0;
+          for (index_t c = 0; c < d; ++c)
+            dot += double(q[std::size_t((h * m + i) * d + c)]) * L.k[std::size_t(((h / g) * n + j) * d + c)];
+          mx = std::max(mx, s[std::size_t(j)] = dot * scale);
+        }
+        double total = 0;
+        for (double x : s) total += std::exp(x - mx);
+        worst = aqua_test::max_or_nan(worst, std::abs(lse[std::size_t(h * m + i)] - (mx + std::log(total))));
+      }
+    CHECK(worst < 1e-4);
+  }
+  // k < d: the last query sees every key, as a decode step would, and selects per head alike.
+  std::vector<float> dec_out(static_cast<std::size_t>(hq * d)), dec_lse(static_cast<std::size_t>(hq)),
+      last_q(dec_out.size());
+  for (index_t h = 0; h < hq; ++h) std::copy_n(q.begin() + (h * m + m - 1) * d, d, last_q.begin() + h * d);
+  aqua::aqua_options opt;
+  opt.mode = aqua::selection_mode::per_head;
+  opt.prefill_lse = aqua::make_view(lse.data(), hq, m);
+  aqua::aqua_prefill(qv, L.cache, aqua::selection_spec::top_k(d / 4), aqua::make_view(out.data(), hq, m, d),
+                     opt);
+  aqua::aqua_options dopt;
+  dopt.mode = aqua::selection_mode::per_head;
+  dopt.lse = aqua::make_view(dec_lse.data(), hq);
+  aqua::aqua_decode(aqua::make_view(static_cast<const float*>(last_q.data()), hq, d), L.cache, d / 4,
+                    aqua::make_view(dec_out.data(), hq, d), dopt);
+  for (index_t h = 0; h < hq; ++h)
+    CHECK(std::abs(lse[std::size_t(h * m + m - 1)] - dec_lse[std::size_t(h)]) <=
+          1e-5 * (1 + std::abs(dec_lse[std::size_t(h)])));
+  std::vector<float> small(static_cast<std::size_t>(hq * (m - 1)));
+  opt.prefill_lse = aqua::make_view(small.data(), hq, m - 1);
+  CHECK_THROWS_WITH(aqua::aqua_prefill(qv, L.cache, aqua::selection_spec::top_k(d / 4),
+                                       aqua::make_view(out.data(), hq, m, d), opt),
+                    Contains("prefill_lse has shape [4, 69] but must be [Hq, M] = [4, 70]"));
+}

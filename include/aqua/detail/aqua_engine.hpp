@@ -566,7 +566,8 @@ inline const float* widened_values(const kv_cache& cache, index_t kv, index_t ro
 /// over the tiles, softmax, then P V by Eigen GEMM on the token-major values.
 inline void run_prefill(const tensor3_view<const float>& q, const kv_cache& cache, const selection_spec& spec,
                         bool tile_mode, bool causal, double scale, int threads, aqua_workspace& ws,
-                        const tensor3_view<float>& out, attention_profile* prof) {
+                        const tensor3_view<float>& out, attention_profile* prof,
+                        const matrix_view<float>& lse = {}) {
   const index_t hq = q.extent(0), m = q.extent(1), d = q.extent(2), g = hq / cache.kv_heads();
   const index_t n = cache.size(), r = cache.rank(), tile = cache.tile_dims(), bs = key_block_bytes(cache);
   const storage_type kt = cache.key_type();
@@ -654,7 +655,9 @@ inline void run_prefill(const tensor3_view<const float>& q, const kv_cache& cach
         float* row = w.logits.row(i).data();
         const index_t vis_i = causal ? first_position + i + 1 : n;
         for (index_t j = vis_i; j < visible; ++j) row[j] = -std::numeric_limits<float>::infinity();
-        softmax_inplace_fast(row, visible);
+        softmax_inplace_fast(
+            row, visible,
+            lse.size() ? lse.data() + head * lse.stride(0) + (i0 + i) * lse.stride(1) : nullptr);
       }
       auto t_value = wp ? profile_clock::now() : profile_clock::time_point();
       Eigen::Map<const row_matrix<float>> v_rows(widened_values(cache, kv, visible, w, widened), visible, d);

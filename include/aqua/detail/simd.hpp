@@ -193,11 +193,17 @@ inline void scale_in_place(float* x, index_t n, float f) {
 }
 
 /// softmax_inplace with vectorised max / exp / scale for float rows; same semantics (all -inf
-/// row -> zeros, NaN propagates, normaliser summed in double).
-inline double softmax_inplace_fast(float* logits, index_t n) {
+/// row -> zeros, NaN propagates, normaliser summed in double). With `lse`, also stores the row's
+/// log-sum-exp (-inf for an all -inf row, NaN when NaN propagates).
+inline double softmax_inplace_fast(float* logits, index_t n, float* lse = nullptr) {
   const float m = row_max(logits, n);
-  if (!(m > -std::numeric_limits<float>::infinity())) return softmax_inplace(logits, n);
+  if (!(m > -std::numeric_limits<float>::infinity())) {
+    const double sum = softmax_inplace(logits, n);
+    if (lse) *lse = sum == 0 ? -std::numeric_limits<float>::infinity() : static_cast<float>(sum);
+    return sum;
+  }
   const double sum = exp_shift_sum(logits, n, m);
+  if (lse) *lse = static_cast<float>(double(m) + std::log(sum));
   scale_in_place(logits, n, static_cast<float>(1.0 / sum));
   return sum;
 }
