@@ -1032,11 +1032,11 @@ TEST_CASE("llama2c policy: files round-trip and truncated or corrupt files are r
 
 namespace {
 
-// The data directory holding stories260K. When none is configured and none is found beside the
-// repository, "" after marking the case skipped (ctest reports it so; the suite passes without the
-// data). A directory set explicitly (AQUA_DATA_DIR) that is unusable, not a directory or without
-// stories260K, fails the case: a configured run must not pass by skipping.
-std::string stories260k_data_dir() {
+// The data directory holding `files` (paths relative to it). When none is configured and none is
+// found beside the repository, "" after marking the case skipped (ctest reports it so; the suite
+// passes without the data). A directory set explicitly (AQUA_DATA_DIR) that is unusable or lacks a
+// file fails the case: a configured run must not pass by skipping.
+std::string data_dir_holding(const std::vector<std::string>& files, const char* what) {
   const std::string repo_root = fs::path(__FILE__).parent_path().parent_path().string();
   const char* env = std::getenv("AQUA_DATA_DIR");
   const bool configured = env != nullptr && *env != '\0';
@@ -1046,14 +1046,20 @@ std::string stories260k_data_dir() {
   } catch (const aqua::error& e) {
     FAIL(e.what());
   }
-  const std::string bin = data + "/stories260K/stories260K.bin";
-  if (configured && !fs::exists(bin))
-    FAIL("AQUA_DATA_DIR='" << env << "' holds no stories260K/stories260K.bin");
-  if (data.empty() || !fs::exists(bin)) {
-    aqua_test::skip_case("stories260K not found (set AQUA_DATA_DIR or place it in ../shared/data)");
-    return "";
+  for (const auto& f : files) {
+    const bool present = !data.empty() && fs::exists(data + "/" + f);
+    if (configured && !present) FAIL("AQUA_DATA_DIR='" << env << "' holds no " << f);
+    if (!present) {
+      aqua_test::skip_case(std::string(what) +
+                           " not found (set AQUA_DATA_DIR or place it in ../shared/data)");
+      return "";
+    }
   }
   return data;
+}
+
+std::string stories260k_data_dir() {
+  return data_dir_holding({"stories260K/stories260K.bin"}, "stories260K");
 }
 
 }  // namespace
@@ -1174,30 +1180,9 @@ TEST_CASE("llama2c stories260K: a projection calibrated on English queries beats
 
 namespace {
 
-// The data directory holding kjv64/ and the stories260K tokenizer it uses, under the same rules as
-// stories260k_data_dir(): "" after a loud skip when none is found, a failure when AQUA_DATA_DIR is
-// set but lacks the files.
+// The data directory holding kjv64/ and the stories260K tokenizer it uses, under the same rules.
 std::string kjv64_data_dir() {
-  const std::string repo_root = fs::path(__FILE__).parent_path().parent_path().string();
-  const char* env = std::getenv("AQUA_DATA_DIR");
-  const bool configured = env != nullptr && *env != '\0';
-  std::string data;
-  try {
-    data = llama2c::resolve_data_dir("", repo_root);
-  } catch (const aqua::error& e) {
-    FAIL(e.what());
-  }
-  const bool present = !data.empty() && fs::exists(data + "/kjv64/model.bin") &&
-                       fs::exists(data + "/kjv64/literature.txt") &&
-                       fs::exists(data + "/stories260K/tok512.bin");
-  if (configured && !present)
-    FAIL("AQUA_DATA_DIR='" << env
-                           << "' lacks kjv64/model.bin, kjv64/literature.txt or stories260K/tok512.bin");
-  if (!present) {
-    aqua_test::skip_case("kjv64 not found (set AQUA_DATA_DIR or place it in ../shared/data)");
-    return "";
-  }
-  return data;
+  return data_dir_holding({"kjv64/model.bin", "kjv64/literature.txt", "stories260K/tok512.bin"}, "kjv64");
 }
 
 }  // namespace

@@ -20,6 +20,30 @@ using aqua_test::both_paths;
 using aqua_test::mode_name;
 using aqua_test::spec_name;
 
+namespace {
+
+// Runs aqua_prefill on q [hq, m, d] and holds it against the oracle's rows; rows within float error
+// of a selection tie are left out, at most one in five.
+void check_prefill_against_oracle(const aqua_test::random_layer& L, const std::vector<float>& q, index_t m,
+                                  const aqua::selection_spec& spec, aqua::selection_mode mode, int threads,
+                                  const aqua_oracle::result& res) {
+  const index_t hq = L.hq, d = L.d;
+  std::vector<float> out(q.size(), std::numeric_limits<float>::quiet_NaN());
+  aqua::aqua_options opt;
+  opt.mode = mode;
+  opt.threads = threads;
+  aqua::aqua_prefill(aqua::make_view(static_cast<const float*>(q.data()), hq, m, d), L.cache, spec,
+                     aqua::make_view(out.data(), hq, m, d), opt);
+  index_t ambiguous = 0;
+  aqua_test::bound_report rep;
+  aqua_test::compare_rows(rep, out, res, d, &ambiguous);
+  INFO(rep.summary());
+  CHECK(rep.outside == 0);
+  CHECK(ambiguous <= hq * m / 5);
+}
+
+}  // namespace
+
 TEST_CASE(
     "AQUA prefill below k = d agrees with the independent oracle, causal and full, on every kernel path",
     "[aqua][oracle][prefill]") {
@@ -83,19 +107,7 @@ TEST_CASE("AQUA prefill of a truncated cache agrees with the oracle over the r s
     for (const auto& spec : {top::top_k(1), top::top_k(r / 4), top::top_k(r / 2 + 3), top::top_k(r - 1)}) {
       CAPTURE(mode_name(mode), spec_name(spec));
       const auto res = o.prefill(q.data(), m, aqua_test::oracle_mode(mode), aqua_test::oracle_spec(spec));
-      both_paths([&] {
-        std::vector<float> out(q.size(), std::numeric_limits<float>::quiet_NaN());
-        aqua::aqua_options opt;
-        opt.mode = mode;
-        aqua::aqua_prefill(aqua::make_view(static_cast<const float*>(q.data()), hq, m, d), L.cache, spec,
-                           aqua::make_view(out.data(), hq, m, d), opt);
-        index_t ambiguous = 0;
-        aqua_test::bound_report rep;
-        aqua_test::compare_rows(rep, out, res, d, &ambiguous);
-        INFO(rep.summary());
-        CHECK(rep.outside == 0);
-        CHECK(ambiguous <= hq * m / 5);
-      });
+      both_paths([&] { check_prefill_against_oracle(L, q, m, spec, mode, 1, res); });
     }
 }
 
@@ -127,18 +139,7 @@ TEST_CASE("AQUA prefill below k = d over bf16 and f16 storage agrees with the or
       both_paths([&] {
         for (int threads : {1, 2}) {
           CAPTURE(threads);
-          std::vector<float> out(q.size(), std::numeric_limits<float>::quiet_NaN());
-          aqua::aqua_options opt;
-          opt.mode = mode;
-          opt.threads = threads;
-          aqua::aqua_prefill(aqua::make_view(static_cast<const float*>(q.data()), hq, m, d), L.cache, spec,
-                             aqua::make_view(out.data(), hq, m, d), opt);
-          index_t ambiguous = 0;
-          aqua_test::bound_report rep;
-          aqua_test::compare_rows(rep, out, res, d, &ambiguous);
-          INFO(rep.summary());
-          CHECK(rep.outside == 0);
-          CHECK(ambiguous <= hq * m / 5);
+          check_prefill_against_oracle(L, q, m, spec, mode, threads, res);
         }
       });
     }
