@@ -45,6 +45,20 @@ inline std::string spec_name(const aqua::selection_spec& s) {
   return o.str();
 }
 
+/// A key and a value storage type, for the 16-bit oracle cases.
+struct storage_pair {
+  aqua::storage_type key, value;
+};
+
+/// `opt` storing keys and values as `types`, with signed-permutation bases: their float projection
+/// is exact, so the cache rounds exactly the numbers the oracle rounds.
+inline random_layer::options with_storage(random_layer::options opt, storage_pair types) {
+  opt.key_type = types.key;
+  opt.value_type = types.value;
+  opt.permutation_bases = true;
+  return opt;
+}
+
 /// The oracle's inputs for a random_layer: its raw keys, values and bases as handed to the cache
 /// (identity when the layer is unprojected), the cache's rank and tile width.
 inline aqua_oracle::layer_inputs oracle_inputs(const random_layer& L) {

@@ -99,20 +99,15 @@ TEST_CASE("AQUA decode below k = d over bf16 and f16 storage agrees with the ora
   // permutation bases keep the cache's float projection exact, so both round the same numbers.
   // Equal types take the fused kernels, mixed pairs the chunked path.
   using st = aqua::storage_type;
-  struct pair {
-    st key, value;
-  };
+  using pair = aqua_test::storage_pair;
   const auto types = GENERATE(pair{st::bf16, st::bf16}, pair{st::f16, st::f16}, pair{st::bf16, st::f32},
                               pair{st::f32, st::f16}, pair{st::f16, st::bf16});
   const index_t d = GENERATE(40, 64);
   const index_t g = GENERATE(1, 4, 5);
   const index_t hkv = 2, hq = g * hkv, n = 300;
   CAPTURE(aqua::storage_name(types.key), aqua::storage_name(types.value), d, g);
-  aqua_test::random_layer::options opt{16, true, 0, 1, unsigned(d * 100 + g), 300};
-  opt.key_type = types.key;
-  opt.value_type = types.value;
-  opt.permutation_bases = true;
-  const aqua_test::random_layer L(hq, hkv, d, n, opt);
+  const aqua_test::random_layer L(
+      hq, hkv, d, n, aqua_test::with_storage({16, true, 0, 1, unsigned(d * 100 + g), 300}, types));
   const aqua_oracle::oracle o(aqua_test::oracle_inputs(L));
   std::vector<float> q(std::size_t(hq * d));
   for (auto mode : aqua_test::all_modes)

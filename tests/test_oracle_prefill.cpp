@@ -116,18 +116,13 @@ TEST_CASE("AQUA prefill below k = d over bf16 and f16 storage agrees with the or
   // As in decode: the oracle rounds with its own double rounding, signed permutation bases keep
   // the cache's float projection exact. Prefill widens 16-bit values once per head.
   using st = aqua::storage_type;
-  struct pair {
-    st key, value;
-  };
+  using pair = aqua_test::storage_pair;
   const auto types = GENERATE(pair{st::bf16, st::bf16}, pair{st::f16, st::f16}, pair{st::bf16, st::f16},
                               pair{st::f32, st::bf16});
   const index_t d = 64, g = GENERATE(1, 4), hkv = 2, hq = g * hkv, n = 100, m = 70;
   CAPTURE(aqua::storage_name(types.key), aqua::storage_name(types.value), g);
-  aqua_test::random_layer::options lopt{16, true, 0, 1, unsigned(500 + g), 820};
-  lopt.key_type = types.key;
-  lopt.value_type = types.value;
-  lopt.permutation_bases = true;
-  const aqua_test::random_layer L(hq, hkv, d, n, lopt);
+  const aqua_test::random_layer L(hq, hkv, d, n,
+                                  aqua_test::with_storage({16, true, 0, 1, unsigned(500 + g), 820}, types));
   const aqua_oracle::oracle o(aqua_test::oracle_inputs(L));
   std::vector<float> q(std::size_t(hq * m * d));
   aqua_test::fill_normal(q, 8221);

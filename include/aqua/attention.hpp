@@ -525,18 +525,13 @@ inline void aqua_prefill(tensor3_view<const float> q, const kv_cache& cache, con
   AQUA_CHECK(out.extent(0) == q.extent(0) && out.extent(1) == q.extent(1) && out.extent(2) == q.extent(2), fn,
              ": out has shape ", detail::shape_string(out), " but q has shape ", detail::shape_string(q));
   detail::validate_selection(select, cache.rank(), fn);
-  const matrix_view<float>& lse = options.prefill_lse;
-  if (lse.size()) {
-    detail::require_data(lse, fn, "prefill_lse");
-    AQUA_CHECK(lse.extent(0) == q.extent(0) && lse.extent(1) == q.extent(1), fn, ": prefill_lse has shape ",
-               detail::shape_string(lse), " but must be [Hq, M] = [", q.extent(0), ", ", q.extent(1), "]");
-  }
+  detail::require_lse(options.prefill_lse, q.extent(0), q.extent(1), fn);
   detail::require_finite(q, fn, "q");
   const double scale = detail::resolve_scale(options.scale, q.extent(2), fn);
   aqua_workspace local;
   detail::run_prefill(q, cache, select, options.mode == selection_mode::tile, options.causal, scale,
                       options.threads, options.workspace ? *options.workspace : local, out, options.profile,
-                      lse);
+                      options.prefill_lse);
   detail::require_no_overflow(out, fn);
 }
 

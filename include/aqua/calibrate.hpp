@@ -190,50 +190,22 @@ public:
         sizeof(double);
     AQUA_CHECK(heads <= detail::max_calibration_bytes / per_head, fn, ": ", layers, " layers x ", kv_heads,
                " KV heads of ", per_head, " bytes (d = ", d, ") exceed the limit of 2^46 bytes of state");
-#if AQUA_HAS_EXCEPTIONS
-    try {
-#endif
-      state_ = std::make_unique<shared_state>(static_cast<std::size_t>(heads));
-      for (auto& h : state_->heads) allocate(h);
-#if AQUA_HAS_EXCEPTIONS
-    } catch (const std::bad_alloc&) {
-      AQUA_THROW(fn, ": cannot allocate ", heads * per_head, " bytes for the Gram matrices of ", heads,
-                 " KV heads (d = ", d, ")");
-    }
-#endif
+    allocate_state(heads, per_head, fn);
   }
 
-  index_t layers() const noexcept {
-    return layers_;
-  }
-  index_t query_heads() const noexcept {
-    return query_heads_;
-  }
-  index_t kv_heads() const noexcept {
-    return kv_heads_;
-  }
-  index_t group_size() const noexcept {
-    return group_;
-  }
-  index_t d() const noexcept {
-    return d_;
-  }
-  const calibrator_options& options() const noexcept {
-    return options_;
-  }
-  bool accepts_queries() const noexcept {
-    return options_.source != calibration_source::keys;
-  }
-  bool accepts_keys() const noexcept {
-    return options_.source != calibration_source::queries;
-  }
+  index_t layers() const noexcept { return layers_; }
+  index_t query_heads() const noexcept { return query_heads_; }
+  index_t kv_heads() const noexcept { return kv_heads_; }
+  index_t group_size() const noexcept { return group_; }
+  index_t d() const noexcept { return d_; }
+  const calibrator_options& options() const noexcept { return options_; }
+  bool accepts_queries() const noexcept { return options_.source != calibration_source::keys; }
+  bool accepts_keys() const noexcept { return options_.source != calibration_source::queries; }
 
   /// Queries of every query head of `layer`: q [Hq, rows, d]. Query head h accumulates into KV
   /// head h / group_size(). Shapes are checked in any case; returns false (and reads no element)
   /// when the source excludes queries.
-  bool add_queries(index_t layer, tensor3_view<const float> q) {
-    return add3(layer, q, true, "add_queries");
-  }
+  bool add_queries(index_t layer, tensor3_view<const float> q) { return add3(layer, q, true, "add_queries"); }
   bool add_queries(index_t layer, tensor3_view<const double> q) {
     return add3(layer, q, true, "add_queries");
   }
@@ -245,12 +217,8 @@ public:
     return add2(layer, query_head, q, true, "add_queries");
   }
   /// Keys of every KV head of `layer`: k [Hkv, rows, d]. Returns false when the source excludes keys.
-  bool add_keys(index_t layer, tensor3_view<const float> k) {
-    return add3(layer, k, false, "add_keys");
-  }
-  bool add_keys(index_t layer, tensor3_view<const double> k) {
-    return add3(layer, k, false, "add_keys");
-  }
+  bool add_keys(index_t layer, tensor3_view<const float> k) { return add3(layer, k, false, "add_keys"); }
+  bool add_keys(index_t layer, tensor3_view<const double> k) { return add3(layer, k, false, "add_keys"); }
   /// Keys of one KV head: k [rows, d].
   bool add_keys(index_t layer, index_t kv_head, matrix_view<const float> k) {
     return add2(layer, kv_head, k, false, "add_keys");
@@ -266,9 +234,7 @@ public:
     return h.count;
   }
   /// Vectors accumulated over all heads.
-  std::uint64_t vectors_seen() const noexcept {
-    return state_->total.load();
-  }
+  std::uint64_t vectors_seen() const noexcept { return state_->total.load(); }
 
   /// The accumulated X^T X of one head (full symmetric d x d), uncentered.
   Eigen::MatrixXd gram(index_t layer, index_t kv_head) const {
@@ -380,6 +346,26 @@ private:
     std::vector<detail::calibration_head> heads;
     std::atomic<std::uint64_t> total{0};
   };
+
+  // Refused memory is an aqua::error naming the bytes, as for a cache array.
+  void allocate_state(std::uint64_t heads, std::uint64_t per_head, const char* fn) {
+#if AQUA_HAS_EXCEPTIONS
+    try {
+      allocate_heads(heads);
+    } catch (const std::bad_alloc&) {
+      AQUA_THROW(fn, ": cannot allocate ", heads * per_head, " bytes for the Gram matrices of ", heads,
+                 " KV heads (d = ", d_, ")");
+    }
+#else
+    (void)per_head;
+    (void)fn;
+    allocate_heads(heads);
+#endif
+  }
+  void allocate_heads(std::uint64_t heads) {
+    state_ = std::make_unique<shared_state>(static_cast<std::size_t>(heads));
+    for (auto& h : state_->heads) allocate(h);
+  }
 
   void allocate(detail::calibration_head& h) const {
     h.gram.assign(static_cast<std::size_t>(ld_ * ld_), 0.0);

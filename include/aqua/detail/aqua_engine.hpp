@@ -434,9 +434,7 @@ inline void run_decode(const kv_cache& cache, const decode_plan& p, int threads,
       weights[static_cast<std::size_t>(s)] = wgt;
       total += wgt * ws.part_l[static_cast<std::size_t>(item * g + hh)];
     }
-    if (lse.size())
-      lse.data()[h * lse.stride(0)] = total > 0 ? static_cast<float>(double(mx) + std::log(total))
-                                                : -std::numeric_limits<float>::infinity();
+    if (lse.size()) lse.data()[h * lse.stride(0)] = log_sum_exp(mx, total);
     bool acc_finite = true;
     for (index_t s = 0; s < segs; ++s) {
       const float* a = ws.part_acc.data() + ((kv * segs + s) * g + hh) * d;

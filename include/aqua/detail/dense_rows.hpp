@@ -128,11 +128,7 @@ inline void rows_finish(const rows_group& g, const rows_source& src, float* out,
                         index_t out_inner, const vector_view<float>& lse) {
   const index_t d = src.d;
   for (int h = 0; h < g.hn; ++h) {
-    if (lse.size())
-      lse.data()[(g.h0 + h) * lse.stride(0)] =
-          g.l[h] > 0
-              ? static_cast<float>(double(g.m[h]) + std::log(g.l[h]))
-              : (std::isnan(g.l[h]) ? static_cast<float>(g.l[h]) : -std::numeric_limits<float>::infinity());
+    if (lse.size()) lse.data()[(g.h0 + h) * lse.stride(0)] = log_sum_exp(g.m[h], g.l[h]);
     float* o = out + (g.h0 + h) * out_stride;
     const float* a = g.acc.data() + h * d;
     bool finite = true;

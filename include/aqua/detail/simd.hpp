@@ -199,11 +199,11 @@ inline double softmax_inplace_fast(float* logits, index_t n, float* lse = nullpt
   const float m = row_max(logits, n);
   if (!(m > -std::numeric_limits<float>::infinity())) {
     const double sum = softmax_inplace(logits, n);
-    if (lse) *lse = sum == 0 ? -std::numeric_limits<float>::infinity() : static_cast<float>(sum);
+    if (lse) *lse = log_sum_exp(m, sum);
     return sum;
   }
   const double sum = exp_shift_sum(logits, n, m);
-  if (lse) *lse = static_cast<float>(double(m) + std::log(sum));
+  if (lse) *lse = log_sum_exp(m, sum);
   scale_in_place(logits, n, static_cast<float>(1.0 / sum));
   return sum;
 }

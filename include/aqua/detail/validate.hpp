@@ -98,6 +98,13 @@ inline void require_lse(const vector_view<float>& lse, index_t hq, const char* f
   AQUA_CHECK(lse.extent(0) == hq, fn, ": lse has ", lse.extent(0), " elements but q has ", hq,
              " query heads (one log-sum-exp per query head)");
 }
+/// The prefill form: empty, or [Hq, M], one per query.
+inline void require_lse(const matrix_view<float>& lse, index_t hq, index_t m, const char* fn) {
+  if (lse.size() == 0) return;
+  require_data(lse, fn, "prefill_lse");
+  AQUA_CHECK(lse.extent(0) == hq && lse.extent(1) == m, fn, ": prefill_lse has shape ", shape_string(lse),
+             " but must be [Hq, M] = [", hq, ", ", m, "]");
+}
 
 }  // namespace detail
 }  // namespace aqua
