@@ -21,12 +21,13 @@
 //                     [--hq 32] [--hkv 8] [--threads 1] [--select per-head,group,tile]
 //                     [--tile 32] [--spectrum 32] [--reps 10] [--json] [--clock wall|cpu]
 //                     [--basis identity|random] [--baseline projected|plain] [--budget TOKENS]
-//                     [--isa auto|avx2|portable] [--probe-bytes 1G]
+//                     [--isa auto|avx2|portable] [--prefetch auto|l1|l2] [--probe-bytes 1G]
 //        aqua_compare --sweep-break-even [--k 96,32] [--select tile] [--hq 32] [--hkv 8]
 //                     [--sweep-n 64:32768] [--baseline plain|projected|reference] [--threads 1]
 //                     [--reps 15] [--basis random] [--json] [--clock cpu] ...
 // --isa avx2 / portable run both sides on narrower kernels than the CPU has (auto: AVX-512 where
-// present), to measure what the wider kernels buy.
+// present), to measure what the wider kernels buy. --prefetch l1 / l2 overrides the CPU vendor's
+// decode prefetch, to compare the two on one host.
 // --probe-bytes sizes the bandwidth probe's buffer (default 1G; each sample still reads 1 GiB): with
 // a buffer the size of a small cache (e.g. --n 2048 --probe-bytes 16M) both sides and the probe read
 // from the same cache level, which shows whether the kernels keep up with a faster source than DRAM.
@@ -206,6 +207,11 @@ const char* kernel_isa() {
   return aqua::isa_name(aqua::active_isa());
 }
 
+/// The decode prefetch in effect under --prefetch (l1 or l2).
+const char* decode_prefetch_name() {
+  return aqua::decode_prefetch_name(aqua::active_decode_prefetch());
+}
+
 struct result {
   std::string mode, select;
   index_t n = 0, m = 0, d = 0, k = 0, hq = 0, hkv = 0;
@@ -244,8 +250,10 @@ void print(const config& c, const result& r, bool header) {
     std::printf(",\"key_type\":\"%s\",\"value_type\":\"%s\"", aqua::storage_name(c.key_type),
                 aqua::storage_name(c.value_type));
     std::printf(
-        ",\"basis\":\"%s\",\"baseline\":\"%s\",\"clock\":\"%s\",\"isa\":\"%s\",\"probe_bytes\":%zu}\n",
-        r.basis.c_str(), c.baseline.c_str(), c.cpu_clock ? "cpu" : "wall", kernel_isa(), c.probe_bytes);
+        ",\"basis\":\"%s\",\"baseline\":\"%s\",\"clock\":\"%s\",\"isa\":\"%s\",\"probe_bytes\":%zu,"
+        "\"prefetch\":\"%s\"}\n",
+        r.basis.c_str(), c.baseline.c_str(), c.cpu_clock ? "cpu" : "wall", kernel_isa(), c.probe_bytes,
+        decode_prefetch_name());
   } else {
     if (header) {
       std::printf("%-8s %6s %4s %4s %4s/%-3s %2s %-9s %9s %9s %7s %8s %8s %8s %9s %6s", "mode", "n", "d", "k",
@@ -789,14 +797,18 @@ int main(int argc, char** argv) {
     aqua::set_max_isa(c.isa == "portable" ? aqua::isa::portable
                       : c.isa == "avx2"   ? aqua::isa::avx2
                                           : aqua::isa::avx512);
+    aqua::set_decode_prefetch(c.prefetch == "l1"   ? aqua::decode_prefetch::l1
+                              : c.prefetch == "l2" ? aqua::decode_prefetch::l2
+                                                   : aqua::decode_prefetch::automatic);
     g_clock.cpu = c.cpu_clock;
     g_clock.threads = c.threads;
     const double bandwidth = measure_bandwidth(g_clock, c.threads, c.probe_bytes);
     if (!c.json)
       std::printf(
-          "memory-read bandwidth (sum over %s, best of 5, %d thread%s, %s clock): %.2f GB/s; kernels: %s\n",
+          "memory-read bandwidth (sum over %s, best of 5, %d thread%s, %s clock): %.2f GB/s; kernels: %s; "
+          "decode prefetch: %s\n",
           byte_text(c.probe_bytes).c_str(), c.threads, c.threads == 1 ? "" : "s",
-          c.cpu_clock ? "cpu" : "wall", bandwidth, kernel_isa());
+          c.cpu_clock ? "cpu" : "wall", bandwidth, kernel_isa(), decode_prefetch_name());
     if (c.sweep) return run_sweep(c, bandwidth);
     if (c.mode == "decode")
       run_decode(c, bandwidth);

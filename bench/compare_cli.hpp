@@ -33,6 +33,8 @@ struct config {
   index_t sweep_min = 64, sweep_max = 32768;
   // --isa: which kernels run, auto (the widest the CPU has: AVX-512, AVX2, portable), avx2, portable
   std::string isa = "auto";
+  // --prefetch: where the decode kernels prefetch (aqua::decode_prefetch): auto, l1 or l2
+  std::string prefetch = "auto";
   std::size_t probe_bytes = std::size_t(1) << 30;  // --probe-bytes: buffer of the bandwidth probe
   // --kv-type (both), --key-type, --value-type: how the caches store keys and values
   aqua::storage_type key_type = aqua::storage_type::f32, value_type = aqua::storage_type::f32;
@@ -120,6 +122,11 @@ inline void add_options(CLI::App& app, config& c) {
          "kernels: auto (the widest the CPU has), avx512, avx2 or portable; a cap, as aqua::set_max_isa "
          "[default: auto]")
       ->check(CLI::IsMember({"auto", "avx512", "avx2", "portable"}));
+  app.add_option_function<std::string>(
+         "--prefetch", [&c](const std::string& v) { c.prefetch = v; },
+         "decode prefetch: auto (l2 on AMD, l1 elsewhere), l1 or l2, as aqua::set_decode_prefetch "
+         "[default: auto]")
+      ->check(CLI::IsMember({"auto", "l1", "l2"}));
   app.add_option_function<std::string>(
          "--probe-bytes", [&c](const std::string& v) { detail::parse_bytes(v, c.probe_bytes); },
          "buffer of the bandwidth probe, 64K to 16G (K, M, G suffixes) [default: 1G]")

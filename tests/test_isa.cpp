@@ -1,5 +1,6 @@
 // The one CPU probe and the process-wide ISA cap: supported_isa() against the kernel's own account
-// of the CPU (/proc/cpuinfo), active_isa() as the narrower of the two, and decode under each cap.
+// of the CPU (/proc/cpuinfo), active_isa() as the narrower of the two, and decode under each cap;
+// the decode prefetch setting, which changes speed only.
 #include <aqua/attention.hpp>
 #include <aqua/calibrate.hpp>
 #include <aqua/isa.hpp>
@@ -15,6 +16,20 @@
 #include "skip_support.hpp"
 
 namespace {
+
+/// The vendor_id of the first processor in /proc/cpuinfo (empty when there is none).
+std::string cpuinfo_vendor() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("vendor_id", 0) != 0) continue;
+    std::istringstream words(line.substr(line.find(':') + 1));
+    std::string vendor;
+    words >> vendor;
+    return vendor;
+  }
+  return {};
+}
 
 /// The feature flags of the first processor in /proc/cpuinfo (empty when there is none).
 std::set<std::string> cpuinfo_flags() {
@@ -77,5 +92,52 @@ TEST_CASE("decode under every cap is the same attention to float rounding", "[is
     for (std::size_t i = 0; i < ref.size(); ++i)
       worst = aqua_test::max_or_nan(worst, std::abs(ref[i] - out[i]));
     CHECK(worst < 1e-5);
+  }
+}
+
+TEST_CASE(
+    "decode prefetch: automatic is l2 on AMD and l1 elsewhere; set_decode_prefetch returns the previous",
+    "[isa]") {
+  const aqua_test::hook_guard reset;
+  const std::string vendor = cpuinfo_vendor();
+  CAPTURE(vendor);
+  if (vendor.empty()) {
+    aqua_test::skip_case("no /proc/cpuinfo vendor_id line to compare with (not Linux on x86)");
+  } else {
+    CHECK(aqua::active_decode_prefetch() ==
+          (vendor == "AuthenticAMD" ? aqua::decode_prefetch::l2 : aqua::decode_prefetch::l1));
+  }
+  CHECK(aqua::set_decode_prefetch(aqua::decode_prefetch::l1) == aqua::decode_prefetch::automatic);
+  CHECK(aqua::active_decode_prefetch() == aqua::decode_prefetch::l1);
+  CHECK(aqua::set_decode_prefetch(aqua::decode_prefetch::l2) == aqua::decode_prefetch::l1);
+  CHECK(aqua::active_decode_prefetch() == aqua::decode_prefetch::l2);
+  CHECK(std::string(aqua::decode_prefetch_name(aqua::decode_prefetch::l2)) == "l2");
+  CHECK(std::string(aqua::decode_prefetch_name(aqua::decode_prefetch::l1)) == "l1");
+  CHECK(std::string(aqua::decode_prefetch_name(aqua::decode_prefetch::automatic)) == "automatic");
+}
+
+TEST_CASE("decode results are bitwise the same under l1 and l2 prefetch, every mode and storage", "[isa]") {
+  const aqua_test::hook_guard reset;
+  for (aqua::storage_type st : {aqua::storage_type::f32, aqua::storage_type::bf16, aqua::storage_type::f16}) {
+    aqua_test::random_layer::options o;
+    o.key_type = o.value_type = st;
+    const aqua_test::random_layer L(8, 2, 64, 1000, o);
+    for (aqua::selection_mode mode :
+         {aqua::selection_mode::per_head, aqua::selection_mode::group, aqua::selection_mode::tile}) {
+      CAPTURE(aqua::storage_name(st), int(mode));
+      std::vector<float> a(std::size_t(8 * 64)), b(a.size());
+      aqua::aqua_options opt;
+      opt.mode = mode;
+      aqua::set_decode_prefetch(aqua::decode_prefetch::l1);
+      aqua::aqua_decode(L.qv(), L.cache, 24, aqua::make_view(a.data(), 8, 64), opt);
+      aqua::set_decode_prefetch(aqua::decode_prefetch::l2);
+      aqua::aqua_decode(L.qv(), L.cache, 24, aqua::make_view(b.data(), 8, 64), opt);
+      CHECK(a == b);
+      aqua::set_decode_prefetch(aqua::decode_prefetch::l1);
+      aqua::dense_decode(L.qv(), L.cache, aqua::make_view(a.data(), 8, 64));
+      aqua::set_decode_prefetch(aqua::decode_prefetch::l2);
+      aqua::dense_decode(L.qv(), L.cache, aqua::make_view(b.data(), 8, 64));
+      CHECK(a == b);
+    }
   }
 }

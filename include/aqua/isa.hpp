@@ -1,5 +1,6 @@
 // Which instruction set aqua's kernels run: one CPU probe for the whole library and one
-// process-wide cap on it.
+// process-wide cap on it; and where the decode kernels prefetch their stream, the one tuning
+// choice that differs between CPU vendors.
 //
 // aqua is compiled without -march flags: each kernel exists for AVX-512, AVX2 and portable C++,
 // the SIMD ones under target attributes, and every call dispatches on active_isa(). All paths
@@ -67,6 +68,57 @@ inline isa active_isa() noexcept {
 inline isa set_max_isa(isa cap) noexcept {
   return static_cast<isa>(
       detail::isa_cap().exchange(static_cast<std::uint8_t>(cap), std::memory_order_relaxed));
+}
+
+/// Where the decode kernels' software prefetch puts the key and value lines ahead of the kernel.
+/// Memory-bound decode reaches the read bandwidth only when enough lines are in flight, and the
+/// cache level that tracks them differs between vendors: on the Intel hosts measured, lines
+/// requested into L1 a short distance ahead (192 lines, 12 KB) reached the bandwidth; on AMD Zen 4
+/// the L1 requests held decode to a third of it, and lines requested into L2 further ahead
+/// (768 lines, 48 KB) reach it (docs/performance.md has the measurements). Results never depend on
+/// it; only the speed does.
+enum class decode_prefetch : std::uint8_t {
+  automatic = 0,  ///< l2 on AMD CPUs, l1 elsewhere
+  l1 = 1,         ///< 192 lines ahead into L1
+  l2 = 2,         ///< 768 lines ahead into L2
+};
+
+/// "automatic", "l1" or "l2".
+inline const char* decode_prefetch_name(decode_prefetch p) noexcept {
+  return p == decode_prefetch::l1 ? "l1" : p == decode_prefetch::l2 ? "l2" : "automatic";
+}
+
+namespace detail {
+inline std::atomic<std::uint8_t>& decode_prefetch_choice() noexcept {
+  static std::atomic<std::uint8_t> choice{static_cast<std::uint8_t>(decode_prefetch::automatic)};
+  return choice;
+}
+inline bool cpu_is_amd() noexcept {
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+  static const bool amd = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_is("amd") != 0;
+  }();
+  return amd;
+#else
+  return false;
+#endif
+}
+}  // namespace detail
+
+/// The prefetch the decode kernels use: l1 or l2 (automatic resolved for this CPU).
+inline decode_prefetch active_decode_prefetch() noexcept {
+  const auto chosen =
+      static_cast<decode_prefetch>(detail::decode_prefetch_choice().load(std::memory_order_relaxed));
+  if (chosen != decode_prefetch::automatic) return chosen;
+  return detail::cpu_is_amd() ? decode_prefetch::l2 : decode_prefetch::l1;
+}
+
+/// Sets the decode prefetch for the whole process (automatic until then) and returns the previous
+/// setting. Safe to call while kernels run (they read it once per call).
+inline decode_prefetch set_decode_prefetch(decode_prefetch p) noexcept {
+  return static_cast<decode_prefetch>(
+      detail::decode_prefetch_choice().exchange(static_cast<std::uint8_t>(p), std::memory_order_relaxed));
 }
 
 }  // namespace aqua

@@ -27,13 +27,21 @@ constexpr index_t decode_chunk = 128;
 // Decode: each key row is prefetched this many 16-token blocks ahead. Shorter and longer (1-16)
 // measured no better; without it decode ran 1.5x slower at N = 32k.
 constexpr index_t decode_key_prefetch_blocks = 4;
-// Fused decode: how far (in 64-byte lines of the block stream, see block_prefetcher) software
-// prefetch runs ahead of the kernel. Measured at the Llama shape (d = 128, N = 32k, 1 thread,
-// interleaved): 160-192 lines (10-12 KB) read dense, k = 32 and k = 96 tiles at 0.80-0.88 of the
-// machine's read bandwidth; 64 lines 0.50-0.60, 256 lines 0.65-0.75 (L1 thrash). Fixed
-// per-phase schemes (values during the score loop, keys a few blocks ahead) left DRAM idle
-// during one of the two phases (0.55-0.75); prefetching every other line only, 0.60-0.65.
+// Fused decode and token-major rows: how far (in 64-byte lines of the kernel's stream, see
+// block_prefetcher) software prefetch runs ahead, and into which cache level: aqua::decode_prefetch
+// (isa.hpp) chooses per CPU vendor; docs/performance.md has the measurements behind the values.
 constexpr index_t decode_prefetch_lead_lines = 192;
+constexpr index_t decode_prefetch_lead_lines_l2 = 768;
+
+struct stream_prefetch {
+  index_t lead_lines = decode_prefetch_lead_lines;
+  bool into_l2 = false;
+};
+
+inline stream_prefetch decode_stream_prefetch() noexcept {
+  if (active_decode_prefetch() == decode_prefetch::l2) return {decode_prefetch_lead_lines_l2, true};
+  return {decode_prefetch_lead_lines, false};
+}
 // Chunked decode path: value rows are prefetched this many tokens ahead in the value pass.
 constexpr index_t decode_value_prefetch_tokens = 16;
 // Prefill: key blocks (of 16 tokens) per chunk that every query of a 64-row block reads while
@@ -47,10 +55,11 @@ constexpr index_t prefill_key_blocks = 8;
 // 1.58x (the multiply-adds on zero weights cost more than the row reads they share).
 constexpr index_t prefill_union_ratio_num = 4, prefill_union_ratio_den = 4;
 /// Token-major rows (engine buffers): software prefetch runs this many rows ahead of the kernel,
-/// about decode_prefetch_lead_lines lines when rows are contiguous (fewer, at least 2, when rows
-/// are far apart, as in [N][Hkv][d] buffers).
-inline index_t prefetch_rows_ahead(index_t row_stride_bytes) {
-  return std::max<index_t>(2, decode_prefetch_lead_lines * 64 / std::max<index_t>(row_stride_bytes, 64));
+/// about lead_lines lines when rows are contiguous (fewer, at least 2, when rows are far apart, as
+/// in [N][Hkv][d] buffers).
+inline index_t prefetch_rows_ahead(index_t row_stride_bytes,
+                                   index_t lead_lines = decode_prefetch_lead_lines) {
+  return std::max<index_t>(2, lead_lines * 64 / std::max<index_t>(row_stride_bytes, 64));
 }
 
 /// Test / measurement hook: a ratio numerator to use instead (0: the constant; 1: never group).

@@ -37,8 +37,9 @@ struct row_ahead_prefetch {
 /// Software prefetch for the fused decode. The lines a 16-token block consumes form one stream:
 /// its selected key rows (one row of 16 keys per selected dim: a line for f32, half a line for
 /// 16-bit keys), then its value rows. The prefetcher walks that stream a fixed number of lines
-/// ahead of the kernel and issues one line for every line consumed, in both the score and the
-/// value loop, so DRAM sees a steady request rate whatever the split between key and value bytes.
+/// ahead of the kernel (decode_stream_prefetch: into L1 or L2) and issues one line for every line
+/// consumed, in both the score and the value loop, so DRAM sees a steady request rate whatever the
+/// split between key and value bytes.
 /// Addresses are formed as integers: lines past the end of the cache are requested but never read
 /// (a prefetch does not fault).
 struct block_prefetcher {
@@ -49,6 +50,7 @@ struct block_prefetcher {
   index_t pos = 0;           // line within the current block's stream
   std::uintptr_t koff = 0;   // bytes from block 0's key rows to the current block's
   std::uintptr_t vnext = 0;  // next value line (the value rows of all blocks are contiguous)
+  bool into_l2 = false;
 
   /// The stream of a fused decode (fused_args a) over blocks from first_block on.
   AQUA_KERNEL AQUA_ALWAYS_INLINE void start_decode(const fused_args& a, index_t first_block,
@@ -57,7 +59,9 @@ struct block_prefetcher {
     key_lines = a.prefetch_rows ? a.prefetch_count : a.ns;
     key_block_bytes = static_cast<std::uintptr_t>(a.block_bytes);
     lines = key_lines + std::max<index_t>(1, value_block_bytes / 64);
-    const index_t lead = decode_prefetch_lead_lines;
+    const stream_prefetch sp = decode_stream_prefetch();
+    into_l2 = sp.into_l2;
+    const index_t lead = sp.lead_lines;
     const index_t block = first_block + lead / lines;
     pos = lead % lines;
     koff = static_cast<std::uintptr_t>(block) * key_block_bytes;
@@ -77,13 +81,17 @@ struct block_prefetcher {
     }
   }
   AQUA_KERNEL AQUA_ALWAYS_INLINE void step() {
+    std::uintptr_t line;
     if (pos < key_lines) {
-      _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(rows[pos]) + koff),
-                   _MM_HINT_T0);
+      line = reinterpret_cast<std::uintptr_t>(rows[pos]) + koff;
     } else {
-      _mm_prefetch(reinterpret_cast<const char*>(vnext), _MM_HINT_T0);
+      line = vnext;
       vnext += 64;
     }
+    if (into_l2)
+      _mm_prefetch(reinterpret_cast<const char*>(line), _MM_HINT_T1);
+    else
+      _mm_prefetch(reinterpret_cast<const char*>(line), _MM_HINT_T0);
     if (++pos == lines) {
       pos = 0;
       koff += key_block_bytes;
