@@ -141,3 +141,30 @@ TEST_CASE("decode results are bitwise the same under l1 and l2 prefetch, every m
     }
   }
 }
+
+TEST_CASE("dense decode over engine buffers is bitwise the same under l1 and l2 prefetch, both layouts",
+          "[isa]") {
+  const aqua_test::hook_guard reset;
+  const aqua::index_t hq = 8, hkv = 2, d = 64, n = 700;
+  std::vector<float> q(std::size_t(hq * d)), k(std::size_t(hkv * n * d)), v(k.size());
+  aqua_test::fill_normal(q, 3);
+  aqua_test::fill_normal(k, 4);
+  aqua_test::fill_normal(v, 5);
+  const auto qv = aqua::make_view<const float>(q.data(), hq, d);
+  // [Hkv, N, d] and the same buffer read as [N][Hkv][d] (heads interleaved per token).
+  const aqua::tensor3_view<const float> head_major_k(k.data(), {hkv, n, d}),
+      head_major_v(v.data(), {hkv, n, d});
+  const aqua::tensor3_view<const float> inter_k(k.data(), {hkv, n, d}, {d, hkv * d, 1}),
+      inter_v(v.data(), {hkv, n, d}, {d, hkv * d, 1});
+  for (int layout = 0; layout < 2; ++layout) {
+    CAPTURE(layout);
+    const auto& kk = layout ? inter_k : head_major_k;
+    const auto& vv = layout ? inter_v : head_major_v;
+    std::vector<float> a(std::size_t(hq * d)), b(a.size());
+    aqua::set_decode_prefetch(aqua::decode_prefetch::l1);
+    aqua::dense_decode(qv, kk, vv, aqua::make_view(a.data(), hq, d));
+    aqua::set_decode_prefetch(aqua::decode_prefetch::l2);
+    aqua::dense_decode(qv, kk, vv, aqua::make_view(b.data(), hq, d));
+    CHECK(a == b);
+  }
+}

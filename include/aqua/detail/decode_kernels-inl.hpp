@@ -22,15 +22,23 @@ AQUA_KERNEL AQUA_ALWAYS_INLINE const T* typed(const unsigned char* p) {
   return reinterpret_cast<const T*>(p);
 }
 
+/// One line into L1, or into L2 (decode_stream_prefetch decides which).
+AQUA_KERNEL AQUA_ALWAYS_INLINE void prefetch_line(const void* line, bool into_l2) {
+  if (into_l2)
+    _mm_prefetch(static_cast<const char*>(line), _MM_HINT_T1);
+  else
+    _mm_prefetch(static_cast<const char*>(line), _MM_HINT_T0);
+}
+
 /// Prefetch policy of the chunked value pass: the row `ahead` bytes later, one line per line
 /// consumed, so the stream stays ahead without bursts that would fill the miss buffers.
 struct row_ahead_prefetch {
   index_t ahead = 0;
+  bool into_l2 = false;
   template <int Bytes>
   AQUA_KERNEL AQUA_ALWAYS_INLINE void token(const unsigned char* row, index_t) const {
 #pragma GCC unroll 8
-    for (int b = 0; b < Bytes; b += 64)
-      _mm_prefetch(reinterpret_cast<const char*>(row + ahead + b), _MM_HINT_T0);
+    for (int b = 0; b < Bytes; b += 64) prefetch_line(row + ahead + b, into_l2);
   }
 };
 
@@ -88,10 +96,7 @@ struct block_prefetcher {
       line = vnext;
       vnext += 64;
     }
-    if (into_l2)
-      _mm_prefetch(reinterpret_cast<const char*>(line), _MM_HINT_T1);
-    else
-      _mm_prefetch(reinterpret_cast<const char*>(line), _MM_HINT_T0);
+    prefetch_line(reinterpret_cast<const void*>(line), into_l2);
     if (++pos == lines) {
       pos = 0;
       koff += key_block_bytes;
@@ -156,7 +161,12 @@ AQUA_KERNEL void value_chunk(const V* v, index_t d, index_t cnt, const float* p,
     for (index_t c = 0; c < d; c += W) ops::store(a + c, ops::mul(al, ops::load(a + c)));
   }
   constexpr index_t group = 16;
-  row_ahead_prefetch pf{decode_value_prefetch_tokens * ld * index_t(sizeof(V))};
+  const stream_prefetch sp = decode_stream_prefetch();
+  // Into L2 the stream runs its full lead ahead; into L1 a few rows, which the L1 holds.
+  const index_t row_bytes = ld * index_t(sizeof(V));
+  row_ahead_prefetch pf{sp.into_l2 ? prefetch_rows_ahead(row_bytes, sp.lead_lines) * row_bytes
+                                   : decode_value_prefetch_tokens * row_bytes,
+                        sp.into_l2};
   for (index_t j0 = 0; j0 < cnt; j0 += group) {
     const index_t jn = std::min(group, cnt - j0);
     const V* vg = v + j0 * ld;
@@ -421,7 +431,8 @@ AQUA_KERNEL void score_token_rows(const K* keys, index_t ld, index_t count, cons
   constexpr int W = ops::W;
   constexpr int HG = W == 16 ? HB : (HB < 2 ? HB : 2);  // heads per pass over the 4 rows
   const index_t row_bytes = d * index_t(sizeof(K));
-  const index_t ahead = prefetch_rows_ahead(ld * index_t(sizeof(K))) * ld;
+  const stream_prefetch sp = decode_stream_prefetch();
+  const index_t ahead = prefetch_rows_ahead(ld * index_t(sizeof(K)), sp.lead_lines) * ld;
   index_t j = 0;
   for (; j + 4 <= count; j += 4) {
     const K* r = keys + j * ld;
@@ -429,7 +440,7 @@ AQUA_KERNEL void score_token_rows(const K* keys, index_t ld, index_t count, cons
 #pragma GCC unroll 4
     for (int t = 0; t < 4; ++t)
       for (index_t b = 0; b < row_bytes; b += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(r + (t * ld + ahead)) + b, _MM_HINT_T0);
+        prefetch_line(reinterpret_cast<const char*>(r + (t * ld + ahead)) + b, sp.into_l2);
     if (side.base) prefetch_rows_l2(side, j, 4);
     int h = 0;
     for (; h + HG <= HB; h += HG)
