@@ -1,4 +1,4 @@
-// aqua_perf_report: turns aqua_compare --json output into the README's performance tables (markdown)
+// aqua_perf_report: turns aqua_compare --json output into markdown tables (docs/performance.md)
 // and an SVG plot of measured decode speedup against N beside the cost model's curve.
 //
 //   aqua_perf_report --table decode.jsonl [--sweep sweep.jsonl] --markdown report.md [--plot speedup.svg]

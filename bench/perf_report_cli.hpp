@@ -18,9 +18,9 @@ struct options {
 inline void add_options(CLI::App& app, options& o) {
   aqua_cli::configure(app);
   app.description(
-      "aqua_perf_report: turns aqua_compare --json output into the README's performance tables (markdown) "
-      "and "
-      "an SVG plot of measured decode speedup against N beside the cost model's curve.");
+      "aqua_perf_report: turns aqua_compare --json output into markdown performance tables "
+      "(docs/performance.md) and an SVG plot of measured decode speedup against N beside the cost "
+      "model's curve.");
   app.add_option("--table", o.table, "lines of aqua_compare --mode decode --json (repeatable)")
       ->allow_extra_args(false)
       ->check(aqua_cli::readable_file());

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduces the README "Performance" tables and plot, unattended (a few minutes on 2 cores):
+# Reproduces the docs/performance.md tables and plot, unattended (a few minutes on 2 cores):
 #   bench/performance_report.sh BUILD_DIR OUT_DIR
 # BUILD_DIR must hold (or be able to build) bench/aqua_compare and bench/aqua_perf_report
 # (configure with -DCMAKE_BUILD_TYPE=Release). OUT_DIR receives:
@@ -15,7 +15,7 @@
 #                           96, group and tile, with the f32 rows of decode.jsonl for comparison
 #   performance.md          the markdown tables (machine, decode table with bandwidth fractions,
 #                           measured vs modelled break-even)
-#   measured_speedup.svg    measured speedup against N beside the model (README shows docs/ copy)
+#   measured_speedup.svg    measured speedup against N beside the model (docs/performance.md shows it)
 # Every measurement runs AQUA_REPORT_RUNS times (default 2): the tables give the median and the
 # range over the runs, the plot the median curve.
 # Environment: AQUA_REPORT_THREADS (default "1 2"), AQUA_REPORT_REPS (decode pairs, default 10),

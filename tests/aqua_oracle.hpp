@@ -3,7 +3,7 @@
 // double precision with plain loops and std::stable_sort. It shares no code with the library: it
 // includes no aqua header, so a bug in the library's selection or kernels cannot leak into it.
 //
-// The rules it implements (README "AQUA", attention.hpp, select.hpp):
+// The rules it implements (docs/design.md "AQUA attention", attention.hpp, select.hpp):
 //   q~ = scale * (q P),  k~ = stored_key(k P),  both over the first r projected dims (truncation).
 //   Selection, per list of query heads (per_head: each head alone; group and tile: the g heads of
 //   a KV group; prefill: each query alone, group treated as per_head):

@@ -1,6 +1,6 @@
 // Numerical faults through the AQUA kernels over the kv_cache: non-finite queries, keys and values,
 // rows that could be fully masked, logits at and beyond the float limits, and selection / rank
-// arguments out of range. Each case pins exactly what the user gets (README "Errors and limits").
+// arguments out of range. Each case pins exactly what the user gets (docs/errors.md).
 #include <aqua/attention.hpp>
 
 #include <catch2/catch.hpp>

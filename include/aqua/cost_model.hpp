@@ -2,7 +2,7 @@
 // prefill, the context length at which AQUA becomes cheaper (break-even N*), and KV-cache footprint.
 //
 // Everything is constexpr: a model of what the kernels do, not a measurement of them. The measured
-// break-even is held against these numbers elsewhere (bench/, README "Performance").
+// break-even is held against these numbers elsewhere (bench/, docs/performance.md).
 //
 // Notation (cost_config): head dim d, kept dims k, stored projected key dims r (truncation, r <= d),
 // query heads Hq, KV heads Hkv, group g = Hq / Hkv, element size e (bytes per cached K/V element),

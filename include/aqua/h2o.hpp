@@ -11,7 +11,7 @@
 // which it is itself the newest token, when it was appended before that step's decode). Scores
 // are accumulated in double. The probabilities are those AQUA decode computes anyway (its
 // token_probs output), so eviction costs no second exact score pass; they are AQUA's approximate
-// probabilities, which is the point (DESIGN.md, "H2O"). As in H2O, older tokens have had more
+// probabilities, which is the point (docs/design.md, "H2O eviction"). As in H2O, older tokens have had more
 // steps to accumulate; the recent window protects the newest ones, which have not.
 //
 // Eviction. When the cache holds more than B + slack tokens, each KV head keeps its last W tokens

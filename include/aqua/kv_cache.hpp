@@ -1,7 +1,7 @@
 // Per-layer KV cache for AQUA: keys stored projected (k~ = k P) in dimension tiles, values
 // token-major.
 //
-// Why tiles (DESIGN.md, "KV-cache memory and the memory system"): on these machines reading
+// Why tiles (docs/design.md, "KV cache layout"): on these machines reading
 // scattered runs out of one contiguous block costs the same DRAM time as reading the whole block;
 // savings come only from skipping whole, separately allocated arrays. So the projected dims of
 // each KV head are grouped into tiles of `tile_dims` consecutive dims (ordered by importance, so
