@@ -85,17 +85,20 @@ inline void cpu_relax() noexcept {
 #endif
 }
 
-/// Spins until done() or until `limit` has passed; true when done() held.
+/// Spins until done() or until `limit` has passed; true when done() held. After a few pauses it
+/// yields the core on each round: where threads outnumber free cores the thread it waits for may
+/// need this very core.
 template <class Done>
 bool spin_until(const Done& done, std::chrono::nanoseconds limit) noexcept {
   if (limit.count() <= 0) return done();
   const auto deadline = std::chrono::steady_clock::now() + limit;
+  for (int i = 0; i < 64; ++i) {
+    if (done()) return true;
+    cpu_relax();
+  }
   for (;;) {
-    // Reading the clock costs about as much as 64 pauses; check it only now and then.
-    for (int i = 0; i < 64; ++i) {
-      if (done()) return true;
-      cpu_relax();
-    }
+    if (done()) return true;
+    std::this_thread::yield();
     if (std::chrono::steady_clock::now() >= deadline) return done();
   }
 }
