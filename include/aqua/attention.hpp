@@ -33,6 +33,7 @@
 #include "aqua/detail/simd.hpp"
 #include "aqua/detail/softmax.hpp"
 #include "aqua/detail/validate.hpp"
+#include "aqua/executor.hpp"
 #include "aqua/kv_cache.hpp"
 #include "aqua/select.hpp"
 #include "aqua/tensor_view.hpp"
@@ -45,8 +46,12 @@ struct attention_options {
   std::optional<double> scale;
   /// Prefill only: query i sees keys 0 .. N - M + i. Ignored by decode.
   bool causal = true;
-  /// Worker threads for this call (the calling thread included). No global pool is used.
+  /// Workers for this call (the calling thread included). Above 1 without `exec`, the call runs
+  /// on a process-wide aqua::thread_pool of that size, started by the first such call and reused
+  /// (it lives until the process exits; calls on it from several threads take turns).
   int threads = 1;
+  /// The engine's own threads (see aqua/executor.hpp); then `threads` must stay 1.
+  executor* exec = nullptr;
   /// When set, prefill fills in the time of its score, softmax and value phases.
   attention_profile* profile = nullptr;
   /// Decode only, when non-empty: lse[h] receives the log-sum-exp (natural log) of query head h's
@@ -170,7 +175,7 @@ attention_shape validate_dense_decode(const matrix_view<const T>& q, const tenso
                                       const char* fn) {
   require_data(q, fn, "q");
   require_data(out, fn, "out");
-  require_threads(options.threads, fn);
+  resolve_executor(options.exec, options.threads, fn);
   attention_shape s;
   s.hq = q.extent(0);
   s.d = q.extent(1);
@@ -197,7 +202,7 @@ attention_shape validate_dense_prefill(const tensor3_view<const T>& q, const ten
                                        const char* fn) {
   require_data(q, fn, "q");
   require_data(out, fn, "out");
-  require_threads(options.threads, fn);
+  resolve_executor(options.exec, options.threads, fn);
   attention_shape s;
   s.hq = q.extent(0);
   s.m = q.extent(1);
@@ -236,8 +241,9 @@ void run_dense_prefill(const tensor3_view<const T>& q, const tensor3_view<const 
   // Query rows go in blocks so the logits scratch stays block x N, not M x N.
   constexpr index_t block_rows = 64;
   const index_t blocks_per_head = (s.m + block_rows - 1) / block_rows;
-  std::vector<attention_profile> profiles(static_cast<std::size_t>(std::max(1, options.threads)));
-  parallel_for(s.hq * blocks_per_head, options.threads, [&](index_t begin, index_t end, int worker) {
+  executor& exec = resolve_executor(options.exec, options.threads, "aqua::dense_prefill");
+  std::vector<attention_profile> profiles(static_cast<std::size_t>(exec.workers()));
+  parallel_for(s.hq * blocks_per_head, exec, [&](index_t begin, index_t end, int worker) {
     attention_profile* prof = options.profile ? &profiles[static_cast<std::size_t>(worker)] : nullptr;
     row_matrix<T> logits;
     row_matrix<float> wide_k, wide_v;  // 16-bit inputs: this worker's KV head widened
@@ -298,7 +304,9 @@ void dense_decode(matrix_view<const detail::identity_t<T>> q, tensor3_view<const
       detail::validate_dense_decode<T>(q, k, v, out, options, mask, "aqua::dense_decode");
   if constexpr (std::is_same<T, float>::value) {
     if (k.stride(2) == 1 && v.stride(2) == 1) {
-      detail::dense_decode_rows(q, k, v, out, s, options.threads, mask, options.lse);
+      detail::dense_decode_rows(q, k, v, out, s,
+                                detail::resolve_executor(options.exec, options.threads, "aqua::dense_decode"),
+                                mask, options.lse);
       return;
     }
   }
@@ -308,7 +316,8 @@ void dense_decode(matrix_view<const detail::identity_t<T>> q, tensor3_view<const
       std::is_same<T, float>::value ? "a strided inner dimension" : "double", ")");
   // One work item per KV group reads that head's keys once for all of its query heads. The
   // items do not depend on the thread count, so every thread count gives bitwise equal results.
-  detail::parallel_for(s.hkv, options.threads, [&](index_t begin, index_t end, int) {
+  executor& exec = detail::resolve_executor(options.exec, options.threads, "aqua::dense_decode");
+  detail::parallel_for(s.hkv, exec, [&](index_t begin, index_t end, int) {
     row_matrix<T> logits;
     for (index_t kv = begin; kv < end; ++kv) {
       const index_t first_head = kv * s.group, heads = s.group;
@@ -338,7 +347,9 @@ void dense_decode(matrix_view<const float> q, tensor3_view<const K> k, tensor3_v
   constexpr const char* fn = "aqua::dense_decode";
   const detail::attention_shape s = detail::validate_dense_decode<float>(q, k, v, out, options, mask, fn);
   detail::require_unit_inner_stride(k, v, fn);
-  detail::dense_decode_rows(q, k, v, out, s, options.threads, mask, options.lse);
+  detail::dense_decode_rows(q, k, v, out, s,
+                            detail::resolve_executor(options.exec, options.threads, "aqua::dense_decode"),
+                            mask, options.lse);
 }
 
 /// Exact dense prefill: M query tokens per query head against N >= M keys and values.
@@ -396,8 +407,11 @@ struct aqua_options {
   std::optional<double> scale;
   /// Prefill only: the causal mask.
   bool causal = true;
-  /// Worker threads for this call (the calling thread included).
+  /// Workers for this call, as attention_options::threads (a shared pool above 1, no threads
+  /// started per call).
   int threads = 1;
+  /// The engine's own threads (see aqua/executor.hpp); then `threads` must stay 1.
+  executor* exec = nullptr;
   /// Reusable scratch; without one each call allocates its own (outside the hot loops).
   aqua_workspace* workspace = nullptr;
   /// When set, filled with phase times and (decode) the fraction of key bytes read.
@@ -454,12 +468,12 @@ inline double resolve_scale(const std::optional<double>& scale, index_t d, const
 
 inline void decode_on_cache(matrix_view<const float> q, const kv_cache& cache, const selection_spec* select,
                             selection_mode mode, matrix_view<float> out,
-                            const std::optional<double>& scale_opt, int threads, aqua_workspace* workspace,
-                            attention_profile* profile, matrix_view<float> token_probs,
-                            const vector_view<float>& lse, const char* fn) {
+                            const std::optional<double>& scale_opt, executor* exec, int threads,
+                            aqua_workspace* workspace, attention_profile* profile,
+                            matrix_view<float> token_probs, const vector_view<float>& lse, const char* fn) {
   require_data(q, fn, "q");
   require_data(out, fn, "out");
-  require_threads(threads, fn);
+  executor& runner = resolve_executor(exec, threads, fn);
   validate_cache_queries(q.extent(0), q.extent(1), cache, fn);
   AQUA_CHECK(out.extent(0) == q.extent(0) && out.extent(1) == q.extent(1), fn, ": out has shape ",
              shape_string(out), " but q has shape ", shape_string(q));
@@ -479,7 +493,7 @@ inline void decode_on_cache(matrix_view<const float> q, const kv_cache& cache, c
   plan_decode(q, cache, select ? *select : selection_spec::top_k(cache.rank()), mode, select == nullptr,
               scale, ws, plan);
   const double select_seconds = profile ? seconds_since(t0) : 0.0;
-  run_decode(cache, plan, threads, ws, out, token_probs, lse, profile);
+  run_decode(cache, plan, runner, ws, out, token_probs, lse, profile);
   if (profile) profile->select_seconds = select_seconds;
   require_no_overflow(out, fn);
 }
@@ -492,7 +506,7 @@ inline void decode_on_cache(matrix_view<const float> q, const kv_cache& cache, c
 inline void aqua_decode(matrix_view<const float> q, const kv_cache& cache, const selection_spec& select,
                         matrix_view<float> out, const aqua_options& options = {},
                         matrix_view<float> token_probs = {}) {
-  detail::decode_on_cache(q, cache, &select, options.mode, out, options.scale, options.threads,
+  detail::decode_on_cache(q, cache, &select, options.mode, out, options.scale, options.exec, options.threads,
                           options.workspace, options.profile, token_probs, options.lse, "aqua::aqua_decode");
 }
 
@@ -507,8 +521,9 @@ inline void aqua_decode(matrix_view<const float> q, const kv_cache& cache, index
 inline void dense_decode(matrix_view<const float> q, const kv_cache& cache, matrix_view<float> out,
                          const attention_options& options = {}, aqua_workspace* workspace = nullptr,
                          matrix_view<float> token_probs = {}) {
-  detail::decode_on_cache(q, cache, nullptr, selection_mode::group, out, options.scale, options.threads,
-                          workspace, options.profile, token_probs, options.lse, "aqua::dense_decode(cache)");
+  detail::decode_on_cache(q, cache, nullptr, selection_mode::group, out, options.scale, options.exec,
+                          options.threads, workspace, options.profile, token_probs, options.lse,
+                          "aqua::dense_decode(cache)");
 }
 
 /// AQUA prefill: q [Hq, M, d] are the queries of the cache's last M tokens; out [Hq, M, d].
@@ -517,7 +532,7 @@ inline void aqua_prefill(tensor3_view<const float> q, const kv_cache& cache, con
   constexpr const char* fn = "aqua::aqua_prefill";
   detail::require_data(q, fn, "q");
   detail::require_data(out, fn, "out");
-  detail::require_threads(options.threads, fn);
+  executor& exec = detail::resolve_executor(options.exec, options.threads, fn);
   detail::validate_cache_queries(q.extent(0), q.extent(2), cache, fn);
   AQUA_CHECK(q.extent(1) >= 1 && q.extent(1) <= cache.size(), fn, ": M = ", q.extent(1),
              " queries but the cache holds N = ", cache.size(),
@@ -529,8 +544,8 @@ inline void aqua_prefill(tensor3_view<const float> q, const kv_cache& cache, con
   detail::require_finite(q, fn, "q");
   const double scale = detail::resolve_scale(options.scale, q.extent(2), fn);
   aqua_workspace local;
-  detail::run_prefill(q, cache, select, options.mode == selection_mode::tile, options.causal, scale,
-                      options.threads, options.workspace ? *options.workspace : local, out, options.profile,
+  detail::run_prefill(q, cache, select, options.mode == selection_mode::tile, options.causal, scale, exec,
+                      options.workspace ? *options.workspace : local, out, options.profile,
                       options.prefill_lse);
   detail::require_no_overflow(out, fn);
 }

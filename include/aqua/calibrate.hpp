@@ -48,6 +48,7 @@
 #include "aqua/detail/gram.hpp"
 #include "aqua/detail/parallel.hpp"
 #include "aqua/detail/validate.hpp"
+#include "aqua/executor.hpp"
 #include "aqua/projection.hpp"
 #include "aqua/tensor_view.hpp"
 
@@ -267,12 +268,24 @@ public:
     return decompose<Scalar>(g);
   }
 
-  /// The projection set of every head, finalizing heads on `threads` workers. Throws when a head
-  /// has received no vectors. The calibrator keeps its state: more vectors may follow.
+  /// The projection set of every head, finalizing heads on `threads` workers (above 1: the shared
+  /// pool of that size, as attention_options::threads). Throws when a head has received no
+  /// vectors. The calibrator keeps its state: more vectors may follow.
   template <class Scalar = double>
   projection_set finalize(int threads = 1) const {
+    return finalize_on<Scalar>(detail::resolve_executor(nullptr, threads, "aqua::calibrator::finalize"));
+  }
+
+  /// finalize on the caller's executor.
+  template <class Scalar = double>
+  projection_set finalize(executor& exec) const {
+    return finalize_on<Scalar>(detail::resolve_executor(&exec, 1, "aqua::calibrator::finalize"));
+  }
+
+private:
+  template <class Scalar>
+  projection_set finalize_on(executor& exec) const {
     constexpr const char* fn = "aqua::calibrator::finalize";
-    detail::require_threads(threads, fn);
     for (index_t l = 0; l < layers_; ++l)
       for (index_t h = 0; h < kv_heads_; ++h)
         AQUA_CHECK(vectors(l, h) > 0, fn, ": layer ", l, " KV head ", h, " has received no vectors (source ",
@@ -281,7 +294,7 @@ public:
     const index_t total = layers_ * kv_heads_;
     std::mutex progress_lock;
     index_t done = 0;
-    detail::parallel_for(total, threads, [&](index_t begin, index_t end, int) {
+    detail::parallel_for(total, exec, [&](index_t begin, index_t end, int) {
       for (index_t i = begin; i < end; ++i) {
         const index_t l = i / kv_heads_, h = i % kv_heads_;
         head_projection p = finalize_head<Scalar>(l, h);
@@ -307,6 +320,7 @@ public:
     return set;
   }
 
+public:
   /// Adds another calibrator's accumulated state (same shape, source and centering): calibrate
   /// shards separately, then merge. Not thread-safe (see the top of this header).
   void merge(const calibrator& other) {
@@ -522,8 +536,11 @@ struct retention_options {
   /// (0: all). The score error costs queries x keys x d per head.
   index_t max_queries = 0;
   index_t max_keys = 0;
-  /// Worker threads for add_layer (over query heads). Results do not depend on it.
+  /// Workers for add_layer (over query heads), as attention_options::threads. Results do not
+  /// depend on it.
   int threads = 1;
+  /// The engine's own threads (see aqua/executor.hpp); then `threads` must stay 1.
+  executor* exec = nullptr;
 };
 
 namespace detail {
@@ -590,7 +607,7 @@ public:
       : set_(std::move(set)), options_(options) {
     constexpr const char* fn = "aqua::retention_evaluator";
     AQUA_CHECK(!set_.empty(), fn, ": the projection set is empty");
-    detail::require_threads(options_.threads, fn);
+    detail::resolve_executor(options_.exec, options_.threads, fn);
     sums_.resize(static_cast<std::size_t>(set_.layers() * set_.query_heads()));
     for (auto& s : sums_) s.init(set_.d());
     layer_seen_.assign(static_cast<std::size_t>(set_.layers()), false);
@@ -617,7 +634,8 @@ public:
     const auto krows = detail::sample_rows(k.extent(1), options_.max_keys);
     std::vector<detail::retention_sums> part(static_cast<std::size_t>(hq));
     for (auto& p : part) p.init(d);
-    detail::parallel_for(hq, options_.threads, [&](index_t begin, index_t end, int) {
+    executor& exec = detail::resolve_executor(options_.exec, options_.threads, fn);
+    detail::parallel_for(hq, exec, [&](index_t begin, index_t end, int) {
       std::vector<index_t> order(static_cast<std::size_t>(d));
       Eigen::VectorXd e;
       for (index_t h = begin; h < end; ++h) {

@@ -100,7 +100,7 @@ inline attention_quality aqua_decode_quality(matrix_view<const float> q, const k
   auto probs_view = make_view(probs.data(), cache.kv_heads(), n);
   // The probability hook makes the call keep its per-head logits in the workspace.
   detail::decode_on_cache(q, cache, &select, options.mode, make_view(approx.data(), hq, d), options.scale,
-                          options.threads, &ws_approx, nullptr, probs_view, {}, fn);
+                          options.exec, options.threads, &ws_approx, nullptr, probs_view, {}, fn);
   std::vector<double> exact, exact_logits;
   detail::exact_attention_over_cache(q, cache, detail::resolve_scale(options.scale, d, fn), exact,
                                      exact_logits);

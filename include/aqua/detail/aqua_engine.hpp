@@ -383,9 +383,10 @@ inline void decode_head_double(const kv_cache& cache, const decode_plan& p, inde
 /// Runs a planned decode: work items are (KV head, token segment); segments exist only when the
 /// threads outnumber what the KV heads can split evenly, and are merged exactly
 /// (max, rescaled normalisers, rescaled partial outputs).
-inline void run_decode(const kv_cache& cache, const decode_plan& p, int threads, aqua_workspace& ws,
+inline void run_decode(const kv_cache& cache, const decode_plan& p, executor& exec, aqua_workspace& ws,
                        const matrix_view<float>& out, const matrix_view<float>& token_probs,
                        const vector_view<float>& lse, attention_profile* prof) {
+  const int threads = exec.workers();
   const index_t g = p.g, d = p.d, n = p.n;
   const index_t segs =
       (threads > 1 && p.hkv % threads != 0)
@@ -406,7 +407,7 @@ inline void run_decode(const kv_cache& cache, const decode_plan& p, int threads,
   // Segment boundaries on chunk multiples, so chunking and results do not depend on the threads
   // beyond the segment count.
   const index_t chunk = decode_chunk, chunks = (n + chunk - 1) / chunk;
-  parallel_for(items, workers, [&](index_t begin, index_t end, int wi) {
+  parallel_for(items, exec, [&](index_t begin, index_t end, int wi) {
     auto& w = ws.workers[static_cast<std::size_t>(wi)];
     for (index_t item = begin; item < end; ++item) {
       const index_t kv = item / segs, seg = item % segs;
@@ -563,9 +564,10 @@ inline const float* widened_values(const kv_cache& cache, index_t kv, index_t ro
 /// AQUA causal / full prefill: per (query head, block of query rows), per-query selection, scores
 /// over the tiles, softmax, then P V by Eigen GEMM on the token-major values.
 inline void run_prefill(const tensor3_view<const float>& q, const kv_cache& cache, const selection_spec& spec,
-                        bool tile_mode, bool causal, double scale, int threads, aqua_workspace& ws,
+                        bool tile_mode, bool causal, double scale, executor& exec, aqua_workspace& ws,
                         const tensor3_view<float>& out, attention_profile* prof,
                         const matrix_view<float>& lse = {}) {
+  const int threads = exec.workers();
   const index_t hq = q.extent(0), m = q.extent(1), d = q.extent(2), g = hq / cache.kv_heads();
   const index_t n = cache.size(), r = cache.rank(), tile = cache.tile_dims(), bs = key_block_bytes(cache);
   const storage_type kt = cache.key_type();
@@ -576,7 +578,7 @@ inline void run_prefill(const tensor3_view<const float>& q, const kv_cache& cach
   const int workers = static_cast<int>(std::max<index_t>(1, std::min<index_t>(threads, items)));
   if (static_cast<int>(ws.workers.size()) < workers) ws.workers.resize(static_cast<std::size_t>(workers));
   for (int wi = 0; wi < workers; ++wi) ws.workers[static_cast<std::size_t>(wi)].profile = attention_profile{};
-  parallel_for(items, workers, [&](index_t begin, index_t end, int wi) {
+  parallel_for(items, exec, [&](index_t begin, index_t end, int wi) {
     auto& w = ws.workers[static_cast<std::size_t>(wi)];
     attention_profile* wp = prof ? &w.profile : nullptr;
     widened_rows widened;

@@ -156,7 +156,7 @@ inline void rows_finish(const rows_group& g, const rows_source& src, float* out,
 template <class K, class V, class Shape>
 void dense_decode_rows(const matrix_view<const float>& q, const tensor3_view<const K>& k,
                        const tensor3_view<const V>& v, const matrix_view<float>& out, const Shape& s,
-                       int threads, const vector_view<const float>& mask,
+                       executor& exec, const vector_view<const float>& mask,
                        const vector_view<float>& lse = {}) {
   rows_source src;
   src.key_type = storage_of<K>::value;
@@ -171,7 +171,7 @@ void dense_decode_rows(const matrix_view<const float>& q, const tensor3_view<con
   src.d = s.d;
   src.mask = mask.size() ? mask.data() : nullptr;
   src.mask_stride = mask.size() ? mask.stride(0) : 0;
-  parallel_for(s.hkv, threads, [&](index_t begin, index_t end, int) {
+  parallel_for(s.hkv, exec, [&](index_t begin, index_t end, int) {
     std::vector<rows_group> groups;
     for (index_t kv = begin; kv < end; ++kv)
       for (index_t hb = 0; hb < s.group; hb += 4) {

@@ -1,47 +1,81 @@
-// Explicit, per-call threading: no hidden global pool. A caller asks for `threads` workers; the
-// calling thread is one of them.
+// Parallel loops over an aqua::executor, and the one place where the options' `threads` and
+// executor become the executor a call runs on.
 #pragma once
 
 #include <algorithm>
 #include <exception>
-#include <thread>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include "aqua/config.hpp"
+#include "aqua/executor.hpp"
 #include "aqua/tensor_view.hpp"
 
 namespace aqua {
 namespace detail {
 
-/// Splits [0, count) into `threads` contiguous chunks of near-equal size and runs
-/// `body(begin, end, worker)` for each, chunk 0 on the calling thread. Exceptions thrown by a body
-/// are rethrown on the calling thread after every worker has joined.
+/// The process-wide pool of `workers` workers behind `threads = workers` without an executor:
+/// created on first use, reused by every later call, never destroyed (its threads sleep until the
+/// process exits, so static destructors that still call aqua find it alive). One per distinct size.
+inline thread_pool& shared_thread_pool(int workers) {
+  static std::mutex* const lock = new std::mutex;
+  static auto* const pools = new std::map<int, std::unique_ptr<thread_pool>>;
+  std::lock_guard<std::mutex> guard(*lock);
+  std::unique_ptr<thread_pool>& pool = (*pools)[workers];
+  if (!pool) pool.reset(new thread_pool(workers));
+  return *pool;
+}
+
+inline executor& calling_thread_executor() {
+  static inline_executor* const one = new inline_executor;  // never destroyed, as the shared pools
+  return *one;
+}
+
+/// The executor a call runs on: the caller's (then threads must stay 1: one meaning per call), the
+/// calling thread alone for threads = 1, or the shared pool of that size.
+inline executor& resolve_executor(executor* exec, int threads, const char* fn) {
+  AQUA_CHECK(threads >= 1, fn, ": threads must be at least 1, got ", threads);
+  if (exec != nullptr) {
+    AQUA_CHECK(threads == 1, fn, ": both an executor (", exec->workers(), " workers) and threads = ", threads,
+               " are set; the executor decides the workers, so leave threads at 1");
+    AQUA_CHECK(exec->workers() >= 1, fn, ": the executor reports ", exec->workers(),
+               " workers; it must have at least 1");
+    return *exec;
+  }
+  if (threads == 1) return calling_thread_executor();
+  return shared_thread_pool(threads);
+}
+
+/// Splits [0, count) into min(workers, count) contiguous chunks of near-equal size and runs
+/// `body(begin, end, worker)` for each on the executor; a single chunk runs on the calling thread
+/// without it. Exceptions thrown by a body are rethrown on the calling thread (the first worker's
+/// first) after every chunk has finished.
 template <class Body>
-void parallel_for(index_t count, int threads, Body&& body) {
+void parallel_for(index_t count, executor& exec, Body&& body) {
   if (count <= 0) return;
-  const index_t workers = std::max<index_t>(1, std::min<index_t>(threads, count));
+  const int available = exec.workers();
+  AQUA_CHECK(available >= 1, "aqua: the executor reports ", available, " workers; it must have at least 1");
+  const index_t workers = std::min<index_t>(available, count);
   if (workers == 1) {
     body(index_t{0}, count, 0);
     return;
   }
   std::vector<std::exception_ptr> errors(static_cast<std::size_t>(workers));
-  auto run = [&](index_t w) {
+  auto chunk = [&](int w) noexcept {
     const index_t begin = count * w / workers, end = count * (w + 1) / workers;
 #if AQUA_HAS_EXCEPTIONS
     try {
-      body(begin, end, static_cast<int>(w));
+      body(begin, end, w);
     } catch (...) {
       errors[static_cast<std::size_t>(w)] = std::current_exception();
     }
 #else
-    body(begin, end, static_cast<int>(w));
+    body(begin, end, w);
 #endif
   };
-  std::vector<std::thread> pool;
-  pool.reserve(static_cast<std::size_t>(workers - 1));
-  for (index_t w = 1; w < workers; ++w) pool.emplace_back(run, w);
-  run(0);
-  for (auto& t : pool) t.join();
+  exec.run(static_cast<int>(workers), make_task_ref(chunk));
 #if AQUA_HAS_EXCEPTIONS
   for (auto& e : errors)
     if (e) std::rethrow_exception(e);

@@ -87,10 +87,6 @@ void require_mask_values(const tensor_view<T, Rank>& v, const char* fn, const ch
   }
 }
 
-inline void require_threads(int threads, const char* fn) {
-  AQUA_CHECK(threads >= 1, fn, ": threads must be at least 1, got ", threads);
-}
-
 /// An optional log-sum-exp output: empty (not asked for), or one float per query head.
 inline void require_lse(const vector_view<float>& lse, index_t hq, const char* fn) {
   if (lse.size() == 0) return;
