@@ -34,8 +34,8 @@ constexpr index_t decode_prefetch_lead_lines = 192;
 constexpr index_t decode_prefetch_lead_lines_l2 = 768;
 
 struct stream_prefetch {
-  index_t lead_lines = decode_prefetch_lead_lines;
-  bool into_l2 = false;
+  index_t lead_lines;
+  bool into_l2;
 };
 
 inline stream_prefetch decode_stream_prefetch() noexcept {
@@ -57,8 +57,7 @@ constexpr index_t prefill_union_ratio_num = 4, prefill_union_ratio_den = 4;
 /// Token-major rows (engine buffers): software prefetch runs this many rows ahead of the kernel,
 /// about lead_lines lines when rows are contiguous (fewer, at least 2, when rows are far apart, as
 /// in [N][Hkv][d] buffers).
-inline index_t prefetch_rows_ahead(index_t row_stride_bytes,
-                                   index_t lead_lines = decode_prefetch_lead_lines) {
+inline index_t prefetch_rows_ahead(index_t row_stride_bytes, index_t lead_lines) {
   return std::max<index_t>(2, lead_lines * 64 / std::max<index_t>(row_stride_bytes, 64));
 }
 
