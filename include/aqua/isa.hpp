@@ -12,7 +12,21 @@
 #include <atomic>
 #include <cstdint>
 
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#endif
+
 namespace aqua {
+
+namespace detail {
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+/// F16C (CPUID leaf 1, ECX bit 29) read directly: Clang's __builtin_cpu_supports has no "f16c".
+inline bool cpu_has_f16c() noexcept {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
+}
+#endif
+}  // namespace detail
 
 /// Instruction sets the kernels are written for, narrowest first.
 enum class isa : std::uint8_t {
@@ -33,7 +47,7 @@ inline isa supported_isa() noexcept {
   static const isa probed = [] {
     __builtin_cpu_init();  // the probe may run before main, from a static initialiser
     const bool avx2 =
-        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && detail::cpu_has_f16c();
     if (!avx2) return isa::portable;
     return __builtin_cpu_supports("avx512f") ? isa::avx512 : isa::avx2;
   }();
