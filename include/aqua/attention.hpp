@@ -426,6 +426,7 @@ struct aqua_options {
 
 namespace detail {
 
+template <class = void>
 inline void validate_cache_queries(index_t hq, index_t d, const kv_cache& cache, const char* fn) {
   AQUA_CHECK(hq >= 1, fn, ": q has no query heads");
   AQUA_CHECK(d == cache.head_dim(), fn, ": q has head dim ", d, " but the cache holds head dim ",
@@ -460,12 +461,14 @@ void require_no_overflow(const tensor_view<float, Rank>& out, const char* fn) {
   }
 }
 
+template <class = void>
 inline double resolve_scale(const std::optional<double>& scale, index_t d, const char* fn) {
   if (!scale) return 1.0 / std::sqrt(static_cast<double>(d));
   AQUA_CHECK(std::isfinite(*scale), fn, ": scale must be finite, got ", *scale);
   return *scale;
 }
 
+template <class = void>
 inline void decode_on_cache(matrix_view<const float> q, const kv_cache& cache, const selection_spec* select,
                             selection_mode mode, matrix_view<float> out,
                             const std::optional<double>& scale_opt, executor* exec, int threads,
@@ -503,6 +506,7 @@ inline void decode_on_cache(matrix_view<const float> q, const kv_cache& cache, c
 /// AQUA decode: q [Hq, d] (unprojected), the cache, the selection, out [Hq, d]. Optionally
 /// token_probs [Hkv, N] receives, per KV head, the attention probabilities of its stored tokens
 /// summed over the group's query heads (the H2O accumulator input).
+template <class = void>
 inline void aqua_decode(matrix_view<const float> q, const kv_cache& cache, const selection_spec& select,
                         matrix_view<float> out, const aqua_options& options = {},
                         matrix_view<float> token_probs = {}) {
@@ -511,6 +515,7 @@ inline void aqua_decode(matrix_view<const float> q, const kv_cache& cache, const
 }
 
 /// AQUA decode keeping a fixed k dims per query head (or group, or in whole tiles).
+template <class = void>
 inline void aqua_decode(matrix_view<const float> q, const kv_cache& cache, index_t k, matrix_view<float> out,
                         const aqua_options& options = {}, matrix_view<float> token_probs = {}) {
   aqua_decode(q, cache, selection_spec::top_k(k), out, options, token_probs);
@@ -518,6 +523,7 @@ inline void aqua_decode(matrix_view<const float> q, const kv_cache& cache, index
 
 /// Dense decode over the cache: every kept dim of every token (exact attention when r = d).
 /// The baseline AQUA decode is measured against: same data, same kernels, all tiles read.
+template <class = void>
 inline void dense_decode(matrix_view<const float> q, const kv_cache& cache, matrix_view<float> out,
                          const attention_options& options = {}, aqua_workspace* workspace = nullptr,
                          matrix_view<float> token_probs = {}) {
@@ -527,6 +533,7 @@ inline void dense_decode(matrix_view<const float> q, const kv_cache& cache, matr
 }
 
 /// AQUA prefill: q [Hq, M, d] are the queries of the cache's last M tokens; out [Hq, M, d].
+template <class = void>
 inline void aqua_prefill(tensor3_view<const float> q, const kv_cache& cache, const selection_spec& select,
                          tensor3_view<float> out, const aqua_options& options = {}) {
   constexpr const char* fn = "aqua::aqua_prefill";

@@ -148,6 +148,7 @@ void require_finite_rows(const tensor3_view<const T>& x, const char* fn, const c
 }
 
 /// Largest-magnitude entry of each column positive (first such entry on ties).
+template <class = void>
 inline void fix_column_signs(Eigen::MatrixXd& v) {
   for (index_t j = 0; j < v.cols(); ++j) {
     index_t best = 0;
@@ -206,24 +207,38 @@ public:
   /// Queries of every query head of `layer`: q [Hq, rows, d]. Query head h accumulates into KV
   /// head h / group_size(). Shapes are checked in any case; returns false (and reads no element)
   /// when the source excludes queries.
-  bool add_queries(index_t layer, tensor3_view<const float> q) { return add3(layer, q, true, "add_queries"); }
+  template <class = void>
+  bool add_queries(index_t layer, tensor3_view<const float> q) {
+    return add3(layer, q, true, "add_queries");
+  }
+  template <class = void>
   bool add_queries(index_t layer, tensor3_view<const double> q) {
     return add3(layer, q, true, "add_queries");
   }
   /// Queries of one query head: q [rows, d].
+  template <class = void>
   bool add_queries(index_t layer, index_t query_head, matrix_view<const float> q) {
     return add2(layer, query_head, q, true, "add_queries");
   }
+  template <class = void>
   bool add_queries(index_t layer, index_t query_head, matrix_view<const double> q) {
     return add2(layer, query_head, q, true, "add_queries");
   }
   /// Keys of every KV head of `layer`: k [Hkv, rows, d]. Returns false when the source excludes keys.
-  bool add_keys(index_t layer, tensor3_view<const float> k) { return add3(layer, k, false, "add_keys"); }
-  bool add_keys(index_t layer, tensor3_view<const double> k) { return add3(layer, k, false, "add_keys"); }
+  template <class = void>
+  bool add_keys(index_t layer, tensor3_view<const float> k) {
+    return add3(layer, k, false, "add_keys");
+  }
+  template <class = void>
+  bool add_keys(index_t layer, tensor3_view<const double> k) {
+    return add3(layer, k, false, "add_keys");
+  }
   /// Keys of one KV head: k [rows, d].
+  template <class = void>
   bool add_keys(index_t layer, index_t kv_head, matrix_view<const float> k) {
     return add2(layer, kv_head, k, false, "add_keys");
   }
+  template <class = void>
   bool add_keys(index_t layer, index_t kv_head, matrix_view<const double> k) {
     return add2(layer, kv_head, k, false, "add_keys");
   }
@@ -323,6 +338,7 @@ private:
 public:
   /// Adds another calibrator's accumulated state (same shape, source and centering): calibrate
   /// shards separately, then merge. Not thread-safe (see the top of this header).
+  template <class = void>
   void merge(const calibrator& other) {
     constexpr const char* fn = "aqua::calibrator::merge";
     AQUA_CHECK(&other != this, fn, ": cannot merge a calibrator into itself");
@@ -590,6 +606,7 @@ inline std::vector<index_t> sample_rows(index_t rows, index_t take) {
   return idx;
 }
 
+template <class = void>
 inline Eigen::MatrixXd gather_rows(const matrix_view<const float>& x, const std::vector<index_t>& rows) {
   Eigen::MatrixXd out(static_cast<index_t>(rows.size()), x.extent(1));
   for (std::size_t r = 0; r < rows.size(); ++r)
@@ -617,6 +634,7 @@ public:
 
   /// Held-out vectors of one layer: q [Hq, rows_q, d], k [Hkv, rows_k, d] (same dump: queries are
   /// scored against the keys of their KV head). May be called several times per layer.
+  template <class = void>
   void add_layer(index_t layer, tensor3_view<const float> q, tensor3_view<const float> k) {
     constexpr const char* fn = "aqua::retention_evaluator::add_layer";
     AQUA_CHECK(layer >= 0 && layer < set_.layers(), fn, ": layer ", layer, " is outside [0, ", set_.layers(),
@@ -704,6 +722,7 @@ private:
                ")");
   }
 
+  template <class = void>
   static void score_head(const Eigen::MatrixXd& qp,
                          const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>& kpt,
                          const Eigen::MatrixXd& exact, std::vector<index_t>& order, Eigen::VectorXd& e,

@@ -119,6 +119,7 @@ class thread_pool final : public executor {
 public:
   static constexpr std::chrono::microseconds default_spin{50};
 
+  template <class = void>
   explicit thread_pool(int workers, std::chrono::microseconds spin = default_spin)
       : workers_(check_workers(workers)), spin_(spin) {
     AQUA_CHECK(spin.count() >= 0, "aqua::thread_pool: spin must not be negative, got ", spin.count(), " us");

@@ -114,6 +114,7 @@ public:
 
   /// One AQUA decode step that also feeds the policy: aqua_decode(q, cache, select, out, options)
   /// with its token probabilities written to the policy's buffer and accumulated.
+  template <class = void>
   void decode(matrix_view<const float> q, const kv_cache& cache, const selection_spec& select,
               matrix_view<float> out, const aqua_options& options = {}) {
     AQUA_CHECK(cache.kv_heads() == hkv_, "aqua::h2o_policy::decode: the cache has ", cache.kv_heads(),

@@ -58,6 +58,7 @@ inline std::string projection_singular_values_name(index_t layer, index_t kv_hea
 }
 
 /// Writes `set` to `path` (replaced atomically). User metadata keys must not start with "aqua.".
+template <class = void>
 inline void save_projection_set(const std::string& path, const projection_set& set) {
   constexpr const char* fn = "aqua::save_projection_set";
   AQUA_CHECK(!set.empty(), fn, ": the projection set is empty (default-constructed)");
@@ -113,6 +114,7 @@ inline std::uint64_t parse_metadata_uint(const std::map<std::string, std::string
 namespace detail {
 
 /// The one implementation behind both load_projection_set overloads.
+template <class = void>
 inline projection_set load_projection_set(byte_source& in) {
   constexpr const char* fn = "aqua::load_projection_set";
   const std::string where = detail::concat(fn, ": ", in.path());
@@ -227,6 +229,7 @@ inline projection_set load_projection_set(byte_source& in) {
 }  // namespace detail
 
 /// Reads and validates a projection file written by save_projection_set.
+template <class = void>
 inline projection_set load_projection_set(const std::string& path) {
   detail::byte_source in(path, "aqua::load_projection_set");
   return detail::load_projection_set(in);
@@ -234,6 +237,7 @@ inline projection_set load_projection_set(const std::string& path) {
 
 /// The same from the bytes of such a file in memory (`size` bytes at `data`, not kept); errors
 /// name the data "<memory: N bytes>".
+template <class = void>
 inline projection_set load_projection_set(const void* data, std::size_t size) {
   detail::byte_source in(data, size, detail::byte_source::memory_name(size), "aqua::load_projection_set");
   return detail::load_projection_set(in);
@@ -368,6 +372,7 @@ std::vector<T> read_npy_elements(byte_source& in, const npy_header& h, const std
 }
 
 /// The one implementation behind both read_npy overloads.
+template <class = void>
 inline npy_array read_npy(byte_source& in) {
   constexpr const char* fn = "aqua::read_npy";
   const npy_header h = read_npy_header(in, fn);
@@ -384,6 +389,7 @@ inline npy_array read_npy(byte_source& in) {
 }  // namespace detail
 
 /// Reads a .npy file (see the top of this header for what is accepted).
+template <class = void>
 inline npy_array read_npy(const std::string& path) {
   detail::byte_source in(path, "aqua::read_npy");
   return detail::read_npy(in);
@@ -391,18 +397,21 @@ inline npy_array read_npy(const std::string& path) {
 
 /// The same from the bytes of a .npy file in memory (`size` bytes at `data`, not kept); errors
 /// name the data "<memory: N bytes>".
+template <class = void>
 inline npy_array read_npy(const void* data, std::size_t size) {
   detail::byte_source in(data, size, detail::byte_source::memory_name(size), "aqua::read_npy");
   return detail::read_npy(in);
 }
 
 /// Reads a .npy file and converts it to float32.
+template <class = void>
 inline npy_array read_npy_float(const std::string& path) {
   npy_array a = read_npy(path);
   a.convert_to_float();
   return a;
 }
 /// The same from .npy bytes in memory.
+template <class = void>
 inline npy_array read_npy_float(const void* data, std::size_t size) {
   npy_array a = read_npy(data, size);
   a.convert_to_float();

@@ -140,6 +140,7 @@ public:
   /// column j the projected dimension j (columns by decreasing importance); k~ = k P. The bases are
   /// copied (only their first r columns). A basis that is not orthogonal (max |P^T P - I| above
   /// 1e-3) is an aqua::error: with it, keeping every dimension would not be exact attention.
+  template <class = void>
   explicit kv_cache(const std::vector<matrix_view<const float>>& projections,
                     const kv_cache_options& options = {}) {
     constexpr const char* fn = "aqua::kv_cache";
@@ -321,6 +322,7 @@ public:
   /// projected here, in float, then rounded to the key storage type. Non-finite keys or values are
   /// rejected (aqua::error) before anything is stored, so kernels never need to scan the cache;
   /// a finite value beyond the storage range (f16: |x| > 65504) is rejected likewise.
+  template <class = void>
   void append(tensor3_view<const float> keys, tensor3_view<const float> values) {
     constexpr const char* fn = "aqua::kv_cache::append";
     detail::require_data(keys, fn, "keys");
@@ -461,6 +463,7 @@ private:
   }
 
   /// Projects the keys of every head into scratch_ [Hkv * count, r] (float), checking the f16 range.
+  template <class = void>
   void project_keys(const tensor3_view<const float>& keys, index_t count, const char* fn) {
     scratch_.resize(hkv_ * count, rank_);
     for (index_t h = 0; h < hkv_; ++h) {

@@ -28,6 +28,7 @@ struct attention_part {
 /// zeros and L = -inf, as attention whose keys are all masked out. A NaN or +inf lse, a non-finite
 /// output value, or shapes that disagree are an aqua::error. `out` may alias one part's output
 /// only if it is that part's exact view (rows are read before they are written).
+template <class = void>
 inline void merge_attention(const std::vector<attention_part>& parts, matrix_view<float> out,
                             vector_view<float> lse = {}) {
   constexpr const char* fn = "aqua::merge_attention";

@@ -58,6 +58,7 @@ inline calibration_source parse_calibration_source(const std::string& text) {
 namespace detail {
 
 /// Largest |P^T P - I| entry, computed in double.
+template <class = void>
 inline double orthogonality_error(const row_matrix<float>& p) {
   const Eigen::MatrixXd pd = p.cast<double>();
   const Eigen::MatrixXd gram = pd.transpose() * pd;
@@ -115,6 +116,7 @@ public:
   /// Takes a d x d basis and its d singular values. Throws aqua::error unless the basis is square
   /// and orthogonal within orthogonality_tolerance, and the singular values are finite,
   /// non-negative and non-increasing.
+  template <class = void>
   head_projection(row_matrix<float> basis, Eigen::VectorXd singular_values)
       : basis_(std::move(basis)), singular_values_(std::move(singular_values)) {
     constexpr const char* fn = "aqua::head_projection";
@@ -175,15 +177,20 @@ public:
   const Eigen::VectorXd& singular_values() const noexcept { return singular_values_; }
 
   /// Largest |P^T P - I| entry (in double).
-  double orthogonality_error() const { return detail::orthogonality_error(basis_); }
+  template <class = void>
+  double orthogonality_error() const {
+    return detail::orthogonality_error(basis_);
+  }
 
   /// out = x P for one vector of length d (contiguous). x and out must not overlap.
+  template <class = void>
   void project(const float* x, float* out) const noexcept {
     const index_t n = d();
     Eigen::Map<Eigen::RowVectorXf>(out, n).noalias() = Eigen::Map<const Eigen::RowVectorXf>(x, n) * basis_;
   }
 
   /// out = x P for one (possibly strided) vector of length d.
+  template <class = void>
   void project(vector_view<const float> x, vector_view<float> out) const {
     constexpr const char* fn = "aqua::head_projection::project";
     check_vector(x, "x", fn);
@@ -197,6 +204,7 @@ public:
 
   /// out = X P for a batch of rows X [rows, d] (one Eigen GEMM). Views may be strided; out must
   /// not overlap x.
+  template <class = void>
   void project_rows(matrix_view<const float> x, matrix_view<float> out) const {
     constexpr const char* fn = "aqua::head_projection::project_rows";
     check_not_empty(fn);
@@ -211,6 +219,7 @@ public:
   }
 
   /// Returns X P for a batch of rows X [rows, d].
+  template <class = void>
   row_matrix<float> project_rows(matrix_view<const float> x) const {
     row_matrix<float> out(x.extent(0), d());
     project_rows(x, view_of(out));

@@ -43,6 +43,7 @@ std::vector<index_t> top_indices(const T* x, index_t n, index_t count) {
 /// itself for an identity cache), logits scale * q~ . k~_j over every stored token, softmax (max
 /// subtracted), out = sum_j p_j v_j. With r = d and an orthogonal P this is exact attention on
 /// the raw keys. out [hq * d] and logits [hq * n] are resized.
+template <class = void>
 inline void exact_attention_over_cache(matrix_view<const float> q, const kv_cache& cache, double scale,
                                        std::vector<double>& out, std::vector<double>& logits) {
   const index_t hq = q.extent(0), d = q.extent(1), n = cache.size(), r = cache.rank();
@@ -88,6 +89,7 @@ inline void exact_attention_over_cache(matrix_view<const float> q, const kv_cach
 /// exact when the cache keeps r = d dims). Attended tokens are ranked per query head by their
 /// logits (softmax preserves the order): the exact ones in double, AQUA's as its kernel computed
 /// them; ties go to the lower token index.
+template <class = void>
 inline attention_quality aqua_decode_quality(matrix_view<const float> q, const kv_cache& cache,
                                              const selection_spec& select, const aqua_options& options = {}) {
   constexpr const char* fn = "aqua::aqua_decode_quality";

@@ -103,6 +103,7 @@ inline index_t key_block_bytes(const kv_cache& cache) {
 
 /// Selection of one query (or summed group) into ascending dims; returns the count.
 /// `mode_tile` picks whole tiles by energy instead of single dims.
+template <class = void>
 inline index_t select_dims(const float* weight, const double* energy, index_t r, index_t tile, bool mode_tile,
                            const selection_spec& spec, std::int32_t* rank_scratch, std::int32_t* dims_out) {
   if (!mode_tile) return select_ranked_ascending(weight, energy, r, spec, rank_scratch, dims_out);
@@ -151,6 +152,7 @@ struct decode_plan {
 
 /// Projects and scales the queries, selects dims and gathers the selected query values.
 /// `dense` uses every kept dim (exact attention over the cache).
+template <class = void>
 inline void plan_decode(const matrix_view<const float>& q, const kv_cache& cache, const selection_spec& spec,
                         selection_mode mode, bool dense, double scale, aqua_workspace& ws, decode_plan& p) {
   p.hq = q.extent(0);
@@ -228,6 +230,7 @@ inline double key_fraction(const decode_plan& p) {
 /// selections the fused kernel runs score, online softmax and value per 16-token block (its
 /// profile time is reported as score time); otherwise scores, softmax and values go per chunk of
 /// decode_chunk tokens.
+template <class = void>
 inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv, index_t t0, index_t t1,
                          aqua_workspace::worker& w, float* acc, float* m, double* l, float* logits_out,
                          attention_profile* prof) {
@@ -358,6 +361,7 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
 
 /// Query head h of a planned decode in double precision, probabilities normalised before the
 /// values are summed: the slow path for the rare head whose float value accumulator overflowed.
+template <class = void>
 inline void decode_head_double(const kv_cache& cache, const decode_plan& p, index_t h, float* o,
                                index_t o_stride) {
   const index_t kv = h / p.g, n = p.n, d = p.d, r = p.r;
@@ -383,6 +387,7 @@ inline void decode_head_double(const kv_cache& cache, const decode_plan& p, inde
 /// Runs a planned decode: work items are (KV head, token segment); segments exist only when the
 /// threads outnumber what the KV heads can split evenly, and are merged exactly
 /// (max, rescaled normalisers, rescaled partial outputs).
+template <class = void>
 inline void run_decode(const kv_cache& cache, const decode_plan& p, executor& exec, aqua_workspace& ws,
                        const matrix_view<float>& out, const matrix_view<float>& token_probs,
                        const vector_view<float>& lse, attention_profile* prof) {
@@ -493,6 +498,7 @@ inline void run_decode(const kv_cache& cache, const decode_plan& p, executor& ex
 /// the block; w.group_union[gi] is its union size, 0 where its queries are scored alone. The union
 /// rows and weights of the group whose first query is i are at w.union_rows / w.qunion + i * r
 /// (weights [query][dim of the union]). Returns the number of groups.
+template <class = void>
 inline index_t group_queries(aqua_workspace::worker& w, index_t rows, index_t r, const kv_cache& cache,
                              index_t kv) {
   const index_t ratio_num =
@@ -546,6 +552,7 @@ inline index_t group_queries(aqua_workspace::worker& w, index_t rows, index_t r,
 struct widened_rows {
   index_t head = -1, count = 0;
 };
+template <class = void>
 inline const float* widened_values(const kv_cache& cache, index_t kv, index_t rows, aqua_workspace::worker& w,
                                    widened_rows& state) {
   if (cache.value_type() == storage_type::f32) return cache.values(kv);
@@ -563,6 +570,7 @@ inline const float* widened_values(const kv_cache& cache, index_t kv, index_t ro
 
 /// AQUA causal / full prefill: per (query head, block of query rows), per-query selection, scores
 /// over the tiles, softmax, then P V by Eigen GEMM on the token-major values.
+template <class = void>
 inline void run_prefill(const tensor3_view<const float>& q, const kv_cache& cache, const selection_spec& spec,
                         bool tile_mode, bool causal, double scale, executor& exec, aqua_workspace& ws,
                         const tensor3_view<float>& out, attention_profile* prof,

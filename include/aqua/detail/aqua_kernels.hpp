@@ -197,6 +197,7 @@ void fused_decode_heads(int heads, bool lists, const fused_args& a, index_t b_be
 
 /// Fused decode for `heads` (1..4) heads; false when only the chunked path applies (no AVX2, a
 /// head dim the vectors do not divide, or keys and values stored in different types).
+template <class = void>
 inline bool fused_decode(int heads, bool lists, const fused_args& a, storage_type key_type,
                          storage_type value_type, index_t b_begin, index_t b_end, float* m, double* l,
                          float* acc, index_t acc_stride) {
@@ -266,6 +267,7 @@ void score_heads(int heads, bool stream, const unsigned char* const* rows, index
 
 /// Scores for `heads` (<= 4) heads sharing one row list. `stream` (decode: keys come from DRAM)
 /// adds software prefetch of the rows a few blocks ahead; prefill's keys sit in cache.
+template <class = void>
 inline void score_dispatch(int heads, storage_type key_type, const unsigned char* const* rows, index_t ns,
                            const float* q, index_t q_stride, index_t block_bytes, index_t b0, index_t nb,
                            float* scores, index_t score_stride, bool stream = false,
@@ -294,6 +296,7 @@ inline void score_dispatch(int heads, storage_type key_type, const unsigned char
 }
 
 /// Scores for `heads` (<= 4) heads, each with its own list of `ns` rows (per-head selection).
+template <class = void>
 inline void score_lists_dispatch(int heads, storage_type key_type, const unsigned char* const* rows,
                                  index_t list_stride, index_t ns, const float* q, index_t q_stride,
                                  index_t block_bytes, index_t b0, index_t nb, float* scores,
@@ -328,6 +331,7 @@ inline void score_lists_dispatch(int heads, storage_type key_type, const unsigne
 
 /// Scores of `heads` (<= 4) query heads (scaled rows q + h * d) against `count` token-major key
 /// rows `ld` elements apart: scores[h * score_stride + j] = q_h . k_j.
+template <class = void>
 inline void score_rows_dispatch(int heads, storage_type key_type, const unsigned char* keys, index_t ld,
                                 index_t count, const float* q, index_t d, float* scores, index_t score_stride,
                                 const rows_l2_prefetch& side = {}) {
@@ -361,6 +365,7 @@ inline void score_rows_dispatch(int heads, storage_type key_type, const unsigned
 
 /// acc = alpha * acc + p V for `heads` (<= 4) heads over cnt value rows (elements of value_type,
 /// `ld` elements apart; ld < 0 means d).
+template <class = void>
 inline void value_dispatch(int heads, storage_type value_type, const unsigned char* v, index_t d, index_t cnt,
                            const float* p, index_t p_stride, float* acc, index_t acc_stride,
                            const float* alpha, index_t ld = -1, const rows_l2_prefetch& side = {}) {

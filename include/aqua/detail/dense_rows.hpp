@@ -28,6 +28,7 @@ constexpr index_t dense_rows_interleaved_chunk = 32;
 
 /// One query head (scaled query q, d floats) in double, probabilities normalised before the values
 /// are summed: the slow path for the rare head whose float value accumulator overflowed.
+template <class = void>
 inline void dense_rows_head_double(const float* q, index_t d, storage_type key_type,
                                    const unsigned char* keys, index_t k_ld, storage_type value_type,
                                    const unsigned char* values, index_t v_ld, index_t n, const float* mask,
@@ -90,6 +91,7 @@ struct rows_source {
 /// holds 4 x dense_rows_chunk floats. The score pass requests `during_scores` into L2 as it goes,
 /// the value pass `during_values`: the rows of the stream the next pass reads, so that DRAM keeps
 /// serving two streams instead of one per pass with a stall at each change.
+template <class = void>
 inline void rows_step(rows_group& g, const rows_source& src, index_t t, index_t cnt, float* scores,
                       const rows_l2_prefetch& during_scores, const rows_l2_prefetch& during_values) {
   constexpr index_t C = dense_rows_chunk;
@@ -124,6 +126,7 @@ inline void rows_step(rows_group& g, const rows_source& src, index_t t, index_t 
 }
 
 /// The group's outputs: acc / l per head (zeros for a fully masked head, NaN carried through).
+template <class = void>
 inline void rows_finish(const rows_group& g, const rows_source& src, float* out, index_t out_stride,
                         index_t out_inner, const vector_view<float>& lse) {
   const index_t d = src.d;

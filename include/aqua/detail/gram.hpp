@@ -33,6 +33,7 @@ inline index_t gram_ld(index_t d) noexcept {
 }
 
 /// Portable kernel: Eigen's symmetric rank-k update of the lower triangle.
+template <class = void>
 inline void gram_update_portable(const double* a, index_t rows, index_t d, index_t ld, double* c) {
   using map_t = Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>,
                            Eigen::Unaligned, Eigen::OuterStride<>>;
@@ -131,6 +132,7 @@ inline bool gram_simd_available() noexcept {
 }
 
 /// C += A^T A (see the top of this file for the layout).
+template <class = void>
 inline void gram_update(const double* a, index_t rows, index_t d, index_t ld, double* c) {
   if (rows <= 0) return;
 #if AQUA_DETAIL_GRAM_X86

@@ -158,6 +158,7 @@ private:
 };
 
 /// Reads and validates the preamble and header of .npy bytes (a file or memory).
+template <class = void>
 inline npy_header read_npy_header(byte_source& in, const char* fn) {
   const std::string where = concat(fn, ": ", in.path());
   unsigned char pre[12] = {};

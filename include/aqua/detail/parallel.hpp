@@ -19,6 +19,7 @@ namespace detail {
 /// The process-wide pool of `workers` workers behind `threads = workers` without an executor:
 /// created on first use, reused by every later call, never destroyed (its threads sleep until the
 /// process exits, so static destructors that still call aqua find it alive). One per distinct size.
+template <class = void>
 inline thread_pool& shared_thread_pool(int workers) {
   static std::mutex* const lock = new std::mutex;
   static auto* const pools = new std::map<int, std::unique_ptr<thread_pool>>;
@@ -35,6 +36,7 @@ inline executor& calling_thread_executor() {
 
 /// The executor a call runs on: the caller's (then threads must stay 1: one meaning per call), the
 /// calling thread alone for threads = 1, or the shared pool of that size.
+template <class = void>
 inline executor& resolve_executor(executor* exec, int threads, const char* fn) {
   AQUA_CHECK(threads >= 1, fn, ": threads must be at least 1, got ", threads);
   if (exec != nullptr) {

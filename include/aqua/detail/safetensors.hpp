@@ -48,6 +48,7 @@ struct safetensors_file {
 constexpr std::uint64_t safetensors_max_header = 100'000'000;
 
 /// Parses and validates safetensors bytes (a file or memory); the data section is copied out.
+template <class = void>
 inline safetensors_file read_safetensors(byte_source& in, const char* fn) {
   const std::string where = concat(fn, ": ", in.path());
   AQUA_CHECK(in.size() >= 8, where, ": the file has ", in.size(),
@@ -150,6 +151,7 @@ struct safetensors_output {
 
 /// Writes the tensors in the given order, header padded with spaces so the data section starts at
 /// a multiple of 8 bytes.
+template <class = void>
 inline void write_safetensors(const std::string& path, const std::map<std::string, std::string>& metadata,
                               const std::vector<safetensors_output>& tensors, const char* fn) {
   nlohmann::json header = nlohmann::json::object();
