@@ -5,8 +5,8 @@
 // alone, before the weights, the tokenizer or the text are loaded.
 #pragma once
 
+#include "aqua_tools/cli.hpp"
 #include "checkpoint.hpp"
-#include "common/cli.hpp"
 
 #include <cmath>
 #include <cstdio>
@@ -44,8 +44,8 @@ constexpr int max_dim = llama2c::checkpoint::max_dim;          // --k, --r, --ti
 /// "A-B" with 1 <= A <= B.
 inline bool parse_lines(const std::string& s, int& first, int& last) {
   const auto dash = s.find('-');
-  return dash != std::string::npos && aqua_cli::detail::parse_integer(s.substr(0, dash), first) &&
-         aqua_cli::detail::parse_integer(s.substr(dash + 1), last) && first >= 1 && first <= last;
+  return dash != std::string::npos && aqua_cli::internal::parse_integer(s.substr(0, dash), first) &&
+         aqua_cli::internal::parse_integer(s.substr(dash + 1), last) && first >= 1 && first <= last;
 }
 
 /// The options of aqua_llama into `app`, parsed into `o`.
@@ -192,7 +192,7 @@ inline void add_options(CLI::App& app, options& o) {
             "--rule energy (one threshold) has no per-head budget; use energy-head with --alloc dp");
       if (o.rule == "fixed" && o.alloc == "uniform" && o.budget != std::floor(o.budget))
         throw usage_error("--rule fixed with --alloc uniform needs a whole --budget, got " +
-                          aqua_cli::detail::real_text(o.budget));
+                          aqua_cli::internal::real_text(o.budget));
     }
   });
 }
@@ -200,7 +200,7 @@ inline void add_options(CLI::App& app, options& o) {
 /// The checks that depend on the model, from its header alone (throws aqua_cli::usage_error).
 inline void check_against_model(const options& o, const llama2c::config& c) {
   const auto over = [](const std::string& flag, double value, const std::string& limit) {
-    return aqua_cli::usage_error(flag + " " + aqua_cli::detail::real_text(value) + " exceeds the model's " +
+    return aqua_cli::usage_error(flag + " " + aqua_cli::internal::real_text(value) + " exceeds the model's " +
                                  limit);
   };
   const int d = c.head_dim();
