@@ -72,7 +72,8 @@ void check(const aqua_perf_report_cli::options& o) {
   require(o.plot.empty() || !o.sweep.empty());
 }
 void check(const aqua_quickstart_cli::options& o) {
-  require(o.hq >= 1 && o.hkv >= 1 && o.hq % o.hkv == 0 && o.d >= 1 && o.n >= 1 && threads_ok(o.threads));
+  require(o.hq >= 1 && o.hkv >= 1 && o.hq % o.hkv == 0 && o.d >= 1 && o.n >= 1 && o.k >= 1 && o.k <= o.d &&
+          threads_ok(o.threads));
 }
 
 template <class Options, class Add>
