@@ -15,8 +15,8 @@ namespace aqua_llama_policies_cli {
 
 struct options {
   std::string model, tokenizer, data_dir, ppl, lines;
-  int max_tokens = 512, windows = 1, threads = 1, block = 0;
-  int first_line = 0, last_line = 0;  // --lines A-B
+  int max_tokens = 512, windows = 1, block = 0;  // one thread: policy_attention is scalar
+  int first_line = 0, last_line = 0;             // --lines A-B
   bool json = false, max_tokens_given = false;
   // Evaluate a policy, or fit one on the --ppl text.
   std::string policy, fit_policy, basis = "queries", weight = "none", alloc = "uniform", rule = "fixed";
@@ -36,7 +36,6 @@ inline void add_options(CLI::App& app, options& o) {
   app.add_option("--tokenizer", o.tokenizer, "llama2.c tokenizer")->check(aqua_cli::readable_file());
   app.add_option("--data-dir", o.data_dir, "data directory (stories260K/, text/)")
       ->check(aqua_cli::readable_dir());
-  aqua_cli::threads(app, o.threads);
   app.add_flag("--json", o.json, "a JSON line with the result");
   app.add_option("--ppl", o.ppl,
                  "TEXT_FILE (a relative path missing here is looked up in the data directory)")
