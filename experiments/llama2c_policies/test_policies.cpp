@@ -60,7 +60,8 @@ TEST_CASE(
 }
 
 TEST_CASE(
-    "llama2c policy: a uniform k with identity bases equals the aqua backend; per-head counts are counted",
+    "llama2c policy: a uniform k with identity bases equals the aqua backend, and per-head counts are "
+    "counted",
     "[llama2c]") {
   temp_dir dir;
   const tiny_model m;
