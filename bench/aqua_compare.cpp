@@ -59,8 +59,8 @@
 #include <aqua/h2o.hpp>
 #include <aqua/kv_cache.hpp>
 
-#include "common/measure.hpp"
-#include "common/synthetic_data.hpp"
+#include "aqua_tools/measure.hpp"
+#include "aqua_tools/synthetic_data.hpp"
 #include "compare_cli.hpp"
 
 #include <algorithm>

@@ -6,7 +6,7 @@
 #include <aqua/kv_cache.hpp>
 #include <aqua/projection.hpp>
 
-#include "common/synthetic_data.hpp"
+#include "aqua_tools/synthetic_data.hpp"
 
 #include <benchmark/benchmark.h>
 

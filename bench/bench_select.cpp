@@ -7,7 +7,7 @@
 // and x^2 per dim: 2 per dim; the ranking's comparisons are not FLOPs and are not counted).
 #include <aqua/select.hpp>
 
-#include "common/synthetic_data.hpp"
+#include "aqua_tools/synthetic_data.hpp"
 
 #include <benchmark/benchmark.h>
 

@@ -6,7 +6,7 @@
 #include <aqua/config.hpp>
 #include <aqua/float16.hpp>
 
-#include "common/cli.hpp"
+#include "aqua_tools/cli.hpp"
 
 #include <cstddef>
 #include <string>
@@ -48,7 +48,7 @@ constexpr index_t max_tokens = index_t(1) << 24;  // --n, --m, --budget, --sweep
 constexpr index_t max_dim = 4096;                 // --d, --k, --tile
 constexpr index_t max_heads = 1024;               // --hq, --hkv
 
-namespace detail {
+namespace internal {
 
 inline aqua::storage_type storage_of(const std::string& name) {
   return name == "bf16"  ? aqua::storage_type::bf16
@@ -63,7 +63,7 @@ inline bool parse_bytes(const std::string& s, std::size_t& out) {
   const std::size_t scale = unit == 'K' ? 1u << 10 : unit == 'M' ? 1u << 20 : unit == 'G' ? 1u << 30 : 1;
   const std::string digits = scale == 1 ? s : s.substr(0, s.size() - 1);
   std::size_t v = 0;
-  if (!aqua_cli::detail::parse_integer(digits, v) || v > (std::size_t(1) << 34) / scale) return false;
+  if (!aqua_cli::internal::parse_integer(digits, v) || v > (std::size_t(1) << 34) / scale) return false;
   out = v * scale;
   return out >= 65536 && out <= (std::size_t(1) << 34);
 }
@@ -72,11 +72,12 @@ inline bool parse_bytes(const std::string& s, std::size_t& out) {
 inline bool parse_sweep_n(const std::string& s, index_t& lo, index_t& hi) {
   const auto colon = s.find(':');
   if (colon == std::string::npos) return false;
-  return aqua_cli::detail::parse_integer(s.substr(0, colon), lo) &&
-         aqua_cli::detail::parse_integer(s.substr(colon + 1), hi) && lo >= 16 && lo <= hi && hi <= max_tokens;
+  return aqua_cli::internal::parse_integer(s.substr(0, colon), lo) &&
+         aqua_cli::internal::parse_integer(s.substr(colon + 1), hi) && lo >= 16 && lo <= hi &&
+         hi <= max_tokens;
 }
 
-}  // namespace detail
+}  // namespace internal
 
 /// The options of aqua_compare into `app`, parsed into `c`; the final callback checks the
 /// combinations and fills the defaults that depend on --sweep-break-even.
@@ -128,28 +129,28 @@ inline void add_options(CLI::App& app, config& c) {
          "[default: auto]")
       ->check(CLI::IsMember({"auto", "l1", "l2"}));
   app.add_option_function<std::string>(
-         "--probe-bytes", [&c](const std::string& v) { detail::parse_bytes(v, c.probe_bytes); },
+         "--probe-bytes", [&c](const std::string& v) { internal::parse_bytes(v, c.probe_bytes); },
          "buffer of the bandwidth probe, 64K to 16G (K, M, G suffixes) [default: 1G]")
       ->check(CLI::Validator(
           [](std::string& v) -> std::string {
             std::size_t b = 0;
-            return detail::parse_bytes(v, b)
+            return internal::parse_bytes(v, b)
                        ? ""
                        : "'" + v + "' is not a size in 64K..16G (a number with an optional K, M or G suffix)";
           },
           "BYTES", "bytes"));
   auto* kv_type =
       app.add_option_function<std::string>(
-             "--kv-type", [&c](const std::string& v) { c.key_type = c.value_type = detail::storage_of(v); },
+             "--kv-type", [&c](const std::string& v) { c.key_type = c.value_type = internal::storage_of(v); },
              "storage of keys and values: f32, bf16 or f16 [default: f32]")
           ->check(CLI::IsMember({"f32", "bf16", "f16"}));
   app.add_option_function<std::string>(
-         "--key-type", [&c](const std::string& v) { c.key_type = detail::storage_of(v); },
+         "--key-type", [&c](const std::string& v) { c.key_type = internal::storage_of(v); },
          "storage of the keys alone: f32, bf16 or f16")
       ->check(CLI::IsMember({"f32", "bf16", "f16"}))
       ->excludes(kv_type);
   app.add_option_function<std::string>(
-         "--value-type", [&c](const std::string& v) { c.value_type = detail::storage_of(v); },
+         "--value-type", [&c](const std::string& v) { c.value_type = internal::storage_of(v); },
          "storage of the values alone: f32, bf16 or f16")
       ->check(CLI::IsMember({"f32", "bf16", "f16"}))
       ->excludes(kv_type);
@@ -163,12 +164,12 @@ inline void add_options(CLI::App& app, config& c) {
   auto* sweep =
       app.add_flag("--sweep-break-even", c.sweep, "measure the break-even N for each k and selection");
   app.add_option_function<std::string>(
-         "--sweep-n", [&c](const std::string& v) { detail::parse_sweep_n(v, c.sweep_min, c.sweep_max); },
+         "--sweep-n", [&c](const std::string& v) { internal::parse_sweep_n(v, c.sweep_min, c.sweep_max); },
          "MIN:MAX of the sweep, doubling [default: 64:32768]")
       ->check(CLI::Validator(
           [](std::string& v) -> std::string {
             index_t lo = 0, hi = 0;
-            return detail::parse_sweep_n(v, lo, hi)
+            return internal::parse_sweep_n(v, lo, hi)
                        ? ""
                        : "'" + v + "' is not MIN:MAX with 16 <= MIN <= MAX <= " + std::to_string(max_tokens);
           },

@@ -12,7 +12,7 @@
 // thread count, measured speedup (solid, dots) and the model's byte ratio (dashed) per k and mode.
 #include <aqua/cost_model.hpp>
 
-#include "common/svg_plot.hpp"
+#include "aqua_tools/svg_plot.hpp"
 #include "perf_report_cli.hpp"
 
 #include <nlohmann/json.hpp>

@@ -5,7 +5,7 @@
 
 #include <aqua/calibrate.hpp>
 
-#include "common/cli.hpp"
+#include "aqua_tools/cli.hpp"
 
 #include <string>
 

@@ -2,7 +2,7 @@
 // and the argument-vector fuzz target (tests/fuzz/fuzz_cli.cpp).
 #pragma once
 
-#include "common/cli.hpp"
+#include "aqua_tools/cli.hpp"
 
 #include <string>
 

@@ -8,7 +8,7 @@
 // Run with --help for every option.
 #include <aqua/cost_model.hpp>
 
-#include "common/svg_plot.hpp"
+#include "aqua_tools/svg_plot.hpp"
 #include "cost/cost_cli.hpp"
 
 #include <algorithm>

@@ -5,7 +5,7 @@
 
 #include <aqua/cost_model.hpp>
 
-#include "common/cli.hpp"
+#include "aqua_tools/cli.hpp"
 
 #include <cstdint>
 #include <optional>

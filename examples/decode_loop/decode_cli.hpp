@@ -5,7 +5,7 @@
 
 #include <aqua/config.hpp>
 
-#include "common/cli.hpp"
+#include "aqua_tools/cli.hpp"
 
 #include <algorithm>
 #include <string>

@@ -31,8 +31,8 @@
 #include <aqua/h2o.hpp>
 #include <aqua/kv_cache.hpp>
 
-#include "common/measure.hpp"
-#include "common/synthetic_data.hpp"
+#include "aqua_tools/measure.hpp"
+#include "aqua_tools/synthetic_data.hpp"
 #include "decode_loop/decode_cli.hpp"
 
 #include <Eigen/Core>

@@ -23,6 +23,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -44,7 +45,16 @@ struct config {
   int group_size() const { return n_heads / n_kv_heads; }
 };
 
-namespace detail {
+// The engine's own helpers (not aqua's API).
+namespace internal {
+
+/// The streamable arguments concatenated into one message string.
+template <class... Args>
+std::string concat(const Args&... args) {
+  std::ostringstream os;
+  (os << ... << args);
+  return os.str();
+}
 
 /// a * b + c on non-negative 64-bit counts; throws instead of wrapping.
 inline std::uint64_t checked_mul_add(std::uint64_t a, std::uint64_t b, std::uint64_t c,
@@ -71,7 +81,7 @@ inline std::vector<char> read_file_bytes(const std::string& path, const char* wh
   return bytes;
 }
 
-}  // namespace detail
+}  // namespace internal
 
 /// A loaded checkpoint: the config and one float buffer the weight accessors point into.
 class checkpoint {
@@ -86,7 +96,7 @@ public:
 
   /// Reads and validates `path`; throws aqua::error naming the file and the problem.
   static checkpoint load(const std::string& path) {
-    const std::vector<char> bytes = detail::read_file_bytes(path, "checkpoint");
+    const std::vector<char> bytes = internal::read_file_bytes(path, "checkpoint");
     return load(bytes.data(), bytes.size(), path);
   }
 
@@ -143,8 +153,8 @@ public:
   /// Exact size in bytes of a checkpoint with this config (throws on overflow).
   static std::uint64_t expected_file_size(const config& c, const std::string& path = "") {
     std::uint64_t floats = 0;
-    for (const auto& t : tensor_sizes(c)) floats = detail::checked_mul_add(t.first, t.second, floats, path);
-    return detail::checked_mul_add(floats, 4, header_bytes, path);
+    for (const auto& t : tensor_sizes(c)) floats = internal::checked_mul_add(t.first, t.second, floats, path);
+    return internal::checked_mul_add(floats, 4, header_bytes, path);
   }
 
   const config& cfg() const { return cfg_; }
@@ -171,10 +181,10 @@ private:
   };
 
   static std::string header_string(const config& c) {
-    return aqua::detail::concat("dim=", c.dim, " hidden_dim=", c.hidden_dim, " n_layers=", c.n_layers,
-                                " n_heads=", c.n_heads, " n_kv_heads=", c.n_kv_heads,
-                                " vocab_size=", c.shared_classifier ? "" : "-", c.vocab_size,
-                                " seq_len=", c.seq_len);
+    return internal::concat("dim=", c.dim, " hidden_dim=", c.hidden_dim, " n_layers=", c.n_layers,
+                            " n_heads=", c.n_heads, " n_kv_heads=", c.n_kv_heads,
+                            " vocab_size=", c.shared_classifier ? "" : "-", c.vocab_size,
+                            " seq_len=", c.seq_len);
   }
 
   static config parse_header(const std::int32_t (&h)[7], const std::string& path) {

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -203,6 +204,52 @@ inline std::string resolve_data_dir(const std::string& flag, const std::string& 
   if (is_directory("../shared/data")) return "../shared/data";
   if (!repo_root.empty() && is_directory(repo_root + "/../shared/data")) return repo_root + "/../shared/data";
   return {};
+}
+
+inline bool exists(const std::string& path) {
+  std::error_code ec;
+  return std::filesystem::exists(path, ec);
+}
+
+/// `path` unless it is missing, relative, and present in the data directory.
+inline std::string in_data_dir(const std::string& path, const std::string& data_dir) {
+  if (exists(path) || data_dir.empty() || path.empty() || path[0] == '/') return path;
+  const std::string candidate = data_dir + "/" + path;
+  return exists(candidate) ? candidate : path;
+}
+
+/// JSON string literal; bytes that are not valid UTF-8 (byte-fallback tokens can split a code
+/// point) become U+FFFD so the line stays valid JSON.
+inline std::string json_string(const std::string& s) {
+  std::string out = "\"";
+  for (std::size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += static_cast<char>(c);
+      ++i;
+    } else if (c < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+      ++i;
+    } else if (c < 0x80) {
+      out += static_cast<char>(c);
+      ++i;
+    } else {
+      const std::size_t len = c >= 0xF0 && c < 0xF5 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 && c < 0xE0 ? 2 : 0;
+      bool ok = len > 0 && c < 0xF5 && i + len <= s.size();
+      for (std::size_t j = 1; ok && j < len; ++j) ok = (static_cast<unsigned char>(s[i + j]) & 0xC0) == 0x80;
+      if (ok) {
+        out.append(s, i, len);
+        i += len;
+      } else {
+        out += "\xEF\xBF\xBD";
+        ++i;
+      }
+    }
+  }
+  return out + "\"";
 }
 
 }  // namespace llama2c

@@ -5,8 +5,8 @@
 // alone, before the weights, the tokenizer or the text are loaded.
 #pragma once
 
+#include "aqua_tools/cli.hpp"
 #include "checkpoint.hpp"
-#include "common/cli.hpp"
 
 #include <cmath>
 #include <cstdio>
@@ -28,9 +28,6 @@ struct options {
   // H2O eviction under AQUA attention (aqua_attention.hpp): tokens kept per KV head, recent ones
   // among them (-1: half the budget, rounded down).
   int h2o_budget = 0, h2o_recent = -1;
-  // Selection policies (policy.hpp): evaluate one, or fit one on the --ppl text.
-  std::string policy, fit_policy, basis = "queries", weight = "none", alloc = "uniform", rule = "fixed";
-  double budget = 0;
   int first_line = 0, last_line = 0;  // --lines A-B
   // Given explicitly: then larger than the model's context is an error; the defaults (256 steps,
   // 512 tokens) are capped at the context of a smaller model.
@@ -44,8 +41,8 @@ constexpr int max_dim = llama2c::checkpoint::max_dim;          // --k, --r, --ti
 /// "A-B" with 1 <= A <= B.
 inline bool parse_lines(const std::string& s, int& first, int& last) {
   const auto dash = s.find('-');
-  return dash != std::string::npos && aqua_cli::detail::parse_integer(s.substr(0, dash), first) &&
-         aqua_cli::detail::parse_integer(s.substr(dash + 1), last) && first >= 1 && first <= last;
+  return dash != std::string::npos && aqua_cli::internal::parse_integer(s.substr(0, dash), first) &&
+         aqua_cli::internal::parse_integer(s.substr(dash + 1), last) && first >= 1 && first <= last;
 }
 
 /// The options of aqua_llama into `app`, parsed into `o`.
@@ -124,31 +121,14 @@ inline void add_options(CLI::App& app, options& o) {
   auto* h2o_recent = aqua_cli::integer(app, "--h2o-recent", o.h2o_recent, 0, max_context,
                                        "H2O: the W most recent of the B tokens, in [0, B] (default B / 2)");
   h2o_recent->default_str("");
-  auto* policy = app.add_option("--policy", o.policy, "AQUA attention under a policy written by --fit-policy")
-                     ->check(aqua_cli::readable_file());
-  auto* fit = app.add_option("--fit-policy", o.fit_policy,
-                             "fit a selection policy on the --ppl text (exact attention) and write it to OUT")
-                  ->check(aqua_cli::writable_file());
-  policy->excludes(projection)->excludes(identity)->excludes(fit);
-  auto* basis = aqua_cli::choice(app, "--basis", o.basis, {"identity", "queries", "joint", "joint-centered"},
-                                 "--fit-policy: basis of the projection");
-  auto* weight = aqua_cli::choice(app, "--weight", o.weight, {"none", "key-rms", "key-std"},
-                                  "--fit-policy: weight of the selection score");
-  auto* budget =
-      aqua_cli::real(app, "--budget", o.budget, 1, max_dim, "--fit-policy: mean dims per query head");
-  budget->default_str("");
-  auto* alloc = aqua_cli::choice(app, "--alloc", o.alloc, {"uniform", "dp", "lagrange"},
-                                 "--fit-policy: allocation of the budget over heads");
-  auto* rule = aqua_cli::choice(app, "--rule", o.rule, {"fixed", "energy", "energy-head"},
-                                "--fit-policy: fixed counts, one energy threshold or one per head");
   app.callback([&o, prompt, steps, ppl, lines, max_tokens, windows, block, dump, k, energy, select, r, tile,
-                h2o_budget, h2o_recent, fit, basis, weight, budget, alloc, rule] {
+                h2o_budget, h2o_recent] {
     using aqua_cli::usage_error;
     o.generate = ppl->count() == 0;
     o.steps_given = steps->count() > 0;
     o.max_tokens_given = max_tokens->count() > 0;
     if (o.generate) {
-      for (const auto* opt : {lines, max_tokens, windows, block, dump, fit})
+      for (const auto* opt : {lines, max_tokens, windows, block, dump})
         if (opt->count() > 0) throw usage_error(opt->get_name() + " needs --ppl");
     } else {
       for (const auto* opt : {prompt, steps})
@@ -180,27 +160,13 @@ inline void add_options(CLI::App& app, options& o) {
     if (o.r > 0 && o.tile > 0 && o.r % o.tile != 0)
       throw usage_error("--r " + std::to_string(o.r) + " must be a multiple of --tile " +
                         std::to_string(o.tile));
-    if (fit->count() == 0) {
-      for (const auto* opt : {basis, weight, budget, alloc, rule})
-        if (opt->count() > 0) throw usage_error(opt->get_name() + " needs --fit-policy");
-    } else {
-      if (budget->count() == 0) throw usage_error("--fit-policy needs --budget K");
-      if (o.alloc == "lagrange" && o.rule != "energy-head")
-        throw usage_error("--alloc lagrange needs --rule energy-head");
-      if (o.rule == "energy" && o.alloc == "dp")
-        throw usage_error(
-            "--rule energy (one threshold) has no per-head budget; use energy-head with --alloc dp");
-      if (o.rule == "fixed" && o.alloc == "uniform" && o.budget != std::floor(o.budget))
-        throw usage_error("--rule fixed with --alloc uniform needs a whole --budget, got " +
-                          aqua_cli::detail::real_text(o.budget));
-    }
   });
 }
 
 /// The checks that depend on the model, from its header alone (throws aqua_cli::usage_error).
 inline void check_against_model(const options& o, const llama2c::config& c) {
   const auto over = [](const std::string& flag, double value, const std::string& limit) {
-    return aqua_cli::usage_error(flag + " " + aqua_cli::detail::real_text(value) + " exceeds the model's " +
+    return aqua_cli::usage_error(flag + " " + aqua_cli::internal::real_text(value) + " exceeds the model's " +
                                  limit);
   };
   const int d = c.head_dim();
@@ -215,7 +181,6 @@ inline void check_against_model(const options& o, const llama2c::config& c) {
   if (o.k > d) throw over("--k", o.k, head_dim);
   if (o.r > 0 && o.k > o.r)
     throw aqua_cli::usage_error("--k " + std::to_string(o.k) + " is larger than --r " + std::to_string(o.r));
-  if (!o.fit_policy.empty() && o.budget > d) throw over("--budget", o.budget, head_dim);
 }
 
 }  // namespace aqua_llama_cli

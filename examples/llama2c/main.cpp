@@ -33,7 +33,6 @@
 #include "aqua_attention.hpp"
 #include "llama2c.hpp"
 #include "llama_cli.hpp"
-#include "policy.hpp"
 #include "qk_dump.hpp"
 
 #ifndef AQUA_LLAMA2C_REPO_ROOT
@@ -44,63 +43,8 @@ namespace {
 
 using aqua_llama_cli::options;
 
-bool exists(const std::string& path) {
-  std::error_code ec;
-  return std::filesystem::exists(path, ec);
-}
-
-/// `path` unless it is missing, relative, and present in the data directory.
-std::string in_data_dir(const std::string& path, const std::string& data_dir) {
-  if (exists(path) || data_dir.empty() || path.empty() || path[0] == '/') return path;
-  const std::string candidate = data_dir + "/" + path;
-  return exists(candidate) ? candidate : path;
-}
-
-/// JSON string literal; bytes that are not valid UTF-8 (byte-fallback tokens can split a code
-/// point) become U+FFFD so the line stays valid JSON.
-std::string json_string(const std::string& s) {
-  std::string out = "\"";
-  for (std::size_t i = 0; i < s.size();) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += static_cast<char>(c);
-      ++i;
-    } else if (c < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\u%04x", c);
-      out += buf;
-      ++i;
-    } else if (c < 0x80) {
-      out += static_cast<char>(c);
-      ++i;
-    } else {
-      const std::size_t len = c >= 0xF0 && c < 0xF5 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 && c < 0xE0 ? 2 : 0;
-      bool ok = len > 0 && c < 0xF5 && i + len <= s.size();
-      for (std::size_t j = 1; ok && j < len; ++j) ok = (static_cast<unsigned char>(s[i + j]) & 0xC0) == 0x80;
-      if (ok) {
-        out.append(s, i, len);
-        i += len;
-      } else {
-        out += "\xEF\xBF\xBD";
-        ++i;
-      }
-    }
-  }
-  return out + "\"";
-}
-
 /// Dense attention, or AQUA over projected caches built from the projection file (or identity).
 std::unique_ptr<llama2c::attention_backend> make_attention(const options& o, const llama2c::config& c) {
-  if (!o.policy.empty()) {
-    llama2c::selection_policy p = llama2c::selection_policy::load(o.policy);
-    AQUA_CHECK(
-        p.layers == c.n_layers && p.q_heads == c.n_heads && p.kv_heads == c.n_kv_heads && p.d == c.head_dim(),
-        "aqua_llama: the policy '", o.policy, "' is for ", p.layers, " layers, ", p.q_heads, "/", p.kv_heads,
-        " heads, d = ", p.d, " but the model has ", c.n_layers, ", ", c.n_heads, "/", c.n_kv_heads, ", ",
-        c.head_dim());
-    return std::make_unique<llama2c::policy_attention>(p, c.seq_len);
-  }
   if (!o.aqua()) return std::make_unique<llama2c::dense_attention>(o.threads);
   const aqua::projection_set projections =
       o.identity
@@ -126,7 +70,6 @@ std::unique_ptr<llama2c::attention_backend> make_attention(const options& o, con
 
 /// Mean dims kept per query: k, or the measured mean under energy selection.
 double mean_k(const options& o, const llama2c::attention_backend& attention) {
-  if (!o.policy.empty()) return static_cast<const llama2c::policy_attention&>(attention).mean_selected();
   if (!o.aqua()) return 0;
   if (o.energy > 0) return static_cast<const llama2c::aqua_attention&>(attention).mean_selected();
   return o.k;
@@ -139,108 +82,6 @@ std::string selection_text(const options& o, const llama2c::attention_backend& a
   else
     std::snprintf(buf, sizeof buf, "k = %d", o.k);
   return buf;
-}
-
-/// --fit-policy: two passes of exact attention over the calibration windows (moments, then errors
-/// and energy fractions under the fitted bases), then counts or thresholds per head.
-int fit_policy(const options& o, const llama2c::checkpoint& model,
-               const std::vector<std::vector<int>>& windows) {
-  const auto& c = model.cfg();
-  const int layers = c.n_layers, hq = c.n_heads, hkv = c.n_kv_heads, d = c.head_dim(), heads = layers * hq;
-  // The reference's 511-position rule: a window's last position predicts nothing, so its query
-  // (and key) stay out of the calibration rows.
-  auto run_windows = [&](llama2c::attention_backend& a) {
-    llama2c::transformer engine(model, a);
-    for (const auto& w : windows) {
-      engine.reset();
-      if (w.size() >= 2) engine.forward(w.data(), aqua::index_t(w.size()) - 1);
-    }
-  };
-  llama2c::moment_collector moments(layers, hq, hkv, d);
-  run_windows(moments);
-  const auto basis = o.basis == "joint"            ? llama2c::basis_kind::joint
-                     : o.basis == "joint-centered" ? llama2c::basis_kind::joint_centered
-                     : o.basis == "queries"        ? llama2c::basis_kind::queries
-                                                   : llama2c::basis_kind::identity;
-  const auto weight = o.weight == "key-rms"   ? llama2c::weight_kind::key_rms
-                      : o.weight == "key-std" ? llama2c::weight_kind::key_std
-                                              : llama2c::weight_kind::none;
-  llama2c::selection_policy p = llama2c::make_base_policy(moments, layers, hq, hkv, d, basis, weight);
-  llama2c::error_collector errors(p, model, o.alloc != "uniform");
-  run_windows(errors);
-
-  std::vector<double> target(std::size_t(heads), o.budget);
-  if (o.alloc == "dp") {
-    std::vector<std::vector<double>> err(static_cast<std::size_t>(heads),
-                                         std::vector<double>(static_cast<std::size_t>(d)));
-    for (int l = 0; l < layers; ++l)
-      for (int h = 0; h < hq; ++h)
-        for (int k = 1; k <= d; ++k) err[p.head_at(l, h)][std::size_t(k - 1)] = errors.error(l, h, k);
-    const auto counts = llama2c::allocate_counts(err, d, int(std::lround(o.budget * heads)));
-    for (int i = 0; i < heads; ++i) target[std::size_t(i)] = counts[std::size_t(i)];
-  }
-  double predicted = 0, calibration_k = 0;
-  for (int l = 0; l < layers; ++l)
-    for (int h = 0; h < hq; ++h) {
-      const std::size_t i = p.head_at(l, h);
-      if (o.rule == "fixed") {
-        p.k[i] = int(target[i]);
-        predicted += errors.error(l, h, p.k[i]);
-        calibration_k += p.k[i];
-      } else if (o.rule == "energy-head") {
-        p.k[i] = 0;
-        p.tau[i] = llama2c::threshold_for(errors.energy(l, h), d, target[i]);
-        calibration_k += llama2c::mean_count(errors.energy(l, h), d, p.tau[i]);
-      }
-    }
-  if (o.alloc == "lagrange") {
-    std::vector<const std::vector<float>*> cum, err;
-    for (int l = 0; l < layers; ++l)
-      for (int h = 0; h < hq; ++h)
-        cum.push_back(&errors.energy(l, h)), err.push_back(&errors.query_errors(l, h));
-    const auto taus = llama2c::lagrange_thresholds(cum, err, d, o.budget);
-    calibration_k = 0;
-    for (int l = 0; l < layers; ++l)
-      for (int h = 0; h < hq; ++h) {
-        const std::size_t i = p.head_at(l, h);
-        p.k[i] = 0;
-        p.tau[i] = taus[i];
-        calibration_k += llama2c::mean_count(errors.energy(l, h), d, p.tau[i]);
-      }
-  }
-  if (o.rule == "energy") {
-    std::vector<float> pooled;
-    for (int l = 0; l < layers; ++l)
-      for (int h = 0; h < hq; ++h)
-        pooled.insert(pooled.end(), errors.energy(l, h).begin(), errors.energy(l, h).end());
-    const double tau = llama2c::threshold_for(pooled, d, o.budget);
-    for (int i = 0; i < heads; ++i) p.k[std::size_t(i)] = 0, p.tau[std::size_t(i)] = tau;
-    calibration_k = llama2c::mean_count(pooled, d, tau) * heads;
-  }
-  calibration_k /= heads;
-  char buf[256];
-  std::snprintf(buf, sizeof buf, "basis %s, weight %s, budget %g, alloc %s, rule %s, %zu calibration windows",
-                o.basis.c_str(), o.weight.c_str(), o.budget, o.alloc.c_str(), o.rule.c_str(), windows.size());
-  p.description = buf;
-  p.save(o.fit_policy);
-  std::printf("policy %s: %s; mean k on calibration %.3f\n", o.fit_policy.c_str(), buf, calibration_k);
-  for (int l = 0; l < layers; ++l) {
-    std::printf("layer %d:", l);
-    for (int h = 0; h < hq; ++h) {
-      const std::size_t i = p.head_at(l, h);
-      if (p.k[i] > 0)
-        std::printf(" k%d", p.k[i]);
-      else
-        std::printf(" tau%.4f(k%.2f)", p.tau[i], llama2c::mean_count(errors.energy(l, h), d, p.tau[i]));
-    }
-    std::printf("\n");
-  }
-  if (o.alloc == "dp" && o.rule == "fixed")
-    std::printf("calibration residual error (sum over heads): %.6g\n", predicted);
-  if (o.json)
-    std::printf("{\"mode\": \"fit-policy\", \"policy\": %s, \"mean_k\": %.4f, \"windows\": %zu}\n",
-                json_string(o.fit_policy).c_str(), calibration_k, windows.size());
-  return 0;
 }
 
 int run(const options& o) {
@@ -256,7 +97,7 @@ int run(const options& o) {
   // Every flag is checked before anything is loaded: those that depend on the model against its
   // header, the text file (which may live in the data directory) for being readable.
   aqua_llama_cli::check_against_model(o, llama2c::checkpoint::read_config(model_path));
-  const std::string text_path = o.generate ? "" : in_data_dir(o.ppl, data_dir);
+  const std::string text_path = o.generate ? "" : llama2c::in_data_dir(o.ppl, data_dir);
   if (!o.generate) {
     std::string path = text_path;
     const std::string problem = aqua_cli::readable_file()(path);
@@ -288,7 +129,7 @@ int run(const options& o) {
                  static_cast<double>(g.tokens.size()) / s, attention->name());
     if (o.json)
       std::printf("{\"mode\": \"generate\", \"attention\": \"%s\", \"tokens\": %zu, \"text\": %s}\n",
-                  attention->name(), g.tokens.size(), json_string(g.text).c_str());
+                  attention->name(), g.tokens.size(), llama2c::json_string(g.text).c_str());
     return 0;
   }
 
@@ -296,7 +137,6 @@ int run(const options& o) {
                                            : llama2c::join_lines(llama2c::read_lines(text_path), o.first_line,
                                                                  o.last_line, text_path);
   const auto windows = llama2c::perplexity_windows(tok, text, std::min(o.max_tokens, c.seq_len), o.windows);
-  if (!o.fit_policy.empty()) return fit_policy(o, model, windows);
 
   llama2c::qk_dump dump(c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim());
   if (!o.dump_qk.empty())
@@ -322,7 +162,6 @@ int run(const options& o) {
     std::printf(
         "h2o: budget %d tokens per KV head (%d recent), %.0f tokens evicted per KV head over all layers\n",
         o.h2o_budget, o.h2o_recent, static_cast<const llama2c::aqua_attention&>(*attention).evicted_tokens());
-  if (!o.policy.empty()) std::printf("policy: %s, mean k %.4f\n", o.policy.c_str(), mean_k(o, *attention));
   if (!o.dump_qk.empty()) {
     std::filesystem::create_directories(o.dump_qk);
     const aqua::index_t rows = dump.write(o.dump_qk);
@@ -338,8 +177,8 @@ int run(const options& o) {
         "\"k\": %d, \"energy\": %g, \"mean_k\": %.4f, \"select\": \"%s\", \"r\": %d, \"block\": %d, "
         "\"h2o_budget\": %d, \"h2o_recent\": %d}\n",
         attention->name(), r.perplexity, r.mean_nll, r.tokens, r.predicted, windows.size(),
-        json_string(text_path).c_str(), json_string(o.lines).c_str(), o.k, o.energy, mean_k(o, *attention),
-        o.select.c_str(), o.r == 0 ? c.head_dim() : o.r, block, o.h2o_budget,
+        llama2c::json_string(text_path).c_str(), llama2c::json_string(o.lines).c_str(), o.k, o.energy,
+        mean_k(o, *attention), o.select.c_str(), o.r == 0 ? c.head_dim() : o.r, block, o.h2o_budget,
         o.h2o_budget > 0 ? o.h2o_recent : 0);
   return 0;
 }

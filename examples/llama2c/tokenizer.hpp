@@ -25,7 +25,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "checkpoint.hpp"  // detail::read_file_bytes
+#include "checkpoint.hpp"  // internal::read_file_bytes, internal::concat
 
 namespace llama2c {
 
@@ -40,7 +40,7 @@ public:
   /// the problem (truncated file, trailing bytes, i.e. a vocabulary size mismatch, bad lengths).
   static tokenizer load(const std::string& path, int vocab_size) {
     check_vocab_size(vocab_size, path);
-    const std::vector<char> bytes = detail::read_file_bytes(path, "tokenizer");
+    const std::vector<char> bytes = internal::read_file_bytes(path, "tokenizer");
     return load(bytes.data(), bytes.size(), vocab_size, path);
   }
 
@@ -56,8 +56,7 @@ public:
     std::size_t pos = 0;
     auto read_i32 = [&](const char* what, int token) {
       AQUA_CHECK(bytes.size() - pos >= 4, "llama2c tokenizer '", path, "': truncated at byte ", pos,
-                 " while reading ", what,
-                 token >= 0 ? aqua::detail::concat(" of token ", token) : std::string(),
+                 " while reading ", what, token >= 0 ? internal::concat(" of token ", token) : std::string(),
                  " (the model's vocab_size is ", vocab_size, "; a smaller tokenizer does not fit it)");
       std::int32_t v;
       std::memcpy(&v, bytes.data() + pos, 4);

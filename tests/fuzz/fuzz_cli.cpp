@@ -52,7 +52,6 @@ void check(const aqua_llama_cli::options& o) {
   if (o.aqua()) require((o.k >= 1) != (o.energy > 0) && o.energy <= 1);
   if (!o.aqua()) require(o.k == 0 && o.energy == 0 && o.r == 0 && o.tile == 0);
   require(o.lines.empty() || (o.first_line >= 1 && o.first_line <= o.last_line));
-  require(o.fit_policy.empty() || (o.budget >= 1 && !o.generate));
 }
 void check(const aqua_calibrate_cli::options& o) {
   require(threads_ok(o.threads) && o.max_queries >= 0 && o.max_keys >= 0);
@@ -72,7 +71,8 @@ void check(const aqua_perf_report_cli::options& o) {
   require(o.plot.empty() || !o.sweep.empty());
 }
 void check(const aqua_quickstart_cli::options& o) {
-  require(o.hq >= 1 && o.hkv >= 1 && o.hq % o.hkv == 0 && o.d >= 1 && o.n >= 1 && threads_ok(o.threads));
+  require(o.hq >= 1 && o.hkv >= 1 && o.hq % o.hkv == 0 && o.d >= 1 && o.n >= 1 && o.k >= 1 && o.k <= o.d &&
+          threads_ok(o.threads));
 }
 
 template <class Options, class Add>

@@ -61,7 +61,7 @@ inline int max_threads() {
   return static_cast<int>(std::max(4u, 4u * hw));
 }
 
-namespace detail {
+namespace internal {
 
 /// Decimal integers only: an optional '-', then digits; no spaces, no '+', no hex or octal
 /// prefixes, no fractions or exponents, no overflow.
@@ -113,20 +113,20 @@ inline std::string real_text(double v) {
   return buf;
 }
 
-}  // namespace detail
+}  // namespace internal
 
 /// Validator: a decimal integer in [lo, hi] (why: optional reason shown after the range). It also
 /// rewrites the value in canonical decimal, so CLI11's own conversion (strtoll base 0) never sees
 /// a leading zero (which it would read as octal).
 template <class T>
 CLI::Validator integer_in(T lo, T hi, const std::string& why = "") {
-  const std::string range = detail::range_text(lo, hi);
+  const std::string range = internal::range_text(lo, hi);
   return CLI::Validator(
       [lo, hi, range, why](std::string& s) -> std::string {
         T v{};
-        if (!detail::parse_integer(s, v))
-          return detail::integer_syntax(s) ? s + " is out of range " + range
-                                           : "'" + s + "' is not an integer";
+        if (!internal::parse_integer(s, v))
+          return internal::integer_syntax(s) ? s + " is out of range " + range
+                                             : "'" + s + "' is not an integer";
         if (v < lo || v > hi) return s + " is out of range " + range + (why.empty() ? "" : " (" + why + ")");
         s = std::to_string(v);
         return {};
@@ -136,12 +136,12 @@ CLI::Validator integer_in(T lo, T hi, const std::string& why = "") {
 
 /// Validator: a finite decimal real in [lo, hi]; lo_open / hi_open exclude the bound.
 inline CLI::Validator real_in(double lo, double hi, bool lo_open = false, bool hi_open = false) {
-  const std::string range = std::string(lo_open ? "(" : "[") + detail::real_text(lo) + ", " +
-                            detail::real_text(hi) + (hi_open ? ")" : "]");
+  const std::string range = std::string(lo_open ? "(" : "[") + internal::real_text(lo) + ", " +
+                            internal::real_text(hi) + (hi_open ? ")" : "]");
   return CLI::Validator(
       [=](std::string& s) -> std::string {
         double v = 0;
-        if (!detail::parse_real(s, v)) return "'" + s + "' is not a finite number";
+        if (!internal::parse_real(s, v)) return "'" + s + "' is not a finite number";
         const bool below = lo_open ? !(v > lo) : !(v >= lo);
         const bool above = hi_open ? !(v < hi) : !(v <= hi);
         if (below || above) return s + " is out of range " + range;

@@ -33,8 +33,8 @@
 #include <string>
 #include <vector>
 
-#include "checkpoint.hpp"
-#include "transformer.hpp"
+#include "llama2c/checkpoint.hpp"
+#include "llama2c/transformer.hpp"
 
 namespace llama2c {
 

@@ -3,7 +3,7 @@
 # per-head projections with aqua_calibrate, then measure perplexity with dense and AQUA attention
 # and retention on Hindi with English- versus Hindi-calibrated projections.
 #
-#   examples/llama2c/experiment.sh [BUILD_DIR [WORK_DIR]]      (defaults: build, /tmp/aqua_llama_experiment)
+#   experiments/llama2c_policies/experiment.sh [BUILD_DIR [WORK_DIR]]      (defaults: build, /tmp/aqua_llama_experiment)
 #
 # Needs the aqua_llama and aqua_calibrate targets built, and the data directory (AQUA_DATA_DIR or
 # ../shared/data). Calibration uses sentences 1-500 of a file, evaluation sentences 501-1000
@@ -19,12 +19,13 @@ BUILD=${1:-build}
 WORK=${2:-/tmp/aqua_llama_experiment}
 LLAMA="$BUILD/examples/aqua_llama"
 CALIBRATE="$BUILD/examples/aqua_calibrate"
+POLICIES="$BUILD/experiments/aqua_llama_policies"
 EN=text/en_pud.txt
 HI=text/hi_pud.txt
 CAL=1-500
 EVAL=501-1000
-for b in "$LLAMA" "$CALIBRATE"; do
-  [[ -x $b ]] || { echo "experiment.sh: $b not built (cmake --build $BUILD --target aqua_llama aqua_calibrate)" >&2; exit 1; }
+for b in "$LLAMA" "$CALIBRATE" "$POLICIES"; do
+  [[ -x $b ]] || { echo "experiment.sh: $b not built (cmake --build $BUILD --target aqua_llama aqua_calibrate aqua_llama_policies)" >&2; exit 1; }
 done
 mkdir -p "$WORK"
 
@@ -168,10 +169,10 @@ echo "|---|---|---|---|---|---|---|---|"
 policy() {
   local label=$1 name=$2
   shift 2
-  "$LLAMA" --ppl $EN --lines $CAL --windows 0 --fit-policy "$WORK/$name.policy" "$@" >"$WORK/$name.fit" 2>&1
+  "$POLICIES" --ppl $EN --lines $CAL --windows 0 --fit-policy "$WORK/$name.policy" "$@" >"$WORK/$name.fit" 2>&1
   local s p
-  s=$("$LLAMA" --ppl $EN --lines $EVAL --policy "$WORK/$name.policy" --json 2>/dev/null | tail -1)
-  p=$("$LLAMA" --ppl $EN --lines $EVAL --windows 0 --policy "$WORK/$name.policy" --json 2>/dev/null | tail -1)
+  s=$("$POLICIES" --ppl $EN --lines $EVAL --policy "$WORK/$name.policy" --json 2>/dev/null | tail -1)
+  p=$("$POLICIES" --ppl $EN --lines $EVAL --windows 0 --policy "$WORK/$name.policy" --json 2>/dev/null | tail -1)
   local sp pp sk pk
   sp=$(sed -n 's/.*"perplexity": \([0-9.]*\).*/\1/p' <<<"$s")
   pp=$(sed -n 's/.*"perplexity": \([0-9.]*\).*/\1/p' <<<"$p")

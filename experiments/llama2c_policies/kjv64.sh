@@ -4,9 +4,9 @@
 # 501-1000 (out of domain), and retention per layer. Prints Markdown tables on stdout; every
 # aqua_llama / aqua_calibrate command it runs is appended to WORK/commands.log.
 #
-#   examples/llama2c/kjv64.sh [BUILD_DIR [WORK_DIR [SECTIONS]]]
+#   experiments/llama2c_policies/kjv64.sh [BUILD_DIR [WORK_DIR [SECTIONS]]]
 #       defaults: build, /tmp/aqua_kjv64, "ref cal main trunc energy variants h2o retention"
-#   TAUS="0.6 0.8" examples/llama2c/kjv64.sh ...   energy thresholds of the energy section
+#   TAUS="0.6 0.8" experiments/llama2c_policies/kjv64.sh ...   energy thresholds of the energy section
 #
 # Needs the aqua_llama and aqua_calibrate targets built and the data directory (AQUA_DATA_DIR or
 # ../shared/data): kjv64/{model.bin,calib.txt,literature.txt}, stories260K/tok512.bin,
