@@ -7,7 +7,7 @@
 // prefill compares dense_prefill (Eigen GEMM scores on token-major keys) with aqua_prefill on a
 // cache holding the same keys.
 //
-// Synthetic data (examples/common/synthetic_data.hpp, shared with aqua_decode): in projected
+// Synthetic data (tools/aqua_tools/synthetic_data.hpp, shared with aqua_decode): in projected
 // coordinates, queries and keys have per-dimension standard deviation exp(-i / TAU), i the
 // projected dim; values are standard normal. --basis identity (default) hands the cache keys that
 // are already projected (no query projection at run time); --basis random rotates queries and keys
@@ -59,6 +59,7 @@
 #include <aqua/h2o.hpp>
 #include <aqua/kv_cache.hpp>
 
+#include "aqua_tools/buffer.hpp"
 #include "aqua_tools/measure.hpp"
 #include "aqua_tools/synthetic_data.hpp"
 #include "compare_cli.hpp"
@@ -166,7 +167,7 @@ float sum_floats(const float* x, std::size_t n) {
 double measure_bandwidth(const aqua_examples::bench_clock& clock, int threads, std::size_t bytes) {
   const std::size_t count = bytes / sizeof(float) / 64 * 64;
   const std::size_t passes = ((std::size_t(1) << 30) + bytes - 1) / bytes;
-  auto buffer = aqua::detail::allocate_zeroed(count * sizeof(float), "the bandwidth probe");
+  auto buffer = aqua_examples::zeroed_buffer(count * sizeof(float), true, "the bandwidth probe");
   auto* x = reinterpret_cast<float*>(buffer.get());
   for (std::size_t i = 0; i < count; i += 1024) x[i] = 1.0f;
   double best = 0;
@@ -439,8 +440,8 @@ void run_views(const config& c, double bandwidth) {
   const synthetic data(c);
   for (index_t n : c.n) {
     aqua::kv_cache cache = data.make_cache(n);
-    aqua::detail::with_storage(c.key_type, [&](auto key_tag) {
-      aqua::detail::with_storage(c.value_type, [&](auto value_tag) {
+    aqua_examples::with_storage(c.key_type, [&](auto key_tag) {
+      aqua_examples::with_storage(c.value_type, [&](auto value_tag) {
         using K = decltype(key_tag);
         using V = decltype(value_tag);
         // The engine's buffers, token-major: [N][Hkv][d] as llama.cpp lays out its K and V
@@ -449,10 +450,9 @@ void run_views(const config& c, double bandwidth) {
         // Allocated like the cache's arrays (2 MB aligned, transparent huge pages where Linux has
         // them) unless --engine-pages 4k: then the kernels are compared on the same page size.
         const std::size_t count = std::size_t(n * c.hkv * c.d);
-        aqua::detail::use_huge_pages() = c.engine_huge_pages;
-        auto kmem = aqua::detail::allocate_zeroed(count * sizeof(K), "the engine's keys");
-        auto vmem = aqua::detail::allocate_zeroed(count * sizeof(V), "the engine's values");
-        aqua::detail::use_huge_pages() = true;
+        auto kmem = aqua_examples::zeroed_buffer(count * sizeof(K), c.engine_huge_pages, "the engine's keys");
+        auto vmem =
+            aqua_examples::zeroed_buffer(count * sizeof(V), c.engine_huge_pages, "the engine's values");
         K* kbuf = reinterpret_cast<K*>(kmem.get());
         V* vbuf = reinterpret_cast<V*>(vmem.get());
         index_t filled = 0;

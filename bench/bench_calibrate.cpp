@@ -35,7 +35,7 @@ void BM_calibrate_accumulate(benchmark::State& state) {
                                                 benchmark::Counter::kIsIterationInvariantRate);
   state.counters["bytes/s"] =
       benchmark::Counter(double(rows * d) * sizeof(float), benchmark::Counter::kIsIterationInvariantRate);
-  state.SetLabel(aqua::detail::gram_simd_available() ? "avx2+fma" : "portable");
+  state.SetLabel(aqua::active_isa() >= aqua::isa::avx2 ? "avx2+fma" : "portable");
   aqua::set_max_isa(previous);
 }
 BENCHMARK(BM_calibrate_accumulate)

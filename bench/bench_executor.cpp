@@ -128,7 +128,7 @@ BENCHMARK(BM_executor_empty_run)
     ->Unit(benchmark::kMicrosecond);
 
 // Starting and joining one std::thread per call (the calling thread the other worker), as
-// detail::parallel_for did before there were executors.
+// the library's internal parallel_for did before there were executors.
 void BM_executor_spawn_join(benchmark::State& state) {
   for (auto _ : state) {
     std::thread other([] { benchmark::ClobberMemory(); });

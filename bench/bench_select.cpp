@@ -60,36 +60,4 @@ void BM_select_energy(benchmark::State& state) {
 }
 BENCHMARK(BM_select_energy)->Arg(64)->Arg(128)->Arg(256);
 
-/// Arg: d. detail::select_ranked as the engine calls it, by energy (tau = 0.9) or fixed k = d / 4.
-void run_ranked(benchmark::State& state, const aqua::selection_spec& spec) {
-  const index_t d = state.range(0);
-  const auto q = aqua_examples::spectrum_rows(query_count, d, 32.0, 7);
-  std::vector<float> weight(q.size()), energy(q.size());
-  for (std::size_t i = 0; i < q.size(); ++i) {
-    weight[i] = std::abs(q[i]);
-    energy[i] = q[i] * q[i];
-  }
-  std::vector<std::int32_t> idx(static_cast<std::size_t>(d));
-  index_t i = 0, kept = 0;
-  for (auto _ : state) {
-    const index_t row = (i % query_count) * d;
-    kept += aqua::detail::select_ranked(weight.data() + row, energy.data() + row, d, spec, idx.data());
-    benchmark::DoNotOptimize(idx.data());
-    ++i;
-  }
-  const double iters = double(state.iterations());
-  state.counters["selections/s"] = benchmark::Counter(iters, benchmark::Counter::kIsRate);
-  state.counters["kept"] = iters > 0 ? double(kept) / iters : 0.0;
-}
-
-void BM_select_ranked_energy(benchmark::State& state) {
-  run_ranked(state, aqua::selection_spec::energy(0.9));
-}
-BENCHMARK(BM_select_ranked_energy)->Arg(64)->Arg(128)->Arg(256);
-
-void BM_select_ranked_top_k(benchmark::State& state) {
-  run_ranked(state, aqua::selection_spec::top_k(state.range(0) / 4));
-}
-BENCHMARK(BM_select_ranked_top_k)->Arg(64)->Arg(128)->Arg(256);
-
 }  // namespace

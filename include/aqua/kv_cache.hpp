@@ -71,12 +71,6 @@ struct aligned_deleter {
 };
 using aligned_bytes = std::unique_ptr<unsigned char[], aligned_deleter>;
 
-/// Test hook: whether large cache arrays ask the OS for transparent huge pages (Linux).
-inline bool& use_huge_pages() {
-  static bool on = true;
-  return on;
-}
-
 /// The largest array a cache allocates: 2^46 bytes (64 TiB), below every x86-64 / AArch64 user
 /// address space, so size arithmetic in 64 bits never wraps before it is checked.
 constexpr std::uint64_t max_cache_array_bytes = std::uint64_t(1) << 46;
@@ -95,7 +89,7 @@ inline aligned_bytes allocate_zeroed(std::uint64_t bytes, const char* what) {
   // 64-byte alignment a 4 MB key tile got only one (measured: 176 of 256 MB in huge pages, the
   // key tiles half in 4 KB pages).
   constexpr std::size_t huge = std::size_t(1) << 21;
-  if (use_huge_pages() && bytes >= huge) alignment = huge;
+  if (bytes >= huge) alignment = huge;
 #endif
   unsigned char* p = nullptr;
 #if AQUA_HAS_EXCEPTIONS
