@@ -309,6 +309,7 @@ decode_measurement measure_decode(const config& c, const dense_side& base, const
   aqua::aqua_workspace dense_ws, aqua_ws;
   aqua::attention_options dopt;
   dopt.threads = c.threads;
+  dopt.workspace = &dense_ws;
   aqua::aqua_options aopt;
   aopt.mode = mode_of(sel);
   aopt.threads = c.threads;
@@ -321,7 +322,7 @@ decode_measurement measure_decode(const config& c, const dense_side& base, const
                                 aqua::tensor3_view<const float>(base.raw_values, ext, str),
                                 aqua::make_view(dense_out.data(), c.hq, c.d), dopt);
     else
-      aqua::dense_decode(qv, *base.cache, aqua::make_view(dense_out.data(), c.hq, c.d), dopt, &dense_ws);
+      aqua::dense_decode(qv, *base.cache, aqua::make_view(dense_out.data(), c.hq, c.d), dopt);
   };
   auto run_aqua = [&] {
     aqua::aqua_decode(qv, acache, k, aqua::make_view(aqua_out.data(), c.hq, c.d), aopt);
@@ -479,8 +480,9 @@ void run_views(const config& c, double bandwidth) {
         aqua::attention_options opt;
         opt.threads = c.threads;
         aqua::aqua_workspace ws;
+        opt.workspace = &ws;
         auto on_cache = [&] {
-          aqua::dense_decode(qv, cache, aqua::make_view(out_cache.data(), c.hq, c.d), opt, &ws);
+          aqua::dense_decode(qv, cache, aqua::make_view(out_cache.data(), c.hq, c.d), opt);
         };
         auto on_views = [&] {
           aqua::dense_decode(qv, aqua::tensor3_view<const K>(kbuf, ext, str),

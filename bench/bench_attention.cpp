@@ -70,9 +70,10 @@ void BM_dense_decode_cache(benchmark::State& state) {
   aqua::attention_options opt;
   opt.threads = static_cast<int>(state.range(1));
   aqua::aqua_workspace ws;
+  opt.workspace = &ws;
   for (auto _ : state) {
     aqua::dense_decode(aqua::make_view(static_cast<const float*>(f.q.data()), f.hq, f.d), f.cache,
-                       aqua::make_view(f.out.data(), f.hq, f.d), opt, &ws);
+                       aqua::make_view(f.out.data(), f.hq, f.d), opt);
     benchmark::ClobberMemory();
   }
   set_counters(state, f, 1.0);

@@ -78,9 +78,10 @@ void BM_executor_dense_decode(benchmark::State& state) {
   opt.threads = how == shared_two ? 2 : 1;
   opt.exec = pool.get();
   aqua::aqua_workspace ws;
+  opt.workspace = &ws;
   for (auto _ : state) {
     aqua::dense_decode(aqua::make_view(static_cast<const float*>(f.q.data()), f.hq, f.d), f.cache,
-                       aqua::make_view(f.out.data(), f.hq, f.d), opt, &ws);
+                       aqua::make_view(f.out.data(), f.hq, f.d), opt);
     benchmark::DoNotOptimize(f.out.data());
   }
   state.SetLabel(runner_label(how));

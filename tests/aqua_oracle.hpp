@@ -6,7 +6,8 @@
 // The rules it implements (docs/design.md "AQUA attention", attention.hpp, select.hpp):
 //   q~ = scale * (q P),  k~ = stored_key(k P),  both over the first r projected dims (truncation).
 //   Selection, per list of query heads (per_head: each head alone; group and tile: the g heads of
-//   a KV group; prefill: each query alone, group treated as per_head):
+//   a KV group; prefill: per_head and tile each query alone, group the g heads' queries at one
+//   position):
 //     weight_i = sum_h |q~_h,i|, energy_i = sum_h q~_h,i^2, dims ranked by decreasing weight, equal
 //     weights by lower index (a stable sort of 0..r-1);
 //     top_k(k): the first k; fraction(f): the first ceil(f r) (at least 1); energy(tau): the
@@ -248,8 +249,8 @@ public:
 
   /// Decode (one query per head, q [hq, d]): selection lists per mode, token probabilities.
   result decode(const float* q, mode md, const spec& s) const { return run(q, 1, md, s, true); }
-  /// Prefill of the last m positions (q [hq, m, d]): one selection per query (group mode is per
-  /// query, as documented), causal as in the inputs.
+  /// Prefill of the last m positions (q [hq, m, d]): one selection per query (group mode: per KV
+  /// group and position), causal as in the inputs.
   result prefill(const float* q, index m, mode md, const spec& s) const { return run(q, m, md, s, false); }
 
 private:
@@ -282,16 +283,19 @@ private:
     result res;
     res.rows.resize(std::size_t(hq * m));
     const bool whole_tiles = md == mode::tile;
-    if (decode && md != mode::per_head) {
-      for (index kv = 0; kv < hkv; ++kv) {
-        double margin = std::numeric_limits<double>::infinity();
-        const std::vector<std::vector<double>> group(qt.begin() + kv * g, qt.begin() + (kv + 1) * g);
-        const auto dims = select(group, r, in_.tile, whole_tiles, s, margin);
-        for (index h = kv * g; h < (kv + 1) * g; ++h) {
-          res.rows[std::size_t(h)].dims = dims;
-          res.rows[std::size_t(h)].margin = margin;
+    const bool shared = decode ? md != mode::per_head : md == mode::group;
+    if (shared) {
+      for (index kv = 0; kv < hkv; ++kv)
+        for (index i = 0; i < m; ++i) {
+          double margin = std::numeric_limits<double>::infinity();
+          std::vector<std::vector<double>> group;
+          for (index h = kv * g; h < (kv + 1) * g; ++h) group.push_back(qt[std::size_t(h * m + i)]);
+          const auto dims = select(group, r, in_.tile, whole_tiles, s, margin);
+          for (index h = kv * g; h < (kv + 1) * g; ++h) {
+            res.rows[std::size_t(h * m + i)].dims = dims;
+            res.rows[std::size_t(h * m + i)].margin = margin;
+          }
         }
-      }
     } else {
       for (index row = 0; row < hq * m; ++row) {
         auto& rr = res.rows[std::size_t(row)];

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <aqua/attention.hpp>
+#include <aqua/eigen.hpp>
 
 #include <catch2/catch.hpp>
 

@@ -3,6 +3,7 @@
 // per-dimension standard deviation amplitude * exp(-i / tau), like calibrated heads.
 #pragma once
 
+#include <aqua/eigen.hpp>
 #include <aqua/kv_cache.hpp>
 #include <aqua/tensor_view.hpp>
 

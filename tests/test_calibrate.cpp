@@ -1,4 +1,5 @@
 #include <aqua/calibrate.hpp>
+#include <aqua/eigen.hpp>
 
 #include <Eigen/SVD>
 #include <catch2/catch.hpp>

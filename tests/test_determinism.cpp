@@ -136,7 +136,9 @@ TEST_CASE("dense decode over the cache repeats bitwise for a fixed thread count"
     for (int run = 0; run < 3; ++run) {
       std::vector<float> fresh(first.size()), reused(first.size());
       aqua::dense_decode(F.qv(), F.cache, aqua::make_view(fresh.data(), hq, d), opt);
-      aqua::dense_decode(F.qv(), F.cache, aqua::make_view(reused.data(), hq, d), opt, &ws);
+      aqua::attention_options with_ws = opt;
+      with_ws.workspace = &ws;
+      aqua::dense_decode(F.qv(), F.cache, aqua::make_view(reused.data(), hq, d), with_ws);
       CHECK(bitwise_equal(fresh, first));
       CHECK(bitwise_equal(reused, first));
     }

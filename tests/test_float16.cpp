@@ -11,6 +11,8 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <type_traits>
+#include <utility>
 
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -190,6 +192,20 @@ TEST_CASE("round_to_storage applies the storage type's rounding", "[float16]") {
   CHECK(aqua::storage_bytes(aqua::storage_type::f32) == 4);
   CHECK(aqua::storage_bytes(aqua::storage_type::bf16) == 2);
   CHECK(std::string(aqua::storage_name(aqua::storage_type::f16)) == "f16");
+}
+
+TEST_CASE("visit_storage calls the lambda with the element type of each storage type", "[float16]") {
+  auto size_and_type = [](auto tag) {
+    using T = decltype(tag);
+    return std::make_pair(sizeof(T), std::is_same<T, float>::value        ? aqua::storage_type::f32
+                                     : std::is_same<T, aqua::bf16>::value ? aqua::storage_type::bf16
+                                                                          : aqua::storage_type::f16);
+  };
+  for (auto t : {aqua::storage_type::f32, aqua::storage_type::bf16, aqua::storage_type::f16}) {
+    const auto seen = aqua::visit_storage(t, size_and_type);
+    CHECK(seen.first == std::size_t(aqua::storage_bytes(t)));
+    CHECK(seen.second == t);
+  }
 }
 
 #include "aqua_oracle.hpp"

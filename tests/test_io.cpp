@@ -1,3 +1,4 @@
+#include <aqua/eigen.hpp>
 #include <aqua/io.hpp>
 #include "../examples/llama2c/checkpoint.hpp"
 #include "../examples/llama2c/tokenizer.hpp"

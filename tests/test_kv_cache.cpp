@@ -1,7 +1,9 @@
 // The projected, tiled KV cache: stored keys equal k P (double oracle), values are kept verbatim,
 // growth keeps data, truncation keeps whole tiles, bad input is rejected.
+#include <aqua/eigen.hpp>
 #include <aqua/h2o.hpp>
 #include <aqua/kv_cache.hpp>
+#include <aqua/projection.hpp>
 
 #include <catch2/catch.hpp>
 
@@ -49,6 +51,33 @@ TEST_CASE("appended keys are stored projected (k P) and values verbatim, one or 
       CHECK(cache.position(j) == j);
     }
   CHECK(worst < 1e-5);
+}
+
+TEST_CASE("a cache built from a projection set's layer projects keys with that layer's bases", "[kv_cache]") {
+  const index_t layers = 3, hkv = 2, d = 32, n = 21;
+  const auto set = aqua::projection_set::random_orthogonal(layers, hkv, d, /*group_size=*/2, 77);
+  aqua::kv_cache_options opt;
+  opt.tile_dims = 16;
+  aqua::kv_cache cache(set, /*layer=*/2, opt);
+  CHECK(cache.kv_heads() == hkv);
+  CHECK(cache.head_dim() == d);
+  CHECK(cache.tile_dims() == 16);
+  aqua_test::buffer3<float> k(hkv, n, d, true, 5), v(hkv, n, d, true, 6);
+  cache.append(k.view, v.view);
+  double worst = 0;
+  for (index_t h = 0; h < hkv; ++h) {
+    const auto basis = set.head(2, h).basis_view();
+    for (index_t j = 0; j < n; ++j)
+      for (index_t c = 0; c < d; ++c) {
+        double ref = 0;
+        for (index_t i = 0; i < d; ++i) ref += double(k.view(h, j, i)) * double(basis(i, c));
+        worst = aqua_test::max_or_nan(worst, std::abs(ref - double(cache.key(h, j, c))));
+      }
+  }
+  CHECK(worst < 1e-5);
+  CHECK_THROWS_WITH(aqua::kv_cache(set, 3), Contains("layer 3 is outside the projection set's [0, 3)"));
+  CHECK_THROWS_WITH(aqua::kv_cache(set, -1), Contains("layer -1 is outside"));
+  CHECK_THROWS_WITH(aqua::kv_cache(aqua::projection_set(), 0), Contains("the projection set is empty"));
 }
 
 TEST_CASE("growth one token at a time never loses data", "[kv_cache]") {

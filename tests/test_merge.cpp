@@ -3,6 +3,7 @@
 // over the whole context within the bound the double oracle derives for the whole; the lse itself
 // against a double loop; rows no part attends to; bad parts.
 #include <aqua/attention.hpp>
+#include <aqua/eigen.hpp>
 #include <aqua/merge.hpp>
 
 #include <catch2/catch.hpp>
@@ -227,6 +228,150 @@ TEST_CASE("decode entry points check the lse output's length", "[merge][decode][
   dopt.lse = aqua::make_view(lse.data(), 3);
   CHECK_THROWS_WITH(aqua::dense_decode(L.qv(), L.cache, aqua::make_view(out.data(), 4, 32), dopt),
                     Contains("lse has 3 elements but q has 4 query heads"));
+}
+
+namespace {
+
+/// log sum_j exp(scale q.k_j + mask_j) over keys [0, visible) in double.
+double reference_lse(const float* q, const float* k, index_t d, index_t visible, double scale,
+                     const float* mask) {
+  std::vector<double> s(static_cast<std::size_t>(visible));
+  double mx = -INFINITY;
+  for (index_t j = 0; j < visible; ++j) {
+    double dot = 0;
+    for (index_t c = 0; c < d; ++c) dot += double(q[c]) * k[j * d + c];
+    s[std::size_t(j)] = dot * scale + (mask ? mask[j] : 0.0f);
+    mx = std::max(mx, s[std::size_t(j)]);
+  }
+  if (mx == -INFINITY) return mx;
+  double total = 0;
+  for (double x : s) total += std::exp(x - mx);
+  return mx + std::log(total);
+}
+
+}  // namespace
+
+TEST_CASE("dense prefill and the Eigen decode path return each query's log-sum-exp",
+          "[merge][prefill][decode]") {
+  const index_t hkv = 2, g = 2, hq = hkv * g, d = 24, n = 90, m = 30;
+  std::vector<float> q(std::size_t(hq * m * d)), k(std::size_t(hkv * n * d)), v(k.size()),
+      mask(std::size_t(m * n));
+  aqua_test::fill_normal(q, 11);
+  aqua_test::fill_normal(k, 12);
+  aqua_test::fill_normal(v, 13);
+  aqua_test::fill_normal(mask, 14);
+  for (index_t j = 0; j < n; ++j) mask[std::size_t(5 * n + j)] = -INFINITY;  // query 5 sees nothing
+  const double scale = 1.0 / std::sqrt(double(d));
+  const auto kv3 = aqua::make_view(static_cast<const float*>(k.data()), hkv, n, d);
+  const auto vv3 = aqua::make_view(static_cast<const float*>(v.data()), hkv, n, d);
+  for (bool causal : {true, false}) {
+    CAPTURE(causal);
+    std::vector<float> out(q.size()), lse(std::size_t(hq * m));
+    aqua::attention_options opt;
+    opt.causal = causal;
+    opt.prefill_lse = aqua::make_view(lse.data(), hq, m);
+    aqua::dense_prefill<float>(aqua::make_view(static_cast<const float*>(q.data()), hq, m, d), kv3, vv3,
+                               aqua::make_view(out.data(), hq, m, d), opt,
+                               aqua::make_view(static_cast<const float*>(mask.data()), m, n));
+    for (index_t h = 0; h < hq; ++h)
+      for (index_t i = 0; i < m; ++i) {
+        const double ref = reference_lse(q.data() + (h * m + i) * d, k.data() + (h / g) * n * d, d,
+                                         causal ? n - m + i + 1 : n, scale, mask.data() + i * n);
+        CAPTURE(h, i);
+        if (i == 5) {
+          CHECK(lse[std::size_t(h * m + i)] == -std::numeric_limits<float>::infinity());
+        } else {
+          CHECK(std::abs(lse[std::size_t(h * m + i)] - ref) <= 1e-5 * (1 + std::abs(ref)));
+        }
+      }
+  }
+  // Decode in double and over a strided inner dimension (both through Eigen): the same lse.
+  std::vector<double> qd(std::size_t(hq * d)), kd(k.begin(), k.end()), vd(v.begin(), v.end()),
+      outd(qd.size());
+  for (std::size_t i = 0; i < qd.size(); ++i) qd[i] = q[i];
+  std::vector<float> lse_d(static_cast<std::size_t>(hq)), lse_strided(static_cast<std::size_t>(hq)),
+      out_f(qd.size());
+  aqua::attention_options dopt;
+  dopt.lse = aqua::make_view(lse_d.data(), hq);
+  aqua::dense_decode<double>(aqua::make_view(static_cast<const double*>(qd.data()), hq, d),
+                             aqua::make_view(static_cast<const double*>(kd.data()), hkv, n, d),
+                             aqua::make_view(static_cast<const double*>(vd.data()), hkv, n, d),
+                             aqua::make_view(outd.data(), hq, d), dopt);
+  // Every other element of a doubled buffer: inner stride 2.
+  std::vector<float> k2(k.size() * 2), v2(v.size() * 2);
+  for (std::size_t i = 0; i < k.size(); ++i) {
+    k2[2 * i] = k[i];
+    v2[2 * i] = v[i];
+  }
+  dopt.lse = aqua::make_view(lse_strided.data(), hq);
+  aqua::dense_decode<float>(aqua::make_view(static_cast<const float*>(q.data()), hq, d),
+                            aqua::tensor3_view<const float>(k2.data(), {hkv, n, d}, {2 * n * d, 2 * d, 2}),
+                            aqua::tensor3_view<const float>(v2.data(), {hkv, n, d}, {2 * n * d, 2 * d, 2}),
+                            aqua::make_view(out_f.data(), hq, d), dopt);
+  for (index_t h = 0; h < hq; ++h) {
+    const double ref = reference_lse(q.data() + h * d, k.data() + (h / g) * n * d, d, n, scale, nullptr);
+    CHECK(std::abs(lse_d[std::size_t(h)] - ref) <= 1e-6 * (1 + std::abs(ref)));
+    CHECK(std::abs(lse_strided[std::size_t(h)] - ref) <= 1e-5 * (1 + std::abs(ref)));
+  }
+}
+
+TEST_CASE("non-causal prefill over key shards merges into prefill over all keys", "[merge][prefill]") {
+  // Each query row of [Hq, M, d] is one row of a [Hq * M, d] matrix, so merge_attention merges
+  // prefill parts as it merges decode parts.
+  const index_t hkv = 2, g = 3, hq = hkv * g, d = 32, n = 120, m = 17;
+  std::vector<float> q(std::size_t(hq * m * d)), k(std::size_t(hkv * n * d)), v(k.size());
+  aqua_test::fill_normal(q, 21);
+  aqua_test::fill_normal(k, 22);
+  aqua_test::fill_normal(v, 23);
+  const auto qv = aqua::make_view(static_cast<const float*>(q.data()), hq, m, d);
+  aqua::attention_options opt;
+  opt.causal = false;
+  std::vector<float> whole(q.size());
+  aqua::dense_prefill<float>(qv, aqua::make_view(static_cast<const float*>(k.data()), hkv, n, d),
+                             aqua::make_view(static_cast<const float*>(v.data()), hkv, n, d),
+                             aqua::make_view(whole.data(), hq, m, d), opt);
+  const std::vector<std::pair<index_t, index_t>> ranges = {{0, 40}, {40, 60}, {60, 120}};  // N >= M each
+  std::vector<std::vector<float>> outs(ranges.size(), std::vector<float>(q.size())),
+      lses(ranges.size(), std::vector<float>(std::size_t(hq * m)));
+  std::vector<aqua::attention_part> parts;
+  for (std::size_t p = 0; p < ranges.size(); ++p) {
+    const index_t t0 = ranges[p].first, len = ranges[p].second - t0;
+    opt.prefill_lse = aqua::make_view(lses[p].data(), hq, m);
+    aqua::dense_prefill<float>(
+        qv, aqua::tensor3_view<const float>(k.data() + t0 * d, {hkv, len, d}, {n * d, d, 1}),
+        aqua::tensor3_view<const float>(v.data() + t0 * d, {hkv, len, d}, {n * d, d, 1}),
+        aqua::make_view(outs[p].data(), hq, m, d), opt);
+    parts.push_back({aqua::make_view(static_cast<const float*>(outs[p].data()), hq * m, d),
+                     aqua::make_view(static_cast<const float*>(lses[p].data()), hq * m)});
+  }
+  std::vector<float> merged(q.size());
+  aqua::merge_attention(parts, aqua::make_view(merged.data(), hq * m, d));
+  double worst = 0;
+  for (std::size_t i = 0; i < whole.size(); ++i)
+    worst = aqua_test::max_or_nan(worst, std::abs(double(merged[i]) - whole[i]));
+  CHECK(worst < 1e-5);
+}
+
+TEST_CASE("a log-sum-exp output of the other phase is an error, not a silent no-op", "[merge][errors]") {
+  const aqua_test::random_layer L(4, 2, 32, 40, {16, true, 0, 1, 9, 90});
+  std::vector<float> out(4 * 3 * 32), lse(4 * 3);
+  aqua::aqua_options opt;
+  opt.prefill_lse = aqua::make_view(lse.data(), 4, 1);
+  CHECK_THROWS_WITH(aqua::aqua_decode(L.qv(), L.cache, 8, aqua::make_view(out.data(), 4, 32), opt),
+                    Contains("options.prefill_lse is a prefill output"));
+  CHECK_THROWS_WITH(aqua::dense_decode(L.qv(), L.cache, aqua::make_view(out.data(), 4, 32), opt),
+                    Contains("options.prefill_lse is a prefill output"));
+  aqua::aqua_options popt;
+  popt.lse = aqua::make_view(lse.data(), 4);
+  std::vector<float> q3(4 * 3 * 32);
+  const auto q3v = aqua::make_view(static_cast<const float*>(q3.data()), 4, 3, 32);
+  CHECK_THROWS_WITH(aqua::aqua_prefill(q3v, L.cache, aqua::selection_spec::top_k(8),
+                                       aqua::make_view(out.data(), 4, 3, 32), popt),
+                    Contains("options.lse is a decode output"));
+  const auto k = aqua::make_view(static_cast<const float*>(L.k.data()), 2, 40, 32);
+  const auto v = aqua::make_view(static_cast<const float*>(L.v.data()), 2, 40, 32);
+  CHECK_THROWS_WITH(aqua::dense_prefill<float>(q3v, k, v, aqua::make_view(out.data(), 4, 3, 32), popt),
+                    Contains("options.lse is a decode output"));
 }
 
 TEST_CASE("AQUA prefill's lse is each query's log-sum-exp over the keys it sees", "[merge][prefill]") {

@@ -5,6 +5,7 @@
 // bound every comparison uses is derived in aqua_oracle.hpp (float rounding of the projection,
 // the scores, the exponentials and the value sums, relative to sum_j p_j |v_j|).
 #include <aqua/attention.hpp>
+#include <aqua/eigen.hpp>
 #include <aqua/h2o.hpp>
 
 #include <catch2/catch.hpp>

@@ -1,3 +1,4 @@
+#include <aqua/eigen.hpp>
 #include <aqua/projection.hpp>
 
 #include <catch2/catch.hpp>

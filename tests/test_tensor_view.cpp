@@ -1,3 +1,4 @@
+#include <aqua/eigen.hpp>
 #include <aqua/tensor_view.hpp>
 
 #include <catch2/catch.hpp>

@@ -21,9 +21,7 @@ int main() {
   const aqua::projection_set set = aqua::load_projection_set("api_tour.safetensors");
 
   // Online: layer 0's projected KV cache (dimension tiles); append projects the keys once.
-  std::vector<aqua::matrix_view<const float>> bases;
-  for (aqua::index_t h = 0; h < hkv; ++h) bases.push_back(set.head(/*layer=*/0, h).basis_view());
-  aqua::kv_cache cache(bases);
+  aqua::kv_cache cache(set, /*layer=*/0);
   cache.append(aqua::make_view(k.data(), hkv, n, d), aqua::make_view(v.data(), hkv, n, d));
   aqua::aqua_options opt;                              // mode: group (default), per_head, tile
   const auto top16 = aqua::selection_spec::top_k(16);  // or fraction(0.25), energy(0.9)

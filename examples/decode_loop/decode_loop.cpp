@@ -283,6 +283,8 @@ int run(const config& c) {
   }
   std::vector<float> q, exact(std::size_t(c.hq * c.d)), out(exact.size()), dense_out(exact.size());
   aqua::aqua_workspace dense_ws;
+  aqua::attention_options dense_ws_opt = dopt;
+  dense_ws_opt.workspace = &dense_ws;
   std::vector<double> t_aqua, t_evict, t_dense, t_ratio, errs, dense_errs;
   for (index_t w = 0; w < c.warmup; ++w) {
     layer.append(1, {&cache, &full});
@@ -307,7 +309,7 @@ int run(const config& c) {
     };
     auto dense_side = [&] {
       const double t0 = now_ms();
-      aqua::dense_decode(qv, full, aqua::make_view(dense_out.data(), c.hq, c.d), dopt, &dense_ws);
+      aqua::dense_decode(qv, full, aqua::make_view(dense_out.data(), c.hq, c.d), dense_ws_opt);
       td = now_ms() - t0;
     };
     if (step % 2) {

@@ -40,9 +40,7 @@ int main(int argc, char** argv) {
     const aqua::projection_set set = cal.finalize();
 
     // 2. Cache: append projects the keys once, into dimension tiles.
-    std::vector<aqua::matrix_view<const float>> bases;
-    for (aqua::index_t h = 0; h < hkv; ++h) bases.push_back(set.head(0, h).basis_view());
-    aqua::kv_cache cache(bases);
+    aqua::kv_cache cache(set, /*layer=*/0);
     cache.append(keys, values);
 
     // 3. Decode one token: AQUA over the top k dims of each query, and exact dense attention.

@@ -5,6 +5,7 @@
 #include "aqua/calibrate.hpp"
 #include "aqua/config.hpp"
 #include "aqua/cost_model.hpp"
+#include "aqua/eigen.hpp"
 #include "aqua/executor.hpp"
 #include "aqua/h2o.hpp"
 #include "aqua/io.hpp"

@@ -33,14 +33,55 @@
 #include "aqua/detail/simd.hpp"
 #include "aqua/detail/softmax.hpp"
 #include "aqua/detail/validate.hpp"
+#include "aqua/eigen.hpp"
 #include "aqua/executor.hpp"
 #include "aqua/kv_cache.hpp"
 #include "aqua/select.hpp"
+#include "aqua/selection_spec.hpp"
 #include "aqua/tensor_view.hpp"
 
 namespace aqua {
 
-/// Options shared by the attention entry points.
+/// Optional per-call measurements (filled when a pointer is passed in the options). Seconds are
+/// CPU seconds of the worker threads (where the platform reports them), summed over workers.
+struct attention_profile {
+  double select_seconds = 0, score_seconds = 0, softmax_seconds = 0, value_seconds = 0;
+  /// Decode: fraction of the key tiles (bytes) of the cache that the call read.
+  double key_fraction_read = 0;
+};
+
+namespace detail {
+struct workspace_access;
+}  // namespace detail
+
+/// Reusable scratch for AQUA calls: pass one in the options to avoid per-call allocation. One
+/// workspace serves one call at a time (calls running concurrently need one each). Opaque: what
+/// it holds depends on the shapes and kernels of the calls it served.
+class aqua_workspace {
+private:
+  friend struct detail::workspace_access;
+  detail::engine_workspace scratch_;
+};
+
+namespace detail {
+
+struct workspace_access {
+  static engine_workspace& scratch(aqua_workspace& w) noexcept { return w.scratch_; }
+};
+
+inline attention_profile public_profile(const phase_times& t) noexcept {
+  attention_profile p;
+  p.select_seconds = t.select_seconds;
+  p.score_seconds = t.score_seconds;
+  p.softmax_seconds = t.softmax_seconds;
+  p.value_seconds = t.value_seconds;
+  p.key_fraction_read = t.key_fraction_read;
+  return p;
+}
+
+}  // namespace detail
+
+/// Options of every attention entry point (aqua_options adds the selection mode).
 struct attention_options {
   /// Multiplies q.k; unset means 1 / sqrt(d).
   std::optional<double> scale;
@@ -52,13 +93,19 @@ struct attention_options {
   int threads = 1;
   /// The engine's own threads (see aqua/executor.hpp); then `threads` must stay 1.
   executor* exec = nullptr;
-  /// When set, prefill fills in the time of its score, softmax and value phases.
+  /// Reusable scratch for the calls over a kv_cache; without one each such call allocates its own.
+  /// Calls over views need none and leave it alone.
+  aqua_workspace* workspace = nullptr;
+  /// When set, filled with the time of the call's phases and (decode over a cache) the fraction of
+  /// key bytes read.
   attention_profile* profile = nullptr;
   /// Decode only, when non-empty: lse[h] receives the log-sum-exp (natural log) of query head h's
-  /// scaled scores, log sum_j exp(scale q_h.k_j + mask_j), -inf when every key is masked out: the
-  /// weight of this result in aqua::merge_attention. Views of float at unit inner stride and the
-  /// cache path only (the Eigen fallback for other strides and double does not produce it).
+  /// scaled scores, log sum_j exp(scale q_h.k_j + mask_j) (AQUA: over the selected dims), -inf
+  /// when every key is masked out: the weight of this result in aqua::merge_attention.
   vector_view<float> lse;
+  /// Prefill only, when non-empty: prefill_lse(h, i) [Hq, M] receives the log-sum-exp of query
+  /// (h, i)'s scaled scores over the keys it sees.
+  matrix_view<float> prefill_lse;
 };
 
 namespace detail {
@@ -96,21 +143,30 @@ void validate_kv(const tensor3_view<const K>& k, const tensor3_view<const V>& v,
 }
 
 /// Vectorised for float (same semantics as softmax_inplace), generic otherwise.
-inline void softmax_row(float* row, index_t n) {
-  softmax_inplace_fast(row, n);
+/// lse, when not null, receives the row's log-sum-exp.
+inline void softmax_row(float* row, index_t n, float* lse) {
+  softmax_inplace_fast(row, n, lse);
 }
-inline void softmax_row(double* row, index_t n) {
-  softmax_inplace(row, n);
+inline void softmax_row(double* row, index_t n, float* lse) {
+  double row_max = -std::numeric_limits<double>::infinity();
+  if (lse)
+    for (index_t j = 0; j < n; ++j) row_max = std::max(row_max, row[j]);
+  const double sum = softmax_inplace(row, n);
+  if (lse)
+    *lse = !(sum > 0) ? (std::isnan(sum) ? std::numeric_limits<float>::quiet_NaN()
+                                         : -std::numeric_limits<float>::infinity())
+                      : static_cast<float>(row_max + std::log(sum));
 }
 
 /// Output rows = softmax(scale * Q K^T + mask) V for one block of queries against the first
 /// `visible` keys of one KV head. `first_query_position` is the sequence position of the block's
-/// first row (causal prefill); pass a negative value for no causal mask.
+/// first row (causal prefill); pass a negative value for no causal mask. With lse, row i's
+/// log-sum-exp goes to lse[i * lse_stride].
 template <class T, class KeyRows, class ValueRows>
 void dense_block(const strided_map<const T>& q_rows, const KeyRows& keys, const ValueRows& values,
                  strided_map<T>& out_rows, index_t visible, double scale, const T* mask,
                  index_t mask_row_stride, index_t mask_col_stride, index_t first_query_position,
-                 row_matrix<T>& logits, attention_profile* prof = nullptr) {
+                 row_matrix<T>& logits, attention_profile* prof, float* lse, index_t lse_stride) {
   const index_t rows = q_rows.rows();
   auto t_score = prof ? profile_clock::now() : profile_clock::time_point();
   logits.resize(rows, visible);
@@ -127,7 +183,7 @@ void dense_block(const strided_map<const T>& q_rows, const KeyRows& keys, const 
     if (first_query_position >= 0) {
       for (index_t j = first_query_position + i + 1; j < visible; ++j) row[j] = neg_inf;
     }
-    softmax_row(row, visible);
+    softmax_row(row, visible, lse ? lse + i * lse_stride : nullptr);
   }
   auto t_value = prof ? profile_clock::now() : profile_clock::time_point();
   out_rows.noalias() = logits * values.topRows(visible);
@@ -167,6 +223,17 @@ void with_head_rows(const tensor3_view<const T>& k, const tensor3_view<const T>&
 
 namespace detail {
 
+/// A decode call writes options.lse and a prefill call options.prefill_lse: the other one set is a
+/// mistake (an output that would never be written), not a no-op.
+inline void reject_prefill_lse(const attention_options& options, const char* fn) {
+  AQUA_CHECK(options.prefill_lse.size() == 0, fn,
+             ": options.prefill_lse is a prefill output; decode writes its log-sum-exp to options.lse");
+}
+inline void reject_decode_lse(const attention_options& options, const char* fn) {
+  AQUA_CHECK(options.lse.size() == 0, fn,
+             ": options.lse is a decode output; prefill writes its log-sum-exp to options.prefill_lse");
+}
+
 /// The checks every dense decode entry point makes, and the shape facts they yield.
 template <class T, class K, class V>
 attention_shape validate_dense_decode(const matrix_view<const T>& q, const tensor3_view<const K>& k,
@@ -190,6 +257,7 @@ attention_shape validate_dense_decode(const matrix_view<const T>& q, const tenso
   require_finite(q, fn, "q");
   require_mask_values(mask, fn, "mask");
   require_lse(options.lse, s.hq, fn);
+  reject_prefill_lse(options, fn);
   s.scale = resolve_scale<T>(options, s.d, fn);
   return s;
 }
@@ -219,6 +287,8 @@ attention_shape validate_dense_prefill(const tensor3_view<const T>& q, const ten
   require_data(mask, fn, "mask");
   require_finite(q, fn, "q");
   require_mask_values(mask, fn, "mask");
+  require_lse(options.prefill_lse, s.hq, s.m, fn);
+  reject_decode_lse(options, fn);
   s.scale = resolve_scale<T>(options, s.d, fn);
   return s;
 }
@@ -241,6 +311,7 @@ void run_dense_prefill(const tensor3_view<const T>& q, const tensor3_view<const 
   // Query rows go in blocks so the logits scratch stays block x N, not M x N.
   constexpr index_t block_rows = 64;
   const index_t blocks_per_head = (s.m + block_rows - 1) / block_rows;
+  const matrix_view<float>& lse = options.prefill_lse;
   executor& exec = resolve_executor(options.exec, options.threads, "aqua::dense_prefill");
   std::vector<attention_profile> profiles(static_cast<std::size_t>(exec.workers()));
   parallel_for(s.hq * blocks_per_head, exec, [&](index_t begin, index_t end, int worker) {
@@ -261,7 +332,9 @@ void run_dense_prefill(const tensor3_view<const T>& q, const tensor3_view<const 
       auto block = [&](const auto& keys, const auto& values) {
         dense_block<T>(q_rows, keys, values, out_rows, visible, s.scale, mask_rows,
                        mask.size() ? mask.stride(0) : 0, mask.size() ? mask.stride(1) : 0,
-                       options.causal ? first_position : -1, logits, prof);
+                       options.causal ? first_position : -1, logits, prof,
+                       lse.size() ? lse.data() + head * lse.stride(0) + i0 * lse.stride(1) : nullptr,
+                       lse.size() ? lse.stride(1) : 0);
       };
       if constexpr (std::is_same<K, T>::value && std::is_same<V, T>::value) {
         with_head_rows<T>(k, v, kv, s.n, block);
@@ -310,10 +383,6 @@ void dense_decode(matrix_view<const detail::identity_t<T>> q, tensor3_view<const
       return;
     }
   }
-  AQUA_CHECK(
-      options.lse.size() == 0,
-      "aqua::dense_decode: options.lse needs float keys and values with unit inner stride (this call has ",
-      std::is_same<T, float>::value ? "a strided inner dimension" : "double", ")");
   // One work item per KV group reads that head's keys once for all of its query heads. The
   // items do not depend on the thread count, so every thread count gives bitwise equal results.
   executor& exec = detail::resolve_executor(options.exec, options.threads, "aqua::dense_decode");
@@ -326,9 +395,11 @@ void dense_decode(matrix_view<const detail::identity_t<T>> q, tensor3_view<const
       auto out_rows = as_eigen(matrix_view<T>(out.data() + first_head * out.stride(0), {heads, s.d},
                                               {out.stride(0), out.stride(1)}));
       detail::with_head_rows<T>(k, v, kv, s.n, [&](const auto& keys, const auto& values) {
-        detail::dense_block<T>(q_rows, keys, values, out_rows, s.n, s.scale,
-                               mask.size() ? mask.data() : nullptr, 0, mask.size() ? mask.stride(0) : 0, -1,
-                               logits);
+        detail::dense_block<T>(
+            q_rows, keys, values, out_rows, s.n, s.scale, mask.size() ? mask.data() : nullptr, 0,
+            mask.size() ? mask.stride(0) : 0, -1, logits, nullptr,
+            options.lse.size() ? options.lse.data() + first_head * options.lse.stride(0) : nullptr,
+            options.lse.stride(0));
       });
     }
   });
@@ -396,32 +467,15 @@ void dense_prefill(tensor3_view<const float> q, tensor3_view<const K> k, tensor3
 // it): the entry points check `out` after the kernel (Hq x d values) and throw aqua::error.
 //
 // Prefill: the cache already holds the M new tokens as its last M; q holds their queries
-// [Hq, M, d]. Each query selects its own dims (per_head; tile mode picks whole tiles per query;
-// group mode is treated as per_head here since prefill is compute-bound and shares no reads), the
-// causal mask applies (query i sees tokens 0 .. N - M + i), and P V runs as an Eigen GEMM.
+// [Hq, M, d]. Selection is per query position: per_head per (head, query); group one set per
+// (KV group, query), from the group's summed magnitudes at that position as in decode; tile whole
+// tiles per (head, query). The causal mask applies (query i sees tokens 0 .. N - M + i), and P V
+// runs as an Eigen GEMM.
 // ---------------------------------------------------------------------------------------------
 
-struct aqua_options {
+/// attention_options plus which projected dims each query head reads.
+struct aqua_options : attention_options {
   selection_mode mode = selection_mode::group;
-  /// Multiplies q.k; unset means 1 / sqrt(d).
-  std::optional<double> scale;
-  /// Prefill only: the causal mask.
-  bool causal = true;
-  /// Workers for this call, as attention_options::threads (a shared pool above 1, no threads
-  /// started per call).
-  int threads = 1;
-  /// The engine's own threads (see aqua/executor.hpp); then `threads` must stay 1.
-  executor* exec = nullptr;
-  /// Reusable scratch; without one each call allocates its own (outside the hot loops).
-  aqua_workspace* workspace = nullptr;
-  /// When set, filled with phase times and (decode) the fraction of key bytes read.
-  attention_profile* profile = nullptr;
-  /// Decode only, when non-empty: lse[h] receives the log-sum-exp of query head h's scaled scores
-  /// over the selected dims (see attention_options::lse), for aqua::merge_attention.
-  vector_view<float> lse;
-  /// Prefill only, when non-empty: prefill_lse(h, i) [Hq, M] receives the log-sum-exp of query
-  /// (h, i)'s scaled scores over the keys it sees.
-  matrix_view<float> prefill_lse;
 };
 
 namespace detail {
@@ -441,24 +495,14 @@ inline void validate_cache_queries(index_t hq, index_t d, const kv_cache& cache,
 /// +-3.4e38, or a sum of attention-weighted values beyond it. Reported instead of returned.
 template <int Rank>
 void require_no_overflow(const tensor_view<float, Rank>& out, const char* fn) {
-  if (out.size() == 0) return;
-  std::array<index_t, Rank> idx{};
-  for (;;) {
-    index_t offset = 0;
-    for (int i = 0; i < Rank; ++i) offset += idx[static_cast<std::size_t>(i)] * out.stride(i);
-    const float x = out.data()[offset];
-    if (AQUA_UNLIKELY(!std::isfinite(x))) {
-      std::ostringstream pos;
-      for (int i = 0; i < Rank; ++i) pos << (i ? ", " : "") << idx[static_cast<std::size_t>(i)];
-      AQUA_THROW(fn, ": float overflow: out[", pos.str(), "] = ", x,
-                 " although q, keys and values are finite; the logits scale * q.k or the attention-weighted "
-                 "value sums exceed the float range (3.4e38): scale the inputs down");
-    }
-    int d = Rank - 1;
-    while (d >= 0 && ++idx[static_cast<std::size_t>(d)] == out.extent(d))
-      idx[static_cast<std::size_t>(d--)] = 0;
-    if (d < 0) return;
-  }
+  require_each(
+      out, [](float x) { return !std::isfinite(x); },
+      [&](float x, const std::string& pos) {
+        AQUA_THROW(
+            fn, ": float overflow: out[", pos, "] = ", x,
+            " although q, keys and values are finite; the logits scale * q.k or the attention-weighted "
+            "value sums exceed the float range (3.4e38): scale the inputs down");
+      });
 }
 
 template <class = void>
@@ -470,13 +514,14 @@ inline double resolve_scale(const std::optional<double>& scale, index_t d, const
 
 template <class = void>
 inline void decode_on_cache(matrix_view<const float> q, const kv_cache& cache, const selection_spec* select,
-                            selection_mode mode, matrix_view<float> out,
-                            const std::optional<double>& scale_opt, executor* exec, int threads,
-                            aqua_workspace* workspace, attention_profile* profile,
-                            matrix_view<float> token_probs, const vector_view<float>& lse, const char* fn) {
+                            selection_mode mode, matrix_view<float> out, const attention_options& options,
+                            matrix_view<float> token_probs, const char* fn) {
+  aqua_workspace* const workspace = options.workspace;
+  attention_profile* const profile = options.profile;
+  const vector_view<float>& lse = options.lse;
   require_data(q, fn, "q");
   require_data(out, fn, "out");
-  executor& runner = resolve_executor(exec, threads, fn);
+  executor& runner = resolve_executor(options.exec, options.threads, fn);
   validate_cache_queries(q.extent(0), q.extent(1), cache, fn);
   AQUA_CHECK(out.extent(0) == q.extent(0) && out.extent(1) == q.extent(1), fn, ": out has shape ",
              shape_string(out), " but q has shape ", shape_string(q));
@@ -487,17 +532,23 @@ inline void decode_on_cache(matrix_view<const float> q, const kv_cache& cache, c
              fn, ": token_probs has shape ", shape_string(token_probs), " but must be [Hkv, N] = [",
              cache.kv_heads(), ", ", cache.size(), "]");
   require_lse(lse, q.extent(0), fn);
+  reject_prefill_lse(options, fn);
   require_finite(q, fn, "q");
-  const double scale = resolve_scale(scale_opt, q.extent(1), fn);
-  aqua_workspace local;
-  aqua_workspace& ws = workspace ? *workspace : local;
+  const double scale = resolve_scale(options.scale, q.extent(1), fn);
+  engine_workspace local;
+  engine_workspace& ws = workspace ? workspace_access::scratch(*workspace) : local;
+  const cache_layout layout = cache_access::layout(cache);
   decode_plan plan;
   auto t0 = profile ? profile_clock::now() : profile_clock::time_point();
-  plan_decode(q, cache, select ? *select : selection_spec::top_k(cache.rank()), mode, select == nullptr,
+  plan_decode(q, layout, select ? *select : selection_spec::top_k(cache.rank()), mode, select == nullptr,
               scale, ws, plan);
   const double select_seconds = profile ? seconds_since(t0) : 0.0;
-  run_decode(cache, plan, runner, ws, out, token_probs, lse, profile);
-  if (profile) profile->select_seconds = select_seconds;
+  phase_times times;
+  run_decode(layout, plan, runner, ws, out, token_probs, lse, profile ? &times : nullptr);
+  if (profile) {
+    *profile = public_profile(times);
+    profile->select_seconds = select_seconds;
+  }
   require_no_overflow(out, fn);
 }
 
@@ -510,8 +561,7 @@ template <class = void>
 inline void aqua_decode(matrix_view<const float> q, const kv_cache& cache, const selection_spec& select,
                         matrix_view<float> out, const aqua_options& options = {},
                         matrix_view<float> token_probs = {}) {
-  detail::decode_on_cache(q, cache, &select, options.mode, out, options.scale, options.exec, options.threads,
-                          options.workspace, options.profile, token_probs, options.lse, "aqua::aqua_decode");
+  detail::decode_on_cache(q, cache, &select, options.mode, out, options, token_probs, "aqua::aqua_decode");
 }
 
 /// AQUA decode keeping a fixed k dims per query head (or group, or in whole tiles).
@@ -525,10 +575,8 @@ inline void aqua_decode(matrix_view<const float> q, const kv_cache& cache, index
 /// The baseline AQUA decode is measured against: same data, same kernels, all tiles read.
 template <class = void>
 inline void dense_decode(matrix_view<const float> q, const kv_cache& cache, matrix_view<float> out,
-                         const attention_options& options = {}, aqua_workspace* workspace = nullptr,
-                         matrix_view<float> token_probs = {}) {
-  detail::decode_on_cache(q, cache, nullptr, selection_mode::group, out, options.scale, options.exec,
-                          options.threads, workspace, options.profile, token_probs, options.lse,
+                         const attention_options& options = {}, matrix_view<float> token_probs = {}) {
+  detail::decode_on_cache(q, cache, nullptr, selection_mode::group, out, options, token_probs,
                           "aqua::dense_decode(cache)");
 }
 
@@ -548,12 +596,15 @@ inline void aqua_prefill(tensor3_view<const float> q, const kv_cache& cache, con
              ": out has shape ", detail::shape_string(out), " but q has shape ", detail::shape_string(q));
   detail::validate_selection(select, cache.rank(), fn);
   detail::require_lse(options.prefill_lse, q.extent(0), q.extent(1), fn);
+  detail::reject_decode_lse(options, fn);
   detail::require_finite(q, fn, "q");
   const double scale = detail::resolve_scale(options.scale, q.extent(2), fn);
-  aqua_workspace local;
-  detail::run_prefill(q, cache, select, options.mode == selection_mode::tile, options.causal, scale, exec,
-                      options.workspace ? *options.workspace : local, out, options.profile,
-                      options.prefill_lse);
+  detail::engine_workspace local;
+  detail::phase_times times;
+  detail::run_prefill(q, detail::cache_access::layout(cache), select, options.mode, options.causal, scale,
+                      exec, options.workspace ? detail::workspace_access::scratch(*options.workspace) : local,
+                      out, options.profile ? &times : nullptr, options.prefill_lse);
+  if (options.profile) *options.profile = detail::public_profile(times);
   detail::require_no_overflow(out, fn);
 }
 

@@ -1,6 +1,7 @@
 // Error type, error macros and portability helpers shared by every aqua header.
 #pragma once
 
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <sstream>
@@ -32,6 +33,9 @@
 #endif
 
 namespace aqua {
+
+/// Signed index type for extents, strides and loop counters (64-bit: caches exceed 2^31 elements).
+using index_t = std::int64_t;
 
 /// The one exception type aqua throws. Messages name the function, the argument and the
 /// offending values, e.g. "aqua::dense_decode: k has head dim 64 but q has 128".

@@ -186,4 +186,18 @@ inline float round_to_storage(float x, storage_type t) noexcept {
   return t == storage_type::f32 ? x : t == storage_type::bf16 ? float(bf16(x)) : float(f16(x));
 }
 
+/// Calls f(T{}) with T the element type of storage type t (float, bf16 or f16) and returns what
+/// it returns: one generic lambda then serves all three (a switch an engine would otherwise write).
+template <class F>
+decltype(auto) visit_storage(storage_type t, F&& f) {
+  switch (t) {
+    case storage_type::bf16:
+      return f(bf16{});
+    case storage_type::f16:
+      return f(f16{});
+    default:
+      return f(float{});
+  }
+}
+
 }  // namespace aqua

@@ -41,6 +41,7 @@
 #include "aqua/detail/npy.hpp"
 #include "aqua/detail/safetensors.hpp"
 #include "aqua/detail/validate.hpp"
+#include "aqua/eigen.hpp"
 #include "aqua/projection.hpp"
 #include "aqua/tensor_view.hpp"
 

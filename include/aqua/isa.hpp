@@ -12,14 +12,18 @@
 #include <atomic>
 #include <cstdint>
 
+// x86 with GCC or Clang: the target attributes and CPU builtins the SIMD kernels are written with.
 #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define AQUA_HAS_X86_SIMD 1
 #include <cpuid.h>
+#else
+#define AQUA_HAS_X86_SIMD 0
 #endif
 
 namespace aqua {
 
 namespace detail {
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#if AQUA_HAS_X86_SIMD
 /// F16C (CPUID leaf 1, ECX bit 29) read directly: Clang's __builtin_cpu_supports has no "f16c".
 inline bool cpu_has_f16c() noexcept {
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
@@ -43,7 +47,7 @@ inline const char* isa_name(isa i) noexcept {
 /// The widest ISA this CPU, its operating system (the AVX register state, which the compiler's
 /// CPU probe checks) and this compiler support; portable off x86 or without GCC / Clang.
 inline isa supported_isa() noexcept {
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#if AQUA_HAS_X86_SIMD
   static const isa probed = [] {
     __builtin_cpu_init();  // the probe may run before main, from a static initialiser
     const bool avx2 =
@@ -108,7 +112,7 @@ inline std::atomic<std::uint8_t>& decode_prefetch_choice() noexcept {
   return choice;
 }
 inline bool cpu_is_amd() noexcept {
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#if AQUA_HAS_X86_SIMD
   static const bool amd = [] {
     __builtin_cpu_init();
     return __builtin_cpu_is("amd") != 0;

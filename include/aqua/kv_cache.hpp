@@ -43,11 +43,16 @@
 #endif
 
 #include "aqua/config.hpp"
+#include "aqua/detail/cache_layout.hpp"
+#include "aqua/detail/orthogonality.hpp"
 #include "aqua/detail/validate.hpp"
+#include "aqua/eigen.hpp"
 #include "aqua/float16.hpp"
 #include "aqua/tensor_view.hpp"
 
 namespace aqua {
+
+class projection_set;  // projection.hpp
 
 struct kv_cache_options {
   /// Projected dims per key tile (16 or 32 suit AVX2; any value >= 1 works).
@@ -64,12 +69,6 @@ struct kv_cache_options {
 };
 
 namespace detail {
-
-struct aligned_deleter {
-  std::size_t alignment = 64;  // what the array was allocated with (64 bytes, or 2 MB for huge pages)
-  void operator()(unsigned char* p) const noexcept { ::operator delete[](p, std::align_val_t(alignment)); }
-};
-using aligned_bytes = std::unique_ptr<unsigned char[], aligned_deleter>;
 
 /// The largest array a cache allocates: 2^46 bytes (64 TiB), below every x86-64 / AArch64 user
 /// address space, so size arithmetic in 64 bits never wraps before it is checked.
@@ -120,7 +119,7 @@ inline aligned_bytes allocate_zeroed(std::uint64_t bytes, const char* what) {
 class kv_cache {
 public:
   /// Tokens per block inside a tile: one f32 block row (16 floats) is one cache line.
-  static constexpr index_t block_tokens = 16;
+  static constexpr index_t block_tokens = detail::cache_block_tokens;
 
   /// A cache whose keys arrive already in projected coordinates (identity projection).
   kv_cache(index_t kv_heads, index_t head_dim, const kv_cache_options& options = {}) {
@@ -147,8 +146,7 @@ public:
       AQUA_CHECK(p.extent(0) == d && p.extent(1) == d, fn, ": projections[", h, "] has shape ",
                  detail::shape_string(p), " but every basis must be [d, d] = [", d, ", ", d, "]");
       detail::require_finite(p, fn, "projections[h]");
-      const Eigen::MatrixXd pd = as_eigen(p).template cast<double>();
-      const double dev = (pd.transpose() * pd - Eigen::MatrixXd::Identity(d, d)).cwiseAbs().maxCoeff();
+      const double dev = detail::orthogonality_error(p);
       AQUA_CHECK(dev <= 1e-3, fn, ": projections[", h, "] is not orthogonal (max |P^T P - I| = ", dev,
                  "); a basis must have orthonormal columns");
     }
@@ -157,6 +155,12 @@ public:
     proj_.resize(projections.size());
     for (std::size_t h = 0; h < projections.size(); ++h) proj_[h] = as_eigen(projections[h]).leftCols(rank_);
   }
+
+  /// The cache of one layer of a projection set (projection.hpp): KV head h projects its keys with
+  /// set.head(layer, h), as the constructor above. A layer outside the set is an aqua::error.
+  template <class Set, std::enable_if_t<std::is_same<Set, projection_set>::value, int> = 0>
+  kv_cache(const Set& set, index_t layer, const kv_cache_options& options = {})
+      : kv_cache(bases_of(set, layer), options) {}
 
   // Move-only: a cache owns hundreds of MB, and a copy is never what a decode loop means.
   kv_cache(const kv_cache&) = delete;
@@ -233,14 +237,11 @@ public:
   /// Projected key element (h, j, c) widened to float. Preconditions (asserted when assertions are
   /// on): h < kv_heads(), j < size(), c < rank(). key_at checks them.
   float key(index_t head, index_t token, index_t dim) const noexcept {
-    AQUA_ASSERT(head >= 0 && head < hkv_ && token >= 0 && token < n_ && dim >= 0 && dim < rank_);
-    return detail::load_element(keys_[static_cast<std::size_t>(head * tiles_ + dim / tile_)].get(), key_type_,
-                                key_offset(token, dim % tile_));
+    return layout().key(head, token, dim);
   }
   /// Value element (h, j, c) widened to float. Preconditions: h < kv_heads(), j < size(), c < d.
   float value(index_t head, index_t token, index_t dim) const noexcept {
-    AQUA_ASSERT(head >= 0 && head < hkv_ && token >= 0 && token < n_ && dim >= 0 && dim < d_);
-    return detail::load_element(values_[static_cast<std::size_t>(head)].get(), value_type_, token * d_ + dim);
+    return layout().value(head, token, dim);
   }
   /// Sequence position of stored token j (of KV head 0; every head agrees unless retain_per_head
   /// kept different tokens per head). Precondition: j < size().
@@ -269,33 +270,7 @@ public:
   /// out[0..r) = (x P)[0..r) for KV head h; x has d elements with stride x_stride.
   template <class S>
   void project(index_t head, const S* x, index_t x_stride, float* out) const {
-    if (identity_) {
-      for (index_t c = 0; c < rank_; ++c) out[c] = static_cast<float>(x[c * x_stride]);
-      return;
-    }
-    const auto& p = proj_[static_cast<std::size_t>(head)];
-    // Eigen's GEMV is vectorised whatever the caller's flags; the plain loop is not at GCC's -O2
-    // (out and the basis might alias), which made q P 5-10x slower than the decode it precedes.
-    Eigen::Map<Eigen::RowVectorXf> result(out, rank_);
-    if constexpr (std::is_same<S, float>::value) {
-      if (x_stride == 1) {
-        result.noalias() = Eigen::Map<const Eigen::RowVectorXf>(x, d_) * p;
-        return;
-      }
-    }
-    constexpr index_t stack_dims = 1024;
-    if (d_ <= stack_dims) {
-      float copy[stack_dims];
-      for (index_t i = 0; i < d_; ++i) copy[i] = static_cast<float>(x[i * x_stride]);
-      result.noalias() = Eigen::Map<const Eigen::RowVectorXf>(copy, d_) * p;
-      return;
-    }
-    for (index_t c = 0; c < rank_; ++c) out[c] = 0.0f;
-    for (index_t i = 0; i < d_; ++i) {
-      const float xi = static_cast<float>(x[i * x_stride]);
-      const float* row = p.data() + i * rank_;
-      for (index_t c = 0; c < rank_; ++c) out[c] += xi * row[c];
-    }
+    detail::project_row(projection(head), d_, rank_, x, x_stride, out);
   }
   /// The copied basis of head h, [d, r] row-major (empty for an identity cache).
   const row_matrix<float>* projection(index_t head) const noexcept {
@@ -435,9 +410,35 @@ public:
   }
 
 private:
+  friend struct detail::cache_access;
+
+  template <class Set>
+  static std::vector<matrix_view<const float>> bases_of(const Set& set, index_t layer) {
+    AQUA_CHECK(!set.empty(), "aqua::kv_cache: the projection set is empty");
+    AQUA_CHECK(layer >= 0 && layer < set.layers(), "aqua::kv_cache: layer ", layer,
+               " is outside the projection set's [0, ", set.layers(), ")");
+    std::vector<matrix_view<const float>> bases;
+    for (index_t h = 0; h < set.kv_heads(); ++h) bases.push_back(set.head(layer, h).basis_view());
+    return bases;
+  }
+
+  detail::cache_layout layout() const noexcept {
+    return {hkv_,
+            d_,
+            rank_,
+            tile_,
+            tiles_,
+            n_,
+            key_type_,
+            value_type_,
+            keys_.data(),
+            values_.data(),
+            identity_ ? nullptr : proj_.data()};
+  }
+
   /// Element offset of (token, dim i within its tile) inside a tile array.
   index_t key_offset(index_t token, index_t i) const noexcept {
-    return ((token / block_tokens) * tile_ + i) * block_tokens + token % block_tokens;
+    return detail::tiled_key_offset(token, i, tile_);
   }
 
   void check_index(const char* what, index_t head, index_t token, index_t dim, index_t dims) const {
@@ -576,5 +577,11 @@ private:
   std::vector<std::vector<index_t>> positions_;  // [Hkv][n]
   row_matrix<float> scratch_;
 };
+
+namespace detail {
+struct cache_access {
+  static cache_layout layout(const kv_cache& c) noexcept { return c.layout(); }
+};
+}  // namespace detail
 
 }  // namespace aqua

@@ -22,7 +22,9 @@
 #include <vector>
 
 #include "aqua/config.hpp"
+#include "aqua/detail/orthogonality.hpp"
 #include "aqua/detail/validate.hpp"
+#include "aqua/eigen.hpp"
 #include "aqua/tensor_view.hpp"
 
 namespace aqua {
@@ -56,14 +58,6 @@ inline calibration_source parse_calibration_source(const std::string& text) {
 }
 
 namespace detail {
-
-/// Largest |P^T P - I| entry, computed in double.
-template <class = void>
-inline double orthogonality_error(const row_matrix<float>& p) {
-  const Eigen::MatrixXd pd = p.cast<double>();
-  const Eigen::MatrixXd gram = pd.transpose() * pd;
-  return (gram - Eigen::MatrixXd::Identity(pd.rows(), pd.cols())).cwiseAbs().maxCoeff();
-}
 
 /// Box-Muller on a 64-bit Mersenne Twister: std::normal_distribution differs between standard
 /// libraries, and seeded projection sets should be the same everywhere.

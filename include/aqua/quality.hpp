@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "aqua/attention.hpp"
+#include "aqua/eigen.hpp"
 #include "aqua/kv_cache.hpp"
 #include "aqua/select.hpp"
 #include "aqua/tensor_view.hpp"
@@ -101,8 +102,12 @@ inline attention_quality aqua_decode_quality(matrix_view<const float> q, const k
   std::vector<float> probs(static_cast<std::size_t>(cache.kv_heads() * n));
   auto probs_view = make_view(probs.data(), cache.kv_heads(), n);
   // The probability hook makes the call keep its per-head logits in the workspace.
-  detail::decode_on_cache(q, cache, &select, options.mode, make_view(approx.data(), hq, d), options.scale,
-                          options.exec, options.threads, &ws_approx, nullptr, probs_view, {}, fn);
+  aqua_options approx_options = options;
+  approx_options.workspace = &ws_approx;
+  approx_options.profile = nullptr;
+  approx_options.lse = {};
+  detail::decode_on_cache(q, cache, &select, options.mode, make_view(approx.data(), hq, d), approx_options,
+                          probs_view, fn);
   std::vector<double> exact, exact_logits;
   detail::exact_attention_over_cache(q, cache, detail::resolve_scale(options.scale, d, fn), exact,
                                      exact_logits);
@@ -116,7 +121,7 @@ inline attention_quality aqua_decode_quality(matrix_view<const float> q, const k
   const index_t top = std::min<index_t>(10, n);
   for (index_t h = 0; h < hq; ++h) {
     auto e = detail::top_indices(exact_logits.data() + h * n, n, top);
-    auto a = detail::top_indices(ws_approx.logits.data() + h * n, n, top);
+    auto a = detail::top_indices(detail::workspace_access::scratch(ws_approx).logits.data() + h * n, n, top);
     result.top1_agreement += e[0] == a[0] ? 1.0 : 0.0;
     std::sort(e.begin(), e.end());
     std::sort(a.begin(), a.end());

@@ -6,6 +6,7 @@
 // rotated by a random orthogonal basis P per KV head (raw = z P^T, so z = raw P).
 #pragma once
 
+#include <aqua/eigen.hpp>
 #include <aqua/kv_cache.hpp>
 #include <aqua/tensor_view.hpp>
 

@@ -1,5 +1,5 @@
-// AQUA decode / prefill engines over the tiled kv_cache. Public entry points (attention.hpp)
-// validate; nothing here checks arguments.
+// AQUA decode / prefill engines over the tiled cache (a detail::cache_layout). Public entry points
+// (attention.hpp) validate; nothing here checks arguments.
 #pragma once
 
 #include <Eigen/Core>
@@ -14,38 +14,28 @@
 #include <vector>
 
 #include "aqua/detail/aqua_kernels.hpp"
+#include "aqua/detail/cache_layout.hpp"
 #include "aqua/detail/parallel.hpp"
+#include "aqua/detail/ranking.hpp"
 #include "aqua/detail/simd.hpp"
-#include "aqua/kv_cache.hpp"
-#include "aqua/select.hpp"
+#include "aqua/eigen.hpp"
+#include "aqua/executor.hpp"
+#include "aqua/selection_spec.hpp"
 #include "aqua/tensor_view.hpp"
 
 namespace aqua {
+namespace detail {
 
-/// Which projected dimensions a query head reads.
-enum class selection_mode {
-  /// Every query head selects its own top-k dims (the paper's rule).
-  per_head,
-  /// One set per KV group, by summed magnitude over the group's query heads: one read of the
-  /// selected key rows serves all g heads.
-  group,
-  /// Whole tiles, chosen per KV group by summed query energy until k dims are covered; scores use
-  /// every dim of the chosen tiles.
-  tile,
-};
-
-/// Optional per-call measurements (filled when a pointer is passed in the options). Seconds are
-/// CPU seconds of the worker threads (where the platform reports them), summed over workers.
-struct attention_profile {
+/// What a call measured per phase (aqua::attention_profile is the public copy). Seconds are CPU
+/// seconds of the worker threads where the platform reports them, summed over workers.
+struct phase_times {
   double select_seconds = 0, score_seconds = 0, softmax_seconds = 0, value_seconds = 0;
   /// Decode: fraction of the key tiles (bytes) of the cache that the call read.
   double key_fraction_read = 0;
 };
 
-/// Reusable scratch for AQUA calls: pass one in the options to avoid per-call allocation. One
-/// workspace serves one call at a time (calls running concurrently need one each).
-class aqua_workspace {
-public:
+/// The scratch behind aqua::aqua_workspace: per worker, and for the whole call.
+struct engine_workspace {
   struct worker {
     std::vector<float> scores, acc, m, alpha, qsel, qblock, qinter, qunion;
     std::vector<double> l, energy;
@@ -55,17 +45,16 @@ public:
     std::vector<std::int32_t> dims, rank, query_dims;
     std::vector<index_t> counts, group_union;
     row_matrix<float> logits, proj;
-    attention_profile profile;
+    phase_times profile;
   };
   std::vector<worker> workers;
   std::vector<float> qproj, qsel, part_acc, part_m, logits, weight;
   std::vector<double> energy;  // squares of the projected queries, in double like select_top's
-  std::vector<double> part_l;
+  std::vector<double> part_l, segment_weights;
+  std::vector<float> prob_row;  // one head's token probabilities before they join token_probs
   std::vector<std::int32_t> dims, rank;
   std::vector<index_t> counts;
 };
-
-namespace detail {
 
 /// Profiles count CPU time of the calling thread where the platform has it, so phases measured on
 /// a machine shared with other jobs leave out the time the thread was descheduled.
@@ -91,13 +80,13 @@ inline double seconds_since(profile_clock::time_point t0) {
 }
 
 /// The row of projected dim `dim` in key block 0 of KV head kv (16 elements of the key type).
-inline const unsigned char* key_row(const kv_cache& cache, index_t kv, index_t dim) {
+inline const unsigned char* key_row(const cache_layout& cache, index_t kv, index_t dim) {
   const index_t tile = cache.tile_dims();
   return static_cast<const unsigned char*>(cache.key_tile_data(kv, dim / tile)) +
          (dim % tile) * kv_block * storage_bytes(cache.key_type());
 }
 /// Bytes from one key block to the next within a tile.
-inline index_t key_block_bytes(const kv_cache& cache) {
+inline index_t key_block_bytes(const cache_layout& cache) {
   return cache.tile_dims() * kv_block * storage_bytes(cache.key_type());
 }
 
@@ -153,8 +142,9 @@ struct decode_plan {
 /// Projects and scales the queries, selects dims and gathers the selected query values.
 /// `dense` uses every kept dim (exact attention over the cache).
 template <class = void>
-inline void plan_decode(const matrix_view<const float>& q, const kv_cache& cache, const selection_spec& spec,
-                        selection_mode mode, bool dense, double scale, aqua_workspace& ws, decode_plan& p) {
+inline void plan_decode(const matrix_view<const float>& q, const cache_layout& cache,
+                        const selection_spec& spec, selection_mode mode, bool dense, double scale,
+                        engine_workspace& ws, decode_plan& p) {
   p.hq = q.extent(0);
   p.hkv = cache.kv_heads();
   p.g = p.hq / p.hkv;
@@ -231,9 +221,9 @@ inline double key_fraction(const decode_plan& p) {
 /// profile time is reported as score time); otherwise scores, softmax and values go per chunk of
 /// decode_chunk tokens.
 template <class = void>
-inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv, index_t t0, index_t t1,
-                         aqua_workspace::worker& w, float* acc, float* m, double* l, float* logits_out,
-                         attention_profile* prof) {
+inline void decode_range(const cache_layout& cache, const decode_plan& p, index_t kv, index_t t0, index_t t1,
+                         engine_workspace::worker& w, float* acc, float* m, double* l, float* logits_out,
+                         phase_times* prof) {
   const index_t g = p.g, r = p.r, d = p.d, C = decode_chunk, bs = key_block_bytes(cache);
   const storage_type kt = cache.key_type(), vt = cache.value_type();
   const index_t lists = p.shared ? 1 : g;
@@ -362,7 +352,7 @@ inline void decode_range(const kv_cache& cache, const decode_plan& p, index_t kv
 /// Query head h of a planned decode in double precision, probabilities normalised before the
 /// values are summed: the slow path for the rare head whose float value accumulator overflowed.
 template <class = void>
-inline void decode_head_double(const kv_cache& cache, const decode_plan& p, index_t h, float* o,
+inline void decode_head_double(const cache_layout& cache, const decode_plan& p, index_t h, float* o,
                                index_t o_stride) {
   const index_t kv = h / p.g, n = p.n, d = p.d, r = p.r;
   const index_t list = p.shared ? kv : h;
@@ -388,9 +378,9 @@ inline void decode_head_double(const kv_cache& cache, const decode_plan& p, inde
 /// threads outnumber what the KV heads can split evenly, and are merged exactly
 /// (max, rescaled normalisers, rescaled partial outputs).
 template <class = void>
-inline void run_decode(const kv_cache& cache, const decode_plan& p, executor& exec, aqua_workspace& ws,
+inline void run_decode(const cache_layout& cache, const decode_plan& p, executor& exec, engine_workspace& ws,
                        const matrix_view<float>& out, const matrix_view<float>& token_probs,
-                       const vector_view<float>& lse, attention_profile* prof) {
+                       const vector_view<float>& lse, phase_times* prof) {
   const int threads = exec.workers();
   const index_t g = p.g, d = p.d, n = p.n;
   const index_t segs =
@@ -400,7 +390,7 @@ inline void run_decode(const kv_cache& cache, const decode_plan& p, executor& ex
   const index_t items = p.hkv * segs;
   const int workers = static_cast<int>(std::max<index_t>(1, std::min<index_t>(threads, items)));
   if (static_cast<int>(ws.workers.size()) < workers) ws.workers.resize(static_cast<std::size_t>(workers));
-  for (int wi = 0; wi < workers; ++wi) ws.workers[static_cast<std::size_t>(wi)].profile = attention_profile{};
+  for (int wi = 0; wi < workers; ++wi) ws.workers[static_cast<std::size_t>(wi)].profile = phase_times{};
   ws.part_acc.resize(static_cast<std::size_t>(items * g * d));
   ws.part_m.resize(static_cast<std::size_t>(items * g));
   ws.part_l.resize(static_cast<std::size_t>(items * g));
@@ -422,7 +412,8 @@ inline void run_decode(const kv_cache& cache, const decode_plan& p, executor& ex
                    ws.part_l.data() + item * g, logits, prof ? &w.profile : nullptr);
     }
   });
-  std::vector<float> prob_row(static_cast<std::size_t>(logits ? n : 0));
+  if (logits) ws.prob_row.resize(static_cast<std::size_t>(n));
+  ws.segment_weights.resize(static_cast<std::size_t>(segs));
   for (index_t h = 0; h < p.hq; ++h) {
     const index_t kv = h / g, hh = h % g;
     float mx = -std::numeric_limits<float>::infinity();
@@ -431,7 +422,7 @@ inline void run_decode(const kv_cache& cache, const decode_plan& p, executor& ex
     double total = 0;
     float* o = out.data() + h * out.stride(0);
     for (index_t c = 0; c < d; ++c) o[c * out.stride(1)] = 0.0f;
-    std::vector<double> weights(static_cast<std::size_t>(segs));
+    std::vector<double>& weights = ws.segment_weights;
     for (index_t s = 0; s < segs; ++s) {
       const index_t item = kv * segs + s;
       const float ms = ws.part_m[static_cast<std::size_t>(item * g + hh)];
@@ -462,10 +453,10 @@ inline void run_decode(const kv_cache& cache, const decode_plan& p, executor& ex
       // Probabilities of this head, added into its KV head's row of token_probs. The exponentials
       // go through the vectorised exp on a copy (the logits stay for callers that rank them):
       // a scalar double exp per token cost more than the whole decode at H2O budgets.
-      std::copy(logits + h * n, logits + (h + 1) * n, prob_row.begin());
-      exp_shift_sum(prob_row.data(), n, mx);
+      std::copy(logits + h * n, logits + (h + 1) * n, ws.prob_row.begin());
+      exp_shift_sum(ws.prob_row.data(), n, mx);
       const float inv = static_cast<float>(1.0 / total);
-      const float* pr = prob_row.data();
+      const float* pr = ws.prob_row.data();
       float* dst = token_probs.data() + kv * token_probs.stride(0);
       const index_t ds = token_probs.stride(1);
       if (ds == 1 && hh == 0) {
@@ -478,7 +469,7 @@ inline void run_decode(const kv_cache& cache, const decode_plan& p, executor& ex
     }
   }
   if (prof) {
-    *prof = attention_profile{};
+    *prof = phase_times{};
     for (int wi = 0; wi < workers; ++wi) {
       const auto& wp = ws.workers[static_cast<std::size_t>(wi)].profile;
       prof->score_seconds += wp.score_seconds;
@@ -499,7 +490,7 @@ inline void run_decode(const kv_cache& cache, const decode_plan& p, executor& ex
 /// rows and weights of the group whose first query is i are at w.union_rows / w.qunion + i * r
 /// (weights [query][dim of the union]). Returns the number of groups.
 template <class = void>
-inline index_t group_queries(aqua_workspace::worker& w, index_t rows, index_t r, const kv_cache& cache,
+inline index_t group_queries(engine_workspace::worker& w, index_t rows, index_t r, const cache_layout& cache,
                              index_t kv) {
   const index_t ratio_num =
       prefill_union_test_ratio() > 0 ? prefill_union_test_ratio() : prefill_union_ratio_num;
@@ -553,9 +544,9 @@ struct widened_rows {
   index_t head = -1, count = 0;
 };
 template <class = void>
-inline const float* widened_values(const kv_cache& cache, index_t kv, index_t rows, aqua_workspace::worker& w,
-                                   widened_rows& state) {
-  if (cache.value_type() == storage_type::f32) return cache.values(kv);
+inline const float* widened_values(const cache_layout& cache, index_t kv, index_t rows,
+                                   engine_workspace::worker& w, widened_rows& state) {
+  if (cache.value_type() == storage_type::f32) return static_cast<const float*>(cache.values_data(kv));
   const index_t d = cache.head_dim();
   if (state.head != kv) state = widened_rows{kv, 0};
   if (rows > state.count) {
@@ -568,120 +559,149 @@ inline const float* widened_values(const kv_cache& cache, index_t kv, index_t ro
   return w.values.data();
 }
 
-/// AQUA causal / full prefill: per (query head, block of query rows), per-query selection, scores
-/// over the tiles, softmax, then P V by Eigen GEMM on the token-major values.
+/// AQUA causal / full prefill: per (query head, block of query rows) a selection per query (group
+/// mode: per (KV group, block), one selection per query position shared by the group's heads,
+/// from their summed magnitudes as in decode), scores over the tiles, softmax, then P V by Eigen
+/// GEMM on the token-major values.
 template <class = void>
-inline void run_prefill(const tensor3_view<const float>& q, const kv_cache& cache, const selection_spec& spec,
-                        bool tile_mode, bool causal, double scale, executor& exec, aqua_workspace& ws,
-                        const tensor3_view<float>& out, attention_profile* prof,
-                        const matrix_view<float>& lse = {}) {
+inline void run_prefill(const tensor3_view<const float>& q, const cache_layout& cache,
+                        const selection_spec& spec, selection_mode mode, bool causal, double scale,
+                        executor& exec, engine_workspace& ws, const tensor3_view<float>& out,
+                        phase_times* prof, const matrix_view<float>& lse = {}) {
   const int threads = exec.workers();
   const index_t hq = q.extent(0), m = q.extent(1), d = q.extent(2), g = hq / cache.kv_heads();
   const index_t n = cache.size(), r = cache.rank(), tile = cache.tile_dims(), bs = key_block_bytes(cache);
   const storage_type kt = cache.key_type();
+  const bool tile_mode = mode == selection_mode::tile, shared = mode == selection_mode::group;
+  const index_t heads_per_item = shared ? g : 1;
   constexpr index_t block_rows = 64;
   const index_t key_chunk_blocks = prefill_key_blocks;
   const index_t blocks_per_head = (m + block_rows - 1) / block_rows;
-  const index_t items = hq * blocks_per_head;
+  const index_t items = hq / heads_per_item * blocks_per_head;
   const int workers = static_cast<int>(std::max<index_t>(1, std::min<index_t>(threads, items)));
   if (static_cast<int>(ws.workers.size()) < workers) ws.workers.resize(static_cast<std::size_t>(workers));
-  for (int wi = 0; wi < workers; ++wi) ws.workers[static_cast<std::size_t>(wi)].profile = attention_profile{};
+  for (int wi = 0; wi < workers; ++wi) ws.workers[static_cast<std::size_t>(wi)].profile = phase_times{};
   parallel_for(items, exec, [&](index_t begin, index_t end, int wi) {
     auto& w = ws.workers[static_cast<std::size_t>(wi)];
-    attention_profile* wp = prof ? &w.profile : nullptr;
+    phase_times* wp = prof ? &w.profile : nullptr;
     widened_rows widened;
     w.qsel.resize(static_cast<std::size_t>(block_rows * r));
     w.rows.resize(static_cast<std::size_t>(block_rows * r));
-    w.dims.resize(static_cast<std::size_t>(r));
+    w.dims.resize(static_cast<std::size_t>(shared ? block_rows * r : r));
     w.rank.resize(static_cast<std::size_t>(r));
     w.counts.resize(static_cast<std::size_t>(block_rows));
     w.query_dims.resize(static_cast<std::size_t>(block_rows * r));
     w.m.resize(static_cast<std::size_t>(r));  // |q| weights
     w.energy.resize(static_cast<std::size_t>(r));
     for (index_t item = begin; item < end; ++item) {
-      const index_t head = item / blocks_per_head, kv = head / g;
+      const index_t h0 = item / blocks_per_head * heads_per_item, kv = h0 / g;
       const index_t i0 = (item % blocks_per_head) * block_rows, rows = std::min(block_rows, m - i0);
       const index_t first_position = n - m + i0;
       const index_t visible = causal ? first_position + rows : n;
-      auto t_sel = wp ? profile_clock::now() : profile_clock::time_point();
-      // Project the block's queries (GEMM with the cache's basis) and fold in the scale.
-      auto q_rows = as_eigen(matrix_view<const float>(q.data() + head * q.stride(0) + i0 * q.stride(1),
-                                                      {rows, d}, {q.stride(1), q.stride(2)}));
-      if (const auto* basis = cache.projection(kv)) {
-        w.proj.resize(rows, r);
-        w.proj.noalias() = q_rows * (*basis);
-        w.proj *= static_cast<float>(scale);
-      } else {
-        w.proj = q_rows.leftCols(r) * static_cast<float>(scale);
-      }
-      for (index_t i = 0; i < rows; ++i) {
-        const float* qp = w.proj.row(i).data();
-        for (index_t c = 0; c < r; ++c) {
-          w.m[static_cast<std::size_t>(c)] = std::abs(qp[c]);
-          w.energy[static_cast<std::size_t>(c)] = double(qp[c]) * double(qp[c]);
-        }
-        const index_t cnt =
-            select_dims(w.m.data(), w.energy.data(), r, tile, tile_mode, spec, w.rank.data(), w.dims.data());
-        w.counts[static_cast<std::size_t>(i)] = cnt;
-        for (index_t s = 0; s < cnt; ++s) {
-          const std::int32_t dim = w.dims[static_cast<std::size_t>(s)];
-          w.query_dims[static_cast<std::size_t>(i * r + s)] = dim;
-          w.qsel[static_cast<std::size_t>(i * r + s)] = qp[dim];
-          w.rows[static_cast<std::size_t>(i * r + s)] = key_row(cache, kv, dim);
+      auto t_project = wp ? profile_clock::now() : profile_clock::time_point();
+      // Project the block's queries of every head of the item (GEMM with the cache's basis) and
+      // fold in the scale; head h0 + hi has rows [hi * rows, (hi + 1) * rows).
+      w.proj.resize(heads_per_item * rows, r);
+      for (index_t hi = 0; hi < heads_per_item; ++hi) {
+        auto q_rows = as_eigen(matrix_view<const float>(q.data() + (h0 + hi) * q.stride(0) + i0 * q.stride(1),
+                                                        {rows, d}, {q.stride(1), q.stride(2)}));
+        auto proj_rows = w.proj.middleRows(hi * rows, rows);
+        if (const auto* basis = cache.projection(kv)) {
+          proj_rows.noalias() = q_rows * (*basis);
+          proj_rows *= static_cast<float>(scale);
+        } else {
+          proj_rows = q_rows.leftCols(r) * static_cast<float>(scale);
         }
       }
-      auto t_score = wp ? profile_clock::now() : profile_clock::time_point();
-      const index_t padded = (visible + kv_block - 1) / kv_block * kv_block;
-      w.logits.resize(rows, padded);
-      const index_t groups = group_queries(w, rows, r, cache, kv);
-      // Key chunks outer, queries inner: a chunk's tiles stay in L2 while every query reads it.
-      for (index_t kc = 0; kc < visible; kc += key_chunk_blocks * kv_block) {
-        for (index_t gi = 0; gi < groups; ++gi) {
-          const index_t i = 4 * gi, hn = std::min<index_t>(4, rows - i);
-          const index_t nu = w.group_union[static_cast<std::size_t>(gi)];
-          if (nu > 0) {
-            // The group's last query sees the most keys; the others' extra scores are masked below.
-            const index_t vis_g = causal ? first_position + i + hn : n;
-            if (kc >= vis_g) continue;
-            const index_t nb = std::min(key_chunk_blocks, (vis_g - kc + kv_block - 1) / kv_block);
-            score_dispatch(static_cast<int>(hn), kt, w.union_rows.data() + i * r, nu, w.qunion.data() + i * r,
-                           nu, bs, kc / kv_block, nb, w.logits.row(i).data() + kc, w.logits.cols());
-            continue;
-          }
-          for (index_t q_i = i; q_i < i + hn; ++q_i) {
-            const index_t vis_i = causal ? first_position + q_i + 1 : n;
-            if (kc >= vis_i) continue;
-            const index_t nb = std::min(key_chunk_blocks, (vis_i - kc + kv_block - 1) / kv_block);
-            score_dispatch(1, kt, w.rows.data() + q_i * r, w.counts[static_cast<std::size_t>(q_i)],
-                           w.qsel.data() + q_i * r, r, bs, kc / kv_block, nb, w.logits.row(q_i).data() + kc,
-                           0);
+      // Selects the dims of query i from the weights and energies summed over heads [hb, he) of
+      // the item, into w.dims + at (ascending); returns the count.
+      auto select_query = [&](index_t i, index_t hb, index_t he, std::int32_t* at) {
+        std::fill(w.m.begin(), w.m.end(), 0.0f);
+        std::fill(w.energy.begin(), w.energy.end(), 0.0);
+        for (index_t hi = hb; hi < he; ++hi) {
+          const float* qp = w.proj.row(hi * rows + i).data();
+          for (index_t c = 0; c < r; ++c) {
+            w.m[static_cast<std::size_t>(c)] += std::abs(qp[c]);
+            w.energy[static_cast<std::size_t>(c)] += double(qp[c]) * double(qp[c]);
           }
         }
-      }
-      auto t_soft = wp ? profile_clock::now() : profile_clock::time_point();
-      for (index_t i = 0; i < rows; ++i) {
-        float* row = w.logits.row(i).data();
-        const index_t vis_i = causal ? first_position + i + 1 : n;
-        for (index_t j = vis_i; j < visible; ++j) row[j] = -std::numeric_limits<float>::infinity();
-        softmax_inplace_fast(
-            row, visible,
-            lse.size() ? lse.data() + head * lse.stride(0) + (i0 + i) * lse.stride(1) : nullptr);
-      }
-      auto t_value = wp ? profile_clock::now() : profile_clock::time_point();
-      Eigen::Map<const row_matrix<float>> v_rows(widened_values(cache, kv, visible, w, widened), visible, d);
-      auto out_rows = as_eigen(matrix_view<float>(out.data() + head * out.stride(0) + i0 * out.stride(1),
-                                                  {rows, d}, {out.stride(1), out.stride(2)}));
-      out_rows.noalias() = w.logits.leftCols(visible) * v_rows;
-      if (wp) {
-        wp->select_seconds += std::chrono::duration<double>(t_score - t_sel).count();
-        wp->score_seconds += std::chrono::duration<double>(t_soft - t_score).count();
-        wp->softmax_seconds += std::chrono::duration<double>(t_value - t_soft).count();
-        wp->value_seconds += seconds_since(t_value);
+        return select_dims(w.m.data(), w.energy.data(), r, tile, tile_mode, spec, w.rank.data(), at);
+      };
+      if (shared)
+        for (index_t i = 0; i < rows; ++i)
+          w.counts[static_cast<std::size_t>(i)] = select_query(i, 0, heads_per_item, w.dims.data() + i * r);
+      const double project_seconds = wp ? seconds_since(t_project) : 0.0;
+      for (index_t hi = 0; hi < heads_per_item; ++hi) {
+        const index_t head = h0 + hi;
+        auto t_sel = wp ? profile_clock::now() : profile_clock::time_point();
+        for (index_t i = 0; i < rows; ++i) {
+          const float* qp = w.proj.row(hi * rows + i).data();
+          const std::int32_t* dims = shared ? w.dims.data() + i * r : w.dims.data();
+          if (!shared) w.counts[static_cast<std::size_t>(i)] = select_query(i, hi, hi + 1, w.dims.data());
+          const index_t cnt = w.counts[static_cast<std::size_t>(i)];
+          for (index_t s = 0; s < cnt; ++s) {
+            const std::int32_t dim = dims[s];
+            w.query_dims[static_cast<std::size_t>(i * r + s)] = dim;
+            w.qsel[static_cast<std::size_t>(i * r + s)] = qp[dim];
+            w.rows[static_cast<std::size_t>(i * r + s)] = key_row(cache, kv, dim);
+          }
+        }
+        auto t_score = wp ? profile_clock::now() : profile_clock::time_point();
+        const index_t padded = (visible + kv_block - 1) / kv_block * kv_block;
+        w.logits.resize(rows, padded);
+        const index_t groups = group_queries(w, rows, r, cache, kv);
+        // Key chunks outer, queries inner: a chunk's tiles stay in L2 while every query reads it.
+        for (index_t kc = 0; kc < visible; kc += key_chunk_blocks * kv_block) {
+          for (index_t gi = 0; gi < groups; ++gi) {
+            const index_t i = 4 * gi, hn = std::min<index_t>(4, rows - i);
+            const index_t nu = w.group_union[static_cast<std::size_t>(gi)];
+            if (nu > 0) {
+              // The group's last query sees the most keys; the others' extra scores are masked below.
+              const index_t vis_g = causal ? first_position + i + hn : n;
+              if (kc >= vis_g) continue;
+              const index_t nb = std::min(key_chunk_blocks, (vis_g - kc + kv_block - 1) / kv_block);
+              score_dispatch(static_cast<int>(hn), kt, w.union_rows.data() + i * r, nu,
+                             w.qunion.data() + i * r, nu, bs, kc / kv_block, nb, w.logits.row(i).data() + kc,
+                             w.logits.cols());
+              continue;
+            }
+            for (index_t q_i = i; q_i < i + hn; ++q_i) {
+              const index_t vis_i = causal ? first_position + q_i + 1 : n;
+              if (kc >= vis_i) continue;
+              const index_t nb = std::min(key_chunk_blocks, (vis_i - kc + kv_block - 1) / kv_block);
+              score_dispatch(1, kt, w.rows.data() + q_i * r, w.counts[static_cast<std::size_t>(q_i)],
+                             w.qsel.data() + q_i * r, r, bs, kc / kv_block, nb, w.logits.row(q_i).data() + kc,
+                             0);
+            }
+          }
+        }
+        auto t_soft = wp ? profile_clock::now() : profile_clock::time_point();
+        for (index_t i = 0; i < rows; ++i) {
+          float* row = w.logits.row(i).data();
+          const index_t vis_i = causal ? first_position + i + 1 : n;
+          for (index_t j = vis_i; j < visible; ++j) row[j] = -std::numeric_limits<float>::infinity();
+          softmax_inplace_fast(
+              row, visible,
+              lse.size() ? lse.data() + head * lse.stride(0) + (i0 + i) * lse.stride(1) : nullptr);
+        }
+        auto t_value = wp ? profile_clock::now() : profile_clock::time_point();
+        Eigen::Map<const row_matrix<float>> v_rows(widened_values(cache, kv, visible, w, widened), visible,
+                                                   d);
+        auto out_rows = as_eigen(matrix_view<float>(out.data() + head * out.stride(0) + i0 * out.stride(1),
+                                                    {rows, d}, {out.stride(1), out.stride(2)}));
+        out_rows.noalias() = w.logits.leftCols(visible) * v_rows;
+        if (wp) {
+          wp->select_seconds +=
+              std::chrono::duration<double>(t_score - t_sel).count() + (hi == 0 ? project_seconds : 0.0);
+          wp->score_seconds += std::chrono::duration<double>(t_soft - t_score).count();
+          wp->softmax_seconds += std::chrono::duration<double>(t_value - t_soft).count();
+          wp->value_seconds += seconds_since(t_value);
+        }
       }
     }
   });
   if (prof) {
-    *prof = attention_profile{};
+    *prof = phase_times{};
     for (int wi = 0; wi < workers; ++wi) {
       const auto& wp = ws.workers[static_cast<std::size_t>(wi)].profile;
       prof->select_seconds += wp.select_seconds;

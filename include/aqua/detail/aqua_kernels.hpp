@@ -67,19 +67,6 @@ inline index_t& prefill_union_test_ratio() {
   return ratio;
 }
 
-/// Calls f(T{}) with T the element type of storage type t (float, bf16 or f16).
-template <class F>
-decltype(auto) with_storage(storage_type t, F&& f) {
-  switch (t) {
-    case storage_type::bf16:
-      return f(bf16{});
-    case storage_type::f16:
-      return f(f16{});
-    default:
-      return f(float{});
-  }
-}
-
 template <class T>
 inline const T* typed_ptr(const unsigned char* p) {
   return reinterpret_cast<const T*>(p);
@@ -204,7 +191,7 @@ inline bool fused_decode(int heads, bool lists, const fused_args& a, storage_typ
 #if AQUA_HAS_X86_SIMD
   if (!has_avx2_fma() || a.d % 8 != 0 || key_type != value_type) return false;
   const bool wide = has_avx512f() && a.d % 16 == 0;
-  with_storage(key_type, [&](auto tag) {
+  visit_storage(key_type, [&](auto tag) {
     using T = decltype(tag);
     if (wide)
       fused_decode_heads<true, T, T>(heads, lists, a, b_begin, b_end, m, l, acc, acc_stride);
@@ -272,7 +259,7 @@ inline void score_dispatch(int heads, storage_type key_type, const unsigned char
                            const float* q, index_t q_stride, index_t block_bytes, index_t b0, index_t nb,
                            float* scores, index_t score_stride, bool stream = false,
                            side_prefetch side = {}) {
-  with_storage(key_type, [&](auto tag) {
+  visit_storage(key_type, [&](auto tag) {
     using K = decltype(tag);
 #if AQUA_HAS_X86_SIMD
     if (has_avx512f())
@@ -303,7 +290,7 @@ inline void score_lists_dispatch(int heads, storage_type key_type, const unsigne
                                  index_t score_stride, side_prefetch side = {}) {
 #if AQUA_HAS_X86_SIMD
   if (has_avx2_fma() && heads >= 2) {
-    with_storage(key_type, [&](auto tag) {
+    visit_storage(key_type, [&](auto tag) {
       using K = decltype(tag);
       const bool wide = has_avx512f();
 #define AQUA_LISTS_CASE(HB)                                                                                 \
@@ -335,7 +322,7 @@ template <class = void>
 inline void score_rows_dispatch(int heads, storage_type key_type, const unsigned char* keys, index_t ld,
                                 index_t count, const float* q, index_t d, float* scores, index_t score_stride,
                                 const rows_l2_prefetch& side = {}) {
-  with_storage(key_type, [&](auto tag) {
+  visit_storage(key_type, [&](auto tag) {
     using K = decltype(tag);
     const K* rows = typed_ptr<K>(keys);
 #if AQUA_HAS_X86_SIMD
@@ -370,7 +357,7 @@ inline void value_dispatch(int heads, storage_type value_type, const unsigned ch
                            const float* p, index_t p_stride, float* acc, index_t acc_stride,
                            const float* alpha, index_t ld = -1, const rows_l2_prefetch& side = {}) {
   if (ld < 0) ld = d;
-  with_storage(value_type, [&](auto tag) {
+  visit_storage(value_type, [&](auto tag) {
     using V = decltype(tag);
     const V* rows = typed_ptr<V>(v);
 #if AQUA_HAS_X86_SIMD

@@ -17,11 +17,8 @@
 #include "aqua/isa.hpp"
 #include "aqua/tensor_view.hpp"
 
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
-#define AQUA_DETAIL_GRAM_X86 1
+#if AQUA_HAS_X86_SIMD
 #include <immintrin.h>
-#else
-#define AQUA_DETAIL_GRAM_X86 0
 #endif
 
 namespace aqua {
@@ -44,7 +41,7 @@ inline void gram_update_portable(const double* a, index_t rows, index_t d, index
   cm.selfadjointView<Eigen::Lower>().rankUpdate(am.transpose());
 }
 
-#if AQUA_DETAIL_GRAM_X86
+#if AQUA_HAS_X86_SIMD
 /// 4 x 8 register tiles of C (8 accumulators: enough independent FMAs to cover their latency),
 /// only tiles that reach the lower triangle, rows of A taken in chunks of 16 so a chunk stays in L1.
 __attribute__((target("avx2,fma"))) inline void gram_update_avx2(const double* a, index_t rows, index_t ld,
@@ -128,14 +125,14 @@ __attribute__((target("avx2,fma"))) inline void widen_rows_avx2(const float* x, 
 
 /// True when gram_update takes the AVX2/FMA kernel (aqua::active_isa(), which the user may cap).
 inline bool gram_simd_available() noexcept {
-  return AQUA_DETAIL_GRAM_X86 && active_isa() >= isa::avx2;
+  return AQUA_HAS_X86_SIMD && active_isa() >= isa::avx2;
 }
 
 /// C += A^T A (see the top of this file for the layout).
 template <class = void>
 inline void gram_update(const double* a, index_t rows, index_t d, index_t ld, double* c) {
   if (rows <= 0) return;
-#if AQUA_DETAIL_GRAM_X86
+#if AQUA_HAS_X86_SIMD
   if (gram_simd_available()) {
     gram_update_avx2(a, rows, ld, c);
     return;

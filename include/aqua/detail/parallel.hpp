@@ -52,8 +52,8 @@ inline executor& resolve_executor(executor* exec, int threads, const char* fn) {
 
 /// Splits [0, count) into min(workers, count) contiguous chunks of near-equal size and runs
 /// `body(begin, end, worker)` for each on the executor; a single chunk runs on the calling thread
-/// without it. Exceptions thrown by a body are rethrown on the calling thread (the first worker's
-/// first) after every chunk has finished.
+/// without it. An exception thrown by a body is rethrown on the calling thread (the lowest
+/// worker's, if several threw) after every chunk has finished.
 template <class Body>
 void parallel_for(index_t count, executor& exec, Body&& body) {
   if (count <= 0) return;
@@ -64,14 +64,23 @@ void parallel_for(index_t count, executor& exec, Body&& body) {
     body(index_t{0}, count, 0);
     return;
   }
-  std::vector<std::exception_ptr> errors(static_cast<std::size_t>(workers));
+#if AQUA_HAS_EXCEPTIONS
+  // One slot, kept for the lowest worker that threw: no allocation unless a body throws.
+  std::mutex error_lock;
+  std::exception_ptr error;
+  int error_worker = available;
+#endif
   auto chunk = [&](int w) noexcept {
     const index_t begin = count * w / workers, end = count * (w + 1) / workers;
 #if AQUA_HAS_EXCEPTIONS
     try {
       body(begin, end, w);
     } catch (...) {
-      errors[static_cast<std::size_t>(w)] = std::current_exception();
+      std::lock_guard<std::mutex> guard(error_lock);
+      if (w < error_worker) {
+        error = std::current_exception();
+        error_worker = w;
+      }
     }
 #else
     body(begin, end, w);
@@ -79,8 +88,7 @@ void parallel_for(index_t count, executor& exec, Body&& body) {
   };
   exec.run(static_cast<int>(workers), make_task_ref(chunk));
 #if AQUA_HAS_EXCEPTIONS
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
+  if (error) std::rethrow_exception(error);
 #endif
 }
 

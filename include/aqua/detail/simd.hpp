@@ -14,13 +14,11 @@
 #include "aqua/isa.hpp"
 #include "aqua/tensor_view.hpp"
 
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-#define AQUA_HAS_X86_SIMD 1
+#if AQUA_HAS_X86_SIMD
 #include <immintrin.h>
 #define AQUA_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define AQUA_TARGET_AVX512 __attribute__((target("avx2,fma,f16c,avx512f")))
 #else
-#define AQUA_HAS_X86_SIMD 0
 #define AQUA_TARGET_AVX2
 #define AQUA_TARGET_AVX512
 #endif

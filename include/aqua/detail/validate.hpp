@@ -44,19 +44,20 @@ void require_extent(const tensor_view<T, Rank>& v, int dim, index_t expected, co
              " (dimension ", dim, ") must be ", expected);
 }
 
-/// Every element of `v` must be finite (NaN and +-Inf are rejected with their position).
-template <class T, int Rank>
-void require_finite(const tensor_view<T, Rank>& v, const char* fn, const char* name) {
+/// Calls reject(x, "i, j, ...") at the first element x of `v` (in row-major index order) for
+/// which bad(x) holds; the position string is built only then.
+template <class T, int Rank, class Bad, class Reject>
+void require_each(const tensor_view<T, Rank>& v, Bad bad, Reject reject) {
   if (v.size() == 0) return;
   std::array<index_t, Rank> idx{};
   for (;;) {
     index_t offset = 0;
     for (int i = 0; i < Rank; ++i) offset += idx[static_cast<std::size_t>(i)] * v.stride(i);
     const auto x = v.data()[offset];
-    if (AQUA_UNLIKELY(!std::isfinite(x))) {
+    if (AQUA_UNLIKELY(bad(x))) {
       std::ostringstream pos;
       for (int i = 0; i < Rank; ++i) pos << (i ? ", " : "") << idx[static_cast<std::size_t>(i)];
-      AQUA_THROW(fn, ": ", name, " holds a non-finite value (", x, ") at index [", pos.str(), "]");
+      reject(x, pos.str());
     }
     int d = Rank - 1;
     while (d >= 0 && ++idx[static_cast<std::size_t>(d)] == v.extent(d))
@@ -65,26 +66,25 @@ void require_finite(const tensor_view<T, Rank>& v, const char* fn, const char* n
   }
 }
 
+/// Every element of `v` must be finite (NaN and +-Inf are rejected with their position).
+template <class T, int Rank>
+void require_finite(const tensor_view<T, Rank>& v, const char* fn, const char* name) {
+  require_each(
+      v, [](auto x) { return !std::isfinite(x); },
+      [&](auto x, const std::string& pos) {
+        AQUA_THROW(fn, ": ", name, " holds a non-finite value (", x, ") at index [", pos, "]");
+      });
+}
+
 /// An additive mask may hold finite values and -inf; +inf and NaN have no meaning.
 template <class T, int Rank>
 void require_mask_values(const tensor_view<T, Rank>& v, const char* fn, const char* name) {
-  if (v.size() == 0) return;
-  std::array<index_t, Rank> idx{};
-  for (;;) {
-    index_t offset = 0;
-    for (int i = 0; i < Rank; ++i) offset += idx[static_cast<std::size_t>(i)] * v.stride(i);
-    const auto x = v.data()[offset];
-    if (AQUA_UNLIKELY(std::isnan(x) || (std::isinf(x) && x > 0))) {
-      std::ostringstream pos;
-      for (int i = 0; i < Rank; ++i) pos << (i ? ", " : "") << idx[static_cast<std::size_t>(i)];
-      AQUA_THROW(fn, ": ", name, " holds ", x, " at index [", pos.str(),
-                 "]; an additive mask takes finite values or -inf");
-    }
-    int d = Rank - 1;
-    while (d >= 0 && ++idx[static_cast<std::size_t>(d)] == v.extent(d))
-      idx[static_cast<std::size_t>(d--)] = 0;
-    if (d < 0) return;
-  }
+  require_each(
+      v, [](auto x) { return std::isnan(x) || (std::isinf(x) && x > 0); },
+      [&](auto x, const std::string& pos) {
+        AQUA_THROW(fn, ": ", name, " holds ", x, " at index [", pos,
+                   "]; an additive mask takes finite values or -inf");
+      });
 }
 
 /// An optional log-sum-exp output: empty (not asked for), or one float per query head.

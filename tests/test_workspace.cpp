@@ -1,0 +1,99 @@
+// The workspace promise (aqua::aqua_workspace): with one, a decode call allocates nothing once a
+// call of the same shape has sized it, in every selection mode, for dense decode over the cache,
+// with token probabilities and log-sum-exp outputs, on one worker and on a pool. Counted by
+// replacing the global operator new of this test binary; only calls made while counting is on are
+// counted, on every thread (the pool's workers allocate too if anything does).
+#include <aqua/attention.hpp>
+#include <aqua/executor.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <cstdlib>
+#include <new>
+#include <vector>
+
+#include "kernel_support.hpp"
+#include "test_support.hpp"
+
+namespace {
+std::atomic<bool> counting_allocations{false};
+std::atomic<long> allocations_counted{0};
+}  // namespace
+
+// GCC sees the malloc behind this operator new and the free behind operator delete once both are
+// inlined, and takes the pair for a mismatch; they are this binary's allocator, so they match.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+void* operator new(std::size_t bytes) {
+  if (counting_allocations.load(std::memory_order_relaxed)) allocations_counted.fetch_add(1);
+  if (void* p = std::malloc(bytes ? bytes : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, std::size_t) noexcept {
+  std::free(p);
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+namespace {
+
+/// Allocations (operator new, any thread) while f runs.
+template <class F>
+long allocations_during(F&& f) {
+  allocations_counted = 0;
+  counting_allocations = true;
+  f();
+  counting_allocations = false;
+  return allocations_counted.load();
+}
+
+}  // namespace
+
+TEST_CASE("with a workspace a repeated decode of one shape allocates nothing", "[workspace][threads]") {
+  using aqua::index_t;
+  const index_t hq = 8, hkv = 2, d = 64, n = 333;
+  aqua_test::random_layer L(hq, hkv, d, n, {16, true, 0, 1, 5, 300});
+  std::vector<float> out(std::size_t(hq * d)), probs(std::size_t(hkv * n)), lse(static_cast<std::size_t>(hq));
+  const auto outv = aqua::make_view(out.data(), hq, d);
+  const auto probsv = aqua::make_view(probs.data(), hkv, n);
+  const auto lsev = aqua::make_view(lse.data(), hq);
+  aqua::thread_pool pool(2);
+  for (aqua::executor* exec : {static_cast<aqua::executor*>(nullptr), static_cast<aqua::executor*>(&pool)}) {
+    for (auto mode : aqua_test::all_modes)
+      for (const auto& spec : {aqua::selection_spec::top_k(24), aqua::selection_spec::energy(0.9)}) {
+        CAPTURE(exec != nullptr, aqua_test::mode_name(mode), int(spec.type));
+        aqua::aqua_workspace ws;
+        aqua::aqua_options opt;
+        opt.mode = mode;
+        opt.exec = exec;
+        opt.workspace = &ws;
+        opt.lse = lsev;
+        aqua::aqua_decode(L.qv(), L.cache, spec, outv, opt, probsv);
+        CHECK(allocations_during([&] { aqua::aqua_decode(L.qv(), L.cache, spec, outv, opt, probsv); }) == 0);
+        opt.lse = {};
+        CHECK(allocations_during([&] { aqua::aqua_decode(L.qv(), L.cache, spec, outv, opt); }) == 0);
+      }
+    aqua::aqua_workspace ws;
+    aqua::attention_options dense;
+    dense.exec = exec;
+    dense.lse = lsev;
+    dense.workspace = &ws;
+    aqua::dense_decode(L.qv(), L.cache, outv, dense, probsv);
+    CHECK(allocations_during([&] { aqua::dense_decode(L.qv(), L.cache, outv, dense, probsv); }) == 0);
+  }
+}
+
+TEST_CASE("the allocation counter sees allocations on the pool's workers", "[workspace][threads]") {
+  aqua::thread_pool pool(2);
+  std::vector<std::vector<int>> made(2);
+  auto task = [&](int worker) { made[std::size_t(worker)].resize(10); };
+  const long seen = allocations_during([&] { pool.run(2, aqua::make_task_ref(task)); });
+  CHECK(seen >= 2);
+}
