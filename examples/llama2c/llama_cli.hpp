@@ -2,17 +2,21 @@
 // argument-vector fuzz target (tests/fuzz/fuzz_cli.cpp). Parsing checks every value and
 // combination and the files named (readable inputs, writable outputs); check_against_model() then
 // checks what depends on the model (context length, head dimension) from the checkpoint's header
-// alone, before the weights, the tokenizer or the text are loaded.
+// alone, before the weights, the tokenizer or the text are loaded. input_files finds the files
+// that the flags leave to the data directory. aqua_llama_policies (experiments/llama2c_policies)
+// builds its own options from these pieces.
 #pragma once
 
 #include "aqua_tools/cli.hpp"
 #include "checkpoint.hpp"
+#include "data_dir.hpp"
 
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
+#include <utility>
 
 namespace aqua_llama_cli {
 
@@ -182,5 +186,41 @@ inline void check_against_model(const options& o, const llama2c::config& c) {
   if (o.r > 0 && o.k > o.r)
     throw aqua_cli::usage_error("--k " + std::to_string(o.k) + " is larger than --r " + std::to_string(o.r));
 }
+
+/// The model, tokenizer and text a llama2.c tool reads: the flags' paths, else stories260K and the
+/// text in the data directory (--data-dir, $AQUA_DATA_DIR, ../shared/data from the current
+/// directory or from `repo_root`). Each path is resolved when the tool asks for it, so that what
+/// the tool checks first (the model's header, the text) fails before a later file's lookup does.
+class input_files {
+public:
+  /// `tool` starts the messages; a --data-dir or $AQUA_DATA_DIR that is no directory is an error.
+  input_files(std::string tool, const std::string& data_dir_flag, const std::string& repo_root)
+      : tool_(std::move(tool)), data_dir_(llama2c::resolve_data_dir(data_dir_flag, repo_root)) {}
+
+  std::string model(const std::string& flag) const { return in_stories260k(flag, "stories260K.bin"); }
+  std::string tokenizer(const std::string& flag) const { return in_stories260k(flag, "tok512.bin"); }
+
+  /// --ppl: the parser let a relative path that is missing here through for the data directory, so
+  /// only now can a missing or unreadable text be the usage error it is.
+  std::string text(const std::string& flag) const {
+    const std::string path = llama2c::in_data_dir(flag, data_dir_);
+    std::string checked = path;  // a CLI11 validator may rewrite its argument
+    const std::string problem = aqua_cli::readable_file()(checked);
+    if (!problem.empty()) throw aqua_cli::usage_error("--ppl: " + problem);
+    return path;
+  }
+
+private:
+  std::string in_stories260k(const std::string& flag, const char* file) const {
+    if (!flag.empty()) return flag;
+    AQUA_CHECK(
+        !data_dir_.empty(), tool_,
+        ": no --model/--tokenizer given and no data directory found (use --data-dir or AQUA_DATA_DIR)");
+    return data_dir_ + "/stories260K/" + file;
+  }
+
+  std::string tool_;
+  std::string data_dir_;  // empty when none was found
+};
 
 }  // namespace aqua_llama_cli

@@ -85,27 +85,15 @@ std::string selection_text(const options& o, const llama2c::attention_backend& a
 }
 
 int run(const options& o) {
-  const std::string data_dir = llama2c::resolve_data_dir(o.data_dir, AQUA_LLAMA2C_REPO_ROOT);
-  auto default_path = [&](const std::string& given, const char* file) {
-    if (!given.empty()) return given;
-    AQUA_CHECK(!data_dir.empty(),
-               "aqua_llama: no --model/--tokenizer given and no data directory found "
-               "(use --data-dir or AQUA_DATA_DIR)");
-    return data_dir + "/stories260K/" + file;
-  };
-  const std::string model_path = default_path(o.model, "stories260K.bin");
+  const aqua_llama_cli::input_files inputs("aqua_llama", o.data_dir, AQUA_LLAMA2C_REPO_ROOT);
+  const std::string model_path = inputs.model(o.model);
   // Every flag is checked before anything is loaded: those that depend on the model against its
   // header, the text file (which may live in the data directory) for being readable.
   aqua_llama_cli::check_against_model(o, llama2c::checkpoint::read_config(model_path));
-  const std::string text_path = o.generate ? "" : llama2c::in_data_dir(o.ppl, data_dir);
-  if (!o.generate) {
-    std::string path = text_path;
-    const std::string problem = aqua_cli::readable_file()(path);
-    if (!problem.empty()) throw aqua_cli::usage_error("--ppl: " + problem);
-  }
+  const std::string text_path = o.generate ? "" : inputs.text(o.ppl);
   const llama2c::checkpoint model = llama2c::checkpoint::load(model_path);
   const llama2c::tokenizer tok =
-      llama2c::tokenizer::load(default_path(o.tokenizer, "tok512.bin"), model.cfg().vocab_size);
+      llama2c::tokenizer::load(inputs.tokenizer(o.tokenizer), model.cfg().vocab_size);
   const auto& c = model.cfg();
   std::unique_ptr<llama2c::attention_backend> attention = make_attention(o, c);
   llama2c::transformer engine(model, *attention);
