@@ -49,6 +49,38 @@ inline bool parse_lines(const std::string& s, int& first, int& last) {
          aqua_cli::internal::parse_integer(s.substr(dash + 1), last) && first >= 1 && first <= last;
 }
 
+/// --model, --tokenizer and --data-dir, the flags input_files resolves.
+inline void add_input_options(CLI::App& app, std::string& model, std::string& tokenizer,
+                              std::string& data_dir) {
+  app.add_option("--model", model, "llama2.c checkpoint")->check(aqua_cli::readable_file());
+  app.add_option("--tokenizer", tokenizer, "llama2.c tokenizer")->check(aqua_cli::readable_file());
+  app.add_option("--data-dir", data_dir, "data directory (stories260K/, text/)")
+      ->check(aqua_cli::readable_dir());
+}
+
+/// --ppl: a readable file, or a relative path that is missing here, which input_files::text()
+/// looks for in the data directory once that is known.
+inline CLI::Validator text_file() {
+  return CLI::Validator(
+      [](std::string& v) -> std::string {
+        std::error_code ec;
+        if (!v.empty() && !std::filesystem::exists(v, ec) && v[0] != '/') return "";  // data dir
+        std::string path = v;
+        return aqua_cli::readable_file()(path);
+      },
+      "TEXT_FILE", "text_file");
+}
+
+/// --lines: "A-B" with 1 <= A <= B.
+inline CLI::Validator line_range() {
+  return CLI::Validator(
+      [](std::string& v) -> std::string {
+        int a = 0, b = 0;
+        return parse_lines(v, a, b) ? "" : "'" + v + "' is not A-B with 1 <= A <= B";
+      },
+      "A-B", "lines");
+}
+
 /// The options of aqua_llama into `app`, parsed into `o`.
 inline void add_options(CLI::App& app, options& o) {
   aqua_cli::configure(app);
@@ -57,10 +89,7 @@ inline void add_options(CLI::App& app, options& o) {
       "perplexity (--ppl), with exact attention or AQUA (--projection FILE or --identity with --k or "
       "--energy). Without --model/--tokenizer it loads stories260K from the data directory (--data-dir, "
       "$AQUA_DATA_DIR, ../shared/data).");
-  app.add_option("--model", o.model, "llama2.c checkpoint")->check(aqua_cli::readable_file());
-  app.add_option("--tokenizer", o.tokenizer, "llama2.c tokenizer")->check(aqua_cli::readable_file());
-  app.add_option("--data-dir", o.data_dir, "data directory (stories260K/, text/)")
-      ->check(aqua_cli::readable_dir());
+  add_input_options(app, o.model, o.tokenizer, o.data_dir);
   aqua_cli::threads(app, o.threads);
   app.add_flag("--json", o.json, "a JSON line with the result");
   auto* prompt = app.add_option("--prompt", o.prompt, "generation: the prompt");
@@ -70,22 +99,9 @@ inline void add_options(CLI::App& app, options& o) {
   auto* ppl = app.add_option("--ppl", o.ppl,
                              "perplexity of TEXT_FILE (a relative path missing here is looked up in the data "
                              "directory)")
-                  ->check(CLI::Validator(
-                      [](std::string& v) -> std::string {
-                        std::error_code ec;
-                        if (!v.empty() && !std::filesystem::exists(v, ec) && v[0] != '/')
-                          return "";  // data dir
-                        std::string path = v;
-                        return aqua_cli::readable_file()(path);
-                      },
-                      "TEXT_FILE", "text_file"));
+                  ->check(text_file());
   auto* lines = app.add_option("--lines", o.lines, "perplexity: lines A-B of the file, joined by spaces")
-                    ->check(CLI::Validator(
-                        [](std::string& v) -> std::string {
-                          int a = 0, b = 0;
-                          return parse_lines(v, a, b) ? "" : "'" + v + "' is not A-B with 1 <= A <= B";
-                        },
-                        "A-B", "lines"));
+                    ->check(line_range());
   auto* max_tokens = aqua_cli::integer(app, "--max-tokens", o.max_tokens, 2, max_context,
                                        "perplexity: tokens per window (BOS included), at most the context");
   auto* windows = aqua_cli::integer(app, "--windows", o.windows, 0, 1 << 24,
