@@ -152,6 +152,12 @@ inline std::string join_lines(const std::vector<std::string>& lines, int first, 
   return text;
 }
 
+/// What a perplexity run reads of the file: all of it (read_text_flat) when first_line is 0, else
+/// lines first_line .. last_line (join_lines).
+inline std::string read_text(const std::string& path, int first_line, int last_line) {
+  return first_line == 0 ? read_text_flat(path) : join_lines(read_lines(path), first_line, last_line, path);
+}
+
 /// Teacher-forcing input: BOS + the text's tokens, cut to the first `max_tokens` (BOS included).
 inline std::vector<int> perplexity_tokens(const tokenizer& tok, const std::string& text, int max_tokens) {
   std::vector<int> ids = tok.encode(text, true, false);
@@ -179,6 +185,21 @@ inline std::vector<std::vector<int>> perplexity_windows(const tokenizer& tok, co
   }
   AQUA_CHECK(!windows.empty(), "llama2c::perplexity_windows: the text is empty");
   return windows;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tools' output
+
+/// The summary line of a perplexity run (stdout) and its speed (stderr), the same for every tool so
+/// that runs compare at a glance; `lines` is the --lines text, empty for the whole file.
+inline void print_perplexity(const perplexity_result& r, std::size_t windows, const char* attention,
+                             const std::string& text_path, const std::string& lines, double seconds) {
+  std::printf(
+      "perplexity %.4f over %d tokens in %zu window(s) (%d predicted), mean NLL %.5f nats, attention %s, "
+      "%s%s%s\n",
+      r.perplexity, r.tokens, windows, r.predicted, r.mean_nll, attention, text_path.c_str(),
+      lines.empty() ? "" : " lines ", lines.c_str());
+  std::fprintf(stderr, "%.3f s (%.0f tok/s)\n", seconds, r.tokens / seconds);
 }
 
 /// JSON string literal; bytes that are not valid UTF-8 (byte-fallback tokens can split a code

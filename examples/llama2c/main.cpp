@@ -121,9 +121,7 @@ int run(const options& o) {
     return 0;
   }
 
-  const std::string text = o.lines.empty() ? llama2c::read_text_flat(text_path)
-                                           : llama2c::join_lines(llama2c::read_lines(text_path), o.first_line,
-                                                                 o.last_line, text_path);
+  const std::string text = llama2c::read_text(text_path, o.first_line, o.last_line);
   const auto windows = llama2c::perplexity_windows(tok, text, std::min(o.max_tokens, c.seq_len), o.windows);
 
   llama2c::qk_dump dump(c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim());
@@ -135,12 +133,7 @@ int run(const options& o) {
   const int block = o.block > 0 ? o.block : (o.select == "group" || o.h2o_budget > 0) ? 1 : 0;
   const llama2c::perplexity_result r = llama2c::perplexity(engine, windows, block);
   const double s = seconds();
-  std::printf(
-      "perplexity %.4f over %d tokens in %zu window(s) (%d predicted), mean NLL %.5f nats, attention %s, "
-      "%s%s%s\n",
-      r.perplexity, r.tokens, windows.size(), r.predicted, r.mean_nll, attention->name(), text_path.c_str(),
-      o.lines.empty() ? "" : " lines ", o.lines.c_str());
-  std::fprintf(stderr, "%.3f s (%.0f tok/s)\n", s, r.tokens / s);
+  llama2c::print_perplexity(r, windows.size(), attention->name(), text_path, o.lines, s);
   if (o.aqua())
     std::printf("aqua: %s, %s selection, %s, r = %d%s\n",
                 o.identity ? "identity bases" : o.projection.c_str(), o.select.c_str(),

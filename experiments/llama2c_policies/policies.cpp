@@ -146,12 +146,7 @@ int evaluate_policy(const options& o, const llama2c::checkpoint& model,
   const auto start = std::chrono::steady_clock::now();
   const llama2c::perplexity_result r = llama2c::perplexity(engine, windows, o.block);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::printf(
-      "perplexity %.4f over %d tokens in %zu window(s) (%d predicted), mean NLL %.5f nats, attention %s, "
-      "%s%s%s\n",
-      r.perplexity, r.tokens, windows.size(), r.predicted, r.mean_nll, attention.name(), text_path.c_str(),
-      o.lines.empty() ? "" : " lines ", o.lines.c_str());
-  std::fprintf(stderr, "%.3f s (%.0f tok/s)\n", s, r.tokens / s);
+  llama2c::print_perplexity(r, windows.size(), attention.name(), text_path, o.lines, s);
   std::printf("policy: %s, mean k %.4f\n", o.policy.c_str(), attention.mean_selected());
   if (o.json)
     std::printf(
@@ -173,9 +168,7 @@ int run(const options& o) {
   const llama2c::tokenizer tok =
       llama2c::tokenizer::load(inputs.tokenizer(o.tokenizer), model.cfg().vocab_size);
   const auto& c = model.cfg();
-  const std::string text = o.lines.empty() ? llama2c::read_text_flat(text_path)
-                                           : llama2c::join_lines(llama2c::read_lines(text_path), o.first_line,
-                                                                 o.last_line, text_path);
+  const std::string text = llama2c::read_text(text_path, o.first_line, o.last_line);
   const auto windows = llama2c::perplexity_windows(tok, text, std::min(o.max_tokens, c.seq_len), o.windows);
   if (!o.fit_policy.empty()) return fit_policy(o, model, windows);
   return evaluate_policy(o, model, windows, text_path);
