@@ -1,6 +1,7 @@
 // llama2.c on aqua: the two things the example does with a model, greedy generation and
-// teacher-forced perplexity, plus the small text and path helpers they need. Include this one
-// header to get the checkpoint and tokenizer loaders and the transformer as well.
+// teacher-forced perplexity, plus the small text helpers they need. Include this one header to get
+// the checkpoint and tokenizer loaders, the transformer and the data directory's lookup
+// (data_dir.hpp) as well.
 #pragma once
 
 #include <aqua/config.hpp>
@@ -8,14 +9,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstdlib>
-#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "checkpoint.hpp"
+#include "data_dir.hpp"
 #include "tokenizer.hpp"
 #include "transformer.hpp"
 
@@ -152,6 +152,12 @@ inline std::string join_lines(const std::vector<std::string>& lines, int first, 
   return text;
 }
 
+/// What a perplexity run reads of the file: all of it (read_text_flat) when first_line is 0, else
+/// lines first_line .. last_line (join_lines).
+inline std::string read_text(const std::string& path, int first_line, int last_line) {
+  return first_line == 0 ? read_text_flat(path) : join_lines(read_lines(path), first_line, last_line, path);
+}
+
 /// Teacher-forcing input: BOS + the text's tokens, cut to the first `max_tokens` (BOS included).
 inline std::vector<int> perplexity_tokens(const tokenizer& tok, const std::string& text, int max_tokens) {
   std::vector<int> ids = tok.encode(text, true, false);
@@ -182,40 +188,18 @@ inline std::vector<std::vector<int>> perplexity_windows(const tokenizer& tok, co
 }
 
 // ---------------------------------------------------------------------------------------------
-// Where the data lives
+// The tools' output
 
-inline bool is_directory(const std::string& path) {
-  std::error_code ec;
-  return !path.empty() && std::filesystem::is_directory(path, ec);
-}
-
-/// The data directory: `flag` when given, then $AQUA_DATA_DIR, then ../shared/data relative to
-/// the current directory, then relative to `repo_root` (when known). Empty when none exists; a
-/// flag or variable naming a missing directory is an error rather than a silent fallback.
-inline std::string resolve_data_dir(const std::string& flag, const std::string& repo_root) {
-  if (!flag.empty()) {
-    AQUA_CHECK(is_directory(flag), "llama2c: --data-dir '", flag, "' is not a directory");
-    return flag;
-  }
-  if (const char* env = std::getenv("AQUA_DATA_DIR"); env != nullptr && *env != '\0') {
-    AQUA_CHECK(is_directory(env), "llama2c: AQUA_DATA_DIR='", env, "' is not a directory");
-    return env;
-  }
-  if (is_directory("../shared/data")) return "../shared/data";
-  if (!repo_root.empty() && is_directory(repo_root + "/../shared/data")) return repo_root + "/../shared/data";
-  return {};
-}
-
-inline bool exists(const std::string& path) {
-  std::error_code ec;
-  return std::filesystem::exists(path, ec);
-}
-
-/// `path` unless it is missing, relative, and present in the data directory.
-inline std::string in_data_dir(const std::string& path, const std::string& data_dir) {
-  if (exists(path) || data_dir.empty() || path.empty() || path[0] == '/') return path;
-  const std::string candidate = data_dir + "/" + path;
-  return exists(candidate) ? candidate : path;
+/// The summary line of a perplexity run (stdout) and its speed (stderr), the same for every tool so
+/// that runs compare at a glance; `lines` is the --lines text, empty for the whole file.
+inline void print_perplexity(const perplexity_result& r, std::size_t windows, const char* attention,
+                             const std::string& text_path, const std::string& lines, double seconds) {
+  std::printf(
+      "perplexity %.4f over %d tokens in %zu window(s) (%d predicted), mean NLL %.5f nats, attention %s, "
+      "%s%s%s\n",
+      r.perplexity, r.tokens, windows, r.predicted, r.mean_nll, attention, text_path.c_str(),
+      lines.empty() ? "" : " lines ", lines.c_str());
+  std::fprintf(stderr, "%.3f s (%.0f tok/s)\n", seconds, r.tokens / seconds);
 }
 
 /// JSON string literal; bytes that are not valid UTF-8 (byte-fallback tokens can split a code

@@ -2,17 +2,21 @@
 // argument-vector fuzz target (tests/fuzz/fuzz_cli.cpp). Parsing checks every value and
 // combination and the files named (readable inputs, writable outputs); check_against_model() then
 // checks what depends on the model (context length, head dimension) from the checkpoint's header
-// alone, before the weights, the tokenizer or the text are loaded.
+// alone, before the weights, the tokenizer or the text are loaded. input_files finds the files
+// that the flags leave to the data directory. aqua_llama_policies (experiments/llama2c_policies)
+// builds its own options from these pieces.
 #pragma once
 
 #include "aqua_tools/cli.hpp"
 #include "checkpoint.hpp"
+#include "data_dir.hpp"
 
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
+#include <utility>
 
 namespace aqua_llama_cli {
 
@@ -45,6 +49,38 @@ inline bool parse_lines(const std::string& s, int& first, int& last) {
          aqua_cli::internal::parse_integer(s.substr(dash + 1), last) && first >= 1 && first <= last;
 }
 
+/// --model, --tokenizer and --data-dir, the flags input_files resolves.
+inline void add_input_options(CLI::App& app, std::string& model, std::string& tokenizer,
+                              std::string& data_dir) {
+  app.add_option("--model", model, "llama2.c checkpoint")->check(aqua_cli::readable_file());
+  app.add_option("--tokenizer", tokenizer, "llama2.c tokenizer")->check(aqua_cli::readable_file());
+  app.add_option("--data-dir", data_dir, "data directory (stories260K/, text/)")
+      ->check(aqua_cli::readable_dir());
+}
+
+/// --ppl: a readable file, or a relative path that is missing here, which input_files::text()
+/// looks for in the data directory once that is known.
+inline CLI::Validator text_file() {
+  return CLI::Validator(
+      [](std::string& v) -> std::string {
+        std::error_code ec;
+        if (!v.empty() && !std::filesystem::exists(v, ec) && v[0] != '/') return "";  // data dir
+        std::string path = v;
+        return aqua_cli::readable_file()(path);
+      },
+      "TEXT_FILE", "text_file");
+}
+
+/// --lines: "A-B" with 1 <= A <= B.
+inline CLI::Validator line_range() {
+  return CLI::Validator(
+      [](std::string& v) -> std::string {
+        int a = 0, b = 0;
+        return parse_lines(v, a, b) ? "" : "'" + v + "' is not A-B with 1 <= A <= B";
+      },
+      "A-B", "lines");
+}
+
 /// The options of aqua_llama into `app`, parsed into `o`.
 inline void add_options(CLI::App& app, options& o) {
   aqua_cli::configure(app);
@@ -53,10 +89,7 @@ inline void add_options(CLI::App& app, options& o) {
       "perplexity (--ppl), with exact attention or AQUA (--projection FILE or --identity with --k or "
       "--energy). Without --model/--tokenizer it loads stories260K from the data directory (--data-dir, "
       "$AQUA_DATA_DIR, ../shared/data).");
-  app.add_option("--model", o.model, "llama2.c checkpoint")->check(aqua_cli::readable_file());
-  app.add_option("--tokenizer", o.tokenizer, "llama2.c tokenizer")->check(aqua_cli::readable_file());
-  app.add_option("--data-dir", o.data_dir, "data directory (stories260K/, text/)")
-      ->check(aqua_cli::readable_dir());
+  add_input_options(app, o.model, o.tokenizer, o.data_dir);
   aqua_cli::threads(app, o.threads);
   app.add_flag("--json", o.json, "a JSON line with the result");
   auto* prompt = app.add_option("--prompt", o.prompt, "generation: the prompt");
@@ -66,22 +99,9 @@ inline void add_options(CLI::App& app, options& o) {
   auto* ppl = app.add_option("--ppl", o.ppl,
                              "perplexity of TEXT_FILE (a relative path missing here is looked up in the data "
                              "directory)")
-                  ->check(CLI::Validator(
-                      [](std::string& v) -> std::string {
-                        std::error_code ec;
-                        if (!v.empty() && !std::filesystem::exists(v, ec) && v[0] != '/')
-                          return "";  // data dir
-                        std::string path = v;
-                        return aqua_cli::readable_file()(path);
-                      },
-                      "TEXT_FILE", "text_file"));
+                  ->check(text_file());
   auto* lines = app.add_option("--lines", o.lines, "perplexity: lines A-B of the file, joined by spaces")
-                    ->check(CLI::Validator(
-                        [](std::string& v) -> std::string {
-                          int a = 0, b = 0;
-                          return parse_lines(v, a, b) ? "" : "'" + v + "' is not A-B with 1 <= A <= B";
-                        },
-                        "A-B", "lines"));
+                    ->check(line_range());
   auto* max_tokens = aqua_cli::integer(app, "--max-tokens", o.max_tokens, 2, max_context,
                                        "perplexity: tokens per window (BOS included), at most the context");
   auto* windows = aqua_cli::integer(app, "--windows", o.windows, 0, 1 << 24,
@@ -182,5 +202,41 @@ inline void check_against_model(const options& o, const llama2c::config& c) {
   if (o.r > 0 && o.k > o.r)
     throw aqua_cli::usage_error("--k " + std::to_string(o.k) + " is larger than --r " + std::to_string(o.r));
 }
+
+/// The model, tokenizer and text a llama2.c tool reads: the flags' paths, else stories260K and the
+/// text in the data directory (--data-dir, $AQUA_DATA_DIR, ../shared/data from the current
+/// directory or from `repo_root`). Each path is resolved when the tool asks for it, so that what
+/// the tool checks first (the model's header, the text) fails before a later file's lookup does.
+class input_files {
+public:
+  /// `tool` starts the messages; a --data-dir or $AQUA_DATA_DIR that is no directory is an error.
+  input_files(std::string tool, const std::string& data_dir_flag, const std::string& repo_root)
+      : tool_(std::move(tool)), data_dir_(llama2c::resolve_data_dir(data_dir_flag, repo_root)) {}
+
+  std::string model(const std::string& flag) const { return in_stories260k(flag, "stories260K.bin"); }
+  std::string tokenizer(const std::string& flag) const { return in_stories260k(flag, "tok512.bin"); }
+
+  /// --ppl: the parser let a relative path that is missing here through for the data directory, so
+  /// only now can a missing or unreadable text be the usage error it is.
+  std::string text(const std::string& flag) const {
+    const std::string path = llama2c::in_data_dir(flag, data_dir_);
+    std::string checked = path;  // a CLI11 validator may rewrite its argument
+    const std::string problem = aqua_cli::readable_file()(checked);
+    if (!problem.empty()) throw aqua_cli::usage_error("--ppl: " + problem);
+    return path;
+  }
+
+private:
+  std::string in_stories260k(const std::string& flag, const char* file) const {
+    if (!flag.empty()) return flag;
+    AQUA_CHECK(
+        !data_dir_.empty(), tool_,
+        ": no --model/--tokenizer given and no data directory found (use --data-dir or AQUA_DATA_DIR)");
+    return data_dir_ + "/stories260K/" + file;
+  }
+
+  std::string tool_;
+  std::string data_dir_;  // empty when none was found
+};
 
 }  // namespace aqua_llama_cli

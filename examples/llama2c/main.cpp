@@ -85,27 +85,15 @@ std::string selection_text(const options& o, const llama2c::attention_backend& a
 }
 
 int run(const options& o) {
-  const std::string data_dir = llama2c::resolve_data_dir(o.data_dir, AQUA_LLAMA2C_REPO_ROOT);
-  auto default_path = [&](const std::string& given, const char* file) {
-    if (!given.empty()) return given;
-    AQUA_CHECK(!data_dir.empty(),
-               "aqua_llama: no --model/--tokenizer given and no data directory found "
-               "(use --data-dir or AQUA_DATA_DIR)");
-    return data_dir + "/stories260K/" + file;
-  };
-  const std::string model_path = default_path(o.model, "stories260K.bin");
+  const aqua_llama_cli::input_files inputs("aqua_llama", o.data_dir, AQUA_LLAMA2C_REPO_ROOT);
+  const std::string model_path = inputs.model(o.model);
   // Every flag is checked before anything is loaded: those that depend on the model against its
   // header, the text file (which may live in the data directory) for being readable.
   aqua_llama_cli::check_against_model(o, llama2c::checkpoint::read_config(model_path));
-  const std::string text_path = o.generate ? "" : llama2c::in_data_dir(o.ppl, data_dir);
-  if (!o.generate) {
-    std::string path = text_path;
-    const std::string problem = aqua_cli::readable_file()(path);
-    if (!problem.empty()) throw aqua_cli::usage_error("--ppl: " + problem);
-  }
+  const std::string text_path = o.generate ? "" : inputs.text(o.ppl);
   const llama2c::checkpoint model = llama2c::checkpoint::load(model_path);
   const llama2c::tokenizer tok =
-      llama2c::tokenizer::load(default_path(o.tokenizer, "tok512.bin"), model.cfg().vocab_size);
+      llama2c::tokenizer::load(inputs.tokenizer(o.tokenizer), model.cfg().vocab_size);
   const auto& c = model.cfg();
   std::unique_ptr<llama2c::attention_backend> attention = make_attention(o, c);
   llama2c::transformer engine(model, *attention);
@@ -133,9 +121,7 @@ int run(const options& o) {
     return 0;
   }
 
-  const std::string text = o.lines.empty() ? llama2c::read_text_flat(text_path)
-                                           : llama2c::join_lines(llama2c::read_lines(text_path), o.first_line,
-                                                                 o.last_line, text_path);
+  const std::string text = llama2c::read_text(text_path, o.first_line, o.last_line);
   const auto windows = llama2c::perplexity_windows(tok, text, std::min(o.max_tokens, c.seq_len), o.windows);
 
   llama2c::qk_dump dump(c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim());
@@ -147,12 +133,7 @@ int run(const options& o) {
   const int block = o.block > 0 ? o.block : (o.select == "group" || o.h2o_budget > 0) ? 1 : 0;
   const llama2c::perplexity_result r = llama2c::perplexity(engine, windows, block);
   const double s = seconds();
-  std::printf(
-      "perplexity %.4f over %d tokens in %zu window(s) (%d predicted), mean NLL %.5f nats, attention %s, "
-      "%s%s%s\n",
-      r.perplexity, r.tokens, windows.size(), r.predicted, r.mean_nll, attention->name(), text_path.c_str(),
-      o.lines.empty() ? "" : " lines ", o.lines.c_str());
-  std::fprintf(stderr, "%.3f s (%.0f tok/s)\n", s, r.tokens / s);
+  llama2c::print_perplexity(r, windows.size(), attention->name(), text_path, o.lines, s);
   if (o.aqua())
     std::printf("aqua: %s, %s selection, %s, r = %d%s\n",
                 o.identity ? "identity bases" : o.projection.c_str(), o.select.c_str(),

@@ -8,7 +8,6 @@
 #include "llama2c/llama_cli.hpp"
 
 #include <cmath>
-#include <filesystem>
 #include <string>
 
 namespace aqua_llama_policies_cli {
@@ -32,29 +31,14 @@ inline void add_options(CLI::App& app, options& o) {
       "aqua_llama_policies: selection policies for the llama2.c engine (experiments/llama2c_policies): the "
       "perplexity of --ppl TEXT under --policy FILE, or --fit-policy OUT fitted on that text with exact "
       "attention. Without --model/--tokenizer it loads stories260K from the data directory.");
-  app.add_option("--model", o.model, "llama2.c checkpoint")->check(aqua_cli::readable_file());
-  app.add_option("--tokenizer", o.tokenizer, "llama2.c tokenizer")->check(aqua_cli::readable_file());
-  app.add_option("--data-dir", o.data_dir, "data directory (stories260K/, text/)")
-      ->check(aqua_cli::readable_dir());
+  aqua_llama_cli::add_input_options(app, o.model, o.tokenizer, o.data_dir);
   app.add_flag("--json", o.json, "a JSON line with the result");
   app.add_option("--ppl", o.ppl,
                  "TEXT_FILE (a relative path missing here is looked up in the data directory)")
       ->required()
-      ->check(CLI::Validator(
-          [](std::string& v) -> std::string {
-            std::error_code ec;
-            if (!v.empty() && !std::filesystem::exists(v, ec) && v[0] != '/') return "";  // data dir
-            std::string path = v;
-            return aqua_cli::readable_file()(path);
-          },
-          "TEXT_FILE", "text_file"));
+      ->check(aqua_llama_cli::text_file());
   app.add_option("--lines", o.lines, "lines A-B of the file, joined by spaces")
-      ->check(CLI::Validator(
-          [](std::string& v) -> std::string {
-            int a = 0, b = 0;
-            return aqua_llama_cli::parse_lines(v, a, b) ? "" : "'" + v + "' is not A-B with 1 <= A <= B";
-          },
-          "A-B", "lines"));
+      ->check(aqua_llama_cli::line_range());
   auto* max_tokens = aqua_cli::integer(app, "--max-tokens", o.max_tokens, 2, max_context,
                                        "tokens per window (BOS included), at most the context");
   aqua_cli::integer(app, "--windows", o.windows, 0, 1 << 24, "consecutive windows of --max-tokens (0: all)");

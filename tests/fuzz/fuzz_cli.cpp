@@ -9,6 +9,7 @@
 #include "cost/cost_cli.hpp"
 #include "decode_loop/decode_cli.hpp"
 #include "llama2c/llama_cli.hpp"
+#include "llama2c_policies/policies_cli.hpp"
 #include "perf_report_cli.hpp"
 #include "quickstart/quickstart_cli.hpp"
 
@@ -52,6 +53,21 @@ void check(const aqua_llama_cli::options& o) {
   if (o.aqua()) require((o.k >= 1) != (o.energy > 0) && o.energy <= 1);
   if (!o.aqua()) require(o.k == 0 && o.energy == 0 && o.r == 0 && o.tile == 0);
   require(o.lines.empty() || (o.first_line >= 1 && o.first_line <= o.last_line));
+}
+void check(const aqua_llama_policies_cli::options& o) {
+  require(!o.ppl.empty() && o.max_tokens >= 2 && o.windows >= 0 && o.block >= 0);
+  require(o.lines.empty() || (o.first_line >= 1 && o.first_line <= o.last_line));
+  require(o.policy.empty() != o.fit_policy.empty());
+  if (o.fit_policy.empty()) {
+    require(o.budget == 0 && o.basis == "queries" && o.weight == "none" && o.alloc == "uniform" &&
+            o.rule == "fixed");
+  } else {
+    require(std::isfinite(o.budget) && o.budget >= 1 && o.budget <= aqua_llama_cli::max_dim);
+    require(o.alloc != "lagrange" || o.rule == "energy-head");
+    require(!(o.rule == "energy" && o.alloc == "dp"));
+    // fit_policy() takes the budget as every head's count here: it must be whole.
+    require(!(o.rule == "fixed" && o.alloc == "uniform") || o.budget == std::floor(o.budget));
+  }
 }
 void check(const aqua_calibrate_cli::options& o) {
   require(threads_ok(o.threads) && o.max_queries >= 0 && o.max_keys >= 0);
@@ -109,7 +125,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       args.back().push_back(static_cast<char>(data[i]));
   }
   if (size == 1) args.clear();
-  switch (data[0] % 8) {
+  // A tool added later takes the next value, so every seed (first byte: the tool's index in
+  // make_cli_corpus.py) keeps its tool.
+  switch (data[0] % 9) {
     case 0:
       parse_with<aqua_decode_cli::config>("aqua_decode", aqua_decode_cli::add_options, args);
       break;
@@ -132,8 +150,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     case 6:
       parse_with<aqua_perf_report_cli::options>("aqua_perf_report", aqua_perf_report_cli::add_options, args);
       break;
-    default:
+    case 7:
       parse_with<aqua_quickstart_cli::options>("aqua_quickstart", aqua_quickstart_cli::add_options, args);
+      break;
+    default:
+      parse_with<aqua_llama_policies_cli::options>("aqua_llama_policies",
+                                                   aqua_llama_policies_cli::add_options, args);
       break;
   }
   return 0;

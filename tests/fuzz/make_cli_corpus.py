@@ -8,7 +8,7 @@ import os, shlex
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 TOOLS = ["aqua_decode", "aqua_compare", "aqua_llama", "aqua_calibrate", "aqua_make_synthetic_dump",
-         "aqua_cost", "aqua_perf_report", "aqua_quickstart"]
+         "aqua_cost", "aqua_perf_report", "aqua_quickstart", "aqua_llama_policies"]
 PLACEHOLDERS = {"@WORK@": "/tmp", "@SRC@": ".", "@DATA@": "../shared/data", "@MANY_THREADS@": "9",
                 "@CASES@": "tests/tools/bad_input_cases.txt"}
 VALID = [
@@ -22,8 +22,8 @@ VALID = [
                      "--probe-bytes 16M --isa avx2"),
     ("aqua_compare", "--n 32768 --k 64 --select group,tile,per-head --budget 6553 --reps 15 --baseline plain"),
     ("aqua_llama", "--ppl text/en_pud.txt --lines 501-1000 --projection /tmp/en.safetensors --k 4 --r 6"),
-    ("aqua_llama", "--ppl text/en_pud.txt --lines 1-500 --windows 0 --fit-policy /tmp/p.policy --basis joint "
-                   "--alloc dp --rule energy-head --budget 4 --weight key-rms"),
+    ("aqua_llama_policies", "--ppl text/en_pud.txt --lines 1-500 --windows 0 --fit-policy /tmp/p.policy "
+                            "--basis joint --alloc dp --rule energy-head --budget 4 --weight key-rms"),
     ("aqua_llama", "--prompt 'Once upon a time' --steps 60 --json --identity --energy 0.9 --select tile --tile 2"),
     ("aqua_calibrate", "--dumps /tmp --out /tmp/x.safetensors --source queries_and_keys --center --json "
                        "--threads 2 --max-queries 0 --max-keys 16 --model m --eval /tmp"),
@@ -33,6 +33,13 @@ VALID = [
     ("aqua_perf_report", "--table tests/tools/bad_input_cases.txt --sweep tests/tools/bad_input_cases.txt "
                          "--markdown /tmp/r.md --plot /tmp/s.svg"),
     ("aqua_quickstart", "--hq 8 --hkv 2 --d 64 --n 1024 --threads 2"),
+    # --policy must name a readable file: the table stands in for a fitted policy.
+    ("aqua_llama_policies", "--ppl text/en_pud.txt --lines 501-1000 --policy tests/tools/bad_input_cases.txt "
+                            "--block 1 --max-tokens 256 --json"),
+    ("aqua_llama_policies", "--model tests/fuzz/corpus/checkpoint/valid_shared "
+                            "--tokenizer tests/fuzz/corpus/tokenizer/valid_3 --data-dir /tmp --ppl text/kjv.txt "
+                            "--windows 4 --fit-policy /tmp/p.policy --budget 2.5 --alloc lagrange "
+                            "--rule energy-head --basis joint-centered --weight key-std"),
 ]
 
 def put(name, tool, args):
