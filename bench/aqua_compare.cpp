@@ -22,6 +22,7 @@
 //                     [--tile 32] [--spectrum 32] [--reps 10] [--json] [--clock wall|cpu]
 //                     [--basis identity|random] [--baseline projected|plain] [--budget TOKENS]
 //                     [--isa auto|avx2|portable] [--prefetch auto|l1|l2] [--probe-bytes 1G]
+//                     [--shards P[,..]]
 //        aqua_compare --sweep-break-even [--k 96,32] [--select tile] [--hq 32] [--hkv 8]
 //                     [--sweep-n 64:32768] [--baseline plain|projected|reference] [--threads 1]
 //                     [--reps 15] [--basis random] [--json] [--clock cpu] ...
@@ -39,6 +40,17 @@
 // over the full cache, so rel_err is AQUA + H2O against full dense attention. With a budget the
 // queries (warm-up and timed) are m + 0.5 z: a persistent direction m per head plus fresh noise,
 // as queries of a head are correlated over the steps of a real model.
+// --shards P[,..] (decode): the N tokens are split into P contiguous shards (sizes differ by at most
+// one), each in its own kv_cache with the whole cache's bases, tile width and storage; the sharded
+// side is P decode calls one after another, each writing its output and lse, then
+// aqua::merge_attention (single-threaded); the whole side is one call over the full cache. Both
+// run in interleaved pairs (after warm-up; the order alternates), for dense_decode over the caches
+// (once per N and P) and for aqua_decode with each k and selection mode. Reported: the whole and
+// the sharded time (medians), the overhead (median of sharded / whole per pair), the merge alone
+// (median of the merges inside the timed sharded samples) and rel_err of the merged output against
+// the whole one (float rounding: AQUA selects from the query alone, so every shard keeps the dims
+// the whole call keeps). Rows have mode "shards"; not with --budget, --sweep-break-even or
+// --baseline plain (both sides read AQUA's own caches).
 // --sweep-break-even (decode): for each k and selection mode, dense against AQUA at N = 64, 128,
 // .., 32768 (--sweep-n MIN:MAX, doubling), then at three points (quarter octaves) between the last
 // N where AQUA lost and the next; reports the measured break-even (the smallest measured N from
@@ -58,6 +70,7 @@
 #include <aqua/cost_model.hpp>
 #include <aqua/h2o.hpp>
 #include <aqua/kv_cache.hpp>
+#include <aqua/merge.hpp>
 
 #include "aqua_tools/buffer.hpp"
 #include "aqua_tools/measure.hpp"
@@ -77,6 +90,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -434,6 +448,169 @@ void run_decode(const config& c, double bandwidth) {
         header = false;
       }
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// --shards P (decode)
+
+/// Token ranges [0, n) cut into `shards` contiguous pieces whose sizes differ by at most one.
+std::vector<std::pair<index_t, index_t>> shard_ranges(index_t n, index_t shards) {
+  std::vector<std::pair<index_t, index_t>> ranges;
+  for (index_t s = 0; s < shards; ++s) ranges.push_back({n * s / shards, n * (s + 1) / shards});
+  return ranges;
+}
+
+/// One side (dense or AQUA) of a shards configuration: P calls over the shards plus the merge,
+/// against one call over the whole cache.
+struct shard_timing {
+  aqua_examples::pair_times times;  // a: sharded (P calls + merge), b: whole
+  double merge_ms = 0, rel_err = 0;
+};
+
+/// Times `sharded` (which leaves the time of its merge in `merge_ms` and its result in
+/// `merged`) against `whole` (result in `whole_out`) in interleaved pairs.
+template <class Sharded, class Whole>
+shard_timing time_shards(const config& c, Sharded&& sharded, Whole&& whole, const double& merge_ms,
+                         const std::vector<float>& merged, const std::vector<float>& whole_out) {
+  std::vector<double> merge_samples;
+  shard_timing t;
+  t.times = aqua_examples::time_interleaved(g_clock, c.reps, 2, 1, sharded, whole,
+                                            [&] { merge_samples.push_back(merge_ms); });
+  t.merge_ms = aqua_examples::median(merge_samples);
+  t.rel_err = aqua_examples::rel_l2(merged, whole_out);
+  return t;
+}
+
+void print_shards(const config& c, const std::string& sel, index_t n, index_t k, index_t shards,
+                  const shard_timing& dense, const shard_timing& aqua_side, double key_fraction,
+                  double bandwidth, bool header) {
+  if (c.json) {
+    std::printf(
+        "{\"mode\":\"shards\",\"n\":%lld,\"d\":%lld,\"k\":%lld,\"hq\":%lld,\"hkv\":%lld,\"threads\":%d,"
+        "\"select\":\"%s\",\"shards\":%lld,\"dense_whole_ms\":%.4f,\"dense_sharded_ms\":%.4f,"
+        "\"dense_overhead\":%.4f,\"dense_merge_ms\":%.4f,\"dense_rel_err\":%.6g,\"aqua_whole_ms\":%.4f,"
+        "\"aqua_sharded_ms\":%.4f,\"aqua_overhead\":%.4f,\"aqua_merge_ms\":%.4f,\"aqua_rel_err\":%.6g,"
+        "\"key_fraction_read\":%.4f,\"bandwidth_gbps\":%.3f,\"key_type\":\"%s\",\"value_type\":\"%s\","
+        "\"basis\":\"%s\",\"clock\":\"%s\",\"isa\":\"%s\",\"probe_bytes\":%zu,\"prefetch\":\"%s\"}\n",
+        (long long)n, (long long)c.d, (long long)k, (long long)c.hq, (long long)c.hkv, c.threads, sel.c_str(),
+        (long long)shards, dense.times.median_b(), dense.times.median_a(), dense.times.median_ratio(),
+        dense.merge_ms, dense.rel_err, aqua_side.times.median_b(), aqua_side.times.median_a(),
+        aqua_side.times.median_ratio(), aqua_side.merge_ms, aqua_side.rel_err, key_fraction, bandwidth,
+        aqua::storage_name(c.key_type), aqua::storage_name(c.value_type),
+        c.random_basis ? "random" : "identity", c.cpu_clock ? "cpu" : "wall", kernel_isa(), c.probe_bytes,
+        decode_prefetch_name());
+  } else {
+    if (header)
+      std::printf("%-8s %6s %4s %4s %4s/%-3s %2s %-9s %5s %9s %9s %7s %9s %9s %9s %9s %7s %9s %9s %6s %-8s\n",
+                  "mode", "n", "d", "k", "hq", "hkv", "T", "select", "P", "dwhole_ms", "dshard_ms", "d_ovh",
+                  "dmerge_ms", "d_err", "awhole_ms", "ashard_ms", "a_ovh", "amerge_ms", "a_err", "keyfr",
+                  "kv");
+    std::printf(
+        "%-8s %6lld %4lld %4lld %4lld/%-3lld %2d %-9s %5lld %9.3f %9.3f %7.3f %9.4f %9.3g %9.3f %9.3f %7.3f "
+        "%9.4f %9.3g %6.3f %-8s\n",
+        "shards", (long long)n, (long long)c.d, (long long)k, (long long)c.hq, (long long)c.hkv, c.threads,
+        sel.c_str(), (long long)shards, dense.times.median_b(), dense.times.median_a(),
+        dense.times.median_ratio(), dense.merge_ms, dense.rel_err, aqua_side.times.median_b(),
+        aqua_side.times.median_a(), aqua_side.times.median_ratio(), aqua_side.merge_ms, aqua_side.rel_err,
+        key_fraction, storage_label(c).c_str());
+  }
+  std::fflush(stdout);
+}
+
+/// --shards: for each N and P, the whole cache and P shard caches (same bases, tile width and
+/// storage) holding the same tokens; dense_decode and aqua_decode over the shards, each writing
+/// its output and lse, then aqua::merge_attention, against one call over the whole cache, as an
+/// engine splitting a context over workers would run it on one core.
+void run_shards(const config& c, double bandwidth) {
+  bool header = true;
+  const synthetic data(c);
+  const auto q = data.queries(1, 7);
+  const auto qv = aqua::make_view(q.data(), c.hq, c.d);
+  const auto out_size = std::size_t(c.hq * c.d);
+  for (index_t n : c.n)
+    for (index_t shard_count : c.shards) {
+      const auto ranges = shard_ranges(n, shard_count);
+      aqua::kv_cache whole = data.make_cache(n);
+      std::vector<aqua::kv_cache> shards;
+      for (const auto& r : ranges) shards.push_back(data.make_cache(r.second - r.first));
+      // The generator hands out pieces [Hkv, cnt, d] of consecutive tokens: each shard gets the
+      // part of a piece that falls into its range.
+      index_t filled = 0;
+      std::mt19937 rng(1000);
+      aqua_examples::append_spectrum_tokens(
+          rng, data.spectrum, data.bases, n, {&whole},
+          [&](const float* keys, const float* values, index_t cnt) {
+            for (std::size_t s = 0; s < ranges.size(); ++s) {
+              const index_t from = std::max(filled, ranges[s].first);
+              const index_t to = std::min(filled + cnt, ranges[s].second);
+              if (from >= to) continue;
+              const std::array<index_t, 3> ext = {c.hkv, to - from, c.d}, str = {cnt * c.d, c.d, 1};
+              const index_t offset = (from - filled) * c.d;
+              shards[s].append(aqua::tensor3_view<const float>(keys + offset, ext, str),
+                               aqua::tensor3_view<const float>(values + offset, ext, str));
+            }
+            filled += cnt;
+          });
+      std::vector<std::vector<float>> shard_out(ranges.size(), std::vector<float>(out_size)),
+          shard_lse(ranges.size(), std::vector<float>(std::size_t(c.hq)));
+      std::vector<aqua::attention_part> parts;
+      for (std::size_t s = 0; s < ranges.size(); ++s)
+        parts.push_back({aqua::make_view(static_cast<const float*>(shard_out[s].data()), c.hq, c.d),
+                         aqua::make_view(static_cast<const float*>(shard_lse[s].data()), c.hq)});
+      std::vector<float> whole_out(out_size), merged(out_size);
+      double merge_ms = 0;
+      auto merge = [&] {
+        const double t0 = g_clock.now_ms();
+        aqua::merge_attention(parts, aqua::make_view(merged.data(), c.hq, c.d));
+        merge_ms = g_clock.now_ms() - t0;
+      };
+      // One workspace for the shards, reused call after call as an engine reuses its scratch.
+      aqua::aqua_workspace whole_ws, shard_ws;
+      aqua::attention_options dopt;
+      dopt.threads = c.threads;
+      auto dense_sharded = [&] {
+        for (std::size_t s = 0; s < ranges.size(); ++s) {
+          aqua::attention_options opt = dopt;
+          opt.lse = aqua::make_view(shard_lse[s].data(), c.hq);
+          aqua::dense_decode(qv, shards[s], aqua::make_view(shard_out[s].data(), c.hq, c.d), opt, &shard_ws);
+        }
+        merge();
+      };
+      auto dense_whole = [&] {
+        aqua::dense_decode(qv, whole, aqua::make_view(whole_out.data(), c.hq, c.d), dopt, &whole_ws);
+      };
+      const shard_timing dense = time_shards(c, dense_sharded, dense_whole, merge_ms, merged, whole_out);
+      for (const auto& sel : c.select)
+        for (index_t k : c.k) {
+          aqua::aqua_options aopt;
+          aopt.mode = mode_of(sel);
+          aopt.threads = c.threads;
+          auto aqua_sharded = [&] {
+            for (std::size_t s = 0; s < ranges.size(); ++s) {
+              aqua::aqua_options opt = aopt;
+              opt.workspace = &shard_ws;
+              opt.lse = aqua::make_view(shard_lse[s].data(), c.hq);
+              aqua::aqua_decode(qv, shards[s], k, aqua::make_view(shard_out[s].data(), c.hq, c.d), opt);
+            }
+            merge();
+          };
+          auto aqua_whole = [&] {
+            aqua::aqua_options opt = aopt;
+            opt.workspace = &whole_ws;
+            aqua::aqua_decode(qv, whole, k, aqua::make_view(whole_out.data(), c.hq, c.d), opt);
+          };
+          // Untimed: the fraction of key tiles the whole call reads.
+          aqua::attention_profile prof;
+          aopt.profile = &prof;
+          aqua_whole();
+          aopt.profile = nullptr;
+          const shard_timing aqua_side =
+              time_shards(c, aqua_sharded, aqua_whole, merge_ms, merged, whole_out);
+          print_shards(c, sel, n, k, shard_count, dense, aqua_side, prof.key_fraction_read, bandwidth,
+                       header);
+          header = false;
+        }
+    }
 }
 
 void run_views(const config& c, double bandwidth) {
@@ -812,7 +989,9 @@ int main(int argc, char** argv) {
           byte_text(c.probe_bytes).c_str(), c.threads, c.threads == 1 ? "" : "s",
           c.cpu_clock ? "cpu" : "wall", bandwidth, kernel_isa(), decode_prefetch_name());
     if (c.sweep) return run_sweep(c, bandwidth);
-    if (c.mode == "decode")
+    if (!c.shards.empty())
+      run_shards(c, bandwidth);
+    else if (c.mode == "decode")
       run_decode(c, bandwidth);
     else if (c.mode == "views")
       run_views(c, bandwidth);

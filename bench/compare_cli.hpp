@@ -29,7 +29,10 @@ struct config {
   bool cpu_clock = false;     // --clock cpu: process CPU time / threads (robust on a shared machine)
   bool random_basis = false;  // --basis random: queries and keys rotated by a random basis per KV head
   index_t budget = 0;         // --budget: H2O token budget of the AQUA side (decode); 0: no eviction
-  bool sweep = false;         // --sweep-break-even
+  // --shards (decode): shard counts P; each configuration times P shards and their merge against
+  // one call over the whole cache. Empty: the usual dense-vs-AQUA table.
+  std::vector<index_t> shards;
+  bool sweep = false;  // --sweep-break-even
   index_t sweep_min = 64, sweep_max = 32768;
   // --isa: which kernels run, auto (the widest the CPU has: AVX-512, AVX2, portable), avx2, portable
   std::string isa = "auto";
@@ -174,7 +177,13 @@ inline void add_options(CLI::App& app, config& c) {
                        : "'" + v + "' is not MIN:MAX with 16 <= MIN <= MAX <= " + std::to_string(max_tokens);
           },
           "MIN:MAX", "sweep_n"));
+  auto* shards = aqua_cli::integer_list<index_t>(
+      app, "--shards", c.shards, 1, max_tokens,
+      "decode: P contiguous shards of the cache attended one after another and merged, against one call "
+      "over the whole cache, dense and AQUA (one run per value, P <= N)");
   budget->excludes(sweep);
+  shards->excludes(sweep);
+  shards->excludes(budget);
   app.callback([&c, k, select, reps, baseline] {
     const bool baseline_given = baseline->count() > 0;
     if (c.sweep) {
@@ -188,6 +197,18 @@ inline void add_options(CLI::App& app, config& c) {
         throw aqua_cli::usage_error("--baseline reference is a --sweep-break-even option");
       if (baseline_given && c.mode != "decode")
         throw aqua_cli::usage_error("--baseline takes effect in decode mode only");
+    }
+    if (!c.shards.empty()) {
+      if (c.mode != "decode") throw aqua_cli::usage_error("--shards takes effect in decode mode only");
+      // The sharded and the whole side read the same caches, the dense side included.
+      if (c.baseline != "projected")
+        throw aqua_cli::usage_error("--shards compares on AQUA's own caches: --baseline " + c.baseline +
+                                    " does not apply");
+      for (index_t p : c.shards)
+        for (index_t n : c.n)
+          if (p > n)
+            throw aqua_cli::usage_error("--shards " + std::to_string(p) + " is larger than --n " +
+                                        std::to_string(n) + " (every shard holds at least one token)");
     }
     if (c.hq % c.hkv != 0)
       throw aqua_cli::usage_error("--hq " + std::to_string(c.hq) + " must be a multiple of --hkv " +

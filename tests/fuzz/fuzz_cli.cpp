@@ -46,6 +46,10 @@ void check(const aqua_compare_cli::config& c) {
           c.sweep_min <= c.sweep_max && c.probe_bytes >= 65536 && std::isfinite(c.spectrum) &&
           c.spectrum > 0);
   require(c.baseline == "projected" || c.baseline == "plain" || (c.sweep && c.baseline == "reference"));
+  if (!c.shards.empty())
+    require(c.mode == "decode" && !c.sweep && c.budget == 0 && c.baseline == "projected");
+  for (auto p : c.shards)
+    for (auto n : c.n) require(p >= 1 && p <= n);
 }
 void check(const aqua_llama_cli::options& o) {
   require(threads_ok(o.threads) && o.max_tokens >= 2 && o.steps >= 0 && o.windows >= 0 && o.block >= 0);
