@@ -571,13 +571,16 @@ void run_shards(const config& c, double bandwidth) {
       auto dense_sharded = [&] {
         for (std::size_t s = 0; s < ranges.size(); ++s) {
           aqua::attention_options opt = dopt;
+          opt.workspace = &shard_ws;
           opt.lse = aqua::make_view(shard_lse[s].data(), c.hq);
-          aqua::dense_decode(qv, shards[s], aqua::make_view(shard_out[s].data(), c.hq, c.d), opt, &shard_ws);
+          aqua::dense_decode(qv, shards[s], aqua::make_view(shard_out[s].data(), c.hq, c.d), opt);
         }
         merge();
       };
       auto dense_whole = [&] {
-        aqua::dense_decode(qv, whole, aqua::make_view(whole_out.data(), c.hq, c.d), dopt, &whole_ws);
+        aqua::attention_options opt = dopt;
+        opt.workspace = &whole_ws;
+        aqua::dense_decode(qv, whole, aqua::make_view(whole_out.data(), c.hq, c.d), opt);
       };
       const shard_timing dense = time_shards(c, dense_sharded, dense_whole, merge_ms, merged, whole_out);
       for (const auto& sel : c.select)
@@ -618,8 +621,8 @@ void run_views(const config& c, double bandwidth) {
   const synthetic data(c);
   for (index_t n : c.n) {
     aqua::kv_cache cache = data.make_cache(n);
-    aqua_examples::with_storage(c.key_type, [&](auto key_tag) {
-      aqua_examples::with_storage(c.value_type, [&](auto value_tag) {
+    aqua::visit_storage(c.key_type, [&](auto key_tag) {
+      aqua::visit_storage(c.value_type, [&](auto value_tag) {
         using K = decltype(key_tag);
         using V = decltype(value_tag);
         // The engine's buffers, token-major: [N][Hkv][d] as llama.cpp lays out its K and V

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "spectrum_support.hpp"
+#include "test_support.hpp"
 
 using aqua::index_t;
 using Catch::Matchers::Contains;
@@ -136,6 +137,44 @@ TEST_CASE("scores accumulate the group-summed probabilities of every decode step
   for (index_t h = 0; h < hkv; ++h)
     for (index_t j = 0; j < n0 + steps; ++j)
       CHECK(policy.score(h, j) == Approx(expected[std::size_t(h)][std::size_t(j)]).margin(1e-5));
+}
+
+TEST_CASE("a prefill seeds the scores with its last queries' probabilities, then evict keeps B", "[h2o]") {
+  // The prompt's last W queries count as W decode steps would (exact at k = d): each query i of
+  // the M sees keys 0 .. N - M + i (causal).
+  const index_t hq = 4, hkv = 2, g = hq / hkv, d = 32, n = 60, m = 20, last = 6;
+  stream s(hq, hkv, d, 12);
+  aqua::kv_cache cache = s.layer.make_cache(cache_options());
+  s.append(cache, n);
+  std::vector<float> q(std::size_t(hq * m * d)), out(q.size());
+  aqua_test::fill_normal(q, 13);
+  aqua::h2o_policy policy(hkv, {24, 8, 0, true});
+  policy.prefill(aqua::make_view(static_cast<const float*>(q.data()), hq, m, d), cache,
+                 aqua::selection_spec::top_k(d), aqua::make_view(out.data(), hq, m, d), {}, last);
+  REQUIRE(policy.tokens() == n);
+  for (index_t kv = 0; kv < hkv; ++kv) {
+    std::vector<double> expected(std::size_t(n), 0.0);
+    for (index_t h = kv * g; h < (kv + 1) * g; ++h)
+      for (index_t i = m - last; i < m; ++i) {
+        const index_t visible = n - m + i + 1;
+        std::vector<double> logit(static_cast<std::size_t>(visible));
+        double mx = -1e300, sum = 0;
+        for (index_t j = 0; j < visible; ++j) {
+          double dot = 0;
+          for (index_t c = 0; c < d; ++c)
+            dot += double(q[std::size_t((h * m + i) * d + c)]) *
+                   double(s.k[std::size_t(kv)][std::size_t(j * d + c)]);
+          logit[std::size_t(j)] = dot / std::sqrt(double(d));
+          mx = std::max(mx, logit[std::size_t(j)]);
+        }
+        for (auto& l : logit) sum += (l = std::exp(l - mx));
+        for (index_t j = 0; j < visible; ++j) expected[std::size_t(j)] += logit[std::size_t(j)] / sum;
+      }
+    for (index_t j = 0; j < n; ++j)
+      CHECK(policy.score(kv, j) == Approx(expected[std::size_t(j)]).margin(1e-5));
+  }
+  CHECK(policy.evict(cache) == n - 24);
+  CHECK(cache.size() == 24);
 }
 
 TEST_CASE("with B >= N nothing is evicted and the output equals decode without eviction", "[h2o]") {

@@ -141,3 +141,62 @@ TEST_CASE("AQUA prefill below k = d over bf16 and f16 storage agrees with the or
       });
     }
 }
+
+TEST_CASE("prefill token probabilities are the oracle's, summed over the group and the last queries",
+          "[aqua][oracle][prefill][h2o][threads]") {
+  // What H2O accumulates from a prompt: per KV head, each token's probability summed over the
+  // group's query heads and over the last W queries (W = 0: all M). KV heads whose counted rows
+  // lie within float error of a selection tie are left out (their selection may differ).
+  const index_t d = 32, hkv = 2, g = 3, hq = g * hkv, n = 75, m = 40;
+  const aqua_test::random_layer L(hq, hkv, d, n, {16, true, 0, 1, 31, 830});
+  const aqua_oracle::oracle o(aqua_test::oracle_inputs(L));
+  std::vector<float> q(std::size_t(hq * m * d)), out(q.size()), probs(std::size_t(hkv * n));
+  aqua_test::fill_normal(q, 8331);
+  const auto qv = aqua::make_view(static_cast<const float*>(q.data()), hq, m, d);
+  index_t compared = 0;
+  for (auto mode : aqua_test::all_modes)
+    for (const auto& spec : {aqua::selection_spec::top_k(d), aqua::selection_spec::top_k(d / 4)})
+      for (index_t last : {index_t(0), index_t(1), index_t(7)})
+        for (int threads : {1, 2}) {
+          CAPTURE(mode_name(mode), spec_name(spec), last, threads);
+          const auto res = o.prefill(q.data(), m, aqua_test::oracle_mode(mode), aqua_test::oracle_spec(spec));
+          aqua::aqua_options opt;
+          opt.mode = mode;
+          opt.threads = threads;
+          std::fill(probs.begin(), probs.end(), -1.0f);
+          aqua::aqua_prefill(qv, L.cache, spec, aqua::make_view(out.data(), hq, m, d), opt,
+                             aqua::make_view(probs.data(), hkv, n), last);
+          const index_t first = last == 0 ? 0 : m - last;
+          for (index_t kv = 0; kv < hkv; ++kv) {
+            std::vector<double> want(std::size_t(n), 0.0), tol(std::size_t(n), 0.0);
+            bool clear = true;
+            for (index_t h = kv * g; h < (kv + 1) * g; ++h)
+              for (index_t i = first; i < m; ++i) {
+                const auto& row = res.rows[std::size_t(h * m + i)];
+                clear = clear && row.margin >= aqua_oracle::required_margin(d);
+                for (std::size_t j = 0; j < row.probs.size(); ++j) {
+                  want[j] += row.probs[j];
+                  tol[j] += row.prob_tol[j];
+                }
+              }
+            if (!clear) continue;
+            ++compared;
+            for (index_t j = 0; j < n; ++j) {
+              CAPTURE(kv, j);
+              // The float sum of up to g * M terms adds its own rounding (in double: negligible).
+              CHECK(std::abs(double(probs[std::size_t(kv * n + j)]) - want[std::size_t(j)]) <=
+                    tol[std::size_t(j)] + 1e-6 * want[std::size_t(j)] + 1e-30);
+            }
+          }
+        }
+  CHECK(compared >= 24);  // of the 72 (mode, spec, window, threads, KV head) cases; most are clear of ties
+  std::vector<float> wrong(std::size_t(hkv * (n - 1)));
+  CHECK_THROWS_WITH(
+      aqua::aqua_prefill(qv, L.cache, aqua::selection_spec::top_k(8), aqua::make_view(out.data(), hq, m, d),
+                         {}, aqua::make_view(wrong.data(), hkv, n - 1)),
+      Catch::Matchers::Contains("token_probs has shape [2, 74] but must be [Hkv, N] = [2, 75]"));
+  CHECK_THROWS_WITH(
+      aqua::aqua_prefill(qv, L.cache, aqua::selection_spec::top_k(8), aqua::make_view(out.data(), hq, m, d),
+                         {}, aqua::make_view(probs.data(), hkv, n), m + 1),
+      Catch::Matchers::Contains("last_queries = 41 must lie in [0, M = 40]"));
+}

@@ -70,12 +70,7 @@ public:
     if (r < d) cache_options.tile_dims = r;
     if (options.tile_dims > 0) cache_options.tile_dims = options.tile_dims;
     cache_options.rank = r;
-    for (index_t l = 0; l < projections.layers(); ++l) {
-      std::vector<aqua::matrix_view<const float>> bases;
-      for (index_t h = 0; h < projections.kv_heads(); ++h)
-        bases.push_back(projections.head(l, h).basis_view());
-      caches_.emplace_back(bases, cache_options);
-    }
+    for (index_t l = 0; l < projections.layers(); ++l) caches_.emplace_back(projections, l, cache_options);
     if (options.h2o_budget > 0) {
       aqua::h2o_options h;
       h.budget = options.h2o_budget;

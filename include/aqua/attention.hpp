@@ -582,8 +582,14 @@ inline void dense_decode(matrix_view<const float> q, const kv_cache& cache, matr
 
 /// AQUA prefill: q [Hq, M, d] are the queries of the cache's last M tokens; out [Hq, M, d].
 template <class = void>
+///
+/// token_probs [Hkv, N], when non-empty, receives per KV head the attention probability of each
+/// cached token summed over the group's query heads and over the last `last_queries` of the M
+/// queries (0: all of them), what H2O accumulates (h2o_policy::prefill), so an engine can evict
+/// right after the prompt.
 inline void aqua_prefill(tensor3_view<const float> q, const kv_cache& cache, const selection_spec& select,
-                         tensor3_view<float> out, const aqua_options& options = {}) {
+                         tensor3_view<float> out, const aqua_options& options = {},
+                         matrix_view<float> token_probs = {}, index_t last_queries = 0) {
   constexpr const char* fn = "aqua::aqua_prefill";
   detail::require_data(q, fn, "q");
   detail::require_data(out, fn, "out");
@@ -597,13 +603,21 @@ inline void aqua_prefill(tensor3_view<const float> q, const kv_cache& cache, con
   detail::validate_selection(select, cache.rank(), fn);
   detail::require_lse(options.prefill_lse, q.extent(0), q.extent(1), fn);
   detail::reject_decode_lse(options, fn);
+  detail::require_data(token_probs, fn, "token_probs");
+  AQUA_CHECK(token_probs.size() == 0 ||
+                 (token_probs.extent(0) == cache.kv_heads() && token_probs.extent(1) == cache.size()),
+             fn, ": token_probs has shape ", detail::shape_string(token_probs), " but must be [Hkv, N] = [",
+             cache.kv_heads(), ", ", cache.size(), "]");
+  AQUA_CHECK(last_queries >= 0 && last_queries <= q.extent(1), fn, ": last_queries = ", last_queries,
+             " must lie in [0, M = ", q.extent(1), "] (0: every query)");
   detail::require_finite(q, fn, "q");
   const double scale = detail::resolve_scale(options.scale, q.extent(2), fn);
   detail::engine_workspace local;
   detail::phase_times times;
   detail::run_prefill(q, detail::cache_access::layout(cache), select, options.mode, options.causal, scale,
                       exec, options.workspace ? detail::workspace_access::scratch(*options.workspace) : local,
-                      out, options.profile ? &times : nullptr, options.prefill_lse);
+                      out, options.profile ? &times : nullptr, options.prefill_lse, token_probs,
+                      last_queries == 0 ? 0 : q.extent(1) - last_queries);
   if (options.profile) *options.profile = detail::public_profile(times);
   detail::require_no_overflow(out, fn);
 }

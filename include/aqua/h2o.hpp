@@ -125,6 +125,20 @@ public:
     accumulate(matrix_view<const float>(probs));
   }
 
+  /// AQUA prefill that seeds the policy: aqua_prefill(q, cache, select, out, options) with the
+  /// probabilities of the last `last_queries` queries (0: all M) accumulated, as that many decode
+  /// steps would, so evict() can run right after the prompt.
+  template <class = void>
+  void prefill(tensor3_view<const float> q, const kv_cache& cache, const selection_spec& select,
+               tensor3_view<float> out, const aqua_options& options = {}, index_t last_queries = 0) {
+    AQUA_CHECK(cache.kv_heads() == hkv_, "aqua::h2o_policy::prefill: the cache has ", cache.kv_heads(),
+               " KV heads but the policy has ", hkv_);
+    probs_.resize(static_cast<std::size_t>(hkv_ * cache.size()));
+    auto probs = make_view(probs_.data(), hkv_, cache.size());
+    aqua_prefill(q, cache, select, out, options, probs, last_queries);
+    accumulate(matrix_view<const float>(probs));
+  }
+
   /// Whether the next evict() would evict (the cache holds more than B + slack tokens).
   bool due(const kv_cache& cache) const noexcept { return cache.size() > opt_.budget + opt_.slack; }
 

@@ -1,6 +1,5 @@
 // Zeroed, aligned byte buffers for the benchmarks' own arrays (the bandwidth probe, the buffers an
-// engine would own), and a dispatch from aqua::storage_type to its element type. Not part of the
-// library: the cache allocates its arrays itself.
+// engine would own). Not part of the library: the cache allocates its arrays itself.
 #pragma once
 
 #include <cstddef>
@@ -10,8 +9,6 @@
 #include <new>
 #include <stdexcept>
 #include <string>
-
-#include <aqua/float16.hpp>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -40,19 +37,6 @@ inline byte_buffer zeroed_buffer(std::size_t bytes, bool huge_pages, const char*
 #endif
   std::memset(p, 0, bytes);
   return byte_buffer(p, aligned_free{alignment});
-}
-
-/// Calls f(T{}) with T the element type of storage type t (float, aqua::bf16 or aqua::f16).
-template <class F>
-decltype(auto) with_storage(aqua::storage_type t, F&& f) {
-  switch (t) {
-    case aqua::storage_type::bf16:
-      return f(aqua::bf16{});
-    case aqua::storage_type::f16:
-      return f(aqua::f16{});
-    default:
-      return f(float{});
-  }
 }
 
 }  // namespace aqua_examples

@@ -39,6 +39,7 @@ struct engine_workspace {
   struct worker {
     std::vector<float> scores, acc, m, alpha, qsel, qblock, qinter, qunion;
     std::vector<double> l, energy;
+    std::vector<double> token_mass;  // prefill: [Hkv, N] probabilities summed over this worker's rows
     std::vector<const unsigned char*> rows, prefetch_rows, rows_inter, union_rows;
     std::vector<float> values;  // prefill: 16-bit values widened for the P V product
     std::vector<char> row_used;
@@ -567,7 +568,8 @@ template <class = void>
 inline void run_prefill(const tensor3_view<const float>& q, const cache_layout& cache,
                         const selection_spec& spec, selection_mode mode, bool causal, double scale,
                         executor& exec, engine_workspace& ws, const tensor3_view<float>& out,
-                        phase_times* prof, const matrix_view<float>& lse = {}) {
+                        phase_times* prof, const matrix_view<float>& lse,
+                        const matrix_view<float>& token_probs, index_t first_counted_query) {
   const int threads = exec.workers();
   const index_t hq = q.extent(0), m = q.extent(1), d = q.extent(2), g = hq / cache.kv_heads();
   const index_t n = cache.size(), r = cache.rank(), tile = cache.tile_dims(), bs = key_block_bytes(cache);
@@ -593,6 +595,7 @@ inline void run_prefill(const tensor3_view<const float>& q, const cache_layout& 
     w.query_dims.resize(static_cast<std::size_t>(block_rows * r));
     w.m.resize(static_cast<std::size_t>(r));  // |q| weights
     w.energy.resize(static_cast<std::size_t>(r));
+    if (token_probs.size()) w.token_mass.assign(static_cast<std::size_t>(cache.kv_heads() * n), 0.0);
     for (index_t item = begin; item < end; ++item) {
       const index_t h0 = item / blocks_per_head * heads_per_item, kv = h0 / g;
       const index_t i0 = (item % blocks_per_head) * block_rows, rows = std::min(block_rows, m - i0);
@@ -683,6 +686,10 @@ inline void run_prefill(const tensor3_view<const float>& q, const cache_layout& 
           softmax_inplace_fast(
               row, visible,
               lse.size() ? lse.data() + head * lse.stride(0) + (i0 + i) * lse.stride(1) : nullptr);
+          if (token_probs.size() && i0 + i >= first_counted_query) {
+            double* mass = w.token_mass.data() + kv * n;
+            for (index_t j = 0; j < vis_i; ++j) mass[j] += row[j];
+          }
         }
         auto t_value = wp ? profile_clock::now() : profile_clock::time_point();
         Eigen::Map<const row_matrix<float>> v_rows(widened_values(cache, kv, visible, w, widened), visible,
@@ -700,6 +707,18 @@ inline void run_prefill(const tensor3_view<const float>& q, const cache_layout& 
       }
     }
   });
+  if (token_probs.size()) {
+    // Each worker summed its own items' probabilities; the workers of this call ([0, workers))
+    // add up in worker order, so the result does not depend on timing.
+    for (index_t kv = 0; kv < cache.kv_heads(); ++kv)
+      for (index_t j = 0; j < n; ++j) {
+        double total = 0;
+        for (int wi = 0; wi < workers; ++wi)
+          total += ws.workers[static_cast<std::size_t>(wi)].token_mass[static_cast<std::size_t>(kv * n + j)];
+        token_probs.data()[kv * token_probs.stride(0) + j * token_probs.stride(1)] =
+            static_cast<float>(total);
+      }
+  }
   if (prof) {
     *prof = phase_times{};
     for (int wi = 0; wi < workers; ++wi) {
