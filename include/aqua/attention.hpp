@@ -152,10 +152,7 @@ inline void softmax_row(double* row, index_t n, float* lse) {
   if (lse)
     for (index_t j = 0; j < n; ++j) row_max = std::max(row_max, row[j]);
   const double sum = softmax_inplace(row, n);
-  if (lse)
-    *lse = !(sum > 0) ? (std::isnan(sum) ? std::numeric_limits<float>::quiet_NaN()
-                                         : -std::numeric_limits<float>::infinity())
-                      : static_cast<float>(row_max + std::log(sum));
+  if (lse) *lse = log_sum_exp(row_max, sum);
 }
 
 /// Output rows = softmax(scale * Q K^T + mask) V for one block of queries against the first
@@ -505,6 +502,17 @@ void require_no_overflow(const tensor_view<float, Rank>& out, const char* fn) {
       });
 }
 
+/// An optional token-probability output (decode and prefill): empty, or [Hkv, N] for the cache.
+template <class = void>
+inline void require_token_probs(const matrix_view<float>& token_probs, const kv_cache& cache,
+                                const char* fn) {
+  require_data(token_probs, fn, "token_probs");
+  AQUA_CHECK(token_probs.size() == 0 ||
+                 (token_probs.extent(0) == cache.kv_heads() && token_probs.extent(1) == cache.size()),
+             fn, ": token_probs has shape ", shape_string(token_probs), " but must be [Hkv, N] = [",
+             cache.kv_heads(), ", ", cache.size(), "]");
+}
+
 template <class = void>
 inline double resolve_scale(const std::optional<double>& scale, index_t d, const char* fn) {
   if (!scale) return 1.0 / std::sqrt(static_cast<double>(d));
@@ -526,11 +534,7 @@ inline void decode_on_cache(matrix_view<const float> q, const kv_cache& cache, c
   AQUA_CHECK(out.extent(0) == q.extent(0) && out.extent(1) == q.extent(1), fn, ": out has shape ",
              shape_string(out), " but q has shape ", shape_string(q));
   if (select) validate_selection(*select, cache.rank(), fn);
-  require_data(token_probs, fn, "token_probs");
-  AQUA_CHECK(token_probs.size() == 0 ||
-                 (token_probs.extent(0) == cache.kv_heads() && token_probs.extent(1) == cache.size()),
-             fn, ": token_probs has shape ", shape_string(token_probs), " but must be [Hkv, N] = [",
-             cache.kv_heads(), ", ", cache.size(), "]");
+  require_token_probs(token_probs, cache, fn);
   require_lse(lse, q.extent(0), fn);
   reject_prefill_lse(options, fn);
   require_finite(q, fn, "q");
@@ -603,11 +607,7 @@ inline void aqua_prefill(tensor3_view<const float> q, const kv_cache& cache, con
   detail::validate_selection(select, cache.rank(), fn);
   detail::require_lse(options.prefill_lse, q.extent(0), q.extent(1), fn);
   detail::reject_decode_lse(options, fn);
-  detail::require_data(token_probs, fn, "token_probs");
-  AQUA_CHECK(token_probs.size() == 0 ||
-                 (token_probs.extent(0) == cache.kv_heads() && token_probs.extent(1) == cache.size()),
-             fn, ": token_probs has shape ", detail::shape_string(token_probs), " but must be [Hkv, N] = [",
-             cache.kv_heads(), ", ", cache.size(), "]");
+  detail::require_token_probs(token_probs, cache, fn);
   AQUA_CHECK(last_queries >= 0 && last_queries <= q.extent(1), fn, ": last_queries = ", last_queries,
              " must lie in [0, M = ", q.extent(1), "] (0: every query)");
   detail::require_finite(q, fn, "q");

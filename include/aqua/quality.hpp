@@ -106,6 +106,7 @@ inline attention_quality aqua_decode_quality(matrix_view<const float> q, const k
   approx_options.workspace = &ws_approx;
   approx_options.profile = nullptr;
   approx_options.lse = {};
+  approx_options.prefill_lse = {};
   detail::decode_on_cache(q, cache, &select, options.mode, make_view(approx.data(), hq, d), approx_options,
                           probs_view, fn);
   std::vector<double> exact, exact_logits;

@@ -16,11 +16,11 @@ using accum_t = std::conditional_t<std::is_same<T, float>::value, double, T>;
 
 /// The log-sum-exp of a row whose largest logit is `row_max` and whose exponentials, shifted by
 /// it, sum to `sum`: -inf when the sum is 0 (every logit -inf), NaN when it is NaN.
-inline float log_sum_exp(float row_max, double sum) {
+inline float log_sum_exp(double row_max, double sum) {
   if (!(sum > 0))
     return std::isnan(sum) ? std::numeric_limits<float>::quiet_NaN()
                            : -std::numeric_limits<float>::infinity();
-  return static_cast<float>(double(row_max) + std::log(sum));
+  return static_cast<float>(row_max + std::log(sum));
 }
 
 /// Replaces logits[0..n) by softmax probabilities, subtracting the row maximum first so that
