@@ -22,7 +22,7 @@
 //                     [--tile 32] [--spectrum 32] [--reps 10] [--json] [--clock wall|cpu]
 //                     [--basis identity|random] [--baseline projected|plain] [--budget TOKENS]
 //                     [--isa auto|avx2|portable] [--prefetch auto|l1|l2] [--probe-bytes 1G]
-//                     [--shards P[,..]]
+//                     [--shards P[,..]] [--batch S] [--window W] [--softcap C]
 //        aqua_compare --sweep-break-even [--k 96,32] [--select tile] [--hq 32] [--hkv 8]
 //                     [--sweep-n 64:32768] [--baseline plain|projected|reference] [--threads 1]
 //                     [--reps 15] [--basis random] [--json] [--clock cpu] ...
@@ -51,6 +51,13 @@
 // the whole one (float rounding: AQUA selects from the query alone, so every shard keeps the dims
 // the whole call keeps). Rows have mode "shards"; not with --budget, --sweep-break-even or
 // --baseline plain (both sides read AQUA's own caches).
+// --window W, --softcap C (decode, with --batch too): both sides attend with a sliding window of
+// the last W tokens (the bytes counted are still the whole cache's) or logit soft-capping
+// cap * tanh(s / cap); either makes both sides take the chunked kernel instead of the fused one.
+// --batch S (decode): S sequences of N tokens each (different tokens, the same bases), each in its
+// own kv_cache; dense_decode_batch against aqua_decode_batch over the S caches, one call per
+// sample, interleaved as above. GB/s count the bytes of all S caches; rows carry "batch". Not with
+// --budget, --shards, --sweep-break-even or --baseline plain.
 // --sweep-break-even (decode): for each k and selection mode, dense against AQUA at N = 64, 128,
 // .., 32768 (--sweep-n MIN:MAX, doubling), then at three points (quarter octaves) between the last
 // N where AQUA lost and the next; reports the measured break-even (the smallest measured N from
@@ -236,6 +243,7 @@ struct result {
   double dense_score_ms = -1, aqua_score_ms = -1, score_speedup = -1;
   double aqua_select_ms = -1;  // prefill: the part of aqua_score_ms spent projecting and selecting
   index_t budget = 0;
+  index_t batch = 0;  // decode: sequences per call
   std::string basis = "identity";
   double storage_err = -1;  // decode, 16-bit storage: dense over this cache against dense over f32
 };
@@ -261,6 +269,9 @@ void print(const config& c, const result& r, bool header) {
           "\"aqua_select_ms\":%.4f",
           (long long)r.m, r.dense_score_ms, r.aqua_score_ms, r.score_speedup, r.aqua_select_ms);
     if (r.budget > 0) std::printf(",\"budget\":%lld", (long long)r.budget);
+    if (r.batch > 0) std::printf(",\"batch\":%lld", (long long)r.batch);
+    if (c.window > 0) std::printf(",\"window\":%lld", (long long)c.window);
+    if (c.softcap > 0) std::printf(",\"softcap\":%g", c.softcap);
     if (r.storage_err >= 0) std::printf(",\"storage_err\":%.6g", r.storage_err);
     std::printf(",\"key_type\":\"%s\",\"value_type\":\"%s\"", aqua::storage_name(c.key_type),
                 aqua::storage_name(c.value_type));
@@ -277,6 +288,7 @@ void print(const config& c, const result& r, bool header) {
       if (r.mode == "prefill")
         std::printf(" %9s %9s %7s %9s", "dscore_ms", "ascore_ms", "s_spdup", "asel_ms");
       if (r.budget > 0) std::printf(" %7s", "budget");
+      if (r.batch > 1) std::printf(" %5s", "batch");
       std::printf(" %-8s", "kv");
       if (r.storage_err >= 0) std::printf(" %9s", "store_err");
       std::printf("\n");
@@ -290,6 +302,7 @@ void print(const config& c, const result& r, bool header) {
       std::printf(" %9.3f %9.3f %7.3f %9.3f", r.dense_score_ms, r.aqua_score_ms, r.score_speedup,
                   r.aqua_select_ms);
     if (r.budget > 0) std::printf(" %7lld", (long long)r.budget);
+    if (r.batch > 1) std::printf(" %5lld", (long long)r.batch);
     std::printf(" %-8s", storage_label(c).c_str());
     if (r.storage_err >= 0) std::printf(" %9.3g", r.storage_err);
     std::printf("\n");
@@ -324,10 +337,14 @@ decode_measurement measure_decode(const config& c, const dense_side& base, const
   aqua::attention_options dopt;
   dopt.threads = c.threads;
   dopt.workspace = &dense_ws;
+  dopt.window = c.window;
+  dopt.softcap = c.softcap;
   aqua::aqua_options aopt;
   aopt.mode = mode_of(sel);
   aopt.threads = c.threads;
   aopt.workspace = &aqua_ws;
+  aopt.window = c.window;
+  aopt.softcap = c.softcap;
   const index_t n = acache.size();
   const std::array<index_t, 3> ext = {c.hkv, n, c.d}, str = {base.raw_stride * c.d, c.d, 1};
   auto dense = [&] {
@@ -442,8 +459,92 @@ void run_decode(const config& c, double bandwidth) {
         r.bandwidth = bandwidth;
         r.rel_err = m.rel_err;
         r.budget = evicted ? c.budget : 0;
+        r.batch = 1;
         r.basis = c.random_basis ? "random" : "identity";
         r.storage_err = storage_err;
+        print(c, r, header);
+        header = false;
+      }
+  }
+}
+
+/// --batch S: S caches of N tokens each, filled from seeds 1000 + s, and their queries (seeds 7 + s);
+/// one batched call per side and sample.
+void run_batch_decode(const config& c, double bandwidth) {
+  bool header = true;
+  const synthetic data(c);
+  const index_t count = c.batch;
+  for (index_t n : c.n) {
+    std::vector<aqua::kv_cache> caches;
+    std::vector<const aqua::kv_cache*> pointers;
+    std::vector<float> q;
+    double bytes = 0;
+    for (index_t s = 0; s < count; ++s) {
+      caches.push_back(data.make_cache(n));
+      std::mt19937 rng(unsigned(1000 + s));
+      aqua_examples::append_spectrum_tokens(rng, data.spectrum, data.bases, n, {&caches.back()},
+                                            [](const float*, const float*, index_t) {});
+      const auto qs = data.queries(1, unsigned(7 + s));
+      q.insert(q.end(), qs.begin(), qs.end());
+      bytes += double(caches.back().key_bytes()) + double(caches.back().value_bytes());
+    }
+    for (const auto& cache : caches) pointers.push_back(&cache);
+    const auto qv = aqua::make_view(static_cast<const float*>(q.data()), count, c.hq, c.d);
+    const auto cv = aqua::make_view(static_cast<const aqua::kv_cache* const*>(pointers.data()), count);
+    std::vector<float> dense_out(q.size()), aqua_out(q.size());
+    double key_bytes = 0, value_bytes = 0;
+    for (const auto& cache : caches) {
+      key_bytes += double(cache.key_bytes());
+      value_bytes += double(cache.value_bytes());
+    }
+    for (const auto& sel : c.select)
+      for (index_t k : c.k) {
+        aqua::aqua_workspace dense_ws, aqua_ws;
+        aqua::attention_options dopt;
+        dopt.threads = c.threads;
+        dopt.workspace = &dense_ws;
+        dopt.window = c.window;
+        dopt.softcap = c.softcap;
+        dopt.window = c.window;
+        dopt.softcap = c.softcap;
+        aqua::aqua_options aopt;
+        aopt.mode = mode_of(sel);
+        aopt.threads = c.threads;
+        aopt.workspace = &aqua_ws;
+        aopt.window = c.window;
+        aopt.softcap = c.softcap;
+        aopt.window = c.window;
+        aopt.softcap = c.softcap;
+        auto dense = [&] {
+          aqua::dense_decode_batch(qv, cv, aqua::make_view(dense_out.data(), count, c.hq, c.d), dopt);
+        };
+        auto run_aqua = [&] {
+          aqua::aqua_decode_batch(qv, cv, k, aqua::make_view(aqua_out.data(), count, c.hq, c.d), aopt);
+        };
+        aqua::attention_profile prof;
+        aopt.profile = &prof;
+        run_aqua();
+        aopt.profile = nullptr;
+        const auto times = aqua_examples::time_interleaved(g_clock, c.reps, 2, 1, dense, run_aqua);
+        result r;
+        r.mode = "decode";
+        r.select = sel;
+        r.n = n;
+        r.d = c.d;
+        r.k = k;
+        r.hq = c.hq;
+        r.hkv = c.hkv;
+        r.threads = c.threads;
+        r.dense_ms = times.median_a();
+        r.aqua_ms = times.median_b();
+        r.speedup = times.median_ratio();
+        r.key_fraction = prof.key_fraction_read;
+        r.dense_gbps = bytes / (r.dense_ms * 1e-3) / 1e9;
+        r.aqua_gbps = (key_bytes * r.key_fraction + value_bytes) / (r.aqua_ms * 1e-3) / 1e9;
+        r.bandwidth = bandwidth;
+        r.rel_err = aqua_examples::rel_l2(aqua_out, dense_out);
+        r.batch = count;
+        r.basis = c.random_basis ? "random" : "identity";
         print(c, r, header);
         header = false;
       }
@@ -994,6 +1095,8 @@ int main(int argc, char** argv) {
     if (c.sweep) return run_sweep(c, bandwidth);
     if (!c.shards.empty())
       run_shards(c, bandwidth);
+    else if (c.mode == "decode" && c.batch > 1)
+      run_batch_decode(c, bandwidth);
     else if (c.mode == "decode")
       run_decode(c, bandwidth);
     else if (c.mode == "views")

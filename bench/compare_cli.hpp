@@ -32,6 +32,12 @@ struct config {
   // --shards (decode): shard counts P; each configuration times P shards and their merge against
   // one call over the whole cache. Empty: the usual dense-vs-AQUA table.
   std::vector<index_t> shards;
+  // --batch (decode): S sequences of N tokens each, in their own caches, decoded by one batched
+  // call (dense_decode_batch against aqua_decode_batch). 1: one sequence, the single-sequence calls.
+  index_t batch = 1;
+  // --window, --softcap (decode): model features both sides apply (attention_options)
+  index_t window = 0;
+  double softcap = 0;
   bool sweep = false;  // --sweep-break-even
   index_t sweep_min = 64, sweep_max = 32768;
   // --isa: which kernels run, auto (the widest the CPU has: AVX-512, AVX2, portable), avx2, portable
@@ -50,6 +56,7 @@ struct config {
 constexpr index_t max_tokens = index_t(1) << 24;  // --n, --m, --budget, --sweep-n
 constexpr index_t max_dim = 4096;                 // --d, --k, --tile
 constexpr index_t max_heads = 1024;               // --hq, --hkv
+constexpr index_t max_batch = 4096;               // --batch
 
 namespace internal {
 
@@ -181,9 +188,20 @@ inline void add_options(CLI::App& app, config& c) {
       app, "--shards", c.shards, 1, max_tokens,
       "decode: P contiguous shards of the cache attended one after another and merged, against one call "
       "over the whole cache, dense and AQUA (one run per value, P <= N)");
+  auto* batch = aqua_cli::integer<index_t>(
+      app, "--batch", c.batch, 1, max_batch,
+      "decode: S sequences of N tokens, each in its own cache, in one batched call (dense_decode_batch "
+      "against aqua_decode_batch)");
+  aqua_cli::integer<index_t>(app, "--window", c.window, 0, max_tokens,
+                             "decode: a sliding window of the last W tokens on both sides (0: none)");
+  aqua_cli::real(app, "--softcap", c.softcap, 0, 1e30,
+                 "decode: logit soft-capping cap * tanh(s / cap) on both sides (0: off)");
   budget->excludes(sweep);
   shards->excludes(sweep);
   shards->excludes(budget);
+  batch->excludes(sweep);
+  batch->excludes(budget);
+  batch->excludes(shards);
   app.callback([&c, k, select, reps, baseline] {
     const bool baseline_given = baseline->count() > 0;
     if (c.sweep) {
@@ -210,6 +228,18 @@ inline void add_options(CLI::App& app, config& c) {
             throw aqua_cli::usage_error("--shards " + std::to_string(p) + " is larger than --n " +
                                         std::to_string(n) + " (every shard holds at least one token)");
     }
+    if ((c.window > 0 || c.softcap > 0) &&
+        (c.mode != "decode" || c.sweep || !c.shards.empty() || c.budget > 0))
+      throw aqua_cli::usage_error(
+          "--window and --softcap take effect in decode mode only, without --budget, --shards and "
+          "--sweep-break-even");
+    if (c.batch > 1) {
+      if (c.mode != "decode") throw aqua_cli::usage_error("--batch takes effect in decode mode only");
+      // Both sides read the same caches, as in --shards.
+      if (c.baseline != "projected")
+        throw aqua_cli::usage_error("--batch compares on AQUA's own caches: --baseline " + c.baseline +
+                                    " does not apply");
+    }
     if (c.hq % c.hkv != 0)
       throw aqua_cli::usage_error("--hq " + std::to_string(c.hq) + " must be a multiple of --hkv " +
                                   std::to_string(c.hkv));
@@ -222,11 +252,11 @@ inline void add_options(CLI::App& app, config& c) {
     for (index_t v : c.n) n_max = std::max(n_max, v);
     // Prefill adds the queries and both outputs [Hq, M, d]; the probe its buffer.
     const double tokens = double(n_max) * double(c.d);
-    aqua_cli::check_memory(24.0 * double(c.hkv) * tokens +
-                               (c.mode == "prefill" ? 12.0 * double(c.hq) * tokens : 0.0) +
-                               double(c.probe_bytes),
-                           "--n " + std::to_string(n_max) + " with --hkv " + std::to_string(c.hkv) +
-                               ", --d " + std::to_string(c.d));
+    aqua_cli::check_memory(
+        24.0 * double(c.hkv) * tokens * double(c.batch) +
+            (c.mode == "prefill" ? 12.0 * double(c.hq) * tokens : 0.0) + double(c.probe_bytes),
+        "--n " + std::to_string(n_max) + " with --hkv " + std::to_string(c.hkv) + ", --d " +
+            std::to_string(c.d) + (c.batch > 1 ? ", --batch " + std::to_string(c.batch) : std::string()));
   });
 }
 

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <memory>
 #include <new>
 #include <vector>
 
@@ -108,6 +109,48 @@ TEST_CASE("with a workspace a repeated decode of one shape allocates nothing", "
     aqua::dense_decode(L.qv(), L.cache, outv, dense, probsv);
     CHECK(allocations_during([&] { aqua::dense_decode(L.qv(), L.cache, outv, dense, probsv); }) == 0);
   }
+}
+
+TEST_CASE("with a workspace a repeated batched decode of one shape allocates nothing",
+          "[workspace][batch][threads]") {
+  if (!AQUA_TEST_COUNTS_ALLOCATIONS) return aqua_test::skip_case(no_counting);
+  using aqua::index_t;
+  const index_t hq = 8, hkv = 2, d = 64;
+  const std::vector<index_t> lengths{333, 20, 1000};
+  const index_t count = index_t(lengths.size());
+  std::vector<std::unique_ptr<aqua_test::random_layer>> layers;
+  std::vector<const aqua::kv_cache*> caches;
+  std::vector<std::vector<float>> probs;
+  std::vector<aqua::matrix_view<float>> prob_views;
+  for (index_t n : lengths) {
+    layers.push_back(std::make_unique<aqua_test::random_layer>(
+        hq, hkv, d, n, aqua_test::random_layer::options{16, true, 0, 1, 5, 300}));
+    caches.push_back(&layers.back()->cache);
+    probs.emplace_back(static_cast<std::size_t>(hkv * n));
+    prob_views.push_back(aqua::make_view(probs.back().data(), hkv, n));
+  }
+  std::vector<float> q(static_cast<std::size_t>(count * hq * d), 0.5f), out(q.size()),
+      lse(static_cast<std::size_t>(count * hq));
+  const auto qv = aqua::make_view(static_cast<const float*>(q.data()), count, hq, d);
+  const auto cv = aqua::make_view(static_cast<const aqua::kv_cache* const*>(caches.data()), count);
+  const auto outv = aqua::make_view(out.data(), count, hq, d);
+  aqua::batch_decode_outputs extra;
+  extra.token_probs = aqua::make_view(static_cast<const aqua::matrix_view<float>*>(prob_views.data()), count);
+  extra.lse = aqua::make_view(lse.data(), count, hq);
+  aqua::thread_pool pool(2);
+  for (aqua::executor* exec : {static_cast<aqua::executor*>(nullptr), static_cast<aqua::executor*>(&pool)})
+    for (auto mode : aqua_test::all_modes) {
+      CAPTURE(exec != nullptr, aqua_test::mode_name(mode));
+      aqua::aqua_workspace ws;
+      aqua::aqua_options opt;
+      opt.mode = mode;
+      opt.exec = exec;
+      opt.workspace = &ws;
+      aqua::aqua_decode_batch(qv, cv, 24, outv, opt, extra);
+      CHECK(allocations_during([&] { aqua::aqua_decode_batch(qv, cv, 24, outv, opt, extra); }) == 0);
+      aqua::dense_decode_batch(qv, cv, outv, opt, extra);
+      CHECK(allocations_during([&] { aqua::dense_decode_batch(qv, cv, outv, opt, extra); }) == 0);
+    }
 }
 
 TEST_CASE("the allocation counter sees allocations on the pool's workers", "[workspace][threads]") {

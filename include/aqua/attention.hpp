@@ -106,6 +106,27 @@ struct attention_options {
   /// Prefill only, when non-empty: prefill_lse(h, i) [Hq, M] receives the log-sum-exp of query
   /// (h, i)'s scaled scores over the keys it sees.
   matrix_view<float> prefill_lse;
+
+  // Model features of attention over a kv_cache (aqua_decode, dense_decode(cache), aqua_prefill
+  // and the batched decode; the entry points over engine buffers take only their mask argument).
+  // Applied to each scaled score s in this order: soft-capping, the additive mask, the window;
+  // then the sinks join the softmax. AQUA applies them to its approximate scores.
+
+  /// Sliding window (Mistral, Gemma 2 / 3 local layers): W > 0 lets the query at position p
+  /// attend to positions p - W + 1 .. p only (decode: the last W cached tokens; the tokens before
+  /// the window are not read). 0: every position.
+  index_t window = 0;
+  /// Logit soft-capping (Gemma 2): cap > 0 replaces s by cap * tanh(s / cap). 0: off.
+  double softcap = 0;
+  /// Attention sinks (gpt-oss), when non-empty: [Hq], one logit per query head that joins the
+  /// head's softmax normaliser without a value, so the head may attend to nothing. -inf: no sink.
+  /// The log-sum-exp outputs include it: when merging parts of a context, give it to one part.
+  vector_view<const float> sinks;
+  /// Decode over a cache, when non-empty: an additive mask [N] over the cached positions (finite
+  /// values or -inf). A head whose every position is masked (and has no sink) outputs zeros.
+  vector_view<const float> mask;
+  /// Prefill over a cache, when non-empty: an additive mask [M, N] (query i, cached position j).
+  matrix_view<const float> prefill_mask;
 };
 
 namespace detail {
@@ -231,6 +252,40 @@ inline void reject_decode_lse(const attention_options& options, const char* fn) 
              ": options.lse is a decode output; prefill writes its log-sum-exp to options.prefill_lse");
 }
 
+/// The entry points over engine buffers take their mask as an argument and none of the cache-path
+/// features: set, they would be ignored, so they are an error.
+inline void reject_cache_features(const attention_options& options, const char* fn) {
+  AQUA_CHECK(options.window == 0 && options.softcap == 0 && options.sinks.size() == 0 &&
+                 options.mask.size() == 0 && options.prefill_mask.size() == 0,
+             fn,
+             ": options.window, softcap, sinks, mask and prefill_mask apply to attention over a kv_cache; "
+             "over engine buffers pass the mask as the mask argument");
+}
+
+/// The window, softcap and sinks of a call over caches with hq query heads, as the engine's
+/// plain descriptor (the masks are added by the caller, which knows the call's shape).
+template <class = void>
+inline score_features validate_features(const attention_options& options, index_t hq, const char* fn) {
+  AQUA_CHECK(options.window >= 0, fn, ": window must be at least 0 (0: no window), got ", options.window);
+  AQUA_CHECK(std::isfinite(options.softcap) && options.softcap >= 0 &&
+                 options.softcap <= std::numeric_limits<float>::max(),
+             fn, ": softcap must be finite and at least 0 (0: off), got ", options.softcap);
+  require_data(options.sinks, fn, "sinks");
+  AQUA_CHECK(options.sinks.size() == 0 || options.sinks.extent(0) == hq, fn, ": sinks has ",
+             options.sinks.extent(0), " elements but q has ", hq, " query heads (one sink logit per head)");
+  require_each(
+      options.sinks, [](float x) { return std::isnan(x) || x == std::numeric_limits<float>::infinity(); },
+      [&](float x, const std::string& pos) {
+        AQUA_THROW(fn, ": sinks[", pos, "] = ", x, "; a sink logit is finite or -inf (no sink)");
+      });
+  score_features f;
+  f.window = options.window;
+  f.softcap = static_cast<float>(options.softcap);
+  f.sinks = options.sinks.size() ? options.sinks.data() : nullptr;
+  f.sinks_stride = options.sinks.size() ? options.sinks.stride(0) : 0;
+  return f;
+}
+
 /// The checks every dense decode entry point makes, and the shape facts they yield.
 template <class T, class K, class V>
 attention_shape validate_dense_decode(const matrix_view<const T>& q, const tensor3_view<const K>& k,
@@ -255,6 +310,7 @@ attention_shape validate_dense_decode(const matrix_view<const T>& q, const tenso
   require_mask_values(mask, fn, "mask");
   require_lse(options.lse, s.hq, fn);
   reject_prefill_lse(options, fn);
+  reject_cache_features(options, fn);
   s.scale = resolve_scale<T>(options, s.d, fn);
   return s;
 }
@@ -286,6 +342,7 @@ attention_shape validate_dense_prefill(const tensor3_view<const T>& q, const ten
   require_mask_values(mask, fn, "mask");
   require_lse(options.prefill_lse, s.hq, s.m, fn);
   reject_decode_lse(options, fn);
+  reject_cache_features(options, fn);
   s.scale = resolve_scale<T>(options, s.d, fn);
   return s;
 }
@@ -477,14 +534,23 @@ struct aqua_options : attention_options {
 
 namespace detail {
 
+/// "sequence s: " in the messages of a batched call (s >= 0), nothing otherwise.
+struct sequence_label {
+  index_t sequence = -1;
+};
+inline std::ostream& operator<<(std::ostream& os, const sequence_label& label) {
+  return label.sequence < 0 ? os : os << "sequence " << label.sequence << ": ";
+}
+
 template <class = void>
-inline void validate_cache_queries(index_t hq, index_t d, const kv_cache& cache, const char* fn) {
+inline void validate_cache_queries(index_t hq, index_t d, const kv_cache& cache, const char* fn,
+                                   sequence_label where = {}) {
   AQUA_CHECK(hq >= 1, fn, ": q has no query heads");
-  AQUA_CHECK(d == cache.head_dim(), fn, ": q has head dim ", d, " but the cache holds head dim ",
+  AQUA_CHECK(d == cache.head_dim(), fn, ": ", where, "q has head dim ", d, " but the cache holds head dim ",
              cache.head_dim());
-  AQUA_CHECK(hq % cache.kv_heads() == 0, fn, ": the number of query heads (", hq,
+  AQUA_CHECK(hq % cache.kv_heads() == 0, fn, ": ", where, "the number of query heads (", hq,
              ") must be a multiple of the number of KV heads (", cache.kv_heads(), ")");
-  AQUA_CHECK(!cache.empty(), fn, ": the KV cache is empty; attention needs at least one key");
+  AQUA_CHECK(!cache.empty(), fn, ": ", where, "the KV cache is empty; attention needs at least one key");
 }
 
 /// The inputs of the cache kernels are finite (q is checked at the call, keys and values on
@@ -504,13 +570,13 @@ void require_no_overflow(const tensor_view<float, Rank>& out, const char* fn) {
 
 /// An optional token-probability output (decode and prefill): empty, or [Hkv, N] for the cache.
 template <class = void>
-inline void require_token_probs(const matrix_view<float>& token_probs, const kv_cache& cache,
-                                const char* fn) {
+inline void require_token_probs(const matrix_view<float>& token_probs, const kv_cache& cache, const char* fn,
+                                sequence_label where = {}) {
   require_data(token_probs, fn, "token_probs");
   AQUA_CHECK(token_probs.size() == 0 ||
                  (token_probs.extent(0) == cache.kv_heads() && token_probs.extent(1) == cache.size()),
-             fn, ": token_probs has shape ", shape_string(token_probs), " but must be [Hkv, N] = [",
-             cache.kv_heads(), ", ", cache.size(), "]");
+             fn, ": ", where, "token_probs has shape ", shape_string(token_probs),
+             " but must be [Hkv, N] = [", cache.kv_heads(), ", ", cache.size(), "]");
 }
 
 template <class = void>
@@ -537,21 +603,122 @@ inline void decode_on_cache(matrix_view<const float> q, const kv_cache& cache, c
   require_token_probs(token_probs, cache, fn);
   require_lse(lse, q.extent(0), fn);
   reject_prefill_lse(options, fn);
+  score_features features = validate_features(options, q.extent(0), fn);
+  AQUA_CHECK(options.prefill_mask.size() == 0, fn,
+             ": options.prefill_mask is a prefill input; decode takes its mask in options.mask");
+  require_data(options.mask, fn, "mask");
+  AQUA_CHECK(options.mask.size() == 0 || options.mask.extent(0) == cache.size(), fn, ": mask has length ",
+             options.mask.extent(0), " but the cache holds N = ", cache.size(), " tokens");
+  require_mask_values(options.mask, fn, "mask");
+  if (options.mask.size()) {
+    features.mask = options.mask.data();
+    features.mask_col = options.mask.stride(0);
+  }
   require_finite(q, fn, "q");
   const double scale = resolve_scale(options.scale, q.extent(1), fn);
   engine_workspace local;
   engine_workspace& ws = workspace ? workspace_access::scratch(*workspace) : local;
-  const cache_layout layout = cache_access::layout(cache);
-  decode_plan plan;
+  planned_decode job;
+  job.cache = cache_access::layout(cache);
+  job.out = out;
+  job.token_probs = token_probs;
+  job.lse = lse;
+  if (ws.plans.empty()) ws.plans.resize(1);
   auto t0 = profile ? profile_clock::now() : profile_clock::time_point();
-  plan_decode(q, layout, select ? *select : selection_spec::top_k(cache.rank()), mode, select == nullptr,
-              scale, ws, plan);
+  plan_decode(q, job.cache, select ? *select : selection_spec::top_k(cache.rank()), mode, select == nullptr,
+              scale, ws, ws.plans[0], job.plan);
+  job.plan.features = features;
+  if (features.window >= job.plan.n) job.plan.features.window = 0;  // a window over every token is none
   const double select_seconds = profile ? seconds_since(t0) : 0.0;
   phase_times times;
-  run_decode(layout, plan, runner, ws, out, token_probs, lse, profile ? &times : nullptr);
+  run_decode(&job, 1, runner, ws, profile ? &times : nullptr);
   if (profile) {
     *profile = public_profile(times);
     profile->select_seconds = select_seconds;
+  }
+  require_no_overflow(out, fn);
+}
+
+}  // namespace detail
+
+/// Optional per-sequence outputs of a batched decode (aqua_decode_batch, dense_decode_batch).
+struct batch_decode_outputs {
+  /// Empty, or one view per sequence: token_probs[s] is empty or [Hkv, N_s] for sequence s's
+  /// cache, filled as aqua_decode fills its token_probs (the H2O accumulator input).
+  vector_view<const matrix_view<float>> token_probs;
+  /// Empty, or [S, Hq]: lse(s, h) receives the log-sum-exp of sequence s's head h, as
+  /// attention_options::lse does for one sequence.
+  matrix_view<float> lse;
+};
+
+namespace detail {
+
+template <class = void>
+inline void decode_batch_on_caches(tensor3_view<const float> q, vector_view<const kv_cache* const> caches,
+                                   const selection_spec* select, selection_mode mode, tensor3_view<float> out,
+                                   const attention_options& options, const batch_decode_outputs& outputs,
+                                   const char* fn) {
+  require_data(q, fn, "q");
+  require_data(out, fn, "out");
+  require_data(caches, fn, "caches");
+  executor& runner = resolve_executor(options.exec, options.threads, fn);
+  const index_t count = q.extent(0), hq = q.extent(1), d = q.extent(2);
+  AQUA_CHECK(count >= 1 && hq >= 1 && d >= 1, fn, ": q has shape ", shape_string(q),
+             "; it must be [S, Hq, d] with every extent >= 1");
+  AQUA_CHECK(caches.extent(0) == count, fn, ": ", caches.extent(0), " caches for ", count,
+             " sequences of queries (q has shape ", shape_string(q), "); pass one cache per sequence");
+  AQUA_CHECK(out.extent(0) == count && out.extent(1) == hq && out.extent(2) == d, fn, ": out has shape ",
+             shape_string(out), " but q has shape ", shape_string(q));
+  AQUA_CHECK(options.lse.size() == 0, fn,
+             ": options.lse is the output of a single-sequence decode; a batched decode writes its "
+             "log-sum-exp to outputs.lse [S, Hq]");
+  reject_prefill_lse(options, fn);
+  const score_features features = validate_features(options, hq, fn);
+  AQUA_CHECK(options.mask.size() == 0 && options.prefill_mask.size() == 0, fn,
+             ": a mask over cached positions is per sequence; the batched decode takes none (window, "
+             "softcap and sinks apply to every sequence)");
+  const vector_view<const matrix_view<float>>& token_probs = outputs.token_probs;
+  require_data(token_probs, fn, "outputs.token_probs");
+  AQUA_CHECK(token_probs.size() == 0 || token_probs.extent(0) == count, fn, ": outputs.token_probs has ",
+             token_probs.extent(0), " views for ", count, " sequences; pass one per sequence (or none)");
+  const matrix_view<float>& lse = outputs.lse;
+  require_data(lse, fn, "outputs.lse");
+  AQUA_CHECK(lse.size() == 0 || (lse.extent(0) == count && lse.extent(1) == hq), fn,
+             ": outputs.lse has shape ", shape_string(lse), " but must be [S, Hq] = [", count, ", ", hq, "]");
+  for (index_t s = 0; s < count; ++s) {
+    const kv_cache* cache = caches(s);
+    AQUA_CHECK(cache != nullptr, fn, ": caches[", s, "] is null");
+    validate_cache_queries(hq, d, *cache, fn, sequence_label{s});
+    if (select) validate_selection(*select, cache->rank(), fn);
+    if (token_probs.size()) require_token_probs(token_probs(s), *cache, fn, sequence_label{s});
+  }
+  require_finite(q, fn, "q");
+  const double scale = resolve_scale(options.scale, d, fn);
+  engine_workspace local;
+  engine_workspace& ws = options.workspace ? workspace_access::scratch(*options.workspace) : local;
+  if (static_cast<index_t>(ws.plans.size()) < count) ws.plans.resize(static_cast<std::size_t>(count));
+  ws.jobs.resize(static_cast<std::size_t>(count));
+  auto t0 = options.profile ? profile_clock::now() : profile_clock::time_point();
+  for (index_t s = 0; s < count; ++s) {
+    planned_decode& job = ws.jobs[static_cast<std::size_t>(s)];
+    const kv_cache& cache = *caches(s);
+    job.cache = cache_access::layout(cache);
+    job.out = matrix_view<float>(out.data() + s * out.stride(0), {hq, d}, {out.stride(1), out.stride(2)});
+    job.token_probs = token_probs.size() ? token_probs(s) : matrix_view<float>{};
+    job.lse = lse.size() ? vector_view<float>(lse.data() + s * lse.stride(0), {hq}, {lse.stride(1)})
+                         : vector_view<float>{};
+    const matrix_view<const float> q_s(q.data() + s * q.stride(0), {hq, d}, {q.stride(1), q.stride(2)});
+    plan_decode(q_s, job.cache, select ? *select : selection_spec::top_k(cache.rank()), mode,
+                select == nullptr, scale, ws, ws.plans[static_cast<std::size_t>(s)], job.plan);
+    job.plan.features = features;
+    if (features.window >= job.plan.n) job.plan.features.window = 0;
+  }
+  const double select_seconds = options.profile ? seconds_since(t0) : 0.0;
+  phase_times times;
+  run_decode(ws.jobs.data(), count, runner, ws, options.profile ? &times : nullptr);
+  if (options.profile) {
+    *options.profile = public_profile(times);
+    options.profile->select_seconds = select_seconds;
   }
   require_no_overflow(out, fn);
 }
@@ -584,6 +751,36 @@ inline void dense_decode(matrix_view<const float> q, const kv_cache& cache, matr
                           "aqua::dense_decode(cache)");
 }
 
+/// Batched AQUA decode: S sequences in one call, sequence s with its own cache caches[s] (any
+/// length; the caches of one layer), queries q[s] [Hq, d] and output out[s] [Hq, d]. Each
+/// sequence's result is what aqua_decode gives it; the work, split over (sequence, KV head, token
+/// range) so that unequal sequences keep every worker busy, is merged exactly. Token probabilities
+/// and log-sum-exps come per sequence through `outputs`; options.lse must stay empty.
+template <class = void>
+inline void aqua_decode_batch(tensor3_view<const float> q, vector_view<const kv_cache* const> caches,
+                              const selection_spec& select, tensor3_view<float> out,
+                              const aqua_options& options = {}, const batch_decode_outputs& outputs = {}) {
+  detail::decode_batch_on_caches(q, caches, &select, options.mode, out, options, outputs,
+                                 "aqua::aqua_decode_batch");
+}
+
+/// Batched AQUA decode keeping a fixed k dims per query head (or group, or in whole tiles).
+template <class = void>
+inline void aqua_decode_batch(tensor3_view<const float> q, vector_view<const kv_cache* const> caches,
+                              index_t k, tensor3_view<float> out, const aqua_options& options = {},
+                              const batch_decode_outputs& outputs = {}) {
+  aqua_decode_batch(q, caches, selection_spec::top_k(k), out, options, outputs);
+}
+
+/// Batched dense decode over caches: dense_decode(cache) for each of S sequences in one call.
+template <class = void>
+inline void dense_decode_batch(tensor3_view<const float> q, vector_view<const kv_cache* const> caches,
+                               tensor3_view<float> out, const attention_options& options = {},
+                               const batch_decode_outputs& outputs = {}) {
+  detail::decode_batch_on_caches(q, caches, nullptr, selection_mode::group, out, options, outputs,
+                                 "aqua::dense_decode_batch");
+}
+
 /// AQUA prefill: q [Hq, M, d] are the queries of the cache's last M tokens; out [Hq, M, d].
 template <class = void>
 ///
@@ -607,6 +804,20 @@ inline void aqua_prefill(tensor3_view<const float> q, const kv_cache& cache, con
   detail::validate_selection(select, cache.rank(), fn);
   detail::require_lse(options.prefill_lse, q.extent(0), q.extent(1), fn);
   detail::reject_decode_lse(options, fn);
+  detail::score_features features = detail::validate_features(options, q.extent(0), fn);
+  AQUA_CHECK(options.mask.size() == 0, fn,
+             ": options.mask is a decode input; prefill takes its [M, N] mask in options.prefill_mask");
+  const matrix_view<const float>& mask = options.prefill_mask;
+  detail::require_data(mask, fn, "prefill_mask");
+  AQUA_CHECK(mask.size() == 0 || (mask.extent(0) == q.extent(1) && mask.extent(1) == cache.size()), fn,
+             ": prefill_mask has shape ", detail::shape_string(mask), " but must be [M, N] = [", q.extent(1),
+             ", ", cache.size(), "]");
+  detail::require_mask_values(mask, fn, "prefill_mask");
+  if (mask.size()) {
+    features.mask = mask.data();
+    features.mask_row = mask.stride(0);
+    features.mask_col = mask.stride(1);
+  }
   detail::require_token_probs(token_probs, cache, fn);
   AQUA_CHECK(last_queries >= 0 && last_queries <= q.extent(1), fn, ": last_queries = ", last_queries,
              " must lie in [0, M = ", q.extent(1), "] (0: every query)");
@@ -617,7 +828,7 @@ inline void aqua_prefill(tensor3_view<const float> q, const kv_cache& cache, con
   detail::run_prefill(q, detail::cache_access::layout(cache), select, options.mode, options.causal, scale,
                       exec, options.workspace ? detail::workspace_access::scratch(*options.workspace) : local,
                       out, options.profile ? &times : nullptr, options.prefill_lse, token_probs,
-                      last_queries == 0 ? 0 : q.extent(1) - last_queries);
+                      last_queries == 0 ? 0 : q.extent(1) - last_queries, features);
   if (options.profile) *options.profile = detail::public_profile(times);
   detail::require_no_overflow(out, fn);
 }

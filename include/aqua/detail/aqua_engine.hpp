@@ -34,6 +34,52 @@ struct phase_times {
   double key_fraction_read = 0;
 };
 
+/// Model features applied to the scaled scores (the window, softcap, sinks and masks of
+/// attention_options), as plain pointers and strides.
+struct score_features {
+  float softcap = 0;            // > 0: s -> softcap * tanh(s / softcap), before the mask is added
+  index_t window = 0;           // > 0: the query at position p sees positions p - window + 1 .. p only
+  const float* mask = nullptr;  // additive: query i's row at mask + i * mask_row, token j at j * mask_col
+  index_t mask_row = 0, mask_col = 0;
+  const float* sinks = nullptr;  // per query head h: sinks[h * sinks_stride] joins the normaliser
+  index_t sinks_stride = 0;
+  bool transforms_scores() const noexcept { return softcap > 0 || mask != nullptr || window > 0; }
+  float sink(index_t h) const noexcept {
+    return sinks ? sinks[h * sinks_stride] : -std::numeric_limits<float>::infinity();
+  }
+  /// The first position a query at position `position` sees.
+  index_t first_visible(index_t position) const noexcept {
+    return window > 0 ? std::max<index_t>(0, position - window + 1) : 0;
+  }
+};
+
+/// Everything a decode call decided before touching the cache.
+struct decode_plan {
+  index_t hq = 0, hkv = 0, g = 0, d = 0, r = 0, n = 0, tile = 0;
+  bool shared = true;  // one dim list per KV group (group, tile, dense) or one per head
+  // lists: per group (shared) or per head; dims[list * r ...], counts[list]
+  const std::int32_t* dims = nullptr;
+  const index_t* counts = nullptr;
+  const float* qsel = nullptr;  // [hq, r]: head h's scaled query at its list's dims
+  score_features features;      // the decode query is at position n - 1
+  /// Tokens before the window are not read: streams start at the block holding its first token.
+  index_t stream_begin() const noexcept { return features.first_visible(n - 1) / kv_block * kv_block; }
+};
+
+/// One sequence of a decode call: its cache, its plan and where its results go.
+struct planned_decode {
+  cache_layout cache;
+  decode_plan plan;
+  matrix_view<float> out, token_probs;
+  vector_view<float> lse;
+};
+
+/// Tokens [t0, t1) of KV head kv of sequence seq: what one worker decodes into partial results
+/// (running max, normaliser, unnormalised output) that the call then merges.
+struct decode_piece {
+  index_t seq = 0, kv = 0, t0 = 0, t1 = 0;
+};
+
 /// The scratch behind aqua::aqua_workspace: per worker, and for the whole call.
 struct engine_workspace {
   struct worker {
@@ -48,13 +94,22 @@ struct engine_workspace {
     row_matrix<float> logits, proj;
     phase_times profile;
   };
+  /// The arrays a decode_plan points into, one set per sequence of the call.
+  struct plan_arrays {
+    std::vector<float> qproj, qsel;
+    std::vector<std::int32_t> dims;
+    std::vector<index_t> counts;
+  };
   std::vector<worker> workers;
-  std::vector<float> qproj, qsel, part_acc, part_m, logits, weight;
+  std::vector<plan_arrays> plans;
+  std::vector<float> part_acc, part_m, logits, weight;
   std::vector<double> energy;  // squares of the projected queries, in double like select_top's
-  std::vector<double> part_l, segment_weights;
+  std::vector<double> part_l, piece_weights;
   std::vector<float> prob_row;  // one head's token probabilities before they join token_probs
-  std::vector<std::int32_t> dims, rank;
-  std::vector<index_t> counts;
+  std::vector<std::int32_t> rank;
+  std::vector<index_t> first_piece, worker_piece, logits_offset;
+  std::vector<decode_piece> pieces;
+  std::vector<planned_decode> jobs;  // batched decode: one per sequence
 };
 
 /// Profiles count CPU time of the calling thread where the platform has it, so phases measured on
@@ -130,22 +185,13 @@ inline index_t select_dims(const float* weight, const double* energy, index_t r,
   return count;
 }
 
-/// Everything a decode call decided before touching the cache.
-struct decode_plan {
-  index_t hq = 0, hkv = 0, g = 0, d = 0, r = 0, n = 0, tile = 0;
-  bool shared = true;  // one dim list per KV group (group, tile, dense) or one per head
-  // lists: per group (shared) or per head; dims[list * r ...], counts[list]
-  const std::int32_t* dims = nullptr;
-  const index_t* counts = nullptr;
-  const float* qsel = nullptr;  // [hq, r]: head h's scaled query at its list's dims
-};
-
 /// Projects and scales the queries, selects dims and gathers the selected query values.
 /// `dense` uses every kept dim (exact attention over the cache).
+/// `arrays` receives what the plan points to; `ws` lends the selection scratch.
 template <class = void>
 inline void plan_decode(const matrix_view<const float>& q, const cache_layout& cache,
                         const selection_spec& spec, selection_mode mode, bool dense, double scale,
-                        engine_workspace& ws, decode_plan& p) {
+                        engine_workspace& ws, engine_workspace::plan_arrays& arrays, decode_plan& p) {
   p.hq = q.extent(0);
   p.hkv = cache.kv_heads();
   p.g = p.hq / p.hkv;
@@ -155,49 +201,50 @@ inline void plan_decode(const matrix_view<const float>& q, const cache_layout& c
   p.tile = cache.tile_dims();
   p.shared = dense || mode != selection_mode::per_head;
   const index_t r = p.r;
-  ws.qproj.resize(static_cast<std::size_t>(p.hq * r));
+  arrays.qproj.resize(static_cast<std::size_t>(p.hq * r));
   for (index_t h = 0; h < p.hq; ++h) {
-    float* qp = ws.qproj.data() + h * r;
+    float* qp = arrays.qproj.data() + h * r;
     cache.project(h / p.g, q.data() + h * q.stride(0), q.stride(1), qp);
     for (index_t c = 0; c < r; ++c) qp[c] = static_cast<float>(qp[c] * scale);
   }
   const index_t lists = p.shared ? p.hkv : p.hq;
-  ws.dims.resize(static_cast<std::size_t>(lists * r));
-  ws.counts.resize(static_cast<std::size_t>(lists));
+  arrays.dims.resize(static_cast<std::size_t>(lists * r));
+  arrays.counts.resize(static_cast<std::size_t>(lists));
   ws.rank.resize(static_cast<std::size_t>(std::max<index_t>(r, 1)));
   ws.weight.resize(static_cast<std::size_t>(r));
   ws.energy.resize(static_cast<std::size_t>(r));
   for (index_t list = 0; list < lists; ++list) {
-    std::int32_t* dl = ws.dims.data() + list * r;
+    std::int32_t* dl = arrays.dims.data() + list * r;
     if (dense) {
       for (index_t c = 0; c < r; ++c) dl[c] = static_cast<std::int32_t>(c);
-      ws.counts[static_cast<std::size_t>(list)] = r;
+      arrays.counts[static_cast<std::size_t>(list)] = r;
       continue;
     }
     const index_t h0 = p.shared ? list * p.g : list, hn = p.shared ? p.g : 1;
     std::fill(ws.weight.begin(), ws.weight.end(), 0.0f);
     std::fill(ws.energy.begin(), ws.energy.end(), 0.0);
     for (index_t h = h0; h < h0 + hn; ++h) {
-      const float* qp = ws.qproj.data() + h * r;
+      const float* qp = arrays.qproj.data() + h * r;
       for (index_t c = 0; c < r; ++c) {
         ws.weight[static_cast<std::size_t>(c)] += std::abs(qp[c]);
         ws.energy[static_cast<std::size_t>(c)] += double(qp[c]) * double(qp[c]);
       }
     }
-    ws.counts[static_cast<std::size_t>(list)] =
+    arrays.counts[static_cast<std::size_t>(list)] =
         select_dims(ws.weight.data(), ws.energy.data(), r, p.tile, mode == selection_mode::tile, spec,
                     ws.rank.data(), dl);
   }
-  ws.qsel.resize(static_cast<std::size_t>(p.hq * r));
+  arrays.qsel.resize(static_cast<std::size_t>(p.hq * r));
   for (index_t h = 0; h < p.hq; ++h) {
     const index_t list = p.shared ? h / p.g : h;
-    const std::int32_t* dl = ws.dims.data() + list * r;
-    for (index_t s = 0; s < ws.counts[static_cast<std::size_t>(list)]; ++s)
-      ws.qsel[static_cast<std::size_t>(h * r + s)] = ws.qproj[static_cast<std::size_t>(h * r + dl[s])];
+    const std::int32_t* dl = arrays.dims.data() + list * r;
+    for (index_t s = 0; s < arrays.counts[static_cast<std::size_t>(list)]; ++s)
+      arrays.qsel[static_cast<std::size_t>(h * r + s)] =
+          arrays.qproj[static_cast<std::size_t>(h * r + dl[s])];
   }
-  p.dims = ws.dims.data();
-  p.counts = ws.counts.data();
-  p.qsel = ws.qsel.data();
+  p.dims = arrays.dims.data();
+  p.counts = arrays.counts.data();
+  p.qsel = arrays.qsel.data();
 }
 
 /// Fraction of key tiles read: the union of the tiles holding selected dims, over all KV heads.
@@ -214,6 +261,32 @@ inline double key_fraction(const decode_plan& p) {
     for (char t : touched) read += t;
   }
   return double(read) / double(tiles * p.hkv);
+}
+
+/// s[j] = cap * tanh(s[j] / cap) for finite scores, through the vectorised exp:
+/// tanh(|x|) = (1 - e^(-2|x|)) / (1 + e^(-2|x|)); its absolute error is a few float roundings of
+/// cap, as small as the rounding of a logit of that size.
+inline void softcap_in_place(float* s, index_t n, float cap) {
+  constexpr index_t piece = 128;
+  float e[piece];
+  for (index_t j0 = 0; j0 < n; j0 += piece) {
+    const index_t cnt = std::min(piece, n - j0);
+    for (index_t j = 0; j < cnt; ++j) e[j] = -2.0f * std::abs(s[j0 + j]) / cap;
+    exp_shift_sum(e, cnt, 0.0f);
+    for (index_t j = 0; j < cnt; ++j)
+      s[j0 + j] = std::copysign(cap * ((1.0f - e[j]) / (1.0f + e[j])), s[j0 + j]);
+  }
+}
+
+/// The features on the scores s[0..cnt) of tokens t .. t + cnt of a query at `position` whose mask
+/// row starts at mask_row (null: no mask): softcap, then the additive mask, then the window.
+inline void apply_score_features(const score_features& f, const float* mask_row, index_t position, index_t t,
+                                 index_t cnt, float* s) {
+  if (f.softcap > 0) softcap_in_place(s, cnt, f.softcap);
+  if (mask_row)
+    for (index_t j = 0; j < cnt; ++j) s[j] += mask_row[(t + j) * f.mask_col];
+  const index_t first = f.first_visible(position);
+  for (index_t j = 0; j < std::min(cnt, first - t); ++j) s[j] = -std::numeric_limits<float>::infinity();
 }
 
 /// One KV head over tokens [t0, t1) (t0 a multiple of 16): partial results (running max m,
@@ -251,7 +324,8 @@ inline void decode_range(const cache_layout& cache, const decode_plan& p, index_
   bool equal = true;
   if (!p.shared)
     for (index_t h = 1; h < g; ++h) equal = equal && p.counts[kv * g + h] == p.counts[kv * g];
-  if (equal) {
+  // The fused kernel has no place for score features: with them every selection takes the chunked path.
+  if (equal && !p.features.transforms_scores()) {
     fused_args fa;
     fa.rows = w.rows.data();
     fa.ns = p.counts[p.shared ? kv : kv * g];
@@ -330,9 +404,17 @@ inline void decode_range(const cache_layout& cache, const decode_plan& p, index_
     auto t_soft = prof ? profile_clock::now() : profile_clock::time_point();
     for (index_t h = 0; h < g; ++h) {
       float* s = scores + h * C;
+      if (p.features.transforms_scores())
+        apply_score_features(p.features, p.features.mask, p.n - 1, t, cnt, s);
       if (logits_out)
         std::memcpy(logits_out + (kv * g + h) * p.n + t, s, static_cast<std::size_t>(cnt) * sizeof(float));
       const float mn = std::max(m[h], row_max(s, cnt));
+      if (mn == -std::numeric_limits<float>::infinity()) {
+        // Every score so far is masked: this chunk adds nothing (zero probabilities).
+        std::fill(s, s + cnt, 0.0f);
+        alpha[h] = 1.0f;
+        continue;
+      }
       alpha[h] = m[h] == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(m[h] - mn);
       const double sum = exp_shift_sum(s, cnt, mn);
       l[h] = l[h] * alpha[h] + sum;
@@ -364,8 +446,16 @@ inline void decode_head_double(const cache_layout& cache, const decode_plan& p, 
   for (index_t s = 0; s < ns; ++s)
     for (index_t j = 0; j < n; ++j)
       sc[static_cast<std::size_t>(j)] += double(qh[s]) * cache.key(kv, j, dims[s]);
-  const double mx = *std::max_element(sc.begin(), sc.end());
-  double total = 0;
+  const score_features& f = p.features;
+  const index_t first = f.first_visible(n - 1);
+  for (index_t j = 0; j < n; ++j) {
+    double& x = sc[static_cast<std::size_t>(j)];
+    if (f.softcap > 0) x = f.softcap * std::tanh(x / f.softcap);
+    if (f.mask) x += f.mask[j * f.mask_col];
+    if (j < first) x = -std::numeric_limits<double>::infinity();
+  }
+  const double mx = std::max(*std::max_element(sc.begin(), sc.end()), double(f.sink(h)));
+  double total = std::exp(double(f.sink(h)) - mx);
   for (double& x : sc) total += (x = std::exp(x - mx));
   std::vector<double> acc(static_cast<std::size_t>(d), 0.0);
   for (index_t j = 0; j < n; ++j) {
@@ -375,78 +465,97 @@ inline void decode_head_double(const cache_layout& cache, const decode_plan& p, 
   for (index_t c = 0; c < d; ++c) o[c * o_stride] = static_cast<float>(acc[static_cast<std::size_t>(c)]);
 }
 
-/// Runs a planned decode: work items are (KV head, token segment); segments exist only when the
-/// threads outnumber what the KV heads can split evenly, and are merged exactly
-/// (max, rescaled normalisers, rescaled partial outputs).
+/// Cuts the call's work into pieces: the (sequence, KV head) token streams (from the window's
+/// first block to the end) laid end to end in chunks of decode_chunk tokens, divided into `workers` runs of
+/// near-equal chunk counts, so a batch of short or unequal sequences keeps every worker busy and a stream is
+/// split only where a run ends. Pieces are in stream order: stream i's are [first_piece[i], first_piece[i +
+/// 1]), worker w's [worker_piece[w], worker_piece[w + 1]). Returns the number of workers.
 template <class = void>
-inline void run_decode(const cache_layout& cache, const decode_plan& p, executor& exec, engine_workspace& ws,
-                       const matrix_view<float>& out, const matrix_view<float>& token_probs,
-                       const vector_view<float>& lse, phase_times* prof) {
-  const int threads = exec.workers();
-  const index_t g = p.g, d = p.d, n = p.n;
-  const index_t segs =
-      (threads > 1 && p.hkv % threads != 0)
-          ? std::max<index_t>(1, std::min<index_t>(threads, (n + decode_chunk - 1) / decode_chunk))
-          : 1;
-  const index_t items = p.hkv * segs;
-  const int workers = static_cast<int>(std::max<index_t>(1, std::min<index_t>(threads, items)));
-  if (static_cast<int>(ws.workers.size()) < workers) ws.workers.resize(static_cast<std::size_t>(workers));
-  for (int wi = 0; wi < workers; ++wi) ws.workers[static_cast<std::size_t>(wi)].profile = phase_times{};
-  ws.part_acc.resize(static_cast<std::size_t>(items * g * d));
-  ws.part_m.resize(static_cast<std::size_t>(items * g));
-  ws.part_l.resize(static_cast<std::size_t>(items * g));
-  float* logits = nullptr;
-  if (token_probs.size()) {
-    ws.logits.resize(static_cast<std::size_t>(p.hq * n));
-    logits = ws.logits.data();
+inline int plan_pieces(const planned_decode* seqs, index_t count, int threads, engine_workspace& ws) {
+  const index_t chunk = decode_chunk;
+  index_t streams = 0, total = 0;
+  for (index_t s = 0; s < count; ++s) {
+    streams += seqs[s].plan.hkv;
+    total += seqs[s].plan.hkv * ((seqs[s].plan.n - seqs[s].plan.stream_begin() + chunk - 1) / chunk);
   }
-  // Segment boundaries on chunk multiples, so chunking and results do not depend on the threads
-  // beyond the segment count.
-  const index_t chunk = decode_chunk, chunks = (n + chunk - 1) / chunk;
-  parallel_for(items, exec, [&](index_t begin, index_t end, int wi) {
-    auto& w = ws.workers[static_cast<std::size_t>(wi)];
-    for (index_t item = begin; item < end; ++item) {
-      const index_t kv = item / segs, seg = item % segs;
-      const index_t t0 = std::min(n, chunks * seg / segs * chunk);
-      const index_t t1 = std::min(n, chunks * (seg + 1) / segs * chunk);
-      decode_range(cache, p, kv, t0, t1, w, ws.part_acc.data() + item * g * d, ws.part_m.data() + item * g,
-                   ws.part_l.data() + item * g, logits, prof ? &w.profile : nullptr);
+  const index_t workers = std::max<index_t>(1, std::min<index_t>(threads, total));
+  auto boundary = [&](index_t w) { return total * w / workers; };
+  ws.pieces.clear();
+  ws.first_piece.resize(static_cast<std::size_t>(streams + 1));
+  ws.worker_piece.resize(static_cast<std::size_t>(workers + 1));
+  ws.worker_piece[0] = 0;
+  index_t cursor = 0, w = 0, stream = 0;
+  for (index_t s = 0; s < count; ++s) {
+    const index_t n = seqs[s].plan.n, begin = seqs[s].plan.stream_begin();
+    const index_t chunks = (n - begin + chunk - 1) / chunk;
+    for (index_t kv = 0; kv < seqs[s].plan.hkv; ++kv, ++stream) {
+      ws.first_piece[static_cast<std::size_t>(stream)] = static_cast<index_t>(ws.pieces.size());
+      for (index_t at = cursor; at < cursor + chunks;) {
+        while (boundary(w + 1) <= at)
+          ws.worker_piece[static_cast<std::size_t>(++w)] = index_t(ws.pieces.size());
+        const index_t end = std::min(cursor + chunks, boundary(w + 1));
+        ws.pieces.push_back(
+            decode_piece{s, kv, begin + (at - cursor) * chunk, std::min(n, begin + (end - cursor) * chunk)});
+        at = end;
+      }
+      cursor += chunks;
     }
-  });
-  if (logits) ws.prob_row.resize(static_cast<std::size_t>(n));
-  ws.segment_weights.resize(static_cast<std::size_t>(segs));
+  }
+  ws.first_piece[static_cast<std::size_t>(streams)] = static_cast<index_t>(ws.pieces.size());
+  while (w < workers) ws.worker_piece[static_cast<std::size_t>(++w)] = index_t(ws.pieces.size());
+  return static_cast<int>(workers);
+}
+
+/// Merges the pieces of sequence `seq` (its streams start at first_stream) into its outputs: per
+/// query head the maximum, the rescaled normalisers and partial outputs; the log-sum-exp and the
+/// token probabilities when asked for.
+template <class = void>
+inline void merge_pieces(const planned_decode& sq, index_t first_stream, index_t part_stride,
+                         index_t head_stride, const float* logits, engine_workspace& ws) {
+  const decode_plan& p = sq.plan;
+  const index_t g = p.g, d = p.d, n = p.n;
+  const matrix_view<float>& out = sq.out;
   for (index_t h = 0; h < p.hq; ++h) {
-    const index_t kv = h / g, hh = h % g;
-    float mx = -std::numeric_limits<float>::infinity();
-    for (index_t s = 0; s < segs; ++s)
-      mx = std::max(mx, ws.part_m[static_cast<std::size_t>((kv * segs + s) * g + hh)]);
-    double total = 0;
+    const index_t kv = h / g, hh = h % g, stream = first_stream + kv;
+    const index_t pb = ws.first_piece[static_cast<std::size_t>(stream)];
+    const index_t pe = ws.first_piece[static_cast<std::size_t>(stream + 1)];
+    auto part_m = [&](index_t piece) {
+      return ws.part_m[static_cast<std::size_t>(piece * head_stride + hh)];
+    };
+    auto part_acc = [&](index_t piece) { return ws.part_acc.data() + piece * part_stride + hh * d; };
+    // An attention sink joins the normaliser as one more logit, with no value.
+    const float sink = p.features.sink(h);
+    float mx = sink;
+    for (index_t pc = pb; pc < pe; ++pc) mx = std::max(mx, part_m(pc));
+    const bool any = mx > -std::numeric_limits<float>::infinity();
+    double total = any ? std::exp(double(sink) - double(mx)) : 0.0;
     float* o = out.data() + h * out.stride(0);
     for (index_t c = 0; c < d; ++c) o[c * out.stride(1)] = 0.0f;
-    std::vector<double>& weights = ws.segment_weights;
-    for (index_t s = 0; s < segs; ++s) {
-      const index_t item = kv * segs + s;
-      const float ms = ws.part_m[static_cast<std::size_t>(item * g + hh)];
+    ws.piece_weights.resize(static_cast<std::size_t>(pe - pb));
+    for (index_t pc = pb; pc < pe; ++pc) {
+      const float ms = part_m(pc);
       const double wgt =
           ms == -std::numeric_limits<float>::infinity() ? 0.0 : std::exp(double(ms) - double(mx));
-      weights[static_cast<std::size_t>(s)] = wgt;
-      total += wgt * ws.part_l[static_cast<std::size_t>(item * g + hh)];
+      ws.piece_weights[static_cast<std::size_t>(pc - pb)] = wgt;
+      total += wgt * ws.part_l[static_cast<std::size_t>(pc * head_stride + hh)];
     }
-    if (lse.size()) lse.data()[h * lse.stride(0)] = log_sum_exp(mx, total);
+    if (sq.lse.size()) sq.lse.data()[h * sq.lse.stride(0)] = log_sum_exp(mx, total);
     bool acc_finite = true;
-    for (index_t s = 0; s < segs; ++s) {
-      const float* a = ws.part_acc.data() + ((kv * segs + s) * g + hh) * d;
+    for (index_t pc = pb; pc < pe; ++pc) {
+      const float* a = part_acc(pc);
       for (index_t c = 0; c < d; ++c) acc_finite = acc_finite && std::isfinite(a[c]);
     }
-    if (!acc_finite && std::isfinite(mx)) {
+    if (!any) {
+      // Every token masked and no sink: the output stays zero.
+    } else if (!acc_finite && std::isfinite(mx)) {
       // Finite logits but a non-finite float accumulator: the unnormalised value sum overflowed
       // (values near FLT_MAX; the exact output is a weighted mean, within range). Redo this head
       // in double, off the hot path.
-      decode_head_double(cache, p, h, o, out.stride(1));
+      decode_head_double(sq.cache, p, h, o, out.stride(1));
     } else {
-      for (index_t s = 0; s < segs; ++s) {
-        const float f = static_cast<float>(weights[static_cast<std::size_t>(s)] / total);
-        const float* a = ws.part_acc.data() + ((kv * segs + s) * g + hh) * d;
+      for (index_t pc = pb; pc < pe; ++pc) {
+        const float f = static_cast<float>(ws.piece_weights[static_cast<std::size_t>(pc - pb)] / total);
+        const float* a = part_acc(pc);
         for (index_t c = 0; c < d; ++c) o[c * out.stride(1)] += f * a[c];
       }
     }
@@ -454,20 +563,74 @@ inline void run_decode(const cache_layout& cache, const decode_plan& p, executor
       // Probabilities of this head, added into its KV head's row of token_probs. The exponentials
       // go through the vectorised exp on a copy (the logits stay for callers that rank them):
       // a scalar double exp per token cost more than the whole decode at H2O budgets.
-      std::copy(logits + h * n, logits + (h + 1) * n, ws.prob_row.begin());
-      exp_shift_sum(ws.prob_row.data(), n, mx);
-      const float inv = static_cast<float>(1.0 / total);
-      const float* pr = ws.prob_row.data();
-      float* dst = token_probs.data() + kv * token_probs.stride(0);
-      const index_t ds = token_probs.stride(1);
-      if (ds == 1 && hh == 0) {
-        for (index_t j = 0; j < n; ++j) dst[j] = pr[j] * inv;
-      } else if (ds == 1) {
-        for (index_t j = 0; j < n; ++j) dst[j] += pr[j] * inv;
-      } else {
-        for (index_t j = 0; j < n; ++j) dst[j * ds] = (hh == 0 ? 0.0f : dst[j * ds]) + pr[j] * inv;
+      // Tokens before the window's first block were not read (their logits are not written):
+      // probability zero, like the masked ones.
+      float* dst = sq.token_probs.data() + kv * sq.token_probs.stride(0);
+      const index_t ds = sq.token_probs.stride(1), b = p.stream_begin();
+      if (hh == 0)
+        for (index_t j = 0; j < n; ++j) dst[j * ds] = 0.0f;
+      if (any) {
+        std::copy(logits + h * n + b, logits + (h + 1) * n, ws.prob_row.begin());
+        exp_shift_sum(ws.prob_row.data(), n - b, mx);
+        const float inv = static_cast<float>(1.0 / total);
+        const float* pr = ws.prob_row.data();
+        if (ds == 1) {
+          for (index_t j = b; j < n; ++j) dst[j] += pr[j - b] * inv;
+        } else {
+          for (index_t j = b; j < n; ++j) dst[j * ds] += pr[j - b] * inv;
+        }
       }
     }
+  }
+}
+
+/// Runs the planned decode of `count` sequences: the pieces of plan_pieces run on the workers,
+/// then each sequence's pieces are merged exactly. Logits are kept (ws.logits at
+/// ws.logits_offset[s]) for the sequences that asked for token probabilities.
+template <class = void>
+inline void run_decode(const planned_decode* seqs, index_t count, executor& exec, engine_workspace& ws,
+                       phase_times* prof) {
+  const int workers = plan_pieces(seqs, count, exec.workers(), ws);
+  if (static_cast<int>(ws.workers.size()) < workers) ws.workers.resize(static_cast<std::size_t>(workers));
+  for (int wi = 0; wi < workers; ++wi) ws.workers[static_cast<std::size_t>(wi)].profile = phase_times{};
+  index_t part_stride = 0, group_max = 0, logits_size = 0, longest = 0;
+  ws.logits_offset.resize(static_cast<std::size_t>(count));
+  for (index_t s = 0; s < count; ++s) {
+    const decode_plan& p = seqs[s].plan;
+    part_stride = std::max(part_stride, p.g * p.d);
+    group_max = std::max(group_max, p.g);
+    ws.logits_offset[static_cast<std::size_t>(s)] = seqs[s].token_probs.size() ? logits_size : -1;
+    if (seqs[s].token_probs.size()) {
+      logits_size += p.hq * p.n;
+      longest = std::max(longest, p.n);
+    }
+  }
+  const index_t pieces = static_cast<index_t>(ws.pieces.size());
+  ws.part_acc.resize(static_cast<std::size_t>(pieces * part_stride));
+  ws.part_m.resize(static_cast<std::size_t>(pieces * group_max));
+  ws.part_l.resize(static_cast<std::size_t>(pieces * group_max));
+  ws.logits.resize(static_cast<std::size_t>(logits_size));
+  ws.prob_row.resize(static_cast<std::size_t>(longest));
+  auto logits_of = [&](index_t s) {
+    const index_t at = ws.logits_offset[static_cast<std::size_t>(s)];
+    return at < 0 ? nullptr : ws.logits.data() + at;
+  };
+  parallel_for(workers, exec, [&](index_t begin, index_t end, int wi) {
+    auto& w = ws.workers[static_cast<std::size_t>(wi)];
+    for (index_t run = begin; run < end; ++run)
+      for (index_t pc = ws.worker_piece[static_cast<std::size_t>(run)];
+           pc < ws.worker_piece[static_cast<std::size_t>(run + 1)]; ++pc) {
+        const decode_piece& piece = ws.pieces[static_cast<std::size_t>(pc)];
+        const planned_decode& sq = seqs[piece.seq];
+        decode_range(sq.cache, sq.plan, piece.kv, piece.t0, piece.t1, w,
+                     ws.part_acc.data() + pc * part_stride, ws.part_m.data() + pc * group_max,
+                     ws.part_l.data() + pc * group_max, logits_of(piece.seq), prof ? &w.profile : nullptr);
+      }
+  });
+  index_t first_stream = 0;
+  for (index_t s = 0; s < count; ++s) {
+    merge_pieces(seqs[s], first_stream, part_stride, group_max, logits_of(s), ws);
+    first_stream += seqs[s].plan.hkv;
   }
   if (prof) {
     *prof = phase_times{};
@@ -477,7 +640,14 @@ inline void run_decode(const cache_layout& cache, const decode_plan& p, executor
       prof->softmax_seconds += wp.softmax_seconds;
       prof->value_seconds += wp.value_seconds;
     }
-    prof->key_fraction_read = key_fraction(p);
+    // Key bytes read over key bytes held, summed over the sequences.
+    double read = 0, held = 0;
+    for (index_t s = 0; s < count; ++s) {
+      const double bytes = double(seqs[s].plan.hkv) * double(seqs[s].plan.n);
+      read += key_fraction(seqs[s].plan) * bytes;
+      held += bytes;
+    }
+    prof->key_fraction_read = held > 0 ? read / held : 0.0;
   }
 }
 
@@ -569,7 +739,8 @@ inline void run_prefill(const tensor3_view<const float>& q, const cache_layout& 
                         const selection_spec& spec, selection_mode mode, bool causal, double scale,
                         executor& exec, engine_workspace& ws, const tensor3_view<float>& out,
                         phase_times* prof, const matrix_view<float>& lse,
-                        const matrix_view<float>& token_probs, index_t first_counted_query) {
+                        const matrix_view<float>& token_probs, index_t first_counted_query,
+                        const score_features& features) {
   const int threads = exec.workers();
   const index_t hq = q.extent(0), m = q.extent(1), d = q.extent(2), g = hq / cache.kv_heads();
   const index_t n = cache.size(), r = cache.rank(), tile = cache.tile_dims(), bs = key_block_bytes(cache);
@@ -682,10 +853,15 @@ inline void run_prefill(const tensor3_view<const float>& q, const cache_layout& 
         for (index_t i = 0; i < rows; ++i) {
           float* row = w.logits.row(i).data();
           const index_t vis_i = causal ? first_position + i + 1 : n;
+          if (features.transforms_scores())
+            apply_score_features(features,
+                                 features.mask ? features.mask + (i0 + i) * features.mask_row : nullptr,
+                                 first_position + i, 0, vis_i, row);
           for (index_t j = vis_i; j < visible; ++j) row[j] = -std::numeric_limits<float>::infinity();
           softmax_inplace_fast(
               row, visible,
-              lse.size() ? lse.data() + head * lse.stride(0) + (i0 + i) * lse.stride(1) : nullptr);
+              lse.size() ? lse.data() + head * lse.stride(0) + (i0 + i) * lse.stride(1) : nullptr,
+              features.sink(head));
           if (token_probs.size() && i0 + i >= first_counted_query) {
             double* mass = w.token_mass.data() + kv * n;
             for (index_t j = 0; j < vis_i; ++j) mass[j] += row[j];

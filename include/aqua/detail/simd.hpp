@@ -192,15 +192,17 @@ inline void scale_in_place(float* x, index_t n, float f) {
 
 /// softmax_inplace with vectorised max / exp / scale for float rows; same semantics (all -inf
 /// row -> zeros, NaN propagates, normaliser summed in double). With `lse`, also stores the row's
-/// log-sum-exp (-inf for an all -inf row, NaN when NaN propagates).
-inline double softmax_inplace_fast(float* logits, index_t n, float* lse = nullptr) {
-  const float m = row_max(logits, n);
+/// log-sum-exp (-inf for an all -inf row, NaN when NaN propagates). A finite `sink` is one more
+/// logit in the normaliser, with no probability of its own in the row.
+inline double softmax_inplace_fast(float* logits, index_t n, float* lse = nullptr,
+                                   float sink = -std::numeric_limits<float>::infinity()) {
+  const float m = std::max(row_max(logits, n), sink);
   if (!(m > -std::numeric_limits<float>::infinity())) {
     const double sum = softmax_inplace(logits, n);
     if (lse) *lse = log_sum_exp(m, sum);
     return sum;
   }
-  const double sum = exp_shift_sum(logits, n, m);
+  const double sum = exp_shift_sum(logits, n, m) + std::exp(double(sink) - double(m));
   if (lse) *lse = log_sum_exp(m, sum);
   scale_in_place(logits, n, static_cast<float>(1.0 / sum));
   return sum;
