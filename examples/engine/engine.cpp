@@ -90,7 +90,8 @@ int main() {
 
   // Offline, once per model: calibrate, save; at start-up the engine loads the file.
   aqua::calibrator cal(layers, hq, hkv, d);
-  for (index_t l = 0; l < layers; ++l) cal.add_queries(l, aqua::make_view(activations(hq * 512, d, rng).data(), hq, 512, d));
+  for (index_t l = 0; l < layers; ++l)
+    cal.add_queries(l, aqua::make_view(activations(hq * 512, d, rng).data(), hq, 512, d));
   aqua::save_projection_set("engine.safetensors", cal.finalize(pool));
   const aqua::projection_set set = aqua::load_projection_set("engine.safetensors");
 
@@ -114,11 +115,13 @@ int main() {
     for (index_t l = 0; l < layers; ++l) {
       const index_t m = prompts[std::size_t(s)];
       aqua::kv_cache& cache = caches[std::size_t(l)][std::size_t(s)];
-      const auto k = activations(hkv * m, d, rng), v = activations(hkv * m, d, rng), q = activations(hq * m, d, rng);
+      const auto k = activations(hkv * m, d, rng), v = activations(hkv * m, d, rng),
+                 q = activations(hq * m, d, rng);
       cache.append(aqua::make_view(k.data(), hkv, m, d), aqua::make_view(v.data(), hkv, m, d));
       std::vector<float> out(q.size());
       h2o[std::size_t(l)][std::size_t(s)].prefill(aqua::make_view(q.data(), hq, m, d), cache, top16,
-                                                  aqua::make_view(out.data(), hq, m, d), opt, /*last_queries=*/32);
+                                                  aqua::make_view(out.data(), hq, m, d), opt,
+                                                  /*last_queries=*/32);
       h2o[std::size_t(l)][std::size_t(s)].evict(cache);
     }
 
@@ -143,8 +146,10 @@ int main() {
       const auto qv = aqua::make_view(q.data(), count, hq, d);
       const auto caches_view = aqua::make_view(batch.data(), count);
       aqua::batch_decode_outputs outputs;
-      outputs.token_probs = aqua::make_view(static_cast<const aqua::matrix_view<float>*>(prob_views.data()), count);
-      aqua::aqua_decode_batch(qv, caches_view, top16, aqua::make_view(out.data(), count, hq, d), opt, outputs);
+      outputs.token_probs =
+          aqua::make_view(static_cast<const aqua::matrix_view<float>*>(prob_views.data()), count);
+      aqua::aqua_decode_batch(qv, caches_view, top16, aqua::make_view(out.data(), count, hq, d), opt,
+                              outputs);
       for (index_t s = 0; s < count; ++s) {
         h2o[std::size_t(l)][std::size_t(s)].accumulate(prob_views[std::size_t(s)]);
         h2o[std::size_t(l)][std::size_t(s)].evict(caches[std::size_t(l)][std::size_t(s)]);
@@ -159,8 +164,9 @@ int main() {
         error = std::sqrt(diff / norm);
       }
     }
-  std::printf("engine: %ld sequences x %ld layers, %ld batched decode steps on %d workers; tokens per KV head:",
-              long(count), long(layers), long(steps), pool.workers());
+  std::printf(
+      "engine: %ld sequences x %ld layers, %ld batched decode steps on %d workers; tokens per KV head:",
+      long(count), long(layers), long(steps), pool.workers());
   for (index_t s = 0; s < count; ++s) std::printf(" %ld", long(caches[0][std::size_t(s)].size()));
   std::printf("; last step AQUA k = 16 of %ld against dense: rel. L2 error %.4f\n", long(d), error);
 }
