@@ -33,7 +33,6 @@ struct hook_guard {
   ~hook_guard() {
     aqua::set_max_isa(aqua::isa::avx512);
     aqua::set_decode_prefetch(aqua::decode_prefetch::automatic);
-    aqua::detail::prefill_union_test_ratio() = 0;
   }
 };
 

@@ -221,9 +221,10 @@ TEST_CASE("the AVX-512 and AVX2 kernels agree bit for bit: decode outputs, token
 
 TEST_CASE("prefill scores groups of queries over the union of their dims exactly as each query alone",
           "[aqua][prefill]") {
-  // Grouping is chosen by how much the union exceeds the queries' own dims; the hook forces it
-  // off (ratio 1) and on for every group (ratio 1000). Causal and full, per-dim and tile
-  // selection, fixed and energy specs, group sizes 1 and 4 (a group never spans two heads).
+  // Grouping is chosen by how much the union exceeds the queries' own dims; the workspace's
+  // prefill_union_override forces it off (ratio 1) and on for every group (ratio 1000). Causal
+  // and full, per-dim and tile selection, fixed and energy specs, group sizes 1 and 4 (a group
+  // never spans two heads).
   const index_t g = GENERATE(1, 4);
   const index_t hkv = 2, hq = g * hkv, d = 64, n = 150, m = 137;
   CAPTURE(g);
@@ -239,12 +240,15 @@ TEST_CASE("prefill scores groups of queries over the union of their dims exactly
           aqua::aqua_options opt;
           opt.mode = mode;
           opt.causal = causal;
+          aqua::aqua_workspace ws;
+          opt.workspace = &ws;
+          index_t& ratio = aqua::detail::workspace_access::scratch(ws).prefill_union_override;
           std::vector<float> alone(q.size()), grouped(q.size(), -1.0f), chosen(q.size(), -2.0f);
-          aqua::detail::prefill_union_test_ratio() = 1;
+          ratio = 1;
           aqua::aqua_prefill(qv, L.cache, spec, aqua::make_view(alone.data(), hq, m, d), opt);
-          aqua::detail::prefill_union_test_ratio() = 1000;
+          ratio = 1000;
           aqua::aqua_prefill(qv, L.cache, spec, aqua::make_view(grouped.data(), hq, m, d), opt);
-          aqua::detail::prefill_union_test_ratio() = 0;
+          ratio = 0;
           aqua::aqua_prefill(qv, L.cache, spec, aqua::make_view(chosen.data(), hq, m, d), opt);
           CHECK(aqua_test::bitwise_equal(grouped, alone));
           CHECK(aqua_test::bitwise_equal(chosen, alone));

@@ -77,19 +77,20 @@ TEST_CASE(
           for (index_t union_ratio : {0, 1000})  // 0: the library's choice; 1000: every group of 4 queries
             for (int threads : {1, 2}) {
               CAPTURE(union_ratio, threads);
-              aqua::detail::prefill_union_test_ratio() = union_ratio;
+              aqua::aqua_workspace ws;
+              aqua::detail::workspace_access::scratch(ws).prefill_union_override = union_ratio;
               std::vector<float> out(q.size(), std::numeric_limits<float>::quiet_NaN());
               aqua::aqua_options opt;
               opt.mode = mode;
               opt.causal = causal;
               opt.threads = threads;
+              opt.workspace = &ws;
               aqua::aqua_prefill(qv, L.cache, spec, aqua::make_view(out.data(), hq, m, d), opt);
               aqua_test::bound_report rep;
               aqua_test::compare_rows(rep, out, res, d);
               INFO(rep.summary());
               CHECK(rep.outside == 0);
             }
-          aqua::detail::prefill_union_test_ratio() = 0;
         });
       }
   }

@@ -26,7 +26,6 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <initializer_list>
 #include <limits>
 #include <map>
@@ -91,30 +90,8 @@ inline void save_projection_set(const std::string& path, const projection_set& s
 
 namespace detail {
 
-inline std::string concat_shape(const std::vector<std::uint64_t>& shape) {
-  std::string s = "[";
-  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
-
-inline std::uint64_t parse_metadata_uint(const std::map<std::string, std::string>& meta,
-                                         const std::string& key, const std::string& where,
-                                         std::uint64_t max_value) {
-  const auto it = meta.find(key);
-  AQUA_CHECK(it != meta.end(), where, ": metadata key \"", key, "\" is missing");
-  const std::string& s = it->second;
-  AQUA_CHECK(!s.empty() && s.size() <= 19 && s.find_first_not_of("0123456789") == std::string::npos, where,
-             ": metadata \"", key, "\" is \"", s, "\", not a non-negative integer");
-  const std::uint64_t v = std::stoull(s);
-  AQUA_CHECK(v <= max_value, where, ": metadata \"", key, "\" is ", v, ", more than the maximum ", max_value);
-  return v;
-}
-
-}  // namespace detail
-
-namespace detail {
-
 /// The one implementation behind both load_projection_set overloads.
+// Glue kept in io.hpp: it builds an aqua::projection_set, and detail/ cannot include projection.hpp.
 template <class = void>
 inline projection_set load_projection_set(byte_source& in) {
   constexpr const char* fn = "aqua::load_projection_set";
@@ -188,24 +165,14 @@ inline projection_set load_projection_set(byte_source& in) {
   for (index_t l = 0; l < layers; ++l)
     for (index_t h = 0; h < kv_heads; ++h) {
       const std::string bname = projection_basis_name(l, h), sname = projection_singular_values_name(l, h);
-      const auto b = file.tensors.find(bname);
-      const auto s = file.tensors.find(sname);
-      AQUA_CHECK(b != file.tensors.end(), where, ": tensor \"", bname, "\" is missing");
-      AQUA_CHECK(s != file.tensors.end(), where, ": tensor \"", sname, "\" is missing");
-      AQUA_CHECK(b->second.dtype == "F32", where, ": tensor \"", bname, "\" has dtype ", b->second.dtype,
-                 ", expected F32");
-      AQUA_CHECK(b->second.shape == std::vector<std::uint64_t>({du, du}), where, ": tensor \"", bname,
-                 "\" has shape ", detail::concat_shape(b->second.shape), ", expected [", d, ", ", d, "]");
-      AQUA_CHECK(s->second.dtype == "F64", where, ": tensor \"", sname, "\" has dtype ", s->second.dtype,
-                 ", expected F64");
-      AQUA_CHECK(s->second.shape == std::vector<std::uint64_t>({du}), where, ": tensor \"", sname,
-                 "\" has shape ", detail::concat_shape(s->second.shape), ", expected [", d, "]");
+      const safetensors_entry& b = require_tensor(file, bname, where);
+      const safetensors_entry& s = require_tensor(file, sname, where);
+      require_tensor_type(b, bname, "F32", {du, du}, where);
+      require_tensor_type(s, sname, "F64", {du}, where);
       row_matrix<float> basis(d, d);
-      std::memcpy(basis.data(), file.data.data() + b->second.begin, static_cast<std::size_t>(du * du * 4));
-      detail::to_host_order(basis.data(), du * du, 4, true);
+      copy_tensor_data(file, b, basis.data());
       Eigen::VectorXd sv(d);
-      std::memcpy(sv.data(), file.data.data() + s->second.begin, static_cast<std::size_t>(du * 8));
-      detail::to_host_order(sv.data(), du, 8, true);
+      copy_tensor_data(file, s, sv.data());
       AQUA_CHECK(basis.allFinite(), where, ": tensor \"", bname, "\" holds a non-finite value");
       const double err = detail::orthogonality_error(basis);
       AQUA_CHECK(err <= head_projection::orthogonality_tolerance, where, ": tensor \"", bname,
@@ -343,46 +310,13 @@ private:
 
 namespace detail {
 
-/// Reorders Fortran-order elements (first index fastest) to C order (last index fastest).
-template <class T>
-std::vector<T> fortran_to_c(const std::vector<T>& f, const std::vector<index_t>& shape) {
-  std::vector<T> c(f.size());
-  if (f.empty()) return c;
-  const std::size_t rank = shape.size();
-  std::vector<index_t> idx(rank, 0), fstride(rank, 1);
-  for (std::size_t i = 1; i < rank; ++i) fstride[i] = fstride[i - 1] * shape[i - 1];
-  for (std::size_t out = 0; out < c.size(); ++out) {
-    index_t src = 0;
-    for (std::size_t i = 0; i < rank; ++i) src += idx[i] * fstride[i];
-    c[out] = f[static_cast<std::size_t>(src)];
-    for (std::size_t i = rank; i-- > 0;) {
-      if (++idx[i] < shape[i]) break;
-      idx[i] = 0;
-    }
-  }
-  return c;
-}
-
-template <class T>
-std::vector<T> read_npy_elements(byte_source& in, const npy_header& h, const std::vector<index_t>& shape) {
-  std::vector<T> data(static_cast<std::size_t>(h.elements));
-  in.read(h.data_offset, data.data(), h.elements * sizeof(T), "the array data");
-  to_host_order(data.data(), h.elements, sizeof(T), h.little_endian);
-  if (h.fortran_order && shape.size() > 1) data = fortran_to_c(data, shape);
-  return data;
-}
-
 /// The one implementation behind both read_npy overloads.
+// Glue kept in io.hpp: it builds the public npy_array (the parsing is detail/npy.hpp's).
 template <class = void>
 inline npy_array read_npy(byte_source& in) {
   constexpr const char* fn = "aqua::read_npy";
   const npy_header h = read_npy_header(in, fn);
-  std::vector<index_t> shape;
-  for (std::uint64_t e : h.shape) {
-    AQUA_CHECK(e <= static_cast<std::uint64_t>(std::numeric_limits<index_t>::max()), fn, ": ", in.path(),
-               ": extent ", e, " is too large");
-    shape.push_back(static_cast<index_t>(e));
-  }
+  const std::vector<index_t> shape = npy_shape(in, h, fn);
   if (h.item_size == 4) return npy_array(shape, read_npy_elements<float>(in, h, shape));
   return npy_array(shape, read_npy_elements<double>(in, h, shape));
 }
@@ -419,35 +353,13 @@ inline npy_array read_npy_float(const void* data, std::size_t size) {
   return a;
 }
 
-namespace detail {
-
-template <class T>
-void save_npy_impl(const std::string& path, const T* data, const std::vector<index_t>& shape,
-                   const char* fn) {
-  std::vector<std::uint64_t> ushape;
-  std::uint64_t count = 1, bytes;
-  for (index_t e : shape) {
-    AQUA_CHECK(e >= 0, fn, ": ", path, ": negative extent ", e);
-    ushape.push_back(static_cast<std::uint64_t>(e));
-    AQUA_CHECK(checked_mul(count, ushape.back(), count), fn, ": ", path, ": the element count overflows");
-  }
-  AQUA_CHECK(checked_mul(count, sizeof(T), bytes), fn, ": ", path, ": the data size overflows");
-  AQUA_CHECK(data != nullptr || count == 0, fn, ": ", path, ": data is null but the shape has ", count,
-             " elements");
-  std::string out = make_npy_header(ushape, sizeof(T));
-  append_le_array(out, data, count, sizeof(T));
-  write_file_atomically(path, out, fn);
-}
-
-}  // namespace detail
-
 /// Writes `data` (C order, shape `shape`) as a little-endian float32 .npy file.
 inline void save_npy(const std::string& path, const float* data, const std::vector<index_t>& shape) {
-  detail::save_npy_impl(path, data, shape, "aqua::save_npy");
+  detail::write_npy(path, data, shape, "aqua::save_npy");
 }
 /// Writes `data` as a little-endian float64 .npy file.
 inline void save_npy(const std::string& path, const double* data, const std::vector<index_t>& shape) {
-  detail::save_npy_impl(path, data, shape, "aqua::save_npy");
+  detail::write_npy(path, data, shape, "aqua::save_npy");
 }
 /// Writes a (possibly strided) view as a C-order .npy file.
 template <class T, int Rank>

@@ -110,6 +110,10 @@ struct engine_workspace {
   std::vector<index_t> first_piece, worker_piece, logits_offset;
   std::vector<decode_piece> pieces;
   std::vector<planned_decode> jobs;  // batched decode: one per sequence
+  // Prefill query grouping (group_queries) with another ratio numerator, for tests and
+  // measurements. Here, not a global, so forcing grouping off or on touches only the calls given
+  // this workspace and cannot leak into other calls or threads.
+  index_t prefill_union_override = 0;  // 0: the tuned constant; 1: never group
 };
 
 /// Profiles count CPU time of the calling thread where the platform has it, so phases measured on
@@ -659,12 +663,12 @@ inline void run_decode(const planned_decode* seqs, index_t count, executor& exec
 /// zeros): the result equals scoring each query alone. Group gi holds queries [4 gi, 4 gi + 4) of
 /// the block; w.group_union[gi] is its union size, 0 where its queries are scored alone. The union
 /// rows and weights of the group whose first query is i are at w.union_rows / w.qunion + i * r
-/// (weights [query][dim of the union]). Returns the number of groups.
+/// (weights [query][dim of the union]). Returns the number of groups. `ratio_override` > 0
+/// replaces the ratio's numerator (engine_workspace::prefill_union_override).
 template <class = void>
-inline index_t group_queries(engine_workspace::worker& w, index_t rows, index_t r, const cache_layout& cache,
-                             index_t kv) {
-  const index_t ratio_num =
-      prefill_union_test_ratio() > 0 ? prefill_union_test_ratio() : prefill_union_ratio_num;
+inline index_t group_queries(engine_workspace::worker& w, index_t ratio_override, index_t rows, index_t r,
+                             const cache_layout& cache, index_t kv) {
+  const index_t ratio_num = ratio_override > 0 ? ratio_override : prefill_union_ratio_num;
   w.group_union.assign(static_cast<std::size_t>((rows + 3) / 4), 0);
   w.union_rows.resize(static_cast<std::size_t>(rows * r));
   w.qunion.resize(static_cast<std::size_t>(rows * r));
@@ -823,7 +827,7 @@ inline void run_prefill(const tensor3_view<const float>& q, const cache_layout& 
         auto t_score = wp ? profile_clock::now() : profile_clock::time_point();
         const index_t padded = (visible + kv_block - 1) / kv_block * kv_block;
         w.logits.resize(rows, padded);
-        const index_t groups = group_queries(w, rows, r, cache, kv);
+        const index_t groups = group_queries(w, ws.prefill_union_override, rows, r, cache, kv);
         // Key chunks outer, queries inner: a chunk's tiles stay in L2 while every query reads it.
         for (index_t kc = 0; kc < visible; kc += key_chunk_blocks * kv_block) {
           for (index_t gi = 0; gi < groups; ++gi) {

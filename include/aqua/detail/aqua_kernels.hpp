@@ -61,12 +61,6 @@ inline index_t prefetch_rows_ahead(index_t row_stride_bytes, index_t lead_lines)
   return std::max<index_t>(2, lead_lines * 64 / std::max<index_t>(row_stride_bytes, 64));
 }
 
-/// Test / measurement hook: a ratio numerator to use instead (0: the constant; 1: never group).
-inline index_t& prefill_union_test_ratio() {
-  static index_t ratio = 0;
-  return ratio;
-}
-
 template <class T>
 inline const T* typed_ptr(const unsigned char* p) {
   return reinterpret_cast<const T*>(p);

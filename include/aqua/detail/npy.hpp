@@ -1,4 +1,5 @@
-// NumPy .npy header parsing and writing (format versions 1.0, 2.0 and 3.0).
+// NumPy .npy (format versions 1.0, 2.0 and 3.0): header parsing, reading the elements into C order
+// and host byte order, and writing files.
 //
 // The header is a Python dict literal, e.g. {'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }
 // padded with spaces and ended by a newline. It is not JSON, so it gets its own small parser that
@@ -221,6 +222,66 @@ inline std::string make_npy_header(const std::vector<std::uint64_t>& shape, std:
     return out;
   }
   AQUA_THROW("aqua::save_npy: the header does not fit a .npy file");
+}
+
+/// The header's shape as index_t extents; `fn` names the caller in errors.
+inline std::vector<index_t> npy_shape(const byte_source& in, const npy_header& h, const char* fn) {
+  std::vector<index_t> shape;
+  for (std::uint64_t e : h.shape) {
+    AQUA_CHECK(e <= static_cast<std::uint64_t>(std::numeric_limits<index_t>::max()), fn, ": ", in.path(),
+               ": extent ", e, " is too large");
+    shape.push_back(static_cast<index_t>(e));
+  }
+  return shape;
+}
+
+/// Reorders Fortran-order elements (first index fastest) to C order (last index fastest).
+template <class T>
+std::vector<T> fortran_to_c(const std::vector<T>& f, const std::vector<index_t>& shape) {
+  std::vector<T> c(f.size());
+  if (f.empty()) return c;
+  const std::size_t rank = shape.size();
+  std::vector<index_t> idx(rank, 0), fstride(rank, 1);
+  for (std::size_t i = 1; i < rank; ++i) fstride[i] = fstride[i - 1] * shape[i - 1];
+  for (std::size_t out = 0; out < c.size(); ++out) {
+    index_t src = 0;
+    for (std::size_t i = 0; i < rank; ++i) src += idx[i] * fstride[i];
+    c[out] = f[static_cast<std::size_t>(src)];
+    for (std::size_t i = rank; i-- > 0;) {
+      if (++idx[i] < shape[i]) break;
+      idx[i] = 0;
+    }
+  }
+  return c;
+}
+
+/// The elements (T: float for f4, double for f8) in C order and host byte order.
+template <class T>
+std::vector<T> read_npy_elements(byte_source& in, const npy_header& h, const std::vector<index_t>& shape) {
+  std::vector<T> data(static_cast<std::size_t>(h.elements));
+  in.read(h.data_offset, data.data(), h.elements * sizeof(T), "the array data");
+  to_host_order(data.data(), h.elements, sizeof(T), h.little_endian);
+  if (h.fortran_order && shape.size() > 1) data = fortran_to_c(data, shape);
+  return data;
+}
+
+/// Writes `data` (C order, shape `shape`, T float or double) to `path` as a little-endian .npy file
+/// (replaced atomically); `fn` names the caller in errors.
+template <class T>
+void write_npy(const std::string& path, const T* data, const std::vector<index_t>& shape, const char* fn) {
+  std::vector<std::uint64_t> ushape;
+  std::uint64_t count = 1, bytes;
+  for (index_t e : shape) {
+    AQUA_CHECK(e >= 0, fn, ": ", path, ": negative extent ", e);
+    ushape.push_back(static_cast<std::uint64_t>(e));
+    AQUA_CHECK(checked_mul(count, ushape.back(), count), fn, ": ", path, ": the element count overflows");
+  }
+  AQUA_CHECK(checked_mul(count, sizeof(T), bytes), fn, ": ", path, ": the data size overflows");
+  AQUA_CHECK(data != nullptr || count == 0, fn, ": ", path, ": data is null but the shape has ", count,
+             " elements");
+  std::string out = make_npy_header(ushape, sizeof(T));
+  append_le_array(out, data, count, sizeof(T));
+  write_file_atomically(path, out, fn);
 }
 
 }  // namespace detail

@@ -1,4 +1,5 @@
-// safetensors container: reading with full validation, and writing.
+// safetensors container: reading with full validation, checked access to the tensors and metadata
+// read, and writing.
 //
 // Layout: 8-byte little-endian header length N, N bytes of JSON (an object: per tensor
 // {"dtype", "shape", "data_offsets": [begin, end]} with offsets relative to the data section,
@@ -12,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <string>
 #include <utility>
@@ -140,6 +142,52 @@ inline safetensors_file read_safetensors(byte_source& in, const char* fn) {
   file.data.resize(static_cast<std::size_t>(data_size));
   in.read(8 + n, file.data.data(), data_size, "the data section");
   return file;
+}
+
+/// A shape as "[2, 3]".
+inline std::string concat_shape(const std::vector<std::uint64_t>& shape) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+/// Metadata `key` as a decimal integer no larger than `max_value`; errors start with `where`.
+inline std::uint64_t parse_metadata_uint(const std::map<std::string, std::string>& meta,
+                                         const std::string& key, const std::string& where,
+                                         std::uint64_t max_value) {
+  const auto it = meta.find(key);
+  AQUA_CHECK(it != meta.end(), where, ": metadata key \"", key, "\" is missing");
+  const std::string& s = it->second;
+  AQUA_CHECK(!s.empty() && s.size() <= 19 && s.find_first_not_of("0123456789") == std::string::npos, where,
+             ": metadata \"", key, "\" is \"", s, "\", not a non-negative integer");
+  const std::uint64_t v = std::stoull(s);
+  AQUA_CHECK(v <= max_value, where, ": metadata \"", key, "\" is ", v, ", more than the maximum ", max_value);
+  return v;
+}
+
+/// Tensor `name` of the file, which must be there.
+inline const safetensors_entry& require_tensor(const safetensors_file& file, const std::string& name,
+                                               const std::string& where) {
+  const auto it = file.tensors.find(name);
+  AQUA_CHECK(it != file.tensors.end(), where, ": tensor \"", name, "\" is missing");
+  return it->second;
+}
+
+/// Tensor `name` (entry `e`) must have `dtype` and `shape`.
+inline void require_tensor_type(const safetensors_entry& e, const std::string& name, const std::string& dtype,
+                                const std::vector<std::uint64_t>& shape, const std::string& where) {
+  AQUA_CHECK(e.dtype == dtype, where, ": tensor \"", name, "\" has dtype ", e.dtype, ", expected ", dtype);
+  AQUA_CHECK(e.shape == shape, where, ": tensor \"", name, "\" has shape ", concat_shape(e.shape),
+             ", expected ", concat_shape(shape));
+}
+
+/// Copies the elements of tensor `e` (stored little-endian) to `dst`, in host byte order.
+inline void copy_tensor_data(const safetensors_file& file, const safetensors_entry& e, void* dst) {
+  const std::uint64_t bytes = e.end - e.begin;
+  if (bytes == 0) return;
+  const std::size_t item = safetensors_dtype_size(e.dtype);
+  std::memcpy(dst, file.data.data() + e.begin, static_cast<std::size_t>(bytes));
+  to_host_order(dst, bytes / item, item, true);
 }
 
 /// One tensor to write: raw host-order elements of `dtype` (F32 or F64).
