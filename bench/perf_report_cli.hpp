@@ -21,12 +21,9 @@ inline void add_options(CLI::App& app, options& o) {
       "aqua_perf_report: turns aqua_compare --json output into markdown performance tables "
       "(docs/performance.md) and an SVG plot of measured decode speedup against N beside the cost "
       "model's curve.");
-  app.add_option("--table", o.table, "lines of aqua_compare --mode decode --json (repeatable)")
-      ->allow_extra_args(false)
-      ->check(aqua_cli::readable_file());
-  app.add_option("--sweep", o.sweep, "lines of aqua_compare --sweep-break-even --json (repeatable)")
-      ->allow_extra_args(false)
-      ->check(aqua_cli::readable_file());
+  aqua_cli::file_list(app, "--table", o.table, "lines of aqua_compare --mode decode --json (repeatable)");
+  aqua_cli::file_list(app, "--sweep", o.sweep,
+                      "lines of aqua_compare --sweep-break-even --json (repeatable)");
   app.add_option("--markdown", o.markdown, "write the tables to OUT.md")->check(aqua_cli::writable_file());
   app.add_option("--plot", o.plot, "write the plot to OUT.svg (needs --sweep)")
       ->check(aqua_cli::writable_file());

@@ -209,9 +209,10 @@ inline void check_against_model(const options& o, const llama2c::config& c) {
 /// the tool checks first (the model's header, the text) fails before a later file's lookup does.
 class input_files {
 public:
-  /// `tool` starts the messages; a --data-dir or $AQUA_DATA_DIR that is no directory is an error.
-  input_files(std::string tool, const std::string& data_dir_flag, const std::string& repo_root)
-      : tool_(std::move(tool)), data_dir_(llama2c::resolve_data_dir(data_dir_flag, repo_root)) {}
+  /// A --data-dir or $AQUA_DATA_DIR that is no directory is an error. The messages do not name the
+  /// tool: aqua_cli::run prefixes every error with it.
+  input_files(const std::string& data_dir_flag, const std::string& repo_root)
+      : data_dir_(llama2c::resolve_data_dir(data_dir_flag, repo_root)) {}
 
   std::string model(const std::string& flag) const { return in_stories260k(flag, "stories260K.bin"); }
   std::string tokenizer(const std::string& flag) const { return in_stories260k(flag, "tok512.bin"); }
@@ -229,13 +230,11 @@ public:
 private:
   std::string in_stories260k(const std::string& flag, const char* file) const {
     if (!flag.empty()) return flag;
-    AQUA_CHECK(
-        !data_dir_.empty(), tool_,
-        ": no --model/--tokenizer given and no data directory found (use --data-dir or AQUA_DATA_DIR)");
+    AQUA_CHECK(!data_dir_.empty(),
+               "no --model/--tokenizer given and no data directory found (use --data-dir or AQUA_DATA_DIR)");
     return data_dir_ + "/stories260K/" + file;
   }
 
-  std::string tool_;
   std::string data_dir_;  // empty when none was found
 };
 

@@ -52,9 +52,9 @@ std::unique_ptr<llama2c::attention_backend> make_attention(const options& o, con
           : aqua::load_projection_set(o.projection);
   AQUA_CHECK(projections.layers() == c.n_layers && projections.kv_heads() == c.n_kv_heads &&
                  projections.d() == c.head_dim(),
-             "aqua_llama: the projection file '", o.projection, "' holds ", projections.layers(),
-             " layers x ", projections.kv_heads(), " KV heads of d = ", projections.d(),
-             " but the model has ", c.n_layers, " x ", c.n_kv_heads, " of d = ", c.head_dim());
+             "the projection file '", o.projection, "' holds ", projections.layers(), " layers x ",
+             projections.kv_heads(), " KV heads of d = ", projections.d(), " but the model has ", c.n_layers,
+             " x ", c.n_kv_heads, " of d = ", c.head_dim());
   llama2c::aqua_attention_options a;
   a.select = o.energy > 0 ? aqua::selection_spec::energy(o.energy) : aqua::selection_spec::top_k(o.k);
   a.mode = o.select == "group"  ? aqua::selection_mode::group
@@ -85,7 +85,7 @@ std::string selection_text(const options& o, const llama2c::attention_backend& a
 }
 
 int run(const options& o) {
-  const aqua_llama_cli::input_files inputs("aqua_llama", o.data_dir, AQUA_LLAMA2C_REPO_ROOT);
+  const aqua_llama_cli::input_files inputs(o.data_dir, AQUA_LLAMA2C_REPO_ROOT);
   const std::string model_path = inputs.model(o.model);
   // Every flag is checked before anything is loaded: those that depend on the model against its
   // header, the text file (which may live in the data directory) for being readable.

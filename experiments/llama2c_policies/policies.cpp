@@ -138,9 +138,9 @@ int evaluate_policy(const options& o, const llama2c::checkpoint& model,
   llama2c::selection_policy p = llama2c::selection_policy::load(o.policy);
   AQUA_CHECK(
       p.layers == c.n_layers && p.q_heads == c.n_heads && p.kv_heads == c.n_kv_heads && p.d == c.head_dim(),
-      "aqua_llama_policies: the policy '", o.policy, "' is for ", p.layers, " layers, ", p.q_heads, "/",
-      p.kv_heads, " heads, d = ", p.d, " but the model has ", c.n_layers, ", ", c.n_heads, "/", c.n_kv_heads,
-      ", ", c.head_dim());
+      "the policy '", o.policy, "' is for ", p.layers, " layers, ", p.q_heads, "/", p.kv_heads,
+      " heads, d = ", p.d, " but the model has ", c.n_layers, ", ", c.n_heads, "/", c.n_kv_heads, ", ",
+      c.head_dim());
   llama2c::policy_attention attention(p, c.seq_len);
   llama2c::transformer engine(model, attention);
   const auto start = std::chrono::steady_clock::now();
@@ -160,7 +160,7 @@ int evaluate_policy(const options& o, const llama2c::checkpoint& model,
 }
 
 int run(const options& o) {
-  const aqua_llama_cli::input_files inputs("aqua_llama_policies", o.data_dir, AQUA_LLAMA2C_REPO_ROOT);
+  const aqua_llama_cli::input_files inputs(o.data_dir, AQUA_LLAMA2C_REPO_ROOT);
   const std::string model_path = inputs.model(o.model);
   aqua_llama_policies_cli::check_against_model(o, llama2c::checkpoint::read_config(model_path));
   const std::string text_path = inputs.text(o.ppl);

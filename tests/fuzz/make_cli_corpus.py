@@ -21,7 +21,9 @@ VALID = [
     ("aqua_compare", "--mode prefill --n 4096 --m 4096 --k 32 --select per-head,tile --clock cpu --reps 5 "
                      "--probe-bytes 16M --isa avx2"),
     ("aqua_compare", "--n 32768 --k 64 --select group,tile,per-head --budget 6553 --reps 15 --baseline plain"),
-    ("aqua_llama", "--ppl text/en_pud.txt --lines 501-1000 --projection /tmp/en.safetensors --k 4 --r 6"),
+    # --projection must name a readable file (only that is checked while parsing): the table again.
+    ("aqua_llama", "--ppl text/en_pud.txt --lines 501-1000 --projection tests/tools/bad_input_cases.txt --k 4 "
+                   "--r 6"),
     ("aqua_llama_policies", "--ppl text/en_pud.txt --lines 1-500 --windows 0 --fit-policy /tmp/p.policy "
                             "--basis joint --alloc dp --rule energy-head --budget 4 --weight key-rms"),
     ("aqua_llama", "--prompt 'Once upon a time' --steps 60 --json --identity --energy 0.9 --select tile --tile 2"),
@@ -40,6 +42,26 @@ VALID = [
                             "--tokenizer tests/fuzz/corpus/tokenizer/valid_3 --data-dir /tmp --ppl text/kjv.txt "
                             "--windows 4 --fit-policy /tmp/p.policy --budget 2.5 --alloc lagrange "
                             "--rule energy-head --basis joint-centered --weight key-std"),
+    # Flags added since the list above (appended, so the seeds above keep their names): aqua_compare
+    # --shards, --mode views with its engine-buffer options, the storage types and --prefetch;
+    # aqua_quickstart --k; aqua_llama's H2O flags and explicit model files; the rest of the decode
+    # loop's and the cost model's knobs; aqua_calibrate evaluating an existing projection (the
+    # table stands in for the projection file, as for --policy: only its readability is checked).
+    ("aqua_compare", "--n 4096,8192 --k 32,64 --select tile --shards 1,2,4 --reps 3 --spectrum 16 --threads 2"),
+    ("aqua_compare", "--mode views --n 2048 --k 32 --layout head-major --engine-pages 4k --kv-type bf16 "
+                     "--prefetch l1 --reps 2"),
+    ("aqua_compare", "--n 2048 --k 32 --key-type f16 --value-type bf16 --prefetch l2 --isa portable"),
+    ("aqua_quickstart", "--hq 8 --hkv 2 --d 64 --n 1024 --k 16"),
+    ("aqua_llama", "--model tests/fuzz/corpus/checkpoint/valid_shared --tokenizer tests/fuzz/corpus/tokenizer/valid_3 "
+                   "--data-dir /tmp --ppl text/kjv.txt --windows 2 --max-tokens 2 --block 1 --threads 2 "
+                   "--identity --k 1 --h2o-budget 2 --h2o-recent 1"),
+    ("aqua_llama", "--ppl text/en_pud.txt --lines 1-20 --max-tokens 64 --dump-qk /tmp/qk"),
+    ("aqua_decode", "--n 1024 --steps 16 --interval 8 --warmup 4 --hq 8 --hkv 2 --d 64 --rank 32 --tile 16 --k 16 "
+                    "--budget 256 --recent 32 --slack 16 --amplitude 2 --query-noise 0.1 --spectrum 8 --seed 5 "
+                    "--threads 2"),
+    ("aqua_cost", "--d 64 --r 32 --k 16 --tile 8 --n 1e6 --amortised --elem-bytes 2 --proj-bytes 0"),
+    ("aqua_cost", "--d 64 --k 8 --per-query --elem-bytes 2 --proj-bytes 2"),
+    ("aqua_calibrate", "--projection tests/tools/bad_input_cases.txt --eval /tmp --json"),
 ]
 
 def put(name, tool, args):

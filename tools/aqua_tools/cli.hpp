@@ -239,15 +239,29 @@ CLI::Option* integer(CLI::App& app, const std::string& name, T& value, T lo, T h
   return app.add_option(name, value, help)->transform(integer_in<T>(lo, hi, why))->capture_default_str();
 }
 
-/// --name V[,V..]: a comma-separated list of integers in [lo, hi] (repeating the flag appends).
+namespace internal {
+
+/// A list option's default in --help: CLI11 writes an empty vector as "[]" (shown as "=[]"); a list
+/// that is empty unless given (its absence means "none") shows no default at all.
+template <class T>
+CLI::Option* list_default(CLI::Option* option, const std::vector<T>& value) {
+  option->capture_default_str();
+  if (value.empty()) option->default_str("");
+  return option;
+}
+
+}  // namespace internal
+
+/// --name V[,V..]: a comma-separated list of integers in [lo, hi] (repeating the flag appends). An
+/// empty default shows no default in --help.
 template <class T>
 CLI::Option* integer_list(CLI::App& app, const std::string& name, std::vector<T>& value, T lo, T hi,
                           const std::string& help) {
-  return app.add_option(name, value, help)
-      ->delimiter(',')
-      ->allow_extra_args(false)
-      ->transform(integer_in<T>(lo, hi))
-      ->capture_default_str();
+  return internal::list_default(app.add_option(name, value, help)
+                                    ->delimiter(',')
+                                    ->allow_extra_args(false)
+                                    ->transform(integer_in<T>(lo, hi)),
+                                value);
 }
 
 /// --name VALUE: a finite real in [lo, hi] (open bounds as real_in).
@@ -262,14 +276,20 @@ inline CLI::Option* choice(CLI::App& app, const std::string& name, std::string& 
   return app.add_option(name, value, help)->check(CLI::IsMember(words))->capture_default_str();
 }
 
-/// --name WORD[,WORD..]: a comma-separated list of the given words.
+/// --name WORD[,WORD..]: a comma-separated list of the given words (an empty default shows none).
 inline CLI::Option* choice_list(CLI::App& app, const std::string& name, std::vector<std::string>& value,
                                 const std::vector<std::string>& words, const std::string& help) {
-  return app.add_option(name, value, help)
-      ->delimiter(',')
-      ->allow_extra_args(false)
-      ->check(CLI::IsMember(words))
-      ->capture_default_str();
+  return internal::list_default(
+      app.add_option(name, value, help)->delimiter(',')->allow_extra_args(false)->check(CLI::IsMember(words)),
+      value);
+}
+
+/// --name FILE: readable files, one per flag (repeating the flag appends; no delimiter, so a path
+/// may hold commas). An empty default shows none.
+inline CLI::Option* file_list(CLI::App& app, const std::string& name, std::vector<std::string>& value,
+                              const std::string& help) {
+  return internal::list_default(
+      app.add_option(name, value, help)->allow_extra_args(false)->check(readable_file()), value);
 }
 
 /// --threads T: 1 to max_threads().
