@@ -318,6 +318,58 @@ struct decode_measurement {
   int inner = 1;
 };
 
+/// The options of both sides of a decode row (--threads, --window, --softcap; AQUA's mode), each
+/// with its own workspace, reused call after call as an engine reuses its scratch.
+struct decode_options {
+  aqua::aqua_workspace dense_ws, aqua_ws;
+  aqua::attention_options dense;
+  aqua::aqua_options aqua;
+  decode_options(const config& c, const std::string& sel) {
+    for (aqua::attention_options* o : {&dense, static_cast<aqua::attention_options*>(&aqua)}) {
+      o->threads = c.threads;
+      o->window = c.window;
+      o->softcap = c.softcap;
+    }
+    dense.workspace = &dense_ws;
+    aqua.workspace = &aqua_ws;
+    aqua.mode = mode_of(sel);
+  }
+  decode_options(const decode_options&) = delete;
+  decode_options& operator=(const decode_options&) = delete;
+};
+
+/// A row from interleaved times: the dense side read dense_bytes, the AQUA side aqua_bytes.
+result timed_row(const config& c, const char* mode, const std::string& sel, index_t n, index_t k,
+                 const aqua_examples::pair_times& times, double key_fraction, double dense_bytes,
+                 double aqua_bytes, double bandwidth) {
+  result r;
+  r.mode = mode;
+  r.select = sel;
+  r.n = n;
+  r.d = c.d;
+  r.k = k;
+  r.hq = c.hq;
+  r.hkv = c.hkv;
+  r.threads = c.threads;
+  r.dense_ms = times.median_a();
+  r.aqua_ms = times.median_b();
+  r.speedup = times.median_ratio();
+  r.key_fraction = key_fraction;
+  r.dense_gbps = dense_bytes / (r.dense_ms * 1e-3) / 1e9;
+  r.aqua_gbps = aqua_bytes / (r.aqua_ms * 1e-3) / 1e9;
+  r.bandwidth = bandwidth;
+  r.basis = c.random_basis ? "random" : "identity";
+  return r;
+}
+
+/// A decode row: the AQUA side read key_fraction of its cache's key bytes and all its value bytes.
+result decode_row(const config& c, const std::string& sel, index_t n, index_t k,
+                  const aqua_examples::pair_times& times, double key_fraction, double dense_bytes,
+                  double aqua_key_bytes, double aqua_value_bytes, double bandwidth) {
+  return timed_row(c, "decode", sel, n, k, times, key_fraction, dense_bytes,
+                   aqua_key_bytes * key_fraction + aqua_value_bytes, bandwidth);
+}
+
 /// The dense side: over the tiled cache (every tile; the same engine as AQUA, query projected
 /// too), or (raw_keys set) the exact reference kernel over token-major raw keys and values
 /// [Hkv, N, d] with row stride `raw_stride` tokens, as an engine without AQUA would hold them.
@@ -333,18 +385,9 @@ decode_measurement measure_decode(const config& c, const dense_side& base, const
                                   double min_sample_ms) {
   const auto qv = aqua::make_view(q.data(), c.hq, c.d);
   std::vector<float> dense_out(std::size_t(c.hq * c.d)), aqua_out(dense_out.size());
-  aqua::aqua_workspace dense_ws, aqua_ws;
-  aqua::attention_options dopt;
-  dopt.threads = c.threads;
-  dopt.workspace = &dense_ws;
-  dopt.window = c.window;
-  dopt.softcap = c.softcap;
-  aqua::aqua_options aopt;
-  aopt.mode = mode_of(sel);
-  aopt.threads = c.threads;
-  aopt.workspace = &aqua_ws;
-  aopt.window = c.window;
-  aopt.softcap = c.softcap;
+  decode_options opts(c, sel);
+  aqua::attention_options& dopt = opts.dense;
+  aqua::aqua_options& aopt = opts.aqua;
   const index_t n = acache.size();
   const std::array<index_t, 3> ext = {c.hkv, n, c.d}, str = {base.raw_stride * c.d, c.d, 1};
   auto dense = [&] {
@@ -440,27 +483,11 @@ void run_decode(const config& c, double bandwidth) {
         const aqua::kv_cache& acache = evicted ? *evicted : cache;
         const decode_measurement m =
             measure_decode(c, {&dense_cache, nullptr, nullptr, 0}, acache, q, k, sel, 0.0);
-        result r;
-        r.mode = "decode";
-        r.select = sel;
-        r.n = n;
-        r.d = c.d;
-        r.k = k;
-        r.hq = c.hq;
-        r.hkv = c.hkv;
-        r.threads = c.threads;
-        r.dense_ms = m.times.median_a();
-        r.aqua_ms = m.times.median_b();
-        r.speedup = m.times.median_ratio();
-        r.key_fraction = m.key_fraction;
-        r.dense_gbps = (key_bytes + value_bytes) / (r.dense_ms * 1e-3) / 1e9;
-        r.aqua_gbps = (double(acache.key_bytes()) * r.key_fraction + double(acache.value_bytes())) /
-                      (r.aqua_ms * 1e-3) / 1e9;
-        r.bandwidth = bandwidth;
+        result r = decode_row(c, sel, n, k, m.times, m.key_fraction, key_bytes + value_bytes,
+                              double(acache.key_bytes()), double(acache.value_bytes()), bandwidth);
         r.rel_err = m.rel_err;
         r.budget = evicted ? c.budget : 0;
         r.batch = 1;
-        r.basis = c.random_basis ? "random" : "identity";
         r.storage_err = storage_err;
         print(c, r, header);
         header = false;
@@ -478,7 +505,6 @@ void run_batch_decode(const config& c, double bandwidth) {
     std::vector<aqua::kv_cache> caches;
     std::vector<const aqua::kv_cache*> pointers;
     std::vector<float> q;
-    double bytes = 0;
     for (index_t s = 0; s < count; ++s) {
       caches.push_back(data.make_cache(n));
       std::mt19937 rng(unsigned(1000 + s));
@@ -486,7 +512,6 @@ void run_batch_decode(const config& c, double bandwidth) {
                                             [](const float*, const float*, index_t) {});
       const auto qs = data.queries(1, unsigned(7 + s));
       q.insert(q.end(), qs.begin(), qs.end());
-      bytes += double(caches.back().key_bytes()) + double(caches.back().value_bytes());
     }
     for (const auto& cache : caches) pointers.push_back(&cache);
     const auto qv = aqua::make_view(static_cast<const float*>(q.data()), count, c.hq, c.d);
@@ -499,22 +524,9 @@ void run_batch_decode(const config& c, double bandwidth) {
     }
     for (const auto& sel : c.select)
       for (index_t k : c.k) {
-        aqua::aqua_workspace dense_ws, aqua_ws;
-        aqua::attention_options dopt;
-        dopt.threads = c.threads;
-        dopt.workspace = &dense_ws;
-        dopt.window = c.window;
-        dopt.softcap = c.softcap;
-        dopt.window = c.window;
-        dopt.softcap = c.softcap;
-        aqua::aqua_options aopt;
-        aopt.mode = mode_of(sel);
-        aopt.threads = c.threads;
-        aopt.workspace = &aqua_ws;
-        aopt.window = c.window;
-        aopt.softcap = c.softcap;
-        aopt.window = c.window;
-        aopt.softcap = c.softcap;
+        decode_options opts(c, sel);
+        aqua::attention_options& dopt = opts.dense;
+        aqua::aqua_options& aopt = opts.aqua;
         auto dense = [&] {
           aqua::dense_decode_batch(qv, cv, aqua::make_view(dense_out.data(), count, c.hq, c.d), dopt);
         };
@@ -526,25 +538,10 @@ void run_batch_decode(const config& c, double bandwidth) {
         run_aqua();
         aopt.profile = nullptr;
         const auto times = aqua_examples::time_interleaved(g_clock, c.reps, 2, 1, dense, run_aqua);
-        result r;
-        r.mode = "decode";
-        r.select = sel;
-        r.n = n;
-        r.d = c.d;
-        r.k = k;
-        r.hq = c.hq;
-        r.hkv = c.hkv;
-        r.threads = c.threads;
-        r.dense_ms = times.median_a();
-        r.aqua_ms = times.median_b();
-        r.speedup = times.median_ratio();
-        r.key_fraction = prof.key_fraction_read;
-        r.dense_gbps = bytes / (r.dense_ms * 1e-3) / 1e9;
-        r.aqua_gbps = (key_bytes * r.key_fraction + value_bytes) / (r.aqua_ms * 1e-3) / 1e9;
-        r.bandwidth = bandwidth;
+        result r = decode_row(c, sel, n, k, times, prof.key_fraction_read, key_bytes + value_bytes, key_bytes,
+                              value_bytes, bandwidth);
         r.rel_err = aqua_examples::rel_l2(aqua_out, dense_out);
         r.batch = count;
-        r.basis = c.random_basis ? "random" : "identity";
         print(c, r, header);
         header = false;
       }
@@ -771,25 +768,10 @@ void run_views(const config& c, double bandwidth) {
                              aqua::make_view(out_views.data(), c.hq, c.d), opt);
         };
         const auto t = aqua_examples::time_interleaved(g_clock, c.reps, 2, 1, on_cache, on_views);
-        result r;
-        r.mode = "views";
-        r.select = c.layout == "interleaved" ? "interlvd" : "head-maj";
-        r.n = n;
-        r.d = c.d;
-        r.k = c.d;
-        r.hq = c.hq;
-        r.hkv = c.hkv;
-        r.threads = c.threads;
-        r.dense_ms = t.median_a();
-        r.aqua_ms = t.median_b();
-        r.speedup = t.median_ratio();
         const double bytes = double(c.hkv * n * c.d) * (sizeof(K) + sizeof(V));
-        r.dense_gbps = double(cache.key_bytes() + cache.value_bytes()) / (r.dense_ms * 1e-3) / 1e9;
-        r.aqua_gbps = bytes / (r.aqua_ms * 1e-3) / 1e9;
-        r.bandwidth = bandwidth;
+        result r = timed_row(c, "views", c.layout == "interleaved" ? "interlvd" : "head-maj", n, c.d, t, 1.0,
+                             double(cache.key_bytes() + cache.value_bytes()), bytes, bandwidth);
         r.rel_err = aqua_examples::rel_l2(out_views, out_cache);
-        r.key_fraction = 1.0;
-        r.basis = c.random_basis ? "random" : "identity";
         print(c, r, header);
         header = false;
       });
@@ -847,29 +829,13 @@ void run_prefill(const config& c, double bandwidth) {
             });
         std::vector<double> sratio;
         for (std::size_t i = 0; i < sd.size(); ++i) sratio.push_back(sd[i] / sa[i]);
-        result r;
-        r.mode = "prefill";
-        r.select = sel;
-        r.n = n;
+        result r = timed_row(c, "prefill", sel, n, k, t, double(k) / double(c.d), bytes, bytes, bandwidth);
         r.m = m;
-        r.d = c.d;
-        r.k = k;
-        r.hq = c.hq;
-        r.hkv = c.hkv;
-        r.threads = c.threads;
-        r.dense_ms = t.median_a();
-        r.aqua_ms = t.median_b();
-        r.speedup = t.median_ratio();
         r.dense_score_ms = aqua_examples::median(sd);
         r.aqua_score_ms = aqua_examples::median(sa);
         r.aqua_select_ms = aqua_examples::median(ss);
         r.score_speedup = aqua_examples::median(sratio);
-        r.key_fraction = double(k) / double(c.d);
-        r.dense_gbps = bytes / (r.dense_ms * 1e-3) / 1e9;
-        r.aqua_gbps = bytes / (r.aqua_ms * 1e-3) / 1e9;
-        r.bandwidth = bandwidth;
         r.rel_err = aqua_examples::rel_l2(aqua_out, dense_out);
-        r.basis = c.random_basis ? "random" : "identity";
         print(c, r, header);
         header = false;
       }
