@@ -4,6 +4,7 @@
 // independent oracle (aqua_oracle.hpp) selects; the window against a cache holding only the
 // window's tokens; fully masked heads; bad feature settings.
 #include <aqua/attention.hpp>
+#include <aqua/quality.hpp>
 
 #include <catch2/catch.hpp>
 
@@ -39,7 +40,7 @@ const feature_set feature_cases[] = {
 
 /// What the reference returns for one query: output, log-sum-exp and probabilities (over n).
 struct reference_row {
-  std::vector<double> out, probs;
+  std::vector<double> out, probs, logits;  // logits over [0, visible): -inf where masked
   double lse = 0;
 };
 
@@ -74,6 +75,7 @@ reference_row reference(const aqua_test::random_layer& L, const float* q, index_
     mx = std::max(mx, x);
   }
   reference_row r;
+  r.logits = s;
   r.out.assign(static_cast<std::size_t>(d), 0.0);
   r.probs.assign(static_cast<std::size_t>(L.n), 0.0);
   if (mx == -INFINITY) {
@@ -139,8 +141,10 @@ TEST_CASE("decode over a cache applies window, softcap, mask and sinks as the do
             if (f.mask) opt.mask = aqua::make_view(mask.data(), n);
             if (f.sinks) opt.sinks = aqua::make_view(sinks.data(), hq);
             std::vector<float> out(q.size(), std::numeric_limits<float>::quiet_NaN()),
-                lse(static_cast<std::size_t>(hq)), probs(static_cast<std::size_t>(hkv * n), -1.0f);
+                lse(static_cast<std::size_t>(hq)), probs(static_cast<std::size_t>(hkv * n), -1.0f),
+                logits(static_cast<std::size_t>(hq * n), std::numeric_limits<float>::quiet_NaN());
             opt.lse = aqua::make_view(lse.data(), hq);
+            opt.logits = aqua::make_view(logits.data(), hq, n);
             aqua::aqua_decode(aqua::make_view(static_cast<const float*>(q.data()), hq, d), L.cache, spec,
                               aqua::make_view(out.data(), hq, d), opt, aqua::make_view(probs.data(), hkv, n));
             std::vector<double> group_probs(static_cast<std::size_t>(hkv * n), 0.0);
@@ -151,6 +155,12 @@ TEST_CASE("decode over a cache applies window, softcap, mask and sinks as the do
               for (index_t c = 0; c < d; ++c)
                 CHECK(std::abs(out[std::size_t(h * d + c)] - want.out[std::size_t(c)]) <= tolerance);
               CHECK(std::abs(lse[std::size_t(h)] - want.lse) <= tolerance * (1 + std::abs(want.lse)));
+              index_t logits_outside = 0;
+              for (index_t j = 0; j < n; ++j) {
+                const double got = logits[std::size_t(h * n + j)], ref = want.logits[std::size_t(j)];
+                logits_outside += ref == -INFINITY ? got != -INFINITY : !(std::abs(got - ref) <= tolerance);
+              }
+              CHECK(logits_outside == 0);
               for (index_t j = 0; j < n; ++j)
                 group_probs[std::size_t((h / g) * n + j)] += want.probs[std::size_t(j)];
             }
@@ -360,6 +370,22 @@ TEST_CASE("bad feature settings are errors", "[features][errors]") {
         aqua::aqua_prefill(aqua::make_view(static_cast<const float*>(q3.data()), hq, 2, d), L.cache,
                            aqua::selection_spec::top_k(4), aqua::make_view(o3.data(), hq, 2, d), popt),
         Contains("prefill_mask has shape [1, 30] but must be [M, N] = [2, 30]"));
+  }
+  SECTION("logits") {
+    std::vector<float> logits(static_cast<std::size_t>(hq * n));
+    opt.logits = aqua::make_view(logits.data(), hq, n - 1);
+    CHECK_THROWS_WITH(decode(opt), Contains("logits has shape [4, 29] but must be [Hq, N] = [4, 30]"));
+    opt.logits = aqua::make_view(logits.data(), hq, n);
+    std::vector<float> q3(static_cast<std::size_t>(hq * 2 * d)), o3(q3.size());
+    CHECK_THROWS_WITH(
+        aqua::aqua_prefill(aqua::make_view(static_cast<const float*>(q3.data()), hq, 2, d), L.cache,
+                           aqua::selection_spec::top_k(4), aqua::make_view(o3.data(), hq, 2, d), opt),
+        Contains("options.logits is a decode output"));
+  }
+  SECTION("quality has no reference with features") {
+    opt.softcap = 5;
+    CHECK_THROWS_WITH(aqua::aqua_decode_quality(L.qv(), L.cache, aqua::selection_spec::top_k(4), opt),
+                      Contains("the exact reference has no window, softcap, sinks or mask"));
   }
   SECTION("engine buffers take none of them") {
     aqua::attention_options vopt;

@@ -106,6 +106,10 @@ struct attention_options {
   /// Prefill only, when non-empty: prefill_lse(h, i) [Hq, M] receives the log-sum-exp of query
   /// (h, i)'s scaled scores over the keys it sees.
   matrix_view<float> prefill_lse;
+  /// Decode over a cache only, when non-empty: logits(h, j) [Hq, N] receives head h's scaled
+  /// score of cached token j as the kernel computed it (AQUA: the approximate score over the
+  /// selected dims), after the model features below; -inf where masked or outside the window.
+  matrix_view<float> logits;
 
   // Model features of attention over a kv_cache (aqua_decode, dense_decode(cache), aqua_prefill
   // and the batched decode; the entry points over engine buffers take only their mask argument).
@@ -256,10 +260,10 @@ inline void reject_decode_lse(const attention_options& options, const char* fn) 
 /// features: set, they would be ignored, so they are an error.
 inline void reject_cache_features(const attention_options& options, const char* fn) {
   AQUA_CHECK(options.window == 0 && options.softcap == 0 && options.sinks.size() == 0 &&
-                 options.mask.size() == 0 && options.prefill_mask.size() == 0,
+                 options.mask.size() == 0 && options.prefill_mask.size() == 0 && options.logits.size() == 0,
              fn,
-             ": options.window, softcap, sinks, mask and prefill_mask apply to attention over a kv_cache; "
-             "over engine buffers pass the mask as the mask argument");
+             ": options.window, softcap, sinks, mask, prefill_mask and logits apply to attention over a "
+             "kv_cache; over engine buffers pass the mask as the mask argument");
 }
 
 /// The window, softcap and sinks of a call over caches with hq query heads, as the engine's
@@ -614,6 +618,11 @@ inline void decode_on_cache(matrix_view<const float> q, const kv_cache& cache, c
     features.mask = options.mask.data();
     features.mask_col = options.mask.stride(0);
   }
+  require_data(options.logits, fn, "logits");
+  AQUA_CHECK(options.logits.size() == 0 ||
+                 (options.logits.extent(0) == q.extent(0) && options.logits.extent(1) == cache.size()),
+             fn, ": logits has shape ", shape_string(options.logits), " but must be [Hq, N] = [", q.extent(0),
+             ", ", cache.size(), "]");
   require_finite(q, fn, "q");
   const double scale = resolve_scale(options.scale, q.extent(1), fn);
   engine_workspace local;
@@ -622,6 +631,7 @@ inline void decode_on_cache(matrix_view<const float> q, const kv_cache& cache, c
   job.cache = cache_access::layout(cache);
   job.out = out;
   job.token_probs = token_probs;
+  job.logits = options.logits;
   job.lse = lse;
   if (ws.plans.empty()) ws.plans.resize(1);
   auto t0 = profile ? profile_clock::now() : profile_clock::time_point();
@@ -669,9 +679,9 @@ inline void decode_batch_on_caches(tensor3_view<const float> q, vector_view<cons
              " sequences of queries (q has shape ", shape_string(q), "); pass one cache per sequence");
   AQUA_CHECK(out.extent(0) == count && out.extent(1) == hq && out.extent(2) == d, fn, ": out has shape ",
              shape_string(out), " but q has shape ", shape_string(q));
-  AQUA_CHECK(options.lse.size() == 0, fn,
-             ": options.lse is the output of a single-sequence decode; a batched decode writes its "
-             "log-sum-exp to outputs.lse [S, Hq]");
+  AQUA_CHECK(options.lse.size() == 0 && options.logits.size() == 0, fn,
+             ": options.lse and options.logits are outputs of a single-sequence decode; a batched decode "
+             "writes its log-sum-exp to outputs.lse [S, Hq]");
   reject_prefill_lse(options, fn);
   const score_features features = validate_features(options, hq, fn);
   AQUA_CHECK(options.mask.size() == 0 && options.prefill_mask.size() == 0, fn,
@@ -807,6 +817,7 @@ inline void aqua_prefill(tensor3_view<const float> q, const kv_cache& cache, con
   detail::score_features features = detail::validate_features(options, q.extent(0), fn);
   AQUA_CHECK(options.mask.size() == 0, fn,
              ": options.mask is a decode input; prefill takes its [M, N] mask in options.prefill_mask");
+  AQUA_CHECK(options.logits.size() == 0, fn, ": options.logits is a decode output");
   const matrix_view<const float>& mask = options.prefill_mask;
   detail::require_data(mask, fn, "prefill_mask");
   AQUA_CHECK(mask.size() == 0 || (mask.extent(0) == q.extent(1) && mask.extent(1) == cache.size()), fn,

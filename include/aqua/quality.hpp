@@ -97,18 +97,16 @@ inline attention_quality aqua_decode_quality(matrix_view<const float> q, const k
   detail::require_data(q, fn, "q");
   detail::validate_cache_queries(q.extent(0), q.extent(1), cache, fn);
   const index_t hq = q.extent(0), d = q.extent(1), n = cache.size();
-  std::vector<float> approx(static_cast<std::size_t>(hq * d));
-  aqua_workspace ws_approx;
-  std::vector<float> probs(static_cast<std::size_t>(cache.kv_heads() * n));
-  auto probs_view = make_view(probs.data(), cache.kv_heads(), n);
-  // The probability hook makes the call keep its per-head logits in the workspace.
+  AQUA_CHECK(
+      options.window == 0 && options.softcap == 0 && options.sinks.size() == 0 && options.mask.size() == 0,
+      fn, ": the exact reference has no window, softcap, sinks or mask; compare without them");
+  std::vector<float> approx(static_cast<std::size_t>(hq * d)), logits(static_cast<std::size_t>(hq * n));
   aqua_options approx_options = options;
-  approx_options.workspace = &ws_approx;
   approx_options.profile = nullptr;
   approx_options.lse = {};
   approx_options.prefill_lse = {};
-  detail::decode_on_cache(q, cache, &select, options.mode, make_view(approx.data(), hq, d), approx_options,
-                          probs_view, fn);
+  approx_options.logits = make_view(logits.data(), hq, n);
+  aqua_decode(q, cache, select, make_view(approx.data(), hq, d), approx_options);
   std::vector<double> exact, exact_logits;
   detail::exact_attention_over_cache(q, cache, detail::resolve_scale(options.scale, d, fn), exact,
                                      exact_logits);
@@ -122,7 +120,7 @@ inline attention_quality aqua_decode_quality(matrix_view<const float> q, const k
   const index_t top = std::min<index_t>(10, n);
   for (index_t h = 0; h < hq; ++h) {
     auto e = detail::top_indices(exact_logits.data() + h * n, n, top);
-    auto a = detail::top_indices(detail::workspace_access::scratch(ws_approx).logits.data() + h * n, n, top);
+    auto a = detail::top_indices(logits.data() + h * n, n, top);
     result.top1_agreement += e[0] == a[0] ? 1.0 : 0.0;
     std::sort(e.begin(), e.end());
     std::sort(a.begin(), a.end());

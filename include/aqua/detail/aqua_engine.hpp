@@ -70,8 +70,9 @@ struct decode_plan {
 struct planned_decode {
   cache_layout cache;
   decode_plan plan;
-  matrix_view<float> out, token_probs;
+  matrix_view<float> out, token_probs, logits;
   vector_view<float> lse;
+  bool keeps_logits() const noexcept { return token_probs.size() || logits.size(); }
 };
 
 /// Tokens [t0, t1) of KV head kv of sequence seq: what one worker decodes into partial results
@@ -563,7 +564,16 @@ inline void merge_pieces(const planned_decode& sq, index_t first_stream, index_t
         for (index_t c = 0; c < d; ++c) o[c * out.stride(1)] += f * a[c];
       }
     }
-    if (logits) {
+    if (sq.logits.size()) {
+      // The scores as the kernels computed them; tokens before the window's first block were
+      // not read: -inf, like the masked ones.
+      const index_t b = p.stream_begin();
+      float* dst = sq.logits.data() + h * sq.logits.stride(0);
+      const index_t ds = sq.logits.stride(1);
+      for (index_t j = 0; j < n; ++j)
+        dst[j * ds] = j < b ? -std::numeric_limits<float>::infinity() : logits[h * n + j];
+    }
+    if (sq.token_probs.size()) {
       // Probabilities of this head, added into its KV head's row of token_probs. The exponentials
       // go through the vectorised exp on a copy (the logits stay for callers that rank them):
       // a scalar double exp per token cost more than the whole decode at H2O budgets.
@@ -590,7 +600,7 @@ inline void merge_pieces(const planned_decode& sq, index_t first_stream, index_t
 
 /// Runs the planned decode of `count` sequences: the pieces of plan_pieces run on the workers,
 /// then each sequence's pieces are merged exactly. Logits are kept (ws.logits at
-/// ws.logits_offset[s]) for the sequences that asked for token probabilities.
+/// ws.logits_offset[s]) for the sequences that asked for token probabilities or logits.
 template <class = void>
 inline void run_decode(const planned_decode* seqs, index_t count, executor& exec, engine_workspace& ws,
                        phase_times* prof) {
@@ -603,8 +613,8 @@ inline void run_decode(const planned_decode* seqs, index_t count, executor& exec
     const decode_plan& p = seqs[s].plan;
     part_stride = std::max(part_stride, p.g * p.d);
     group_max = std::max(group_max, p.g);
-    ws.logits_offset[static_cast<std::size_t>(s)] = seqs[s].token_probs.size() ? logits_size : -1;
-    if (seqs[s].token_probs.size()) {
+    ws.logits_offset[static_cast<std::size_t>(s)] = seqs[s].keeps_logits() ? logits_size : -1;
+    if (seqs[s].keeps_logits()) {
       logits_size += p.hq * p.n;
       longest = std::max(longest, p.n);
     }
