@@ -62,6 +62,9 @@ VALID = [
     ("aqua_cost", "--d 64 --r 32 --k 16 --tile 8 --n 1e6 --amortised --elem-bytes 2 --proj-bytes 0"),
     ("aqua_cost", "--d 64 --k 8 --per-query --elem-bytes 2 --proj-bytes 2"),
     ("aqua_calibrate", "--projection tests/tools/bad_input_cases.txt --eval /tmp --json"),
+    # aqua_compare's batched decode and model features.
+    ("aqua_compare", "--n 2048 --batch 16 --k 32 --select group,tile --reps 3 --threads 2 --window 512"),
+    ("aqua_compare", "--n 4096 --k 32,96 --select per-head --softcap 50 --window 1000 --kv-type f16"),
 ]
 
 def put(name, tool, args):
