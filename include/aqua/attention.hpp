@@ -590,6 +590,29 @@ inline double resolve_scale(const std::optional<double>& scale, index_t d, const
   return *scale;
 }
 
+/// Plans jobs [0, count) (their caches and outputs set; q_of(s) gives sequence s's queries [Hq, d])
+/// and runs them, filling `profile` when given: the one path of single and batched decode.
+template <class QueryOf>
+inline void plan_and_run_decode(planned_decode* jobs, index_t count, QueryOf&& q_of,
+                                const selection_spec* select, selection_mode mode,
+                                const score_features& features, double scale, executor& exec,
+                                engine_workspace& ws, attention_profile* profile) {
+  if (static_cast<index_t>(ws.plans.size()) < count) ws.plans.resize(static_cast<std::size_t>(count));
+  auto t0 = profile ? profile_clock::now() : profile_clock::time_point();
+  for (index_t s = 0; s < count; ++s) {
+    planned_decode& job = jobs[s];
+    plan_decode(q_of(s), job.cache, select ? *select : selection_spec::top_k(job.cache.rank()), mode,
+                select == nullptr, scale, features, ws, ws.plans[static_cast<std::size_t>(s)], job.plan);
+  }
+  const double select_seconds = profile ? seconds_since(t0) : 0.0;
+  phase_times times;
+  run_decode(jobs, count, exec, ws, profile ? &times : nullptr);
+  if (profile) {
+    *profile = public_profile(times);
+    profile->select_seconds = select_seconds;
+  }
+}
+
 template <class = void>
 inline void decode_on_cache(matrix_view<const float> q, const kv_cache& cache, const selection_spec* select,
                             selection_mode mode, matrix_view<float> out, const attention_options& options,
@@ -633,19 +656,8 @@ inline void decode_on_cache(matrix_view<const float> q, const kv_cache& cache, c
   job.token_probs = token_probs;
   job.logits = options.logits;
   job.lse = lse;
-  if (ws.plans.empty()) ws.plans.resize(1);
-  auto t0 = profile ? profile_clock::now() : profile_clock::time_point();
-  plan_decode(q, job.cache, select ? *select : selection_spec::top_k(cache.rank()), mode, select == nullptr,
-              scale, ws, ws.plans[0], job.plan);
-  job.plan.features = features;
-  if (features.window >= job.plan.n) job.plan.features.window = 0;  // a window over every token is none
-  const double select_seconds = profile ? seconds_since(t0) : 0.0;
-  phase_times times;
-  run_decode(&job, 1, runner, ws, profile ? &times : nullptr);
-  if (profile) {
-    *profile = public_profile(times);
-    profile->select_seconds = select_seconds;
-  }
+  plan_and_run_decode(
+      &job, 1, [&](index_t) { return q; }, select, mode, features, scale, runner, ws, profile);
   require_no_overflow(out, fn);
 }
 
@@ -706,30 +718,20 @@ inline void decode_batch_on_caches(tensor3_view<const float> q, vector_view<cons
   const double scale = resolve_scale(options.scale, d, fn);
   engine_workspace local;
   engine_workspace& ws = options.workspace ? workspace_access::scratch(*options.workspace) : local;
-  if (static_cast<index_t>(ws.plans.size()) < count) ws.plans.resize(static_cast<std::size_t>(count));
   ws.jobs.resize(static_cast<std::size_t>(count));
-  auto t0 = options.profile ? profile_clock::now() : profile_clock::time_point();
   for (index_t s = 0; s < count; ++s) {
     planned_decode& job = ws.jobs[static_cast<std::size_t>(s)];
-    const kv_cache& cache = *caches(s);
-    job.cache = cache_access::layout(cache);
+    job.cache = cache_access::layout(*caches(s));
     job.out = matrix_view<float>(out.data() + s * out.stride(0), {hq, d}, {out.stride(1), out.stride(2)});
     job.token_probs = token_probs.size() ? token_probs(s) : matrix_view<float>{};
     job.lse = lse.size() ? vector_view<float>(lse.data() + s * lse.stride(0), {hq}, {lse.stride(1)})
                          : vector_view<float>{};
-    const matrix_view<const float> q_s(q.data() + s * q.stride(0), {hq, d}, {q.stride(1), q.stride(2)});
-    plan_decode(q_s, job.cache, select ? *select : selection_spec::top_k(cache.rank()), mode,
-                select == nullptr, scale, ws, ws.plans[static_cast<std::size_t>(s)], job.plan);
-    job.plan.features = features;
-    if (features.window >= job.plan.n) job.plan.features.window = 0;
   }
-  const double select_seconds = options.profile ? seconds_since(t0) : 0.0;
-  phase_times times;
-  run_decode(ws.jobs.data(), count, runner, ws, options.profile ? &times : nullptr);
-  if (options.profile) {
-    *options.profile = public_profile(times);
-    options.profile->select_seconds = select_seconds;
-  }
+  auto q_of = [&](index_t s) {
+    return matrix_view<const float>(q.data() + s * q.stride(0), {hq, d}, {q.stride(1), q.stride(2)});
+  };
+  plan_and_run_decode(ws.jobs.data(), count, q_of, select, mode, features, scale, runner, ws,
+                      options.profile);
   require_no_overflow(out, fn);
 }
 

@@ -196,7 +196,8 @@ inline index_t select_dims(const float* weight, const double* energy, index_t r,
 template <class = void>
 inline void plan_decode(const matrix_view<const float>& q, const cache_layout& cache,
                         const selection_spec& spec, selection_mode mode, bool dense, double scale,
-                        engine_workspace& ws, engine_workspace::plan_arrays& arrays, decode_plan& p) {
+                        const score_features& features, engine_workspace& ws,
+                        engine_workspace::plan_arrays& arrays, decode_plan& p) {
   p.hq = q.extent(0);
   p.hkv = cache.kv_heads();
   p.g = p.hq / p.hkv;
@@ -250,6 +251,8 @@ inline void plan_decode(const matrix_view<const float>& q, const cache_layout& c
   p.dims = arrays.dims.data();
   p.counts = arrays.counts.data();
   p.qsel = arrays.qsel.data();
+  p.features = features;
+  if (features.window >= p.n) p.features.window = 0;  // a window over every token is none
 }
 
 /// Fraction of key tiles read: the union of the tiles holding selected dims, over all KV heads.
@@ -273,10 +276,11 @@ inline double key_fraction(const decode_plan& p) {
 /// cap, as small as the rounding of a logit of that size.
 inline void softcap_in_place(float* s, index_t n, float cap) {
   constexpr index_t piece = 128;
+  const float minus_two_over_cap = -2.0f / cap;
   float e[piece];
   for (index_t j0 = 0; j0 < n; j0 += piece) {
     const index_t cnt = std::min(piece, n - j0);
-    for (index_t j = 0; j < cnt; ++j) e[j] = -2.0f * std::abs(s[j0 + j]) / cap;
+    for (index_t j = 0; j < cnt; ++j) e[j] = std::abs(s[j0 + j]) * minus_two_over_cap;
     exp_shift_sum(e, cnt, 0.0f);
     for (index_t j = 0; j < cnt; ++j)
       s[j0 + j] = std::copysign(cap * ((1.0f - e[j]) / (1.0f + e[j])), s[j0 + j]);
@@ -654,12 +658,12 @@ inline void run_decode(const planned_decode* seqs, index_t count, executor& exec
       prof->softmax_seconds += wp.softmax_seconds;
       prof->value_seconds += wp.value_seconds;
     }
-    // Key bytes read over key bytes held, summed over the sequences.
+    // Key bytes read over key bytes held, summed over the sequences (a window reads its tokens only).
     double read = 0, held = 0;
     for (index_t s = 0; s < count; ++s) {
-      const double bytes = double(seqs[s].plan.hkv) * double(seqs[s].plan.n);
-      read += key_fraction(seqs[s].plan) * bytes;
-      held += bytes;
+      const decode_plan& p = seqs[s].plan;
+      read += key_fraction(p) * double(p.hkv) * double(p.n - p.stream_begin());
+      held += double(p.hkv) * double(p.n);
     }
     prof->key_fraction_read = held > 0 ? read / held : 0.0;
   }
